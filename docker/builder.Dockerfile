@@ -1,0 +1,13 @@
+# The build toolchain: the pinned Debian base plus the exact package versions from pins.yaml.
+ARG BASE
+FROM ${BASE}
+ARG SUITE=bookworm
+ARG MIRROR=http://deb.debian.org/debian
+ARG PACKAGES
+ENV DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8 TZ=UTC
+RUN printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://deb.debian.org/debian-security %s-security main\n' \
+        "$MIRROR" "$SUITE" "$MIRROR" "$SUITE" "$SUITE" > /etc/apt/sources.list \
+ && apt-get update \
+ && apt-get install -y --no-install-recommends $PACKAGES \
+ && rm -rf /var/lib/apt/lists/* \
+ && dpkg-query -W -f '${Package}=${Version}\n' > /etc/exitlat-packages.txt

@@ -1,0 +1,116 @@
+"""Source providers: fetch each pinned input from a mirror folder, an upstream URL or the Debian
+archive, in that order, always checking the sha256. Verified files are cached by checksum."""
+
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ExitlatError
+from .paths import cache_root
+from .pins import Pins, SourcePin
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    pin: SourcePin
+    path: Path
+    provider: str  # "cache", "mirror", "upstream" or "debian"
+    origin: str    # the folder or URL it came from
+
+
+class ChecksumMismatch(ExitlatError):
+    pass
+
+
+def _download(url: str, dest: Path, timeout: float, progress=None) -> None:
+    req = urllib.request.Request(url, headers={"User-Agent": "exitlat"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0)
+        done = 0
+        while block := resp.read(CHUNK):
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+
+
+class SourceFetcher:
+    """Tries providers in order; each failure is remembered so the final error names all of them."""
+
+    def __init__(self, pins: Pins, mirror: Path | str | None = None, cache: Path | None = None,
+                 timeout: float = 30.0, use_network: bool = True, log=print):
+        self.pins = pins
+        self.mirror = Path(mirror) if mirror else None
+        self.cache = Path(cache) if cache else cache_root() / "sources"
+        self.timeout = timeout
+        self.use_network = use_network
+        self.log = log
+        if self.mirror is not None and not self.mirror.is_dir():
+            raise ExitlatError(f"mirror folder not found: {self.mirror}")
+
+    def candidates(self, pin: SourcePin) -> list[tuple[str, str]]:
+        found = []
+        if self.mirror is not None:
+            found.append(("mirror", str(self.mirror / pin.file)))
+        if self.use_network:
+            found += [("upstream", u) for u in pin.urls]
+            deb = pin.debian_pool_url(self.pins.debian_archive)
+            if deb:
+                found.append(("debian", deb))
+        return found
+
+    def fetch(self, pin: SourcePin) -> Fetched:
+        cached = self.cache / pin.sha256[:16] / pin.file
+        if cached.is_file() and sha256_file(cached) == pin.sha256:
+            return Fetched(pin, cached, "cache", str(cached))
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        problems = []
+        for provider, origin in self.candidates(pin):
+            fd, tmp_name = tempfile.mkstemp(dir=cached.parent, prefix=".part-")
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                if provider == "mirror" or origin.startswith("file://"):
+                    src = Path(origin.removeprefix("file://"))
+                    if not src.is_file():
+                        problems.append(f"{provider}: {src} not found")
+                        continue
+                    shutil.copyfile(src, tmp)
+                else:
+                    self.log(f"  downloading {pin.file} from {origin}")
+                    _download(origin, tmp, self.timeout)
+                got = sha256_file(tmp)
+                if got != pin.sha256:
+                    problems.append(f"{provider}: checksum mismatch (got {got[:12]}…, "
+                                    f"pinned {pin.sha256[:12]}…)")
+                    continue
+                os.replace(tmp, cached)
+                return Fetched(pin, cached, provider, origin)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", None) or err
+                problems.append(f"{provider}: {origin}: {reason}")
+            finally:
+                tmp.unlink(missing_ok=True)
+        if not problems:
+            problems.append("no provider configured (give --mirror DIR or allow the network)")
+        mismatch = any("checksum mismatch" in p for p in problems)
+        cls = ChecksumMismatch if mismatch else ExitlatError
+        raise cls(f"cannot get {pin.name} {pin.version} ({pin.file}): " + "; ".join(problems))
+
+    def fetch_all(self) -> dict[str, Fetched]:
+        return {pin.name: self.fetch(pin) for pin in self.pins.sources()}

@@ -1,0 +1,45 @@
+#!/bin/bash
+# Build a self-contained QEMU inside the builder container.
+#   /sources/qemu.tar, /sources/seabios.deb, /sources/qemu-firmware.deb   pinned inputs
+#   /repo (read-only)   /stage/out/qemu   the install: bin/, lib/ (bundled shared libraries),
+#   share/qemu/ (firmware), and bin/qemu-system-x86_64-wrapper... see below.
+set -euo pipefail
+: "${SOURCE_DATE_EPOCH:?}"
+SRC=/work/qemu BLD=/work/qemu-build OUT=/stage/out PREFIX=/opt/exitlat-qemu
+rm -rf "$OUT"; mkdir -p "$SRC" "$BLD" "$OUT"
+tar -xf /sources/qemu.tar -C "$SRC" --strip-components=1
+cd "$BLD"
+mapfile -t ARGS < <(sed -e 's/#.*//' -e '/^\s*$/d' /repo/qemu/configure.args)
+echo "== configure ${ARGS[*]}"
+"$SRC/configure" --prefix="$PREFIX" "${ARGS[@]}" \
+  --extra-cflags="-ffile-prefix-map=$SRC=qemu -ffile-prefix-map=$BLD=qemu-build"
+echo "== building ($(nproc) jobs)"
+make -j"$(nproc)"
+make install DESTDIR=/work/destdir >/dev/null
+I=/work/destdir$PREFIX
+# Firmware: the +ds tarball ships none; take SeaBIOS and QEMU's option ROMs from Debian's packages.
+mkdir -p /work/deb "$I/share/qemu"
+dpkg-deb -x /sources/seabios.deb /work/deb
+dpkg-deb -x /sources/qemu-firmware.deb /work/deb
+for f in bios-256k.bin; do cp -L "/work/deb/usr/share/seabios/$f" "$I/share/qemu/$f"; done
+for f in linuxboot_dma.bin linuxboot.bin kvmvapic.bin multiboot_dma.bin; do
+  src=$(find /work/deb/usr/share -name "$f" | head -1)
+  [ -n "$src" ] && cp -L "$src" "$I/share/qemu/$f"
+done
+# Bundle every shared library (glibc and its loader too), so QEMU runs on any x86_64 Linux.
+mkdir -p "$I/lib"
+ldd "$I/bin/qemu-system-x86_64" | awk '/=> \//{print $3} /^\s*\/lib64\/ld-linux/{print $1}' \
+  | sort -u | while read -r lib; do cp -L "$lib" "$I/lib/"; done
+cat > "$I/bin/qemu" <<'WRAP'
+#!/bin/sh
+# Runs the bundled QEMU with the bundled loader and libraries; the process is QEMU itself.
+here=$(dirname "$(readlink -f "$0")")
+exec "$here/../lib/ld-linux-x86-64.so.2" --library-path "$here/../lib" \
+  "$here/qemu-system-x86_64" -L "$here/../share/qemu" "$@"
+WRAP
+chmod 0755 "$I/bin/qemu"
+rm -rf "$I/share/qemu/keymaps" "$I/libexec" "$I/share/applications" "$I/share/icons" 2>/dev/null || true
+find "$I" -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +
+cp -a "$I" "$OUT/qemu"
+"$OUT/qemu/bin/qemu" --version | head -1 > "$OUT/qemu.version"
+echo "== $(cat "$OUT/qemu.version") done"
