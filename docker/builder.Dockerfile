@@ -10,4 +10,5 @@ RUN printf 'deb %s %s main\ndeb %s %s-updates main\ndeb http://deb.debian.org/de
  && apt-get update \
  && apt-get install -y --no-install-recommends $PACKAGES \
  && rm -rf /var/lib/apt/lists/* \
+ && mkdir -m 1777 /work \
  && dpkg-query -W -f '${Package}=${Version}\n' > /etc/exitlat-packages.txt

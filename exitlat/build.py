@@ -1,0 +1,359 @@
+"""`invoke build`: the pinned inputs → Docker stages → a content-addressed build folder.
+
+Each stage (kernel, busybox, initramfs, qemu) runs one script from this repository inside the
+builder image. A stage's folder is named by the hash of everything it reads (its script and files,
+the pinned sources, the stages it uses, the builder image's recipe), so changing one input rebuilds
+only what depends on it. Every folder is made under a temporary name and renamed when complete.
+"""
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .errors import ExitlatError
+from .images import build_image, docker_client, ensure_base_image, short_hash
+from .paths import REPO_ROOT, build_root
+from .pins import Pins, load_pins
+from .progress import Progress, fmt_duration
+from .sources import SourceFetcher, sha256_file
+
+BUILD_FORMAT = 1
+# Files copied from stage outputs into the final build folder: (stage, path in its out/).
+ARTIFACTS = [
+    ("kernel", "bzImage"), ("kernel", "kernel.config"), ("kernel", "kernel.release"),
+    ("busybox", "busybox"), ("busybox", "busybox.version"),
+    ("initramfs", "initramfs.cpio.gz"), ("initramfs", "initramfs.list"),
+    ("initramfs", "exitlat-probe"), ("initramfs", "exitlat.ko"),
+    ("qemu", "qemu"), ("qemu", "qemu.version"),
+]
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    script: str                    # run as `bash /repo/<script>` in the builder image
+    files: tuple[str, ...]         # repository paths (files or folders) the stage reads
+    sources: dict = field(default_factory=dict)   # pin name -> name under /sources
+    deps: tuple[str, ...] = ()     # stages whose outputs it mounts
+    keeps_tree: bool = False       # the kernel keeps its tree for the module build
+
+
+STAGES = [
+    Stage("kernel", "kernel/build.sh", ("kernel",), {"linux": "linux.tar"}, keeps_tree=True),
+    Stage("busybox", "guest/build-busybox.sh", ("guest/build-busybox.sh", "guest/busybox.config"),
+          {"busybox": "busybox.tar"}),
+    Stage("initramfs", "guest/build-initramfs.sh",
+          ("guest/build-initramfs.sh", "guest/init", "guest/probe", "guest/module"),
+          deps=("kernel", "busybox")),
+    Stage("qemu", "qemu/build.sh", ("qemu",),
+          {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb"}),
+]
+
+
+def _hash_paths(paths, root: Path = REPO_ROOT) -> str:
+    """sha256 over the names, modes and contents of files (folders walked in sorted order)."""
+    h = hashlib.sha256()
+    for rel in paths:
+        p = root / rel
+        if not p.exists():
+            raise ExitlatError(f"build input missing: {rel}")
+        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
+        for f in files:
+            if "__pycache__" in f.parts or f.name.startswith(".") or _is_build_product(f):
+                continue
+            h.update(str(f.relative_to(root)).encode() + b"\0")
+            h.update(b"x" if os.access(f, os.X_OK) else b"-")
+            h.update(f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def _is_build_product(f: Path) -> bool:
+    return f.suffix in {".o", ".ko", ".mod", ".cmd", ".symvers", ".order"} or f.name in {
+        "exitlat-probe", "exitlat.mod.c"}
+
+
+@dataclass
+class Plan:
+    """Every stage's hash, computed from the inputs alone (no Docker, no network)."""
+    pins: Pins
+    builder_key: str
+    stage_hashes: dict[str, str]
+
+    @property
+    def build_hash(self) -> str:
+        return short_hash(BUILD_FORMAT, self.builder_key, self.stage_hashes)
+
+
+def builder_packages(pins: Pins) -> str:
+    return " ".join(f"{name}={ver}" for name, ver in sorted(pins.toolchain.items()))
+
+
+def make_plan(pins: Pins) -> Plan:
+    dockerfile = (REPO_ROOT / "docker/builder.Dockerfile").read_bytes()
+    builder_key = short_hash(dockerfile, pins.base, builder_packages(pins))
+    hashes: dict[str, str] = {}
+    for st in STAGES:
+        srcs = {n: pins.source(n).sha256 for n in sorted(st.sources)}
+        deps = {d: hashes[d] for d in st.deps}
+        hashes[st.name] = short_hash(st.name, st.script, _hash_paths((st.script, *st.files)),
+                                     srcs, deps, builder_key, pins.source_date_epoch)
+    return Plan(pins, builder_key, hashes)
+
+
+def find_build(pins_path=None) -> Path | None:
+    """The finished build folder for the current inputs, or None."""
+    plan = make_plan(load_pins(pins_path))
+    folder = build_root() / plan.build_hash
+    return folder if (folder / "manifest.json").is_file() else None
+
+
+class Builder:
+    def __init__(self, pins: Pins, root: Path, mirror=None, progress: Progress | None = None):
+        self.pins = pins
+        self.root = root
+        self.mirror = mirror
+        self.progress = progress or Progress()
+        self.plan = make_plan(pins)
+        self.stages_dir = root / "stages"
+        self.logs_dir = root / "logs"
+        self.client = None
+        self.fetched = {}
+        self.timings: dict[str, float] = {}
+
+    # -- helpers -------------------------------------------------------------------------------
+    def stage_dir(self, name: str) -> Path:
+        return self.stages_dir / f"{name}-{self.plan.stage_hashes[name]}"
+
+    def _docker(self):
+        if self.client is None:
+            self.client = docker_client()
+        return self.client
+
+    def _builder_image(self) -> str:
+        tag = f"exitlat/builder:{self.plan.builder_key}"
+        client = self._docker()
+        with open(self.logs_dir / f"image-builder-{self.plan.builder_key}.log", "a") as log:
+            base = ensure_base_image(client, self.pins.base, self.progress.say)
+            build_image(client, "builder.Dockerfile", tag,
+                        {"BASE": base, "PACKAGES": builder_packages(self.pins),
+                         "SUITE": self.pins.base["debootstrap"]["suite"],
+                         "MIRROR": self.pins.base["debootstrap"]["mirror"]}, log, self.progress.say)
+        return tag
+
+    # -- the build -----------------------------------------------------------------------------
+    def run(self, force: bool = False) -> Path:
+        final = self.root / self.plan.build_hash
+        if (final / "manifest.json").is_file() and not force:
+            self.progress.say(f"up to date: {final}")
+            return final
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.stages_dir.mkdir(exist_ok=True)
+        self.logs_dir.mkdir(exist_ok=True)
+        needed = [st for st in STAGES if force or not self.stage_dir(st.name).is_dir()]
+        if needed:
+            fetcher = SourceFetcher(self.pins, mirror=self.mirror, log=self.progress.say)
+            for st in needed:
+                for pin_name in st.sources:
+                    if pin_name not in self.fetched:
+                        self.fetched[pin_name] = fetcher.fetch(self.pins.source(pin_name))
+                        f = self.fetched[pin_name]
+                        self.progress.say(f"source {pin_name}: {f.provider} ({f.path.name}, sha256 ok)")
+            image = self._builder_image()
+            for st in needed:
+                self._run_stage(st, image)
+        return self._assemble(final, force)
+
+    def _run_stage(self, st: Stage, image: str) -> None:
+        final = self.stage_dir(st.name)
+        if final.exists():  # only with --force: move the old one aside, keep it until success
+            shutil.rmtree(final)
+        tmp = self.stages_dir / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "out").mkdir(parents=True)
+        volumes = {str(REPO_ROOT): {"bind": "/repo", "mode": "ro"},
+                   str(tmp): {"bind": "/stage", "mode": "rw"}}
+        for pin_name, inner in st.sources.items():
+            volumes[str(self.fetched[pin_name].path)] = {"bind": f"/sources/{inner}", "mode": "ro"}
+        if st.keeps_tree:
+            (tmp / "tree").mkdir()
+            volumes[str(tmp / "tree")] = {"bind": "/kernel", "mode": "rw"}
+        for dep in st.deps:
+            d = self.stage_dir(dep)
+            if dep == "kernel":
+                volumes[str(d / "tree")] = {"bind": "/kernel", "mode": "ro"}
+            volumes[str(d / "out")] = {"bind": f"/{dep}", "mode": "ro"}
+        log_path = self.logs_dir / f"{final.name}.log"
+        self.progress.say(f"stage {st.name}: starting (log: {log_path})")
+        t0 = time.monotonic()
+        try:
+            code, tail = self._run_container(image, st, volumes, log_path, t0)
+            if code != 0:
+                for line in tail[-15:]:
+                    print(f"  | {line}", file=self.progress.stream)
+                raise ExitlatError(f"stage {st.name} failed (exit {code}) after "
+                                   f"{fmt_duration(time.monotonic() - t0)}; full log: {log_path}")
+            os.replace(tmp, final)
+        except OSError as err:
+            if err.errno == errno.ENOSPC:
+                raise ExitlatError(f"disk full during stage {st.name} (in {self.root})") from None
+            raise
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.timings[st.name] = time.monotonic() - t0
+        self.progress.say(f"stage {st.name}: done in {fmt_duration(self.timings[st.name])}")
+
+    def _run_container(self, image, st: Stage, volumes, log_path: Path, t0: float):
+        import docker.errors
+
+        client = self._docker()
+        env = {"SOURCE_DATE_EPOCH": str(self.pins.source_date_epoch), "HOME": "/tmp",
+               "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+        container = None
+        tail: list[str] = []
+        state: dict = {}
+        try:
+            container = client.containers.create(
+                image, ["bash", f"/repo/{st.script}"], volumes=volumes, environment=env,
+                user=f"{os.getuid()}:{os.getgid()}", working_dir="/tmp", network_disabled=True,
+                labels={"exitlat.stage": st.name})
+            container.start()
+            partial = ""
+            with open(log_path, "w") as log:
+                for chunk in container.logs(stream=True, follow=True, stdout=True, stderr=True):
+                    text = chunk.decode(errors="replace")
+                    log.write(text)
+                    partial += text
+                    *lines, partial = partial.split("\n")
+                    for line in lines:
+                        if line.strip():
+                            tail = (tail + [line])[-40:]
+                    self.progress.heartbeat(f"stage {st.name}", t0, tail[-1] if tail else "", state)
+            code = container.wait()["StatusCode"]
+            return code, tail
+        except docker.errors.DockerException as err:
+            raise ExitlatError(f"stage {st.name}: Docker error: {str(err).splitlines()[0]}") from None
+        finally:
+            if container is not None:
+                try:
+                    container.remove(force=True)
+                except docker.errors.DockerException:
+                    pass
+
+    # -- the final folder ----------------------------------------------------------------------
+    def _assemble(self, final: Path, force: bool) -> Path:
+        tmp = self.root / f".tmp-{final.name}-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        try:
+            for stage, rel in ARTIFACTS:
+                src = self.stage_dir(stage) / "out" / rel
+                if not src.exists():
+                    raise ExitlatError(f"stage {stage} did not produce {rel}")
+                if src.is_dir():
+                    shutil.copytree(src, tmp / rel, symlinks=True)
+                else:
+                    shutil.copy2(src, tmp / rel)
+            manifest = self._manifest(tmp)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+            if final.exists():
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        latest = self.root / "latest"
+        link_tmp = self.root / f".latest-{os.getpid()}"
+        link_tmp.unlink(missing_ok=True)
+        link_tmp.symlink_to(final.name)
+        os.replace(link_tmp, latest)
+        self.progress.say(f"build complete: {final}")
+        return final
+
+    def _manifest(self, folder: Path) -> dict:
+        return {
+            "format": BUILD_FORMAT,
+            "build_hash": self.plan.build_hash,
+            "exitlat_version": __version__,
+            "artifacts": artifact_hashes(folder),
+            "stages": self.plan.stage_hashes,
+            "builder_image": {"key": self.plan.builder_key, "packages": self._toolchain_list()},
+            "pins": self.pins.raw,
+            "providers": {n: {"provider": f.provider, "origin": f.origin}
+                          for n, f in sorted(self.fetched.items())},
+            "versions": {
+                "kernel_release": _read(folder / "kernel.release"),
+                "busybox": _read(folder / "busybox.version"),
+                "qemu": _read(folder / "qemu.version"),
+            },
+            "build_flags": {
+                "SOURCE_DATE_EPOCH": self.pins.source_date_epoch,
+                "KBUILD_BUILD_USER": "exitlat", "KBUILD_BUILD_HOST": "exitlat",
+                "KBUILD_BUILD_VERSION": "1",
+                "kernel_config_fragment": "kernel/exitlat.config",
+                "qemu_configure": [l.strip() for l in (REPO_ROOT / "qemu/configure.args")
+                                   .read_text().splitlines() if l.strip() and not l.startswith("#")],
+            },
+        }
+
+    def _toolchain_list(self) -> list[str]:
+        """The builder image's resolved package list (gcc, binutils, make … exact versions)."""
+        cache = self.stages_dir / f"toolchain-{self.plan.builder_key}.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        out = self._docker().containers.run(f"exitlat/builder:{self.plan.builder_key}",
+                                            ["cat", "/etc/exitlat-packages.txt"], remove=True)
+        pkgs = sorted(out.decode().split())
+        cache.write_text(json.dumps(pkgs))
+        return pkgs
+
+
+def _read(p: Path) -> str | None:
+    return p.read_text().strip() if p.is_file() else None
+
+
+def artifact_hashes(folder: Path) -> dict[str, str]:
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.is_symlink() and f.name != "manifest.json":
+            out[str(f.relative_to(folder))] = sha256_file(f)
+    return out
+
+
+def compare_builds(a: Path, b: Path) -> list[str]:
+    ha, hb = artifact_hashes(a), artifact_hashes(b)
+    return sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))
+
+
+def build(pins_path=None, mirror=None, force=False, root: Path | None = None,
+          progress: Progress | None = None) -> tuple[Path, dict]:
+    pins = load_pins(pins_path)
+    builder = Builder(pins, root or build_root(), mirror=mirror, progress=progress)
+    folder = builder.run(force=force)
+    return folder, builder.timings
+
+
+def cli_build(mirror=None, pins=None, verify_reproducible=False, force=False) -> int:
+    t0 = time.monotonic()
+    folder, _ = build(pins, mirror, force)
+    print(folder)
+    if not verify_reproducible:
+        return 0
+    progress = Progress()
+    alt_root = build_root().parent / f"{build_root().name}-verify"
+    shutil.rmtree(alt_root, ignore_errors=True)
+    progress.say(f"--verify-reproducible: building again from scratch in {alt_root}")
+    other, _ = build(pins, mirror, force=True, root=alt_root, progress=progress)
+    diff = compare_builds(folder, other)
+    if diff:
+        for d in diff:
+            print(f"DIFFERS: {d}")
+        print(f"not reproducible: {len(diff)} artifact(s) differ ({fmt_duration(time.monotonic() - t0)})")
+        return 1
+    print(f"reproducible: all {len(artifact_hashes(folder))} artifacts identical")
+    shutil.rmtree(alt_root, ignore_errors=True)
+    return 0

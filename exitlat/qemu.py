@@ -1,0 +1,77 @@
+"""The QEMU command line for a measurement run: one vCPU, -cpu host with invariant TSC, locked
+memory, debugcon on the S port, the serial console and QMP on unix sockets in the run folder."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """Everything one VM run reads and writes, all inside one folder."""
+    folder: Path
+
+    @property
+    def qmp(self) -> Path:
+        return self.folder / "qmp.sock"
+
+    @property
+    def console(self) -> Path:
+        return self.folder / "console.sock"
+
+    @property
+    def disk(self) -> Path:
+        return self.folder / "samples.img"
+
+    @property
+    def debugcon(self) -> Path:
+        return self.folder / "debugcon.out"
+
+
+@dataclass(frozen=True)
+class QemuConfig:
+    build: Path          # the build folder (bzImage, initramfs.cpio.gz, qemu/)
+    accel: str           # "kvm" or "tcg"
+    mem_mb: int
+    kernel_args: list[str]
+    port: int            # the debugcon (S) port
+    debugcon: str        # "file" (counts bytes) or "null" (no write(2) in QEMU's exit path)
+
+
+BASE_KERNEL_ARGS = [
+    "console=ttyS0", "panic=-1", "reboot=t", "quiet", "loglevel=3",
+    # Fewer interruptions of the timed loops in the guest.
+    "nokaslr", "tsc=reliable", "clocksource=tsc", "nowatchdog", "nmi_watchdog=0",
+]
+
+
+def qemu_binary(build: Path) -> Path:
+    return build / "qemu" / "bin" / "qemu"
+
+
+def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
+    if cfg.accel == "kvm":
+        # -cpu host: the guest sees the host CPU; +invtsc makes the TSC invariant so RDTSC(P)
+        # never exits and the guest trusts it; migratable=no is required for invtsc.
+        accel = ["-accel", "kvm", "-cpu", "host,migratable=no,+invtsc"]
+    else:
+        accel = ["-accel", "tcg,thread=single", "-cpu", "max"]
+    chardev = (f"file,id=dbg,path={files.debugcon}" if cfg.debugcon == "file"
+               else "null,id=dbg")
+    return [
+        str(qemu_binary(cfg.build)),
+        *accel,
+        "-machine", "pc", "-smp", "1", "-m", f"{cfg.mem_mb}M",
+        "-overcommit", "mem-lock=on",
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-nic", "none",
+        "-no-reboot", "-S",
+        "-kernel", str(cfg.build / "bzImage"),
+        "-initrd", str(cfg.build / "initramfs.cpio.gz"),
+        "-append", " ".join(BASE_KERNEL_ARGS + cfg.kernel_args),
+        "-chardev", f"socket,id=con,path={files.console},server=on,wait=off",
+        "-serial", "chardev:con",
+        "-chardev", chardev,
+        "-device", f"isa-debugcon,iobase={cfg.port:#x},chardev=dbg",
+        "-drive", f"file={files.disk},format=raw,if=none,id=samples,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=samples",
+        "-qmp", f"unix:{files.qmp},server=on,wait=off",
+    ]

@@ -1,0 +1,80 @@
+"""A small QMP client (QEMU Machine Protocol over a unix socket): enough to start a paused VM,
+find its vCPU thread and read KVM statistics."""
+
+import json
+import socket
+import time
+
+from .errors import ExitlatError
+
+
+class QMPError(ExitlatError):
+    pass
+
+
+class QMP:
+    def __init__(self, path: str, timeout: float = 30.0):
+        self.path = path
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                self.sock.settimeout(timeout)
+                self.sock.connect(path)
+                break
+            except (FileNotFoundError, ConnectionRefusedError):
+                self.sock.close()
+                if time.monotonic() > deadline:
+                    raise QMPError(f"QEMU's QMP socket did not appear within {timeout:.0f} s") from None
+                time.sleep(0.05)
+        self.file = self.sock.makefile("rwb")
+        self.greeting = self._read()
+        self.command("qmp_capabilities")
+
+    def _read(self) -> dict:
+        line = self.file.readline()
+        if not line:
+            raise QMPError("QEMU closed the QMP connection")
+        return json.loads(line)
+
+    def command(self, name: str, **args) -> object:
+        msg = {"execute": name}
+        if args:
+            msg["arguments"] = args
+        self.file.write(json.dumps(msg).encode() + b"\n")
+        self.file.flush()
+        while True:
+            reply = self._read()
+            if "event" in reply:
+                continue
+            if "error" in reply:
+                raise QMPError(f"QMP {name}: {reply['error'].get('desc', reply['error'])}")
+            return reply.get("return")
+
+    def version(self) -> str:
+        q = self.greeting.get("QMP", {}).get("version", {})
+        v = q.get("qemu", {})
+        return f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}{q.get('package', '')}"
+
+    def vcpu_threads(self) -> list[int]:
+        return [int(c["thread-id"]) for c in self.command("query-cpus-fast")]
+
+    def kvm_stats(self) -> dict | None:
+        """KVM's own per-vCPU counters (exits, io_exits, …) where kernel and QEMU offer them."""
+        try:
+            res = self.command("query-stats", target="vcpu")
+        except QMPError:
+            return None
+        out = {}
+        for entry in res or []:  # [{"provider": "kvm", "qom-path": ..., "stats": [{name, value}]}]
+            for stat in entry.get("stats", []):
+                if isinstance(stat.get("value"), int):
+                    out[stat["name"]] = out.get(stat["name"], 0) + stat["value"]
+        return out
+
+    def close(self) -> None:
+        try:
+            self.file.close()
+            self.sock.close()
+        except OSError:
+            pass
