@@ -47,6 +47,42 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     return cli_build(mirror=mirror, pins=pins, verify_reproducible=verify_reproducible, force=force)
 
 
+# --- bench -------------------------------------------------------------------------------------
+
+
+@task(help={
+    "case": "cases to run: 1-6, 1,3,5, 2 or all",
+    "iterations": "timed iterations per case (default 10000)",
+    "warmup": "discarded warm-up iterations per case (default 1000)",
+    "instr": "F instruction: cpuid (default), vmcall, rdmsr or wrmsr_tsc_deadline",
+    "port": "S port for OUTB (debugcon; default 0xe9)",
+    "timer": "rdtscp (default) or lfence (LFENCE;RDTSC;LFENCE)",
+    "core": "host core for the vCPU (default: an isolated core, else the last one)",
+    "accel": "auto (default), kvm or tcg (TCG: no VM exits, for testing the chain only)",
+    "repeat": "fresh VMs to run, for run-to-run spread (default 1)",
+    "label": "free text stored in the bundle",
+    "output": "results folder (default: results/)",
+    "no_container": "run QEMU straight on the host instead of the runtime container",
+    "no_verify": "do not fail when a case's exit path does not match (still recorded)",
+    "require_isolation": "fail when the core is not isolated",
+    "debugcon": "auto (default: null under KVM, file under TCG), file or null",
+    "no_baselines": "skip the baselines (timer, non-exiting, syscall, module call)",
+})
+@cli
+def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
+          timer="rdtscp", core=None, accel="auto", repeat="1", label=None, output=None,
+          no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
+          no_baselines=False):
+    """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
+    from exitlat.cli_bench import bench_main
+
+    return bench_main(case=case, iterations=iterations, warmup=warmup, instr=instr, port=port,
+                      timer=timer, core=core, accel=accel, repeat=repeat, label=label,
+                      output=output, no_container=no_container, no_verify=no_verify,
+                      require_isolation=require_isolation, debugcon=debugcon,
+                      no_baselines=no_baselines)
+
+
 # --- isolation ---------------------------------------------------------------------------------
 
 
