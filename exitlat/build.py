@@ -94,14 +94,14 @@ def builder_packages(pins: Pins) -> str:
     return " ".join(f"{name}={ver}" for name, ver in sorted(pins.toolchain.items()))
 
 
-def make_plan(pins: Pins) -> Plan:
-    dockerfile = (REPO_ROOT / "docker/builder.Dockerfile").read_bytes()
+def make_plan(pins: Pins, root: Path = REPO_ROOT) -> Plan:
+    dockerfile = (root / "docker/builder.Dockerfile").read_bytes()
     builder_key = short_hash(dockerfile, pins.base, builder_packages(pins))
     hashes: dict[str, str] = {}
     for st in STAGES:
         srcs = {n: pins.source(n).sha256 for n in sorted(st.sources)}
         deps = {d: hashes[d] for d in st.deps}
-        hashes[st.name] = short_hash(st.name, st.script, _hash_paths((st.script, *st.files)),
+        hashes[st.name] = short_hash(st.name, st.script, _hash_paths((st.script, *st.files), root),
                                      srcs, deps, builder_key, pins.source_date_epoch)
     return Plan(pins, builder_key, hashes)
 
