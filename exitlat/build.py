@@ -171,8 +171,6 @@ class Builder:
 
     def _run_stage(self, st: Stage, image: str) -> None:
         final = self.stage_dir(st.name)
-        if final.exists():  # only with --force: move the old one aside, keep it until success
-            shutil.rmtree(final)
         tmp = self.stages_dir / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "out").mkdir(parents=True)
@@ -198,6 +196,8 @@ class Builder:
                     print(f"  | {line}", file=self.progress.stream)
                 raise ExitlatError(f"stage {st.name} failed (exit {code}) after "
                                    f"{fmt_duration(time.monotonic() - t0)}; full log: {log_path}")
+            if final.exists():  # --force: the old stage stays until the new one is complete
+                shutil.rmtree(final)
             os.replace(tmp, final)
         except OSError as err:
             if err.errno == errno.ENOSPC:

@@ -1,0 +1,64 @@
+"""The command line: every task has --help; bad input is one line on stderr, non-zero, no traceback."""
+
+import subprocess
+import sys
+
+import pytest
+
+from exitlat.paths import REPO_ROOT
+
+
+def invoke(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_one_line_error(res, *needles):
+    assert res.returncode != 0
+    err = res.stderr.strip()
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    for n in needles:
+        assert n in err, err
+
+
+def test_every_task_has_help():
+    listing = invoke("--list").stdout
+    tasks = [l.split()[0] for l in listing.splitlines()[1:] if l.startswith("  ")]
+    assert {"build", "bench", "doctor", "isolate"} <= set(tasks)
+    for t in tasks:
+        res = invoke("--help", t)
+        assert res.returncode == 0 and "Usage:" in res.stdout, t
+
+
+@pytest.mark.parametrize("bad", ["0", "7", "3-1", "a", "", "1,,2"])
+def test_bad_case_values_are_refused(bad):
+    assert_one_line_error(invoke("bench", "--case", bad, "--accel", "tcg"), "1-6")
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--iterations", "0"], "--iterations"),
+    (["--iterations", "lots"], "--iterations"),
+    (["--port", "0x10000"], "--port"),
+    (["--instr", "hlt"], "--instr"),
+    (["--timer", "hpet"], "--timer"),
+    (["--accel", "hvf"], "--accel"),
+    (["--repeat", "0"], "--repeat"),
+    (["--core", "4096"], "--core"),
+])
+def test_bad_bench_options(args, needle):
+    assert_one_line_error(invoke("bench", "--case", "1", "--accel", "tcg", *args), needle)
+
+
+def test_rdmsr_refused_in_user_cases():
+    assert_one_line_error(invoke("bench", "--case", "1", "--instr", "rdmsr", "--accel", "tcg"), "rdmsr")
+
+
+def test_bad_pins_file(tmp_path):
+    bad = tmp_path / "pins.yaml"
+    bad.write_text("schema: 1\n")
+    assert_one_line_error(invoke("build", "--pins", str(bad)), "pins.yaml")
+
+
+def test_missing_mirror(tmp_path):
+    assert_one_line_error(invoke("build", "--mirror", str(tmp_path / "nope"), "--force"), "mirror")

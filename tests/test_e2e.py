@@ -1,0 +1,110 @@
+"""End to end, for real: the Docker build, a guest boot under TCG, `invoke bench` through the
+runtime container, and a run whose QEMU is killed. Slow (a cold build is ~20 min on 2 cores)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from exitlat.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def invoke(*args, timeout=3600, **kw):
+    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, capture_output=True,
+                          text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="session")
+def built():
+    """The real build (cached across runs by input hash)."""
+    res = invoke("build")
+    assert res.returncode == 0, res.stderr[-3000:]
+    folder = Path(res.stdout.strip().splitlines()[-1])
+    assert (folder / "manifest.json").is_file()
+    return folder
+
+
+def test_build_outputs_and_manifest(built):
+    m = json.loads((built / "manifest.json").read_text())
+    for art in ("bzImage", "initramfs.cpio.gz", "exitlat-probe", "exitlat.ko",
+                "qemu/bin/qemu-system-x86_64", "qemu/share/qemu/bios-256k.bin"):
+        assert art in m["artifacts"], art
+    assert m["versions"]["kernel_release"].startswith("6.12.")
+    assert "QEMU emulator version 10.0" in m["versions"]["qemu"]
+    assert any(p.startswith("gcc-12=") for p in m["builder_image"]["packages"])
+    assert set(m["pins"]["sources"]) == {"linux", "busybox", "qemu", "seabios", "qemu-firmware"}
+
+
+def test_noop_rebuild_runs_no_stage(built):
+    from exitlat.build import build
+
+    folder, timings = build()
+    assert folder == built and timings == {}
+
+
+def test_boot_to_init_marker_tcg(built):
+    from exitlat.smoke import boot_to_marker
+
+    secs, console = boot_to_marker(built, accel="tcg", container=False)
+    assert "EXITLAT-INIT-READY" in console
+    assert secs < 60
+
+
+def test_boot_in_runtime_container_tcg(built):
+    from exitlat.smoke import boot_to_marker
+
+    secs, console = boot_to_marker(built, accel="tcg", container=True)
+    assert "EXITLAT-INIT-READY" in console
+
+
+def test_bench_all_cases_tcg_in_container(built, tmp_path):
+    res = invoke("bench", "--case", "1-6", "--iterations", "2000", "--warmup", "100",
+                 "--accel", "tcg", "--debugcon", "file", "--output", str(tmp_path), timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    bundles = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(bundles) == 1
+    doc = json.loads((bundles[0] / "bundle.json").read_text())
+    assert doc["accel"] == "tcg" and doc["status"]["state"] == "complete"
+    assert [c["case"] for c in doc["cases"]] == [1, 2, 3, 4, 5, 6]
+    for c in doc["cases"]:
+        assert c["iterations"] == 2000 and c["stats"]["n"] == 2000
+        assert c["verification"]["status"] == "not_applicable"
+    # Every OUTB of the S cases (2, 4, 6), warm-up included, reached QEMU's debugcon: 3 x 2100.
+    assert doc["run"]["debugcon_bytes"] == [3 * 2100]
+    assert {b["name"] for b in doc["baselines"]} == {"timer", "nonexiting", "syscall", "module_call"}
+    assert "NOT VM-exit timings" in res.stdout + res.stderr
+
+
+def test_qemu_killed_mid_run_leaves_incomplete_bundle(built, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "bench", "--case", "1-6", "--iterations", "3000000",
+         "--accel", "tcg", "--no-container", "--output", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    killed = False
+    deadline = time.monotonic() + 300
+    for line in proc.stdout:
+        seen.append(line)
+        if "case1: running" in line and not killed:
+            out = subprocess.run(["pgrep", "-f", f"exitlat-run-.*console.sock"], capture_output=True, text=True)
+            for pid in out.stdout.split():
+                os.kill(int(pid), signal.SIGKILL)
+                killed = True
+        if time.monotonic() > deadline:
+            proc.kill()
+            break
+    assert proc.wait(60) != 0
+    assert killed, "".join(seen[-20:])
+    bundles = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    assert len(bundles) == 1, "".join(seen[-20:])
+    doc = json.loads((bundles[0] / "bundle.json").read_text())
+    assert doc["status"]["state"] == "incomplete"
+    assert "QEMU exited" in doc["status"]["reason"]
+    assert (bundles[0] / "console-r0.log").read_bytes().count(b"EXITLAT") >= 1
