@@ -1,0 +1,161 @@
+/* SPDX-License-Identifier: GPL-2.0 OR MIT */
+/*
+ * exitlat: interface shared by the guest kernel module (exitlat_mod.c) and the
+ * user-space probe (guest/probe/exitlat-probe.c), plus the timing primitives
+ * both use, so that user-timed and kernel-timed cases are measured with the
+ * very same instruction sequences.
+ *
+ * Timing methodology (one sample = one iteration):
+ *
+ *     t0 = READ();  <instruction under test>;  t1 = READ();  sample = t1 - t0
+ *
+ * READ() is one of
+ *   - RDTSCP (default).  RDTSCP waits until all previous instructions have
+ *     executed before it reads the TSC, so t1 cannot be taken before the
+ *     instruction under test (and its VM exit) has completed.  It does not
+ *     stop later instructions from starting early; that does not matter here
+ *     because every instruction under test either exits (a VM exit is taken
+ *     at the instruction boundary, it cannot be run ahead speculatively) or is
+ *     a baseline whose only purpose is to show the window's own cost.
+ *   - LFENCE; RDTSC; LFENCE.  The first LFENCE keeps RDTSC from executing
+ *     before earlier instructions complete, the second keeps later ones from
+ *     starting before the TSC was read: a fully ordered read, slightly
+ *     costlier than RDTSCP.
+ * The TSC must be invariant and RDTSC/RDTSCP must not exit (KVM does not
+ * intercept them unless the host forces it), otherwise the timer itself
+ * takes a VM exit; the probe reports CPUID's invariant-TSC bit.
+ * The delta includes the cost of one timer read (see baseline_timer); it is
+ * never subtracted.
+ */
+#ifndef EXITLAT_UAPI_H
+#define EXITLAT_UAPI_H
+
+#include <linux/types.h>
+#include <linux/ioctl.h>
+
+#define EXITLAT_ABI_VERSION 1
+#define EXITLAT_DEVICE "/dev/exitlat"
+
+/* Instruction executed by the module (cases 3-6 and the module_call baseline). */
+enum exitlat_instr {
+	EXITLAT_I_NONE = 0,	/* nothing: baseline_module_call */
+	EXITLAT_I_CPUID = 1,	/* CPUID leaf 0: in-KVM handler */
+	EXITLAT_I_VMCALL = 2,	/* VMCALL (VMMCALL on AMD), nr 0 -> -KVM_ENOSYS */
+	EXITLAT_I_RDMSR = 3,	/* RDMSR of an intercepted MSR (0x3b default) */
+	EXITLAT_I_WRMSR_TSC_DEADLINE = 4, /* WRMSR 0x6e0: irq-off fastpath (loop only) */
+	EXITLAT_I_OUTB = 5,	/* OUTB to a QEMU port: userspace exit */
+};
+
+enum exitlat_timer {
+	EXITLAT_T_RDTSCP = 0,
+	EXITLAT_T_LFENCE = 1,
+};
+
+struct exitlat_info {
+	__u32 abi_version;
+	__u32 tsc_khz;		/* the guest kernel's tsc_khz */
+	__u32 flags;		/* EXITLAT_INFO_* */
+	__u32 reserved;
+};
+#define EXITLAT_INFO_TSC_DEADLINE	(1u << 0) /* X86_FEATURE_TSC_DEADLINE_TIMER */
+#define EXITLAT_INFO_KVM		(1u << 1) /* kvm_para_available() */
+
+struct exitlat_config {
+	__u32 instr;		/* enum exitlat_instr */
+	__u32 timer;		/* enum exitlat_timer (kernel-timed loops) */
+	__u32 port;		/* OUTB port, 0..0xffff */
+	__u32 msr;		/* RDMSR index */
+	__u32 amd;		/* 1: VMMCALL instead of VMCALL */
+	__u32 batch;		/* kernel loop: iterations per irq-off batch */
+};
+
+struct exitlat_loop {
+	__u64 samples;		/* user pointer to iters __u64 slots */
+	__u64 iters;		/* timed iterations (kept) */
+	__u64 warmup;		/* untimed-for-keeping iterations run first */
+	__u64 result;		/* out: RAX after the last VMCALL, else 0 */
+};
+
+#define EXITLAT_IOC_MAGIC	0xE7
+/* Report tsc_khz and features. */
+#define EXITLAT_IOC_INFO	_IOR(EXITLAT_IOC_MAGIC, 1, struct exitlat_info)
+/* Validate and pre-flight (execute once, fault-protected) an instruction. */
+#define EXITLAT_IOC_CONFIG	_IOW(EXITLAT_IOC_MAGIC, 2, struct exitlat_config)
+/* Execute the configured instruction exactly once (cases 3-4, module_call). */
+#define EXITLAT_IOC_ONCE	_IO(EXITLAT_IOC_MAGIC, 3)
+/* Run a kernel-timed loop (cases 5-6), copy samples to user memory. */
+#define EXITLAT_IOC_LOOP	_IOWR(EXITLAT_IOC_MAGIC, 4, struct exitlat_loop)
+
+#define EXITLAT_BATCH_DEFAULT	1000
+#define EXITLAT_BATCH_MAX	100000
+
+#define MSR_EXITLAT_TSC_DEADLINE 0x6e0
+
+/* ---- timing and instruction primitives (user and kernel) ---------------- */
+
+static inline __attribute__((always_inline)) __u64 exitlat_rdtscp(void)
+{
+	__u32 lo, hi, aux;
+
+	asm volatile("rdtscp" : "=a"(lo), "=d"(hi), "=c"(aux) : : "memory");
+	return ((__u64)hi << 32) | lo;
+}
+
+static inline __attribute__((always_inline)) __u64 exitlat_rdtsc_fenced(void)
+{
+	__u32 lo, hi;
+
+	asm volatile("lfence; rdtsc; lfence" : "=a"(lo), "=d"(hi) : : "memory");
+	return ((__u64)hi << 32) | lo;
+}
+
+/* CPUID leaf 0 subleaf 0: always exits under VMX and SVM (KVM emulates it). */
+static inline __attribute__((always_inline)) void exitlat_cpuid0(void)
+{
+	__u32 a = 0, b, c = 0, d;
+
+	asm volatile("cpuid" : "+a"(a), "=b"(b), "+c"(c), "=d"(d) : : "memory");
+}
+
+/*
+ * Hypercall with nr = RAX = 0 (no KVM hypercall has number 0) and all
+ * arguments 0.  From CPL 0 KVM answers -KVM_ENOSYS (-1000); from CPL > 0 it
+ * answers -KVM_EPERM (-1) without injecting a fault.  Returns RAX.
+ */
+static inline __attribute__((always_inline)) long exitlat_vmcall(void)
+{
+	unsigned long a = 0, b = 0, c = 0, d = 0, s = 0;
+
+	asm volatile("vmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d), "+S"(s) : : "memory");
+	return (long)a;
+}
+
+static inline __attribute__((always_inline)) long exitlat_vmmcall(void)
+{
+	unsigned long a = 0, b = 0, c = 0, d = 0, s = 0;
+
+	asm volatile("vmmcall" : "+a"(a), "+b"(b), "+c"(c), "+d"(d), "+S"(s) : : "memory");
+	return (long)a;
+}
+
+static inline __attribute__((always_inline)) void exitlat_outb(__u16 port, __u8 val)
+{
+	asm volatile("outb %b0, %w1" : : "a"(val), "Nd"(port) : "memory");
+}
+
+/*
+ * The timed loop, shared by every case: READ is a timer primitive, BODY the
+ * statement under test.  Nothing but the store of the previous delta lies
+ * between two windows.
+ */
+#define EXITLAT_TIMED_LOOP(buf, n, READ, BODY)				\
+	do {								\
+		__u64 __i;						\
+		for (__i = 0; __i < (n); __i++) {			\
+			__u64 __t0 = READ();				\
+			BODY;						\
+			(buf)[__i] = READ() - __t0;			\
+		}							\
+	} while (0)
+
+#endif /* EXITLAT_UAPI_H */

@@ -1,0 +1,812 @@
+// SPDX-License-Identifier: GPL-2.0
+/*
+ * exitlat-probe: the guest user-space half of exitlat (docs/probes.md).
+ *
+ * Reads its plan from the kernel command line (exitlat.* keys), runs the
+ * baselines and the requested cases, keeps every timed iteration in locked
+ * memory, reports short "EXITLAT {json}" lines on the console and, after all
+ * timed loops, writes the samples to a raw disk (/dev/vda).
+ *
+ * Cases 1-2 run here; 3-6 go through /dev/exitlat (exitlat.ko).  The timing
+ * primitives and the timed loop live in ../module/exitlat_uapi.h, shared with
+ * the module, and carry the methodology comment.
+ *
+ * Options (tests only): --cmdline STR (instead of /proc/cmdline),
+ * --out PATH (instead of /dev/vda), --console PATH (instead of /dev/console).
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sched.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+#include <cpuid.h>
+#include <linux/fs.h>
+#include <sys/io.h>
+#include <sys/ioctl.h>
+#include <sys/klog.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/utsname.h>
+
+#include "exitlat_uapi.h"
+
+#define MAX_ITERS	50000000ULL
+#define HEADER_SIZE	4096
+#define ALIGN_4K(x)	(((x) + 4095) & ~4095ULL)
+#define MAX_KEYS	10
+
+/* ---- plan ---------------------------------------------------------------- */
+
+enum instr { I_CPUID, I_VMCALL, I_RDMSR, I_WRMSR_TSC_DEADLINE };
+static const char *const instr_names[] = { "cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline" };
+
+struct plan {
+	int cases[6], ncases;
+	enum instr instr;
+	unsigned port, msr;
+	int timer;		/* EXITLAT_T_* */
+	uint64_t iters, warmup;
+	int baselines, handshake, amd, vendor_given;
+	unsigned batch, handshake_timeout;
+};
+
+/* One measurement ("key"): a baseline or a case. */
+struct key {
+	char name[32];
+	int kind;		/* 1..6 = case, else one of K_* */
+	uint64_t *buf;
+	int ok;
+};
+enum { K_TIMER = 100, K_NONEXITING, K_SYSCALL, K_MODULE_CALL };
+
+static struct plan P = {
+	.instr = I_CPUID, .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
+	.iters = 0, .warmup = 1000, .baselines = 1, .handshake = 0,
+	.batch = EXITLAT_BATCH_DEFAULT, .handshake_timeout = 60,
+};
+static struct key keys[MAX_KEYS];
+static int nkeys, nerrors, console_fd = -1, mod_fd = -1;
+static const char *out_path = "/dev/vda", *console_path = "/dev/console";
+
+/* ---- console events ---------------------------------------------------- */
+
+static void emit(const char *json)
+{
+	char line[1024];
+	int n = snprintf(line, sizeof(line), "EXITLAT %s\n", json);
+
+	if (n > (int)sizeof(line) - 1)
+		n = sizeof(line) - 1;
+	if (write(1, line, n) < 0) { /* nowhere else to report */ }
+}
+
+/* JSON string escaping into dst (quotes included). */
+static void jstr(char *dst, size_t len, const char *s)
+{
+	size_t o = 0;
+
+	dst[o++] = '"';
+	for (; s && *s && o + 8 < len; s++) {
+		unsigned char c = *s;
+		if (c == '"' || c == '\\') {
+			dst[o++] = '\\';
+			dst[o++] = c;
+		} else if (c < 0x20 || c >= 0x7f) {
+			o += snprintf(dst + o, len - o, "\\u%04x", c);
+		} else {
+			dst[o++] = c;
+		}
+	}
+	dst[o++] = '"';
+	dst[o] = 0;
+}
+
+static void emit_error(const char *key, const char *fmt, ...)
+{
+	char msg[400], jmsg[600], jkey[64], json[800];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	jstr(jmsg, sizeof(jmsg), msg);
+	if (key)
+		jstr(jkey, sizeof(jkey), key);
+	else
+		strcpy(jkey, "null");
+	snprintf(json, sizeof(json), "{\"event\":\"error\",\"key\":%s,\"message\":%s}", jkey, jmsg);
+	emit(json);
+	nerrors++;
+}
+
+static void emit_key_event(const char *event, const char *key, const char *extra)
+{
+	char json[256];
+
+	snprintf(json, sizeof(json), "{\"event\":\"%s\",\"key\":\"%s\"%s}", event, key, extra ? extra : "");
+	emit(json);
+}
+
+static void finish(const char *extra)
+{
+	char json[256];
+
+	snprintf(json, sizeof(json), "{\"event\":\"finished\",\"status\":\"%s\"%s}",
+		 nerrors ? "error" : "ok", extra ? extra : "");
+	emit(json);
+	exit(nerrors ? 1 : 0);
+}
+
+static void plan_error(const char *fmt, ...)
+{
+	char msg[400];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	emit_error(NULL, "bad plan: %s", msg);
+	finish(NULL);
+}
+
+/* ---- plan parsing -------------------------------------------------------- */
+
+static uint64_t parse_num(const char *key, const char *v, uint64_t lo, uint64_t hi)
+{
+	char *end;
+	unsigned long long x;
+
+	errno = 0;
+	if (!*v || *v == '-')
+		plan_error("exitlat.%s=%s is not a number", key, v);
+	x = strtoull(v, &end, 0);
+	if (errno || *end)
+		plan_error("exitlat.%s=%s is not a number", key, v);
+	if (x < lo || x > hi)
+		plan_error("exitlat.%s=%s out of range %llu..%llu", key, v,
+			   (unsigned long long)lo, (unsigned long long)hi);
+	return x;
+}
+
+static void parse_cases(const char *v)
+{
+	char buf[128], *tok, *save;
+
+	snprintf(buf, sizeof(buf), "%s", v);
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		char *end;
+		long c = strtol(tok, &end, 10);
+		int i;
+
+		if (*end || end == tok || c < 1 || c > 6)
+			plan_error("unknown case '%s' (valid cases: 1-6)", tok);
+		for (i = 0; i < P.ncases; i++)
+			if (P.cases[i] == c)
+				plan_error("case %ld given twice", c);
+		P.cases[P.ncases++] = c;
+	}
+	if (!P.ncases)
+		plan_error("exitlat.cases is empty (valid cases: 1-6)");
+}
+
+static void parse_plan(char *cmdline)
+{
+	char *tok, *save;
+	int have_cases = 0, have_iters = 0;
+
+	for (tok = strtok_r(cmdline, " \t\n", &save); tok; tok = strtok_r(NULL, " \t\n", &save)) {
+		char *k, *v;
+
+		if (strncmp(tok, "exitlat.", 8))
+			continue;
+		k = tok + 8;
+		v = strchr(k, '=');
+		if (!v)
+			plan_error("%s has no value", tok);
+		*v++ = 0;
+		if (!strcmp(k, "cases")) {
+			parse_cases(v);
+			have_cases = 1;
+		} else if (!strcmp(k, "instr")) {
+			unsigned i;
+			for (i = 0; i < 4 && strcmp(v, instr_names[i]); i++)
+				;
+			if (i == 4)
+				plan_error("unknown instruction '%s' (valid: cpuid, vmcall, rdmsr, wrmsr_tsc_deadline)", v);
+			P.instr = i;
+		} else if (!strcmp(k, "port")) {
+			P.port = parse_num(k, v, 0, 0xffff);
+		} else if (!strcmp(k, "timer")) {
+			if (!strcmp(v, "rdtscp"))
+				P.timer = EXITLAT_T_RDTSCP;
+			else if (!strcmp(v, "lfence"))
+				P.timer = EXITLAT_T_LFENCE;
+			else
+				plan_error("unknown timer '%s' (valid: rdtscp, lfence)", v);
+		} else if (!strcmp(k, "iters")) {
+			P.iters = parse_num(k, v, 1, MAX_ITERS);
+			have_iters = 1;
+		} else if (!strcmp(k, "warmup")) {
+			P.warmup = parse_num(k, v, 0, MAX_ITERS);
+		} else if (!strcmp(k, "baselines")) {
+			P.baselines = parse_num(k, v, 0, 1);
+		} else if (!strcmp(k, "handshake")) {
+			P.handshake = parse_num(k, v, 0, 1);
+		} else if (!strcmp(k, "msr")) {
+			P.msr = parse_num(k, v, 0, 0xffffffffULL);
+		} else if (!strcmp(k, "vendor")) {
+			if (strcmp(v, "intel") && strcmp(v, "amd"))
+				plan_error("unknown vendor '%s' (valid: intel, amd)", v);
+			P.amd = !strcmp(v, "amd");
+			P.vendor_given = 1;
+		} else if (!strcmp(k, "batch")) {
+			P.batch = parse_num(k, v, 1, EXITLAT_BATCH_MAX);
+		} else if (!strcmp(k, "handshake_timeout")) {
+			P.handshake_timeout = parse_num(k, v, 1, 86400);
+		} else if (!strcmp(k, "timeout")) {
+			/* init's watchdog; nothing to do here */
+		} else {
+			plan_error("unknown key exitlat.%s", k);
+		}
+	}
+	if (!have_cases)
+		plan_error("no exitlat.cases on the kernel command line");
+	if (!have_iters)
+		plan_error("no exitlat.iters on the kernel command line");
+	for (int i = 0; i < P.ncases; i++) {
+		int c = P.cases[i];
+		/* F runs in cases 1, 3, 5; S (outb) in 2, 4, 6. */
+		if (c == 1 && P.instr == I_RDMSR)
+			plan_error("case 1 cannot use rdmsr: RDMSR at CPL 3 raises #GP inside the guest without a VM exit (use case 3 or 5)");
+		if ((c == 1 || c == 3) && P.instr == I_WRMSR_TSC_DEADLINE)
+			plan_error("case %d cannot use wrmsr_tsc_deadline: it needs CPL 0 and the guest timer restored around it, which only the kernel loop (case 5) does", c);
+	}
+	if (P.instr == I_RDMSR && ((P.msr >= 0x174 && P.msr <= 0x176) ||
+				   (P.msr >= 0xc0000100 && P.msr <= 0xc0000102)))
+		plan_error("msr 0x%x is passed through by KVM and never exits (use 0x3b, IA32_TSC_ADJUST)", P.msr);
+}
+
+/* ---- environment --------------------------------------------------------- */
+
+static void cpuid4(unsigned leaf, unsigned sub, unsigned r[4])
+{
+	__cpuid_count(leaf, sub, r[0], r[1], r[2], r[3]);
+}
+
+static unsigned tsc_khz_from(const char **source)
+{
+	unsigned r[4], khz = 0;
+	struct exitlat_info info;
+	char buf[256], *log;
+	FILE *f;
+	int n;
+
+	if (mod_fd >= 0 && !ioctl(mod_fd, EXITLAT_IOC_INFO, &info) && info.tsc_khz) {
+		*source = "module";
+		return info.tsc_khz;
+	}
+	cpuid4(0, 0, r);
+	if (r[0] >= 0x15) {
+		cpuid4(0x15, 0, r);
+		if (r[0] && r[1] && r[2]) {
+			*source = "cpuid_15";
+			return (unsigned)((uint64_t)r[2] * r[1] / r[0] / 1000);
+		}
+	}
+	cpuid4(1, 0, r);
+	if (r[2] & (1u << 31)) {
+		cpuid4(0x40000000, 0, r);
+		if (r[0] >= 0x40000010) {
+			cpuid4(0x40000010, 0, r);
+			if (r[0]) {
+				*source = "cpuid_40000010";
+				return r[0];
+			}
+		}
+	}
+	f = fopen("/sys/devices/system/cpu/cpu0/tsc_freq_khz", "r");
+	if (f) {
+		if (fgets(buf, sizeof(buf), f))
+			khz = strtoul(buf, NULL, 10);
+		fclose(f);
+		if (khz) {
+			*source = "sysfs";
+			return khz;
+		}
+	}
+	/* dmesg: the refined calibration wins over the first estimate. */
+	log = malloc(1 << 20);
+	if (log && (n = klogctl(3 /* READ_ALL */, log, (1 << 20) - 1)) > 0) {
+		const char *pats[] = { "Refined TSC clocksource calibration: ", "tsc: Detected " };
+		log[n] = 0;
+		for (int i = 0; i < 2 && !khz; i++) {
+			char *p = strstr(log, pats[i]);
+			unsigned mhz, frac = 0;
+			if (p && sscanf(p + strlen(pats[i]), "%u.%3u", &mhz, &frac) >= 1) {
+				khz = mhz * 1000 + frac;
+				*source = "dmesg";
+			}
+		}
+	}
+	free(log);
+	if (!khz)
+		*source = "unknown";
+	return khz;
+}
+
+static void hello(void)
+{
+	unsigned r[4], maxext;
+	char vendor[13] = { 0 }, hv[13] = { 0 }, json[900], jk[100], jb[200], jv[40], jh[40];
+	const char *src = "unknown", *bb = getenv("EXITLAT_BUSYBOX");
+	struct utsname u;
+	int inv = 0, rdtscp = 0;
+	unsigned khz;
+
+	cpuid4(0, 0, r);
+	memcpy(vendor, &r[1], 4);
+	memcpy(vendor + 4, &r[3], 4);
+	memcpy(vendor + 8, &r[2], 4);
+	cpuid4(0x80000000, 0, r);
+	maxext = r[0];
+	if (maxext >= 0x80000001) {
+		cpuid4(0x80000001, 0, r);
+		rdtscp = !!(r[3] & (1u << 27));
+	}
+	if (maxext >= 0x80000007) {
+		cpuid4(0x80000007, 0, r);
+		inv = !!(r[3] & (1u << 8));	/* invariant TSC */
+	}
+	cpuid4(1, 0, r);
+	if (r[2] & (1u << 31)) {	/* hypervisor present */
+		cpuid4(0x40000000, 0, r);
+		memcpy(hv, &r[1], 4);
+		memcpy(hv + 4, &r[2], 4);
+		memcpy(hv + 8, &r[3], 4);
+	}
+	if (!P.vendor_given)
+		P.amd = !strcmp(vendor, "AuthenticAMD") || !strcmp(vendor, "HygonGenuine");
+	khz = tsc_khz_from(&src);
+	uname(&u);
+	jstr(jk, sizeof(jk), u.release);
+	jstr(jv, sizeof(jv), vendor);
+	jstr(jh, sizeof(jh), hv);
+	snprintf(json, sizeof(json),
+		 "{\"event\":\"hello\",\"kernel\":%s,\"tsc_khz\":%u,\"tsc_khz_source\":\"%s\","
+		 "\"invariant_tsc\":%s,\"rdtscp\":%s,\"cpu\":%d,\"vendor\":%s,\"hypervisor\":%s,"
+		 "\"timer\":\"%s\",\"module\":%s",
+		 jk, khz, src, inv ? "true" : "false", rdtscp ? "true" : "false", sched_getcpu(),
+		 jv, jh, P.timer == EXITLAT_T_LFENCE ? "lfence" : "rdtscp",
+		 mod_fd >= 0 ? "true" : "false");
+	if (bb) {
+		jstr(jb, sizeof(jb), bb);
+		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"busybox\":%s", jb);
+	}
+	strcat(json, "}");
+	emit(json);
+	if (P.timer == EXITLAT_T_RDTSCP && !rdtscp)
+		plan_error("timer rdtscp requested but this vCPU has no RDTSCP (use exitlat.timer=lfence)");
+}
+
+/* ---- handshake ----------------------------------------------------------- */
+
+/* Wait for a line "go" on the console; 0 on success, -1 on timeout/EOF. */
+static int wait_go(void)
+{
+	static char line[256];
+	static size_t len;
+	struct timespec now, end;
+
+	clock_gettime(CLOCK_MONOTONIC, &end);
+	end.tv_sec += P.handshake_timeout;
+	for (;;) {
+		char *nl;
+		struct pollfd pfd = { .fd = console_fd, .events = POLLIN };
+		long ms;
+		ssize_t n;
+
+		while ((nl = memchr(line, '\n', len))) {
+			size_t l = nl - line;
+			int go;
+			while (l && (line[l - 1] == '\r' || line[l - 1] == ' '))
+				l--;
+			go = (l == 2 && !memcmp(line, "go", 2));
+			len -= nl + 1 - line;
+			memmove(line, nl + 1, len);
+			if (go)
+				return 0;
+		}
+		if (len == sizeof(line))
+			len = 0;	/* garbage without newline */
+		clock_gettime(CLOCK_MONOTONIC, &now);
+		ms = (end.tv_sec - now.tv_sec) * 1000 + (end.tv_nsec - now.tv_nsec) / 1000000;
+		if (ms <= 0)
+			return -1;
+		if (poll(&pfd, 1, ms) <= 0) {
+			if (errno == EINTR)
+				continue;
+			return -1;
+		}
+		n = read(console_fd, line + len, sizeof(line) - len);
+		if (n <= 0) {
+			if (n < 0 && (errno == EINTR || errno == EAGAIN))
+				continue;
+			return -1;
+		}
+		len += n;
+	}
+}
+
+static void handshake(const char *event, const char *key, const char *extra)
+{
+	emit_key_event(event, key, extra);
+	if (!P.handshake)
+		return;
+	if (wait_go()) {
+		emit_error(key, "handshake: no 'go' within %u s after '%s'", P.handshake_timeout, event);
+		finish(NULL);
+	}
+}
+
+/* ---- running one key ----------------------------------------------------- */
+
+static sigjmp_buf fault_jmp;
+static volatile sig_atomic_t faulting_sig;
+
+static void on_fault(int sig)
+{
+	faulting_sig = sig;
+	siglongjmp(fault_jmp, 1);
+}
+
+/* User-timed loop: pick the timer outside the loop, BODY is the statement under test. */
+#define USER_LOOP(buf, n, BODY)							\
+	do {									\
+		if (P.timer == EXITLAT_T_LFENCE)				\
+			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtsc_fenced, BODY);	\
+		else								\
+			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtscp, BODY);	\
+	} while (0)
+
+/*
+ * Run warm-up then the kept iterations of one user-timed body.  Warm-up goes
+ * through the very same loop, into the same buffer (overwritten afterwards).
+ */
+#define USER_RUN(buf, BODY)							\
+	do {									\
+		uint64_t __w = P.warmup;					\
+		while (__w) {							\
+			uint64_t __n = __w < P.iters ? __w : P.iters;		\
+			USER_LOOP(buf, __n, BODY);				\
+			__w -= __n;						\
+		}								\
+		USER_LOOP(buf, P.iters, BODY);					\
+	} while (0)
+
+static int module_config(const char *key, unsigned instr)
+{
+	struct exitlat_config cfg = {
+		.instr = instr, .timer = P.timer, .port = P.port, .msr = P.msr,
+		.amd = P.amd, .batch = P.batch,
+	};
+
+	if (mod_fd < 0) {
+		emit_error(key, "%s is not available (exitlat.ko not loaded?)", EXITLAT_DEVICE);
+		return -1;
+	}
+	if (ioctl(mod_fd, EXITLAT_IOC_CONFIG, &cfg)) {
+		const char *why = strerror(errno);
+		if (errno == ENOEXEC)
+			why = "the instruction faulted (#UD): VMCALL/VMMCALL needs KVM (TCG does not implement it) or the vendor is wrong";
+		else if (errno == EIO)
+			why = "the MSR access faulted (#GP) in this guest";
+		else if (errno == EOPNOTSUPP)
+			why = "the vCPU lacks a needed feature (TSC deadline timer, or RDTSCP for the timer)";
+		else if (errno == EPERM)
+			why = "the MSR is passed through by KVM and never exits";
+		emit_error(key, "module refused instruction %u: %s", instr, why);
+		return -1;
+	}
+	return 0;
+}
+
+static unsigned f_module_instr(void)
+{
+	switch (P.instr) {
+	case I_VMCALL: return EXITLAT_I_VMCALL;
+	case I_RDMSR: return EXITLAT_I_RDMSR;
+	case I_WRMSR_TSC_DEADLINE: return EXITLAT_I_WRMSR_TSC_DEADLINE;
+	default: return EXITLAT_I_CPUID;
+	}
+}
+
+static int run_key(struct key *k)
+{
+	uint64_t *buf = k->buf;
+	volatile long rax = 0;
+	volatile int bad = 0;
+	char extra[96] = "";
+	struct sigaction sa = { .sa_handler = on_fault };
+
+	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
+	switch (k->kind) {
+	case 3: case 5:
+		if (module_config(k->name, f_module_instr()))
+			return -1;
+		break;
+	case 4: case 6:
+		if (module_config(k->name, EXITLAT_I_OUTB))
+			return -1;
+		break;
+	case K_MODULE_CALL:
+		if (module_config(k->name, EXITLAT_I_NONE))
+			return -1;
+		break;
+	}
+
+	sigemptyset(&sa.sa_mask);
+	sigaction(SIGILL, &sa, NULL);
+	sigaction(SIGSEGV, &sa, NULL);
+	sigaction(SIGBUS, &sa, NULL);
+	if (sigsetjmp(fault_jmp, 1)) {
+		emit_error(k->name, "%s in the timed loop%s", strsignal(faulting_sig),
+			   faulting_sig == SIGILL && k->kind == 1 ?
+			   ": VMCALL/VMMCALL raised #UD (not running under KVM? TCG does not implement it)" : "");
+		return -1;
+	}
+	if (k->kind == 1 && P.instr == I_VMCALL)	/* pre-flight: #UD under TCG */
+		rax = P.amd ? exitlat_vmmcall() : exitlat_vmcall();
+
+	handshake("ready", k->name, NULL);
+	switch (k->kind) {
+	case 1:
+		if (P.instr == I_VMCALL && P.amd)
+			USER_RUN(buf, rax = exitlat_vmmcall());
+		else if (P.instr == I_VMCALL)
+			USER_RUN(buf, rax = exitlat_vmcall());
+		else
+			USER_RUN(buf, exitlat_cpuid0());
+		break;
+	case 2:
+		USER_RUN(buf, exitlat_outb(P.port, '.'));
+		break;
+	case 3: case 4: case K_MODULE_CALL:
+		USER_RUN(buf, bad |= ioctl(mod_fd, EXITLAT_IOC_ONCE));
+		break;
+	case 5: case 6: {
+		struct exitlat_loop lp = {
+			.samples = (uintptr_t)buf, .iters = P.iters, .warmup = P.warmup,
+		};
+		bad = ioctl(mod_fd, EXITLAT_IOC_LOOP, &lp);
+		rax = (long)lp.result;
+		break;
+	}
+	case K_TIMER:
+		USER_RUN(buf, (void)0);
+		break;
+	case K_NONEXITING:
+		/* NOP in the same window: see docs/probes.md for the choice. */
+		USER_RUN(buf, asm volatile("nop"));
+		break;
+	case K_SYSCALL:
+		USER_RUN(buf, syscall(SYS_getppid));
+		break;
+	}
+	signal(SIGILL, SIG_DFL);
+	signal(SIGSEGV, SIG_DFL);
+	signal(SIGBUS, SIG_DFL);
+	if (bad) {
+		emit_error(k->name, "module call failed: %s", strerror(errno));
+		return -1;
+	}
+	if ((k->kind == 1 || k->kind == 5) && P.instr == I_VMCALL)
+		snprintf(extra, sizeof(extra), ",\"rax\":%ld", (long)rax);
+	snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",\"n\":%llu",
+		 (unsigned long long)P.iters);
+	handshake("done", k->name, extra);
+	return 0;
+}
+
+/* ---- samples buffer and disk -------------------------------------------- */
+
+static uint64_t *alloc_samples(uint64_t n)
+{
+	size_t len = ALIGN_4K(n * 8);
+	void *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+
+	if (p == MAP_FAILED)
+		return NULL;
+	madvise(p, len, MADV_HUGEPAGE);	/* fewer TLB misses while storing; optional */
+	memset(p, 0, len);		/* pre-fault every page before any timed loop */
+	mlock(p, len);			/* best effort: no swap in the guest anyway */
+	return p;
+}
+
+static int open_output(uint64_t need)
+{
+	struct stat st;
+	uint64_t size = 0;
+	int fd = open(out_path, O_RDWR | O_CLOEXEC);
+
+	if (fd < 0 && errno == ENOENT && strcmp(out_path, "/dev/vda"))
+		fd = open(out_path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	if (fd < 0)
+		plan_error("cannot open sample disk %s: %s", out_path, strerror(errno));
+	if (fstat(fd, &st))
+		plan_error("cannot stat %s: %s", out_path, strerror(errno));
+	if (S_ISBLK(st.st_mode)) {
+		if (ioctl(fd, BLKGETSIZE64, &size))
+			plan_error("cannot size %s: %s", out_path, strerror(errno));
+	} else {
+		size = st.st_size;
+		if (size < need && ftruncate(fd, need) == 0)
+			size = need;
+	}
+	if (size < need)
+		plan_error("sample disk %s has %llu bytes, the plan needs %llu", out_path,
+			   (unsigned long long)size, (unsigned long long)need);
+	return fd;
+}
+
+static int pwrite_all(int fd, const void *p, uint64_t len, uint64_t off)
+{
+	const char *c = p;
+
+	while (len) {
+		ssize_t n = pwrite(fd, c, len > (1 << 24) ? (1 << 24) : len, off);
+		if (n <= 0) {
+			if (n < 0 && errno == EINTR)
+				continue;
+			return -1;
+		}
+		c += n; off += n; len -= n;
+	}
+	return 0;
+}
+
+/* Samples first, header last, then fsync: a torn write never looks complete. */
+static void write_samples(int fd)
+{
+	char header[HEADER_SIZE];
+	uint64_t off = HEADER_SIZE, bytes = 0;
+	struct timespec t0, t1;
+	int h;
+	char extra[128];
+
+	memset(header, 0, sizeof(header));
+	h = snprintf(header, sizeof(header), "exitlat-samples 1\n");
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (int i = 0; i < nkeys; i++) {
+		uint64_t len = P.iters * 8;
+		if (!keys[i].ok)
+			continue;
+		if (pwrite_all(fd, keys[i].buf, len, off)) {
+			emit_error(keys[i].name, "writing samples to %s: %s", out_path, strerror(errno));
+			finish(NULL);
+		}
+		h += snprintf(header + h, sizeof(header) - h, "%s %llu %llu\n", keys[i].name,
+			      (unsigned long long)off, (unsigned long long)P.iters);
+		off += ALIGN_4K(len);
+		bytes += len;
+	}
+	h += snprintf(header + h, sizeof(header) - h, "end\n");
+	if (pwrite_all(fd, header, sizeof(header), 0) || fsync(fd)) {
+		emit_error(NULL, "writing header to %s: %s", out_path, strerror(errno));
+		finish(NULL);
+	}
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	snprintf(extra, sizeof(extra), ",\"bytes_written\":%llu,\"write_seconds\":%.3f",
+		 (unsigned long long)bytes,
+		 (t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9);
+	close(fd);
+	finish(extra);
+}
+
+/* ---- main ---------------------------------------------------------------- */
+
+static void add_key(const char *name, int kind)
+{
+	snprintf(keys[nkeys].name, sizeof(keys[nkeys].name), "%s", name);
+	keys[nkeys++].kind = kind;
+}
+
+int main(int argc, char **argv)
+{
+	static char cmdline[4096];
+	const char *cmd_arg = NULL;
+	cpu_set_t cpus;
+	int out_fd, need_module = 0, need_io = 0;
+	uint64_t need = HEADER_SIZE;
+
+	for (int i = 1; i + 1 < argc; i += 2) {
+		if (!strcmp(argv[i], "--cmdline"))
+			cmd_arg = argv[i + 1];
+		else if (!strcmp(argv[i], "--out"))
+			out_path = argv[i + 1];
+		else if (!strcmp(argv[i], "--console"))
+			console_path = argv[i + 1];
+	}
+	if (cmd_arg) {
+		snprintf(cmdline, sizeof(cmdline), "%s", cmd_arg);
+	} else {
+		int fd = open("/proc/cmdline", O_RDONLY);
+		ssize_t n = fd >= 0 ? read(fd, cmdline, sizeof(cmdline) - 1) : -1;
+		if (n < 0) {
+			emit_error(NULL, "cannot read /proc/cmdline");
+			finish(NULL);
+		}
+		cmdline[n] = 0;
+		close(fd);
+	}
+
+	/* Pin to CPU 0 first so everything below, hello's "cpu" included, runs there. */
+	CPU_ZERO(&cpus);
+	CPU_SET(0, &cpus);
+	sched_setaffinity(0, sizeof(cpus), &cpus);
+	mod_fd = open(EXITLAT_DEVICE, O_RDWR | O_CLOEXEC);
+
+	parse_plan(cmdline);
+	hello();
+
+	if (P.baselines) {
+		add_key("baseline_timer", K_TIMER);
+		add_key("baseline_nonexiting", K_NONEXITING);
+		add_key("baseline_syscall", K_SYSCALL);
+		add_key("baseline_module_call", K_MODULE_CALL);
+		need_module = 1;
+	}
+	for (int i = 0; i < P.ncases; i++) {
+		char name[8];
+		snprintf(name, sizeof(name), "case%d", P.cases[i]);
+		add_key(name, P.cases[i]);
+		need_module |= P.cases[i] >= 3;
+		need_io |= P.cases[i] == 2;
+	}
+	if (need_module && mod_fd < 0)
+		emit_error(NULL, "cannot open %s: %s (cases 3-6 and baseline_module_call will fail)",
+			   EXITLAT_DEVICE, strerror(errno));
+	for (int i = 0; i < nkeys; i++)
+		need += ALIGN_4K(P.iters * 8);
+	out_fd = open_output(need);
+
+	/* All sample memory up front, pre-faulted and locked: fail fast, no page faults later. */
+	for (int i = 0; i < nkeys; i++)
+		if (!(keys[i].buf = alloc_samples(P.iters)))
+			plan_error("cannot allocate %llu MiB for samples (give the guest more memory)",
+				   (unsigned long long)(nkeys * P.iters * 8 >> 20));
+
+	if (need_io && ioperm(P.port, 1, 1)) {
+		emit_error("case2", "ioperm(0x%x): %s", P.port, strerror(errno));
+		for (int i = 0; i < nkeys; i++)
+			if (keys[i].kind == 2)
+				keys[i].kind = -1;
+	}
+	if (P.handshake) {
+		struct termios t;
+		console_fd = open(console_path, O_RDWR | O_NOCTTY | O_CLOEXEC);
+		if (console_fd < 0)
+			plan_error("handshake: cannot open %s: %s", console_path, strerror(errno));
+		/* Keep canonical line mode, drop echo so 'go' is not echoed on the serial line. */
+		if (!tcgetattr(console_fd, &t)) {
+			t.c_lflag &= ~(ECHO | ECHONL);
+			tcsetattr(console_fd, TCSANOW, &t);
+		}
+	}
+
+	for (int i = 0; i < nkeys; i++)
+		keys[i].ok = keys[i].kind > 0 && run_key(&keys[i]) == 0;
+
+	write_samples(out_fd);
+	return 0;
+}
