@@ -7,7 +7,14 @@ SRC=/stage/src OUT=/stage/out
 rm -rf "$SRC" "$OUT"; mkdir -p "$SRC" "$OUT"
 tar -xf /sources/busybox.tar -C "$SRC" --strip-components=1
 cd "$SRC"
-make -s KCONFIG_ALLCONFIG=/repo/guest/busybox.config allnoconfig
+# busybox's kconfig ignores KCONFIG_ALLCONFIG: start from allnoconfig, set the fragment's options,
+# and let oldconfig settle the rest.
+make -s allnoconfig >/dev/null
+grep '^CONFIG_' /repo/guest/busybox.config | while IFS='=' read -r key value; do
+  sed -i "/^# $key is not set\$/d; /^$key=/d" .config
+  echo "$key=$value" >> .config
+done
+(yes "" || true) | make -s oldconfig >/dev/null
 missing=0
 while IFS= read -r line; do
   case "$line" in CONFIG_*=*) grep -qxF "$line" .config || { echo "config lost: $line"; missing=1; } ;; esac

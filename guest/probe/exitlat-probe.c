@@ -569,39 +569,47 @@ static int run_key(struct key *k)
 		rax = P.amd ? exitlat_vmmcall() : exitlat_vmcall();
 
 	handshake("ready", k->name, NULL);
-	switch (k->kind) {
-	case 1:
-		if (P.instr == I_VMCALL && P.amd)
-			USER_RUN(buf, rax = exitlat_vmmcall());
-		else if (P.instr == I_VMCALL)
-			USER_RUN(buf, rax = exitlat_vmcall());
-		else
-			USER_RUN(buf, exitlat_cpuid0());
-		break;
-	case 2:
-		USER_RUN(buf, exitlat_outb(P.port, '.'));
-		break;
-	case 3: case 4: case K_MODULE_CALL:
-		USER_RUN(buf, bad |= ioctl(mod_fd, EXITLAT_IOC_ONCE));
-		break;
-	case 5: case 6: {
-		struct exitlat_loop lp = {
-			.samples = (uintptr_t)buf, .iters = P.iters, .warmup = P.warmup,
-		};
-		bad = ioctl(mod_fd, EXITLAT_IOC_LOOP, &lp);
-		rax = (long)lp.result;
-		break;
-	}
-	case K_TIMER:
-		USER_RUN(buf, (void)0);
-		break;
-	case K_NONEXITING:
-		/* NOP in the same window: see docs/probes.md for the choice. */
-		USER_RUN(buf, asm volatile("nop"));
-		break;
-	case K_SYSCALL:
-		USER_RUN(buf, syscall(SYS_getppid));
-		break;
+	{
+		/* Plain locals inside the windows (no volatile stores); copied out after. */
+		long r = 0;
+		int b = 0;
+
+		switch (k->kind) {
+		case 1:
+			if (P.instr == I_VMCALL && P.amd)
+				USER_RUN(buf, r = exitlat_vmmcall());
+			else if (P.instr == I_VMCALL)
+				USER_RUN(buf, r = exitlat_vmcall());
+			else
+				USER_RUN(buf, exitlat_cpuid0());
+			break;
+		case 2:
+			USER_RUN(buf, exitlat_outb(P.port, '.'));
+			break;
+		case 3: case 4: case K_MODULE_CALL:
+			USER_RUN(buf, b |= ioctl(mod_fd, EXITLAT_IOC_ONCE));
+			break;
+		case 5: case 6: {
+			struct exitlat_loop lp = {
+				.samples = (uintptr_t)buf, .iters = P.iters, .warmup = P.warmup,
+			};
+			b = ioctl(mod_fd, EXITLAT_IOC_LOOP, &lp);
+			r = (long)lp.result;
+			break;
+		}
+		case K_TIMER:
+			USER_RUN(buf, (void)0);
+			break;
+		case K_NONEXITING:
+			/* NOP in the same window: see docs/probes.md for the choice. */
+			USER_RUN(buf, asm volatile("nop"));
+			break;
+		case K_SYSCALL:
+			USER_RUN(buf, syscall(SYS_getppid));
+			break;
+		}
+		rax = r;
+		bad = b;
 	}
 	signal(SIGILL, SIG_DFL);
 	signal(SIGSEGV, SIG_DFL);
