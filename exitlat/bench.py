@@ -383,7 +383,8 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                                   s.expected_path, s.instruction, opts.port if s.instruction == "outb" else None,
                                   vendor)
             cases.append({"key": key, "case": s.number, "repeat": rep, "flow": s.flow,
-                          "instruction": s.instruction, "msr": getattr(s, "msr", None),
+                          "instruction": s.instruction,
+                          "msr": None if s.msr is None else f"{s.msr:#x}",
                           "port": opts.port if s.instruction == "outb" else None,
                           "timer": opts.timer, "expected_path": s.expected_path,
                           "verification": ver, "iterations": int(len(res.samples[s.key])),

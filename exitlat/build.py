@@ -52,7 +52,9 @@ STAGES = [
           ("guest/build-initramfs.sh", "guest/init", "guest/probe", "guest/module"),
           deps=("kernel", "busybox")),
     Stage("qemu", "qemu/build.sh", ("qemu",),
-          {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb"}),
+          {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb",
+           "meson-wheel": "meson-1.5.0-py3-none-any.whl",
+           "pycotap-wheel": "pycotap-1.3.1-py3-none-any.whl"}),
 ]
 
 

@@ -7,7 +7,12 @@ set -euo pipefail
 OUT=/stage/out W=/work
 rm -rf "$OUT"; mkdir -p "$OUT" "$W"
 # Build from copies at fixed paths so no host path reaches the binaries.
-cp -r /repo/guest/probe "$W/probe"; cp -r /repo/guest/module "$W/module"
+# Only sources: a binary left in the working tree by a host build must never reach the image.
+for d in probe module; do
+  mkdir -p "$W/$d"
+  find "/repo/guest/$d" -maxdepth 1 -type f \( -name '*.c' -o -name '*.h' -o -name Makefile -o -name Kbuild \) \
+    -exec cp {} "$W/$d/" \;
+done
 echo "== probe program"
 make -C "$W/probe" CC=gcc
 cp "$W/probe/exitlat-probe" "$OUT/"

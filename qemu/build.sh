@@ -8,6 +8,12 @@ set -euo pipefail
 SRC=/work/qemu BLD=/work/qemu-build OUT=/stage/out PREFIX=/opt/exitlat-qemu
 rm -rf "$OUT"; mkdir -p "$SRC" "$BLD" "$OUT"
 tar -xf /sources/qemu.tar -C "$SRC" --strip-components=1
+# The pinned meson and pycotap wheels, where QEMU's offline mkvenv looks for them.
+mkdir -p "$SRC/python/wheels"; cp /sources/*.whl "$SRC/python/wheels/"
+# The +ds tarball has no edk2 images, but meson would still try to unpack them whenever bzip2
+# exists (as Debian's own build patches out). x86 with -kernel boots through SeaBIOS: skip them.
+sed -i 's/^    unpack_edk2_blobs = bzip2.found()$/    unpack_edk2_blobs = false/' "$SRC/meson.build"
+grep -q '^    unpack_edk2_blobs = false$' "$SRC/meson.build"
 cd "$BLD"
 mapfile -t ARGS < <(sed -e 's/#.*//' -e '/^\s*$/d' /repo/qemu/configure.args)
 echo "== configure ${ARGS[*]}"

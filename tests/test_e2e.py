@@ -39,7 +39,8 @@ def test_build_outputs_and_manifest(built):
     assert m["versions"]["kernel_release"].startswith("6.12.")
     assert "QEMU emulator version 10.0" in m["versions"]["qemu"]
     assert any(p.startswith("gcc-12=") for p in m["builder_image"]["packages"])
-    assert set(m["pins"]["sources"]) == {"linux", "busybox", "qemu", "seabios", "qemu-firmware"}
+    assert set(m["pins"]["sources"]) == {"linux", "busybox", "qemu", "seabios", "qemu-firmware",
+                                       "meson-wheel", "pycotap-wheel"}
 
 
 def test_noop_rebuild_runs_no_stage(built):
