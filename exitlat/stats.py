@@ -1,0 +1,128 @@
+"""Summary statistics of raw latency samples (TSC cycles), exact for any uint64 value.
+
+Why not just numpy: np.percentile/np.mean cast uint64 to float64 first, which loses the low bits
+of values above 2**53 and makes sums of huge values round. Here every order statistic is taken from
+the integer array, interpolation is done on integer differences, and the mean/stdev are computed
+relative to the minimum (exact integer offsets), so the result is as close to the true value as a
+float64 can hold.
+
+Percentiles use numpy's default ("linear") definition, so they match np.percentile on data whose
+values a float64 holds exactly. stdev is the sample standard deviation (ddof=1; null for n < 2).
+MAD is the raw median absolute deviation from the median (not scaled by 1.4826).
+
+median_ci95 is the distribution-free order-statistic (binomial) 95% confidence interval of the
+median: [X_(l), X_(n+1-l)] with l the largest rank such that P(Binomial(n, 1/2) < l) <= 2.5%.
+It is what a percentile bootstrap of the median converges to, but it is exact, needs no random
+numbers (the `seed` argument is accepted for API stability and unused) and costs one sort, so it is
+cheap for 10M samples. Exact binomial tails for n <= 1000, the normal approximation above. For
+n < 6 no rank reaches 95%, so the interval is [min, max] and `median_ci95_coverage` says how much
+it really covers.
+"""
+
+import math
+
+import numpy as np
+
+PERCENTILES = (("p1", 1), ("p5", 5), ("p25", 25), ("median", 50), ("p75", 75), ("p90", 90),
+               ("p95", 95), ("p99", 99), ("p99_9", 99.9))
+# Keys of a summary that are latencies (converted to ns); "n" and the coverage are not.
+VALUE_KEYS = ("min",) + tuple(k for k, _ in PERCENTILES) + ("max", "mean", "stdev", "mad")
+CI_METHOD = "order-statistic (binomial), 95%"
+_EXACT_BINOMIAL_MAX_N = 1000
+
+
+def _exact_sum(d: np.ndarray) -> int:
+    """Exact integer sum of a uint64 array: split into 32-bit halves so no partial sum overflows
+    (each half-sum is < 2**32 * n, fine up to 4e9 samples)."""
+    lo = int(np.sum(d & np.uint64(0xFFFFFFFF), dtype=np.uint64))
+    hi = int(np.sum(d >> np.uint64(32), dtype=np.uint64))
+    return (hi << 32) + lo
+
+
+def _percentile(s: np.ndarray, q: float) -> float:
+    """numpy's 'linear' percentile of sorted uint64 data, interpolating on the integer gap."""
+    n = len(s)
+    pos = (n - 1) * q / 100.0
+    i = int(math.floor(pos))
+    frac = pos - i
+    lo = int(s[i])
+    if frac == 0 or i + 1 >= n:
+        return float(lo)
+    hi = int(s[i + 1])
+    return float(lo + (hi - lo) * frac)
+
+
+def _binom_half_cdf_rank(n: int) -> tuple[int, float]:
+    """(l, coverage): the largest 1-based rank l with P(Bin(n, .5) <= l-1) <= 0.025, or (1, cov)
+    when even [min, max] covers less than 95%."""
+    if n <= _EXACT_BINOMIAL_MAX_N:
+        total = 2 ** n
+        cum = 0
+        l = 0
+        for k in range(0, n // 2 + 1):
+            nxt = cum + math.comb(n, k)
+            if nxt * 40 > total:          # P(B <= k) > 0.025: rank k+1 is one too far
+                break
+            cum, l = nxt, k + 1           # P(B <= l-1) = cum/total <= 0.025
+        if l == 0:
+            return 1, 1.0 - 2 / total
+        return l, 1.0 - (2 * cum) / total
+    half = 1.959963984540054 * math.sqrt(n) / 2.0
+    l = max(1, int(math.floor(n / 2.0 - half)))
+    return l, 0.95
+
+
+def median_ci(sorted_samples: np.ndarray) -> tuple[float, float, float]:
+    """(lo, hi, coverage) of the median from sorted data; see the module docstring."""
+    n = len(sorted_samples)
+    l, cov = _binom_half_cdf_rank(n)
+    u = n + 1 - l
+    return float(sorted_samples[l - 1]), float(sorted_samples[u - 1]), cov
+
+
+def _to_ns(value, tsc_hz: float):
+    return None if value is None else float(value) * 1e9 / tsc_hz
+
+
+def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
+    """Statistics of one case's raw samples in cycles, and in ns when the TSC rate is known."""
+    del seed  # kept for API stability: the CI needs no randomness (module docstring)
+    a = np.asarray(samples)
+    if a.ndim != 1:
+        raise ValueError(f"samples must be one-dimensional, got shape {a.shape}")
+    if a.size and a.dtype.kind not in "ui":
+        raise ValueError(f"samples must be integers (TSC cycles), got {a.dtype}")
+    if a.size and a.dtype.kind == "i" and int(a.min()) < 0:
+        raise ValueError("samples must not be negative")
+    s = np.sort(a.astype(np.uint64, copy=False))
+    n = int(s.size)
+    if n == 0:
+        raise ValueError("no samples to summarize")
+    mn, mx = int(s[0]), int(s[-1])
+    d = s - np.uint64(mn)                          # exact offsets from the minimum
+    total_off = _exact_sum(d)
+    mean_off = total_off / n
+    out: dict = {"n": n, "min": mn}
+    for key, q in PERCENTILES:
+        out[key] = _percentile(s, q)
+    out["max"] = mx
+    out["mean"] = (mn * n + total_off) / n        # int / int: correctly rounded
+    if n > 1:
+        dev = d.astype(np.float64) - mean_off
+        out["stdev"] = float(math.sqrt(float(np.dot(dev, dev)) / (n - 1)))
+    else:
+        out["stdev"] = None
+    med_off = out["median"] - mn
+    out["mad"] = float(np.median(np.abs(d.astype(np.float64) - med_off)))
+    lo, hi, cov = median_ci(s)
+    out["median_ci95"] = [lo, hi]
+    out["median_ci95_coverage"] = round(cov, 6)
+    out["ci_method"] = CI_METHOD
+    out["tsc_hz"] = float(tsc_hz) if tsc_hz else None
+    if tsc_hz:
+        ns = {k: _to_ns(out[k], tsc_hz) for k in VALUE_KEYS}
+        ns["median_ci95"] = [_to_ns(lo, tsc_hz), _to_ns(hi, tsc_hz)]
+        out["ns"] = ns
+    else:
+        out["ns"] = None
+    return out
