@@ -19,6 +19,7 @@ n < 6 no rank reaches 95%, so the interval is [min, max] and `median_ci95_covera
 it really covers.
 """
 
+import functools
 import math
 
 import numpy as np
@@ -52,6 +53,7 @@ def _percentile(s: np.ndarray, q: float) -> float:
     return float(lo + (hi - lo) * frac)
 
 
+@functools.lru_cache(maxsize=256)
 def _binom_half_cdf_rank(n: int) -> tuple[int, float]:
     """(l, coverage): the largest 1-based rank l with P(Bin(n, .5) <= l-1) <= 0.025, or (1, cov)
     when even [min, max] covers less than 95%."""

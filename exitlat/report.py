@@ -1,0 +1,164 @@
+"""`invoke report`: one bundle as tables (cases, baselines) with a host/guest/QEMU summary and
+every warning a reader needs before trusting the numbers."""
+
+from tabulate import tabulate
+
+from .bundle import TCG_BANNER, Bundle
+
+
+def fmt_cycles(v) -> str:
+    if v is None:
+        return "-"
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:,.1f}"
+
+
+def fmt_ns(v) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def fmt_ci(ci) -> str:
+    return "-" if not ci else f"[{fmt_cycles(ci[0])}, {fmt_cycles(ci[1])}]"
+
+
+def _item_problem(item) -> str | None:
+    """An isolation item that is not in its wanted state, as text (items come from doctor; only
+    their usual fields are read, anything else is ignored)."""
+    if not isinstance(item, dict):
+        return None
+    bad = item.get("ok") is False or str(item.get("status", "")).lower() in (
+        "warn", "warning", "fail", "failed", "bad", "not_tuned", "error")
+    if not bad:
+        return None
+    name = item.get("name") or item.get("id") or "?"
+    detail = item.get("detail") or item.get("message") or item.get("current") or ""
+    return f"{name}: {detail}" if detail else str(name)
+
+
+def warnings_for(doc: dict) -> list[str]:
+    out = []
+    if doc.get("accel") == "tcg":
+        out.append(TCG_BANNER)
+    st = doc["status"]
+    if st["state"] != "complete":
+        out.append(f"run INCOMPLETE: {st['reason']}")
+    iso = doc.get("isolation") or {}
+    if not iso.get("isolated"):
+        out.append("measured core was NOT isolated (see `invoke doctor`)")
+    items = iso.get("items") or []
+    for item in items.values() if isinstance(items, dict) else items:
+        p = _item_problem(item)
+        if p:
+            out.append(f"isolation: {p}")
+    for e in doc["cases"]:
+        v = e["verification"]["status"]
+        if v == "failed":
+            out.append(f"{e['key']}: exit path verification FAILED"
+                       + (f" ({e['verification'].get('detail')})" if e['verification'].get('detail') else ""))
+        elif v == "skipped" and doc.get("accel") == "kvm":
+            out.append(f"{e['key']}: exit path not verified (skipped)")
+    for e in doc["cases"] + doc["baselines"]:
+        if e["stats"] is None:
+            out.append(f"{e['key']}: no samples")
+    if not (doc["host"].get("tsc") or {}).get("hz") and not doc["guest"].get("tsc_khz"):
+        out.append("TSC frequency unknown: no ns values")
+    if doc["guest"].get("invariant_tsc") is False:
+        out.append("guest reports no invariant TSC: cycle counts may not be comparable")
+    return out
+
+
+def _verified(v: dict) -> str:
+    s = v["status"]
+    parts = []
+    for k, short in (("expected_reason_per_iter", "exit"), ("userspace_exits_per_iter", "user")):
+        if isinstance(v.get(k), (int, float)):
+            parts.append(f"{short} {v[k]:.2f}")
+    return f"{s} ({', '.join(parts)})" if parts and s in ("passed", "failed") else s
+
+
+def _ns(e, key):
+    ns = (e["stats"] or {}).get("ns")
+    return None if not ns else ns[key]
+
+
+def case_rows(doc: dict) -> list[list]:
+    rows = []
+    for e in doc["cases"]:
+        s = e["stats"] or {}
+        instr = e["instruction"] + (f" {e['msr']}" if e["msr"] else "") + (
+            f" {e['port']:#x}" if e["port"] is not None else "")
+        rows.append([e["key"], e["flow"], instr, e["expected_path"], _verified(e["verification"]),
+                     s.get("n", 0), fmt_cycles(s.get("median")), fmt_cycles(s.get("p99")),
+                     fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95"))])
+    return rows
+
+
+CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median", "p99", "p99.9",
+                "median ns", "median CI95"]
+
+
+def baseline_rows(doc: dict) -> list[list]:
+    return [[e["key"], e["flow"], (e["stats"] or {}).get("n", 0), fmt_cycles((e["stats"] or {}).get("median")),
+             fmt_cycles((e["stats"] or {}).get("p99")), fmt_ns(_ns(e, "median")),
+             fmt_ci((e["stats"] or {}).get("median_ci95"))] for e in doc["baselines"]]
+
+
+def summary_lines(b: Bundle) -> list[str]:
+    d = b.doc
+    h, g, q = d["host"], d["guest"], d["qemu"]
+    cpu = h["cpu"]
+    hz = b.tsc_hz
+    return [
+        f"bundle:  {b.name}  ({d['created_utc']}, exitlat {d['tool']['version']}"
+        f"{' ' + d['tool']['commit'][:12] if d['tool'].get('commit') else ''}, schema {d['schema_version']})",
+        f"status:  {d['status']['state']}" + (f" — {d['status']['reason']}" if d['status']['reason'] else ""),
+        f"host:    {h['hostname']}: {cpu.get('model_name')} (family {cpu.get('family')} model "
+        f"{cpu.get('model')} stepping {cpu.get('stepping')}, microcode {cpu.get('microcode')}, SMT "
+        f"{'on' if cpu.get('smt') else 'off' if cpu.get('smt') is False else '?'})",
+        f"TSC:     {hz / 1e9:.3f} GHz ({h['tsc'].get('source') if h['tsc'].get('hz') else 'guest tsc_khz'})"
+        if hz else "TSC:     unknown",
+        f"kernel:  {h['kernel']['release']}  cmdline: {h['kernel'].get('cmdline') or '?'}",
+        f"KVM:     {h['kvm'].get('module') or '?'} "
+        + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(h["kvm"].get("parameters", {}).items())
+                   if k.split(".", 1)[-1] in ("ept", "enable_apicv", "ple_gap", "npt", "avic", "halt_poll_ns")),
+        f"guest:   kernel {g.get('kernel_release')}, busybox {g.get('busybox_version')}, "
+        f"accel {d['accel'].upper()}",
+        f"QEMU:    {q.get('version')}",
+    ]
+
+
+def render_report(b: Bundle) -> str:
+    d = b.doc
+    out = []
+    if b.is_tcg:
+        out += [f"*** {TCG_BANNER} ***", ""]
+    out += summary_lines(b) + [""]
+    out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
+                        disable_numparse=True) if d["cases"] else "(no cases)")
+    if d["baselines"]:
+        out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
+            "baseline", "flow", "n", "median", "p99", "median ns", "median CI95"],
+            tablefmt="simple", disable_numparse=True)]
+    out.append("")
+    out.append("cycles are TSC ticks; CI95: order-statistic confidence interval of the median")
+    warns = warnings_for(d)
+    if warns:
+        out += [""] + [f"warning: {w}" for w in warns]
+    if b.is_tcg:
+        out += ["", f"*** {TCG_BANNER} ***"]
+    return "\n".join(out)
+
+
+def report_json(b: Bundle) -> dict:
+    d = b.doc
+    keep = ("key", "case", "repeat", "name", "flow", "instruction", "msr", "port", "timer",
+            "expected_path", "verification", "iterations", "warmup", "samples_file", "stats")
+    return {
+        "bundle": b.name, "path": str(b.path), "schema_version": d["schema_version"],
+        "accel": d["accel"], "banner": TCG_BANNER if b.is_tcg else None,
+        "status": d["status"], "created_utc": d["created_utc"], "tsc_hz": b.tsc_hz,
+        "host": d["host"], "guest": d["guest"], "qemu": {"version": d["qemu"].get("version")},
+        "isolated": d["isolation"].get("isolated"),
+        "warnings": warnings_for(d),
+        "cases": [{k: e[k] for k in keep if k in e} for e in d["cases"]],
+        "baselines": [{k: e[k] for k in keep if k in e} for e in d["baselines"]],
+    }
