@@ -106,3 +106,76 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
 
     return isolate_main(core=None if core is None else int(core), revert=revert, dry_run=dry_run,
                         state_file=state_file)
+
+
+# --- results -----------------------------------------------------------------------------------
+
+
+@task(help={"root": "results folder (default: results/)"})
+@cli
+def results(c, root=None):
+    """List result bundles: time, host, CPU, cases, status."""
+    from exitlat.results_cli import results_main
+
+    return results_main(root=root)
+
+
+@task(help={"bundle": "bundle folder, or a bundle name under results/",
+            "json": "print the report as JSON"})
+@cli
+def report(c, bundle, json=False):
+    """One bundle as a table: cases, paths, verification, median/p99/p99.9, ns, CI; warnings."""
+    from exitlat.results_cli import report_main
+
+    return report_main(bundle, as_json=json)
+
+
+@task(positional=["a", "b"], iterable=["more"], help={
+    "a": "reference bundle (path, or name under results/)",
+    "b": "bundle to compare with A (B,C,... for several)",
+    "more": "further bundles (repeatable)",
+    "json": "print the comparison as JSON"})
+@cli
+def compare(c, a, b=None, more=None, json=False):
+    """Bundles side by side: ratio of medians to A with CI, significance, unfairness warnings."""
+    from exitlat.results_cli import compare_main, split_bundle_args
+
+    return compare_main(split_bundle_args(a, b, more), as_json=json)
+
+
+@task(help={"bundle": "bundle folder or name", "output": "archive file (default: ./<bundle>.tar.gz)"})
+@cli
+def export(c, bundle, output=None):
+    """Write a bundle as one deterministic .tar.gz."""
+    from exitlat.results_cli import export_main
+
+    return export_main(bundle, output=output)
+
+
+@task(name="import", help={"file": "a .tar.gz made by `invoke export`",
+                           "output": "results folder (default: results/)"})
+@cli
+def import_(c, file, output=None):
+    """Check an exported bundle (schema, checksums) and only then add it to results/."""
+    from exitlat.results_cli import import_main
+
+    return import_main(file, output=output)
+
+
+@task(help={"bundle": "bundle folder or name"})
+@cli
+def validate(c, bundle):
+    """Check a bundle: files, checksums, schema, sample files, and recompute every statistic."""
+    from exitlat.results_cli import validate_main
+
+    return validate_main(bundle)
+
+
+@task(help={"bundle": "bundle folder or name", "format": "png (default) or svg",
+            "output": "folder for the figures (default: ./plots/<bundle>)"})
+@cli
+def plot(c, bundle, format="png", output=None):
+    """Histogram and CDF per case, plus an overview (cycles and ns axes)."""
+    from exitlat.results_cli import plot_main
+
+    return plot_main(bundle, fmt=format, output=output)
