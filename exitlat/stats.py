@@ -48,7 +48,7 @@ def _percentile(s: np.ndarray, q: float) -> float:
     frac = pos - i
     lo = int(s[i])
     if frac == 0 or i + 1 >= n:
-        return float(lo)
+        return lo                      # an order statistic: kept as an exact int
     hi = int(s[i + 1])
     return float(lo + (hi - lo) * frac)
 
@@ -79,7 +79,28 @@ def median_ci(sorted_samples: np.ndarray) -> tuple[float, float, float]:
     n = len(sorted_samples)
     l, cov = _binom_half_cdf_rank(n)
     u = n + 1 - l
-    return float(sorted_samples[l - 1]), float(sorted_samples[u - 1]), cov
+    return int(sorted_samples[l - 1]), int(sorted_samples[u - 1]), cov
+
+
+def _mad(d: np.ndarray):
+    """Median absolute deviation of sorted offsets d, in integers so huge values stay exact. The
+    median of d is m or m + 0.5; in the second case deviations are doubled to stay integral."""
+    n = len(d)
+    m = int(d[(n - 1) // 2])
+    half = n % 2 == 0 and int(d[n // 2]) != m
+    if half and int(d[-1]) >= 2**62:
+        # would overflow when doubled: float is the best we can do for such a spread
+        mid = (m + int(d[n // 2])) / 2
+        return float(np.median(np.abs(d.astype(np.float64) - mid)))
+    if half:
+        dd = d * np.uint64(2)
+        c = np.uint64(m + int(d[n // 2]))             # 2 * median
+        dev = np.where(dd >= c, dd - c, c - dd)
+        v = _percentile(np.sort(dev), 50)
+        return v / 2
+    c = np.uint64(m)
+    dev = np.sort(np.where(d >= c, d - c, c - d))
+    return _percentile(dev, 50)
 
 
 def _to_ns(value, tsc_hz: float):
@@ -114,8 +135,7 @@ def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
         out["stdev"] = float(math.sqrt(float(np.dot(dev, dev)) / (n - 1)))
     else:
         out["stdev"] = None
-    med_off = out["median"] - mn
-    out["mad"] = float(np.median(np.abs(d.astype(np.float64) - med_off)))
+    out["mad"] = _mad(d)
     lo, hi, cov = median_ci(s)
     out["median_ci95"] = [lo, hi]
     out["median_ci95_coverage"] = round(cov, 6)
