@@ -114,7 +114,7 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
 @task(help={"root": "results folder (default: results/)"})
 @cli
 def results(c, root=None):
-    """List result bundles: time, host, CPU, cases, status."""
+    """List result bundles (time, host, CPU, cases, status)."""
     from exitlat.results_cli import results_main
 
     return results_main(root=root)
@@ -124,7 +124,7 @@ def results(c, root=None):
             "json": "print the report as JSON"})
 @cli
 def report(c, bundle, json=False):
-    """One bundle as a table: cases, paths, verification, median/p99/p99.9, ns, CI; warnings."""
+    """Show one bundle: cases, paths, medians, CIs, warnings."""
     from exitlat.results_cli import report_main
 
     return report_main(bundle, as_json=json)
@@ -137,7 +137,7 @@ def report(c, bundle, json=False):
     "json": "print the comparison as JSON"})
 @cli
 def compare(c, a, b=None, more=None, json=False):
-    """Bundles side by side: ratio of medians to A with CI, significance, unfairness warnings."""
+    """Compare bundles: median ratios, CIs, unfair setups."""
     from exitlat.results_cli import compare_main, split_bundle_args
 
     return compare_main(split_bundle_args(a, b, more), as_json=json)
@@ -156,7 +156,7 @@ def export(c, bundle, output=None):
                            "output": "results folder (default: results/)"})
 @cli
 def import_(c, file, output=None):
-    """Check an exported bundle (schema, checksums) and only then add it to results/."""
+    """Check an exported bundle, then add it to results/."""
     from exitlat.results_cli import import_main
 
     return import_main(file, output=output)
@@ -165,7 +165,7 @@ def import_(c, file, output=None):
 @task(help={"bundle": "bundle folder or name"})
 @cli
 def validate(c, bundle):
-    """Check a bundle: files, checksums, schema, sample files, and recompute every statistic."""
+    """Check a bundle fully, recomputing every statistic."""
     from exitlat.results_cli import validate_main
 
     return validate_main(bundle)
@@ -175,7 +175,7 @@ def validate(c, bundle):
             "output": "folder for the figures (default: ./plots/<bundle>)"})
 @cli
 def plot(c, bundle, format="png", output=None):
-    """Histogram and CDF per case, plus an overview (cycles and ns axes)."""
+    """Plot histogram + CDF per case, and an overview."""
     from exitlat.results_cli import plot_main
 
     return plot_main(bundle, fmt=format, output=output)

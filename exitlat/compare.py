@@ -103,7 +103,7 @@ def compare(bundles: list[Bundle]) -> dict:
     for ident in order:
         ref = table[ident][0]
         cells = []
-        for e in table[ident]:
+        for i, e in enumerate(table[ident]):
             st = None if e is None else e["stats"]
             cell = {"key": None if e is None else e["key"], "n": None, "median": None, "ci95": None,
                     "ratio": None, "ratio_ci95": None, "significant": None}
@@ -111,7 +111,7 @@ def compare(bundles: list[Bundle]) -> dict:
                 cell["n"] = st["n"]
                 cell["median"], cell["ci95"] = _pick(st, unit)
             rs = None if ref is None else ref["stats"]
-            if st is not None and rs is not None and e is not ref:
+            if st is not None and rs is not None and i > 0:
                 m0, (lo0, hi0) = _pick(rs, unit)
                 m1, (lo1, hi1) = cell["median"], cell["ci95"]
                 if m0 > 0 and lo0 > 0:
