@@ -48,7 +48,9 @@ def plot_entry(b: Bundle, e: dict, path: Path) -> None:
     fig, (ax_h, ax_c) = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
     hi = max(st["p99"], st["min"] + 1)
     body = s[s <= hi]
-    bins = int(min(200, max(10, hi - st["min"] + 1)))
+    # integer-aligned bins: cycle counts are integers, uneven bins would draw a comb pattern
+    width = max(1, int(np.ceil((hi - st["min"] + 1) / 200)))
+    bins = np.arange(st["min"] - 0.5, hi + width + 0.5, width)
     ax_h.hist(body.astype(np.float64), bins=bins, color="#3b75af")
     ax_h.axvline(st["median"], color="k", ls="--", lw=1, label=f"median {st['median']:,.0f}")
     ax_h.axvline(st["p99"], color="#c44", ls=":", lw=1, label=f"p99 {st['p99']:,.0f}")
