@@ -19,7 +19,7 @@ from .console import Console, ConsoleClosed
 from .errors import CheckFailed, ExitlatError
 from .paths import REPO_ROOT, results_root
 from .progress import Progress, fmt_duration
-from .qemu import QemuConfig, RunFiles, qemu_argv
+from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv
 
 INSTRUCTIONS = ("cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline")
 TIMERS = ("rdtscp", "lfence")
@@ -63,6 +63,7 @@ class VmResult:
     timings: dict = field(default_factory=dict)
     pinned: dict = field(default_factory=dict)
     tracing: str | None = None
+    mem_lock: bool | None = None
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -171,8 +172,14 @@ class VmRun:
         with open(files.disk, "wb") as f:
             f.truncate(self.plan.disk_size_bytes())
         debugcon = self.o.debugcon if self.o.debugcon != "auto" else ("file" if self.accel == "tcg" else "null")
-        cfg = QemuConfig(self.build, self.accel, self.plan.guest_mem_mb(), self.plan.kernel_args(),
-                         self.o.port, debugcon)
+        mem_mb = self.plan.guest_mem_mb()
+        mem_lock = self.o.container or can_lock_memory(mem_mb)
+        if not mem_lock:
+            self.progress.say("warning: cannot lock guest memory (not root, RLIMIT_MEMLOCK too "
+                              "small): running with mem-lock=off; raise `ulimit -l` to lock it")
+        self.result.mem_lock = mem_lock
+        cfg = QemuConfig(self.build, self.accel, mem_mb, self.plan.kernel_args(), self.o.port,
+                         debugcon, mem_lock)
         r.argv = qemu_argv(cfg, files)
         qemu = console = qmp = tracer = None
         t0 = time.monotonic()
@@ -426,7 +433,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
         "isolation": isolation,
         "run": {"core": core, "housekeeping_core": hk, "tracing": first.tracing,
                 "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
-                "kvm_stats": first.kvm_stats, "debugcon_bytes": [r.debugcon_bytes for r in results],
+                "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock, "debugcon_bytes": [r.debugcon_bytes for r in results],
                 "timings": [r.timings for r in results],
                 "exit_windows": [{k: _window_dict(w) for k, w in r.windows.items()} for r in results],
                 "guest_errors": [e for r in results for e in r.errors]},

@@ -187,7 +187,7 @@ class Builder:
             d = self.stage_dir(dep)
             if dep == "kernel":
                 volumes[str(d / "tree")] = {"bind": "/kernel", "mode": "ro"}
-            volumes[str(d / "out")] = {"bind": f"/{dep}", "mode": "ro"}
+            volumes[str(d / "out")] = {"bind": f"/deps/{dep}", "mode": "ro"}
         log_path = self.logs_dir / f"{final.name}.log"
         self.progress.say(f"stage {st.name}: starting (log: {log_path})")
         t0 = time.monotonic()

@@ -43,12 +43,12 @@ class HostQemu:
 class ContainerQemu:
     """QEMU in the runtime image: /dev/kvm only (no --privileged), the host pid namespace so the
     vCPU thread id from QMP is the host's (pinning and tracing happen on the host), a cpuset of the
-    measured core plus one housekeeping core, unlimited memlock, no network."""
+    measured core plus one housekeeping core, CAP_IPC_LOCK (for -overcommit mem-lock=on: with it
+    mlockall ignores RLIMIT_MEMLOCK, which some engines may not raise), no network."""
 
     def __init__(self, argv: list[str], folder: Path, build: Path, cpus: list[int], accel: str,
                  pins_base: dict, log):
         import docker.errors
-        from docker.types import Ulimit
 
         self.client = docker_client()
         self.folder = folder
@@ -61,7 +61,7 @@ class ContainerQemu:
             self.container = self.client.containers.create(
                 tag, argv, detach=True, devices=devices, pid_mode="host", network_mode="none",
                 cpuset_cpus=",".join(str(c) for c in cpus),
-                ulimits=[Ulimit(name="memlock", soft=-1, hard=-1)],
+                cap_add=["IPC_LOCK"],
                 volumes={str(build): {"bind": str(build), "mode": "ro"},
                          str(folder): {"bind": str(folder), "mode": "rw"}},
                 labels={"exitlat.run": str(folder)})

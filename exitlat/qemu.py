@@ -35,6 +35,7 @@ class QemuConfig:
     kernel_args: list[str]
     port: int            # the debugcon (S) port
     debugcon: str        # "file" (counts bytes) or "null" (no write(2) in QEMU's exit path)
+    mem_lock: bool = True
 
 
 BASE_KERNEL_ARGS = [
@@ -42,6 +43,18 @@ BASE_KERNEL_ARGS = [
     # Fewer interruptions of the timed loops in the guest.
     "nokaslr", "tsc=reliable", "clocksource=tsc", "nowatchdog", "nmi_watchdog=0",
 ]
+
+
+def can_lock_memory(mem_mb: int) -> bool:
+    """Whether a QEMU started by this process may mlock its guest memory (root or a big enough
+    RLIMIT_MEMLOCK)."""
+    import os
+    import resource
+
+    if os.geteuid() == 0:
+        return True
+    soft, _ = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    return soft == resource.RLIM_INFINITY or soft >= (mem_mb + 256) << 20
 
 
 def qemu_binary(build: Path) -> Path:
@@ -61,7 +74,7 @@ def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
         str(qemu_binary(cfg.build)),
         *accel,
         "-machine", "pc", "-smp", "1", "-m", f"{cfg.mem_mb}M",
-        "-overcommit", "mem-lock=on",
+        "-overcommit", f"mem-lock={'on' if cfg.mem_lock else 'off'}",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-nic", "none",
         "-no-reboot", "-S",
         "-kernel", str(cfg.build / "bzImage"),

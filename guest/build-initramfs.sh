@@ -1,7 +1,7 @@
 #!/bin/bash
 # Build the guest probes (static user program + kernel module) and pack the initramfs, inside the
 # builder container.  /repo  this repository (read-only)   /kernel  kernel tree (read-only)
-#   /busybox  busybox stage outputs (read-only)   /stage/out  outputs
+#   /deps/busybox  busybox stage outputs (read-only)   /stage/out  outputs
 set -euo pipefail
 : "${SOURCE_DATE_EPOCH:?}"
 OUT=/stage/out W=/work
@@ -23,10 +23,10 @@ cp "$W/module/exitlat.ko" "$OUT/"
 echo "== initramfs"
 R="$W/rootfs"; mkdir -p "$R"
 install -m 0755 /repo/guest/init "$R/init"
-install -m 0755 /busybox/busybox "$R/busybox"
+install -m 0755 /deps/busybox/busybox "$R/busybox"
 install -m 0755 "$OUT/exitlat-probe" "$R/exitlat-probe"
 install -m 0644 "$OUT/exitlat.ko" "$R/exitlat.ko"
-cat /busybox/busybox.version > "$R/versions"
+cat /deps/busybox/busybox.version > "$R/versions"
 # gen_init_cpio takes file mtimes from the files themselves: clamp them.
 find "$R" -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +
 {
@@ -42,7 +42,7 @@ find "$R" -exec touch -h -d "@${SOURCE_DATE_EPOCH}" {} +
   echo "file /etc/exitlat-versions $R/versions 0644 0 0"
   while read -r applet; do
     [ "$applet" = busybox ] || echo "slink /bin/$applet busybox 0777 0 0"
-  done < /busybox/applets.txt
+  done < /deps/busybox/applets.txt
 } | LC_ALL=C sort -k2,2 -u > "$W/initramfs.list"
 /kernel/obj/usr/gen_init_cpio -t "$SOURCE_DATE_EPOCH" "$W/initramfs.list" > "$W/initramfs.cpio"
 gzip -n -9 < "$W/initramfs.cpio" > "$OUT/initramfs.cpio.gz"
