@@ -367,8 +367,6 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
 
 
 def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, results, vendor):
-    from .verify import verify_case
-
     samples, files, cases, baselines = {}, {}, [], []
     incomplete = [r for r in results if r.status != "complete"]
     first = results[0] if results else VmResult()
@@ -386,6 +384,8 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
             elif s.key not in res.windows:
                 ver = {"status": "failed", "detail": "no tracing window recorded"}
             else:
+                from .verify import verify_case
+
                 ver = verify_case(res.windows[s.key], opts.iterations + opts.warmup,
                                   s.expected_path, s.instruction, opts.port if s.instruction == "outb" else None,
                                   vendor)
@@ -426,7 +426,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                   "kernel_config_sha256": manifest.get("artifacts", {}).get("kernel.config"),
                   "busybox_version": versions.get("busybox"),
                   "tsc_khz": hello.get("tsc_khz"), "invariant_tsc": hello.get("invariant_tsc"),
-                  "cpu": hello.get("cpu")},
+                  "cpu": hello.get("vendor"), "vcpu": hello.get("cpu")},
         "qemu": {"version": first.qemu_version or versions.get("qemu"),
                  "command_line": first.argv, "container": opts.container},
         "build_manifest": manifest,

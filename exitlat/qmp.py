@@ -54,7 +54,8 @@ class QMP:
     def version(self) -> str:
         q = self.greeting.get("QMP", {}).get("version", {})
         v = q.get("qemu", {})
-        return f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}{q.get('package', '')}"
+        pkg = q.get("package", "").strip()
+        return f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}" + (f" ({pkg})" if pkg else "")
 
     def vcpu_threads(self) -> list[int]:
         return [int(c["thread-id"]) for c in self.command("query-cpus-fast")]
