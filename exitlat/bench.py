@@ -359,11 +359,29 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
             results.append(VmResult(status="incomplete", reason="interrupted (Ctrl-C)"))
     doc, samples, files = assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs,
                                    results, vendor)
-    path = write_bundle(out_root, doc, samples, files)
+    try:
+        path = write_bundle(out_root, doc, samples, files)
+    except ExitlatError as err:
+        rescue = save_rescue(out_root, doc, samples, files)
+        raise ExitlatError(f"{err}; the raw data is kept in {rescue}") from None
     progress.say(f"bundle: {path}")
     if interrupted:
         raise KeyboardInterrupt
     return path
+
+
+def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
+    """When a bundle cannot be written (a bug, a schema mismatch), keep everything as plain files:
+    nothing measured is lost. The folder is hidden so `invoke results` does not take it for a bundle."""
+    import numpy as np
+
+    folder = Path(tempfile.mkdtemp(prefix=".rescue-", dir=out_root))
+    (folder / "bundle.json").write_text(json.dumps(doc, indent=1, default=str))
+    for key, arr in samples.items():
+        np.save(folder / f"{key}.npy", arr)
+    for name, data in files.items():
+        (folder / name).write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
+    return folder
 
 
 def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, results, vendor):
