@@ -159,6 +159,7 @@ class Builder:
         self.logs_dir.mkdir(exist_ok=True)
         needed = [st for st in STAGES if force or not self.stage_dir(st.name).is_dir()]
         if needed:
+            self._docker()  # fail fast, before downloading anything, when there is no engine
             fetcher = SourceFetcher(self.pins, mirror=self.mirror, log=self.progress.say)
             for st in needed:
                 for pin_name in st.sources:

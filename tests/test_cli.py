@@ -65,3 +65,16 @@ def test_bad_pins_file(tmp_path):
 
 def test_missing_mirror(tmp_path):
     assert_one_line_error(invoke("build", "--mirror", str(tmp_path / "nope"), "--force"), "mirror")
+
+
+def test_stopped_docker_daemon_is_one_line(tmp_path):
+    import os
+
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock",
+               EXITLAT_BUILD_DIR=str(tmp_path / "build"))
+    res = subprocess.run([sys.executable, "-m", "invoke", "build"], cwd=REPO_ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode != 0
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and "Docker engine" in last and "Traceback" not in res.stderr
+    assert not any((tmp_path / "build").glob("[0-9a-f]*")), "no folder may look like a finished build"
