@@ -262,7 +262,7 @@ class VmRun:
 
         tracer = ExitCounter(vcpus)
         tracer.start()
-        self.result.tracing = type(tracer).__name__
+        self.result.tracing = tracer.backend
         return tracer
 
     def _conversation(self, console: Console, tracer, parse) -> None:
