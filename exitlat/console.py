@@ -11,19 +11,24 @@ class ConsoleClosed(Exception):
     """QEMU closed the console: the VM is gone."""
 
 
+def connect_unix(path: str, timeout: float, what: str) -> socket.socket:
+    """Connect to a unix socket QEMU is about to create, waiting up to `timeout` for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ExitlatError(f"QEMU's {what} socket did not appear within {timeout:.0f} s") from None
+            time.sleep(0.05)
+
+
 class Console:
     def __init__(self, path: str, timeout: float = 30.0):
-        deadline = time.monotonic() + timeout
-        while True:
-            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                self.sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise ExitlatError(f"QEMU's console socket did not appear within {timeout:.0f} s") from None
-                time.sleep(0.05)
+        self.sock = connect_unix(path, timeout, "console")
         self.buffer = b""
         self.transcript = bytearray()
 

@@ -2,9 +2,8 @@
 find its vCPU thread and read KVM statistics."""
 
 import json
-import socket
-import time
 
+from .console import connect_unix
 from .errors import ExitlatError
 
 
@@ -15,18 +14,8 @@ class QMPError(ExitlatError):
 class QMP:
     def __init__(self, path: str, timeout: float = 30.0):
         self.path = path
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                self.sock.settimeout(timeout)
-                self.sock.connect(path)
-                break
-            except (FileNotFoundError, ConnectionRefusedError):
-                self.sock.close()
-                if time.monotonic() > deadline:
-                    raise QMPError(f"QEMU's QMP socket did not appear within {timeout:.0f} s") from None
-                time.sleep(0.05)
+        self.sock = connect_unix(path, timeout, "QMP")
+        self.sock.settimeout(timeout)
         self.file = self.sock.makefile("rwb")
         self.greeting = self._read()
         self.command("qmp_capabilities")
