@@ -64,6 +64,7 @@ class VmResult:
     pinned: dict = field(default_factory=dict)
     tracing: str | None = None
     mem_lock: bool | None = None
+    kvm_stat_windows: dict = field(default_factory=dict)   # key -> KVM's query-stats deltas
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -198,7 +199,8 @@ class VmRun:
             tracer = self._start_tracer(vcpus)
             t_boot = self.t_cont = time.monotonic()
             qmp.command("cont")
-            self._conversation(console, tracer, parse_console_line)
+            self._conversation(console, tracer, parse_console_line,
+                               qmp if self.accel == "kvm" else None)
             r.timings["guest_s"] = time.monotonic() - t_boot
             if r.status == "complete":
                 r.kvm_stats = qmp.kvm_stats() if self.accel == "kvm" else None
@@ -265,9 +267,11 @@ class VmRun:
         self.result.tracing = tracer.backend
         return tracer
 
-    def _conversation(self, console: Console, tracer, parse) -> None:
-        """Follow the guest's markers; around each key's loop take a tracing snapshot."""
+    def _conversation(self, console: Console, tracer, parse, qmp=None) -> None:
+        """Follow the guest's markers; around each key's loop take a tracing snapshot (and KVM's
+        own counters through QMP query-stats, a second, independent count)."""
         r = self.result
+        stats_before = {}
         boot_timeout, key_timeout = self.timeouts()
         timeout, waiting_for = boot_timeout, "the guest to boot"
         before = {}
@@ -289,6 +293,7 @@ class VmRun:
             elif kind == "ready":
                 key = ev["key"]
                 before[key] = tracer.snapshot() if tracer else None
+                stats_before[key] = qmp.kvm_stats() if qmp else None
                 started[key] = time.monotonic()
                 self.progress.say(f"{key}: running {self.o.warmup}+{self.o.iterations} iterations")
                 console.send("go\n")
@@ -297,6 +302,10 @@ class VmRun:
                 key = ev["key"]
                 if tracer and key in before:
                     r.windows[key] = tracer.snapshot() - before[key]
+                if qmp and stats_before.get(key):
+                    after = qmp.kvm_stats() or {}
+                    r.kvm_stat_windows[key] = {k: after[k] - v for k, v in stats_before[key].items()
+                                               if k in after and after[k] != v}
                 r.timings[f"{key}_s"] = time.monotonic() - started.get(key, time.monotonic())
                 self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}")
                 console.send("go\n")
@@ -454,6 +463,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                 "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock, "debugcon_bytes": [r.debugcon_bytes for r in results],
                 "timings": [r.timings for r in results],
                 "exit_windows": [{k: _window_dict(w) for k, w in r.windows.items()} for r in results],
+                "kvm_stat_windows": [r.kvm_stat_windows for r in results],
                 "guest_errors": [e for r in results for e in r.errors]},
         "cases": cases,
         "baselines": baselines,
