@@ -416,6 +416,8 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                 ver = verify_case(res.windows[s.key], opts.iterations + opts.warmup,
                                   s.expected_path, s.instruction, opts.port if s.instruction == "outb" else None,
                                   vendor)
+                if s.key in res.kvm_stat_windows:  # KVM's own counters: a second opinion
+                    ver["kvm_stats"] = res.kvm_stat_windows[s.key]
             cases.append({"key": key, "case": s.number, "repeat": rep, "flow": s.flow,
                           "instruction": s.instruction,
                           "msr": None if s.msr is None else f"{s.msr:#x}",
