@@ -1,0 +1,7 @@
+"""Host isolation for exit-latency runs: `doctor` judges it, `isolate` applies what can change at
+run time (and reverts it). See docs/isolation.md."""
+
+from .doctor import collect_state
+from .host import default_core, housekeeping_core
+
+__all__ = ["collect_state", "default_core", "housekeeping_core"]
