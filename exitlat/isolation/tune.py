@@ -204,6 +204,9 @@ def revert(fs: SysFs, state_path: Path, dry_run: bool = False, euid: int | None 
             _undo(fs, e["kind"], e["target"], e["restore"], runner)
             e["status"] = "reverted"
             out(f"  restored {e['item']}: {e['target']}")
+        except FileNotFoundError:
+            e["status"] = "reverted"  # the IRQ or device went away: nothing left to restore
+            out(f"  gone     {e['item']}: {e['target']}")
         except OSError as err:
             failed.append(e)
             out(f"  FAILED  {e['item']}: {e['target']}: {err.strerror or err}")
