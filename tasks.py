@@ -96,9 +96,10 @@ def doctor(c, core=None, json=False):
     return doctor_main(core=None if core is None else int(core), as_json=json)
 
 
-@task(help={"core": "core to isolate", "revert": "restore every value saved by the last isolate",
+@task(help={"core": "core to isolate (default: the core bench would use)",
+            "revert": "restore every value saved by the last isolate",
             "dry_run": "print each change without making it",
-            "state_file": "where previous values are saved"})
+            "state_file": "where previous values are saved (default: /run/exitlat/isolate-state.json)"})
 @cli
 def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
     """Apply run-time isolation for a core (governor, turbo, IRQs, ...), or revert it."""
