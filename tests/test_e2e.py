@@ -109,3 +109,18 @@ def test_qemu_killed_mid_run_leaves_incomplete_bundle(built, tmp_path):
     assert doc["status"]["state"] == "incomplete"
     assert "QEMU exited" in doc["status"]["reason"]
     assert (bundles[0] / "console-r0.log").read_bytes().count(b"EXITLAT") >= 1
+
+
+def test_repeat_gives_one_entry_per_vm_and_compares(built, tmp_path):
+    res = invoke("bench", "--case", "1,6", "--iterations", "300", "--warmup", "10", "--repeat", "2",
+                 "--accel", "tcg", "--no-container", "--no-baselines", "--output", str(tmp_path),
+                 timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    (bundle,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    doc = json.loads((bundle / "bundle.json").read_text())
+    assert [(c["case"], c["repeat"]) for c in doc["cases"]] == [(1, 0), (6, 0), (1, 1), (6, 1)]
+    assert doc["run"]["debugcon_bytes"] == [310, 310]
+    assert doc["baselines"] == []
+    cmp = invoke("compare", str(bundle), str(bundle), timeout=120)
+    assert cmp.returncode == 0, cmp.stderr
+    assert "NOT VM-exit timings" in cmp.stdout + cmp.stderr
