@@ -8,16 +8,13 @@ renames it into place. A bad archive never leaves anything behind.
 """
 
 import gzip
-import hashlib
-import io
 import os
 import shutil
 import tarfile
 import zlib
 from pathlib import Path
 
-from .bundle import (_HEAD, _MAX_SMALL, BUNDLE_JSON, NAME_RE, SUMS, FileInfo, _check_rel,
-                     check_files, load_bundle)
+from .bundle import NAME_RE, FileInfo, _check_rel, check_files, load_bundle, read_info
 from .errors import ExitlatError
 
 
@@ -127,18 +124,10 @@ def _scan(archive: Path) -> tuple[str, dict[str, FileInfo]]:
             continue
         if rel in files:
             raise ExitlatError(f"{archive}: {rel} appears twice in the archive")
-        h, size, head, keep = hashlib.sha256(), 0, b"", []
-        small = rel in (BUNDLE_JSON, SUMS)
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            if not head:
-                head = chunk[:_HEAD]
-            h.update(chunk)
-            size += len(chunk)
-            if small and size <= _MAX_SMALL:
-                keep.append(chunk)
-        if size != m.size:
+        info = read_info(f, rel)
+        if info.size != m.size:
             raise ExitlatError(f"{archive}: {rel} is truncated")
-        files[rel] = FileInfo(size, h.hexdigest(), head, b"".join(keep) if small else None)
+        files[rel] = info
     if not top:
         raise ExitlatError(f"{archive}: empty archive")
     if not NAME_RE.match(top[0]):

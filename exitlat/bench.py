@@ -5,7 +5,6 @@ leaves a bundle marked incomplete with everything collected so far."""
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from . import __version__
 from .console import Console, ConsoleClosed
-from .errors import CheckFailed, ExitlatError
+from .errors import ExitlatError
 from .paths import REPO_ROOT, results_root
 from .progress import Progress, fmt_duration
 from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv

@@ -238,23 +238,26 @@ def _walk(folder: Path):
             yield os.path.relpath(p, folder).replace(os.sep, "/")
 
 
+def read_info(f, rel: str) -> FileInfo:
+    """Size, sha256 and the first bytes of one file read from `f` (a folder's file or an archive
+    member), keeping the whole content only for the small metadata files."""
+    h, size, head, keep = hashlib.sha256(), 0, b"", []
+    small = rel in (BUNDLE_JSON, SUMS)
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        if not head:
+            head = chunk[:_HEAD]
+        h.update(chunk)
+        size += len(chunk)
+        if small and size <= _MAX_SMALL:
+            keep.append(chunk)
+    return FileInfo(size, h.hexdigest(), head, b"".join(keep) if small else None)
+
+
 def scan_folder(folder: Path) -> dict[str, FileInfo]:
     out = {}
     for rel in _walk(folder):
-        h = hashlib.sha256()
-        head = b""
-        size = 0
-        small = rel in (BUNDLE_JSON, SUMS)
-        keep = []
         with open(folder / rel, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                if not head:
-                    head = chunk[:_HEAD]
-                h.update(chunk)
-                size += len(chunk)
-                if small and size <= _MAX_SMALL:
-                    keep.append(chunk)
-        out[rel] = FileInfo(size, h.hexdigest(), head, b"".join(keep) if small else None)
+            out[rel] = read_info(f, rel)
     return out
 
 

@@ -2,7 +2,6 @@
 (--no-container). Both give the same handle: the QEMU pid in the host's pid namespace, wait, stop."""
 
 import os
-import signal
 import subprocess
 import time
 from pathlib import Path

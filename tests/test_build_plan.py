@@ -1,7 +1,6 @@
 """The build plan: stage hashes follow their inputs, so one change rebuilds only what depends on it."""
 
 import shutil
-from pathlib import Path
 
 import pytest
 

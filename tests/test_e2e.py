@@ -94,7 +94,7 @@ def test_qemu_killed_mid_run_leaves_incomplete_bundle(built, tmp_path):
     for line in proc.stdout:
         seen.append(line)
         if "case1: running" in line and not killed:
-            out = subprocess.run(["pgrep", "-f", f"exitlat-run-.*console.sock"], capture_output=True, text=True)
+            out = subprocess.run(["pgrep", "-f", "exitlat-run-.*console.sock"], capture_output=True, text=True)
             for pid in out.stdout.split():
                 os.kill(int(pid), signal.SIGKILL)
                 killed = True
