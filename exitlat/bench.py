@@ -64,6 +64,7 @@ class VmResult:
     tracing: str | None = None
     mem_lock: bool | None = None
     kvm_stat_windows: dict = field(default_factory=dict)   # key -> KVM's query-stats deltas
+    finished: dict = field(default_factory=dict)           # the guest's last event (write figures)
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -313,6 +314,7 @@ class VmRun:
                 self.progress.say(f"guest error{' in ' + ev['key'] if ev.get('key') else ''}: "
                                   f"{ev.get('message')}")
             elif kind == "finished":
+                r.finished = ev
                 if ev.get("status") != "ok":
                     msgs = "; ".join(e.get("message", "?") for e in r.errors) or "no detail"
                     r.status, r.reason = "incomplete", f"guest reported an error: {msgs}"
@@ -463,6 +465,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                 "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
                 "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock, "debugcon_bytes": [r.debugcon_bytes for r in results],
                 "timings": [r.timings for r in results],
+                "guest_finished": [r.finished for r in results],
                 "exit_windows": [{k: _window_dict(w) for k, w in r.windows.items()} for r in results],
                 "kvm_stat_windows": [r.kvm_stat_windows for r in results],
                 "guest_errors": [e for r in results for e in r.errors]},

@@ -74,6 +74,11 @@ def throughput_figures(n: int) -> None:
         fig(f"samples out of the guest (case 5, n={n})", doc["cases"][0]["iterations"], "samples")
         fig("  collection (disk read + parse)", f"{t.get('collect_s', 0):.2f}", "s")
         fig("  throughput host side", f"{n / max(t.get('collect_s', 1e-9), 1e-9) / 1e6:.1f}", "M samples/s")
+        g = doc["run"].get("guest_finished", [{}])[0]
+        if g.get("write_seconds"):
+            fig("  guest write to virtio-blk", f"{g['write_seconds']:.2f}", "s")
+            fig("  throughput guest side", f"{g['bytes_written'] / 8 / g['write_seconds'] / 1e6:.1f}",
+                "M samples/s")
     fig("  whole run", f"{wall:.1f}", "s")
     shutil.rmtree(out, ignore_errors=True)
 
