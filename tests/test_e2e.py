@@ -124,3 +124,25 @@ def test_repeat_gives_one_entry_per_vm_and_compares(built, tmp_path):
     cmp = invoke("compare", str(bundle), str(bundle), timeout=120)
     assert cmp.returncode == 0, cmp.stderr
     assert "NOT VM-exit timings" in cmp.stdout + cmp.stderr
+
+
+def test_ctrl_c_stops_qemu_and_keeps_an_incomplete_bundle(built, tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "invoke", "bench", "--case", "1-6", "--iterations", "3000000",
+         "--accel", "tcg", "--no-container", "--output", str(tmp_path)],
+        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "case1: running" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    seen.append(rest)
+    assert proc.returncode == 130, "".join(seen[-20:])
+    assert "error: interrupted" in rest
+    (bundle,) = [p for p in tmp_path.iterdir() if not p.name.startswith(".")]
+    doc = json.loads((bundle / "bundle.json").read_text())
+    assert doc["status"] == {"state": "incomplete", "reason": "interrupted (Ctrl-C)"}
+    left = subprocess.run(["pgrep", "-f", "exitlat-run-.*console.sock"], capture_output=True, text=True)
+    assert left.stdout.strip() == "", "QEMU must be stopped"
