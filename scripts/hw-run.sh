@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# One real measurement on a host with hardware KVM (VMX/SVM): preflight, every case with every F
+# instruction it accepts, path verification on, and the reports. Run as root from the repository.
+#   scripts/hw-run.sh [CORE] [ITERATIONS]      (add NO_CONTAINER=1 where Docker is missing)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+core=${1:-}; iters=${2:-100000}
+extra=(); [ -n "${NO_CONTAINER:-}" ] && extra+=(--no-container)
+[ -n "$core" ] && extra+=(--core "$core")
+out=${OUTPUT:-results}
+grep -qE 'vmx|svm' /proc/cpuinfo || { echo "no VMX/SVM here: this script is for hardware KVM"; exit 2; }
+invoke doctor ${core:+--core "$core"}
+invoke build || exit 2
+status=0
+run() { invoke bench --accel kvm --iterations "$iters" --output "$out" "${extra[@]}" "$@" || status=1; }
+run --case 1-6 --instr cpuid --label "hw-run cpuid"
+run --case 1,3,5 --instr vmcall --label "hw-run vmcall"
+run --case 3,5 --instr rdmsr --label "hw-run rdmsr"
+run --case 5 --instr wrmsr_tsc_deadline --label "hw-run tsc-deadline fastpath"
+invoke results
+exit $status
