@@ -83,11 +83,16 @@ def test_bench_all_cases_tcg_in_container(built, tmp_path):
     assert "NOT VM-exit timings" in res.stdout + res.stderr
 
 
-def test_qemu_killed_mid_run_leaves_incomplete_bundle(built, tmp_path):
-    proc = subprocess.Popen(
+def start_long_bench(out: Path) -> subprocess.Popen:
+    """A TCG bench long enough (3M iterations a case) to be interrupted while a case runs."""
+    return subprocess.Popen(
         [sys.executable, "-m", "invoke", "bench", "--case", "1-6", "--iterations", "3000000",
-         "--accel", "tcg", "--no-container", "--output", str(tmp_path)],
+         "--accel", "tcg", "--no-container", "--output", str(out)],
         cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def test_qemu_killed_mid_run_leaves_incomplete_bundle(built, tmp_path):
+    proc = start_long_bench(tmp_path)
     seen = []
     killed = False
     deadline = time.monotonic() + 300
@@ -127,10 +132,7 @@ def test_repeat_gives_one_entry_per_vm_and_compares(built, tmp_path):
 
 
 def test_ctrl_c_stops_qemu_and_keeps_an_incomplete_bundle(built, tmp_path):
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "invoke", "bench", "--case", "1-6", "--iterations", "3000000",
-         "--accel", "tcg", "--no-container", "--output", str(tmp_path)],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = start_long_bench(tmp_path)
     seen = []
     for line in proc.stdout:
         seen.append(line)
