@@ -148,3 +148,24 @@ def test_ctrl_c_stops_qemu_and_keeps_an_incomplete_bundle(built, tmp_path):
     assert doc["status"] == {"state": "incomplete", "reason": "interrupted (Ctrl-C)"}
     left = subprocess.run(["pgrep", "-f", "exitlat-run-.*console.sock"], capture_output=True, text=True)
     assert left.stdout.strip() == "", "QEMU must be stopped"
+
+
+def test_ctrl_c_during_build_leaves_nothing_finished(tmp_path):
+    env = dict(os.environ, EXITLAT_BUILD_DIR=str(tmp_path / "build"))
+    proc = subprocess.Popen([sys.executable, "-m", "invoke", "build"], cwd=REPO_ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "stage kernel: starting" in line:
+            time.sleep(3)
+            proc.send_signal(signal.SIGINT)
+            break
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "error: interrupted" in rest, "".join(seen) + rest
+    build = tmp_path / "build"
+    assert not any(build.glob("*/manifest.json")) and not (build / "latest").exists()
+    assert not any(p.name.startswith("kernel-") for p in (build / "stages").iterdir())
+    running = subprocess.run(["docker", "ps", "-q", "--filter", "label=exitlat.stage"],
+                             capture_output=True, text=True)
+    assert running.stdout.strip() == "", "the stage's container must be removed"
