@@ -150,6 +150,26 @@ def git_commit() -> str | None:
 
 # -- one VM run ---------------------------------------------------------------------------------
 
+EVENT_BYTES_PER_ITERATION = 4 * 64   # kvm_exit + kvm_userspace_exit + kvm_pio + a handler event
+
+
+def trace_buffer_kb(iterations_total: int) -> int:
+    """The measured core's trace buffer (streaming backend): a whole case's events, so the reader
+    never has to keep up with the exit rate; at least 32 MiB, at most 2 GiB or a quarter of the
+    available memory."""
+    from .kvmtrace import DEFAULT_BUFFER_KB
+
+    want = iterations_total * EVENT_BYTES_PER_ITERATION // 1024
+    avail_kb = 2 << 20
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                avail_kb = int(line.split()[1]) // 4
+    except OSError:
+        pass
+    return max(DEFAULT_BUFFER_KB, min(want, 2 << 20, avail_kb))
+
+
 class VmRun:
     def __init__(self, opts: BenchOptions, build: Path, accel: str, core: int, hk: int,
                  plan, specs, progress: Progress, pins_base: dict):
@@ -262,7 +282,8 @@ class VmRun:
             return None
         from .kvmtrace import ExitCounter
 
-        tracer = ExitCounter(vcpus)
+        tracer = ExitCounter(vcpus, cpu=self.core, buffer_kb=trace_buffer_kb(
+            self.o.iterations + self.o.warmup))
         tracer.start()
         self.result.tracing = tracer.backend
         return tracer

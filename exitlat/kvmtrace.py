@@ -451,10 +451,12 @@ class ExitCounter:
 
     backend: "auto" (hist triggers if the kernel has them, else streaming), "hist" or "stream".
     buffer_kb: per-CPU ring buffer of the private instance (streaming backend).
+    cpu: the core the vCPU is pinned to; its buffer alone gets buffer_kb (the others keep the
+         default), so a long case can have a large buffer without one per CPU of the host.
     """
 
     def __init__(self, tids: list[int], tracefs: Path | None = None, *, backend: str = "auto",
-                 buffer_kb: int = DEFAULT_BUFFER_KB):
+                 buffer_kb: int = DEFAULT_BUFFER_KB, cpu: int | None = None):
         try:
             self.tids = sorted({int(t) for t in tids})
         except (TypeError, ValueError):
@@ -466,6 +468,7 @@ class ExitCounter:
         self._tracefs_arg = Path(tracefs) if tracefs else None
         self._want = backend
         self.buffer_kb = int(buffer_kb)
+        self.cpu = cpu
         self.backend = ""
         self.tracefs: Path | None = None
         self.instance: Path | None = None
@@ -576,7 +579,13 @@ class ExitCounter:
         inst = self.instance
         assert inst is not None
         _write(inst / "tracing_on", "0", "pause the instance")
-        _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
+        one_cpu = inst / "per_cpu" / f"cpu{self.cpu}" / "buffer_size_kb"
+        if self.cpu is not None and one_cpu.exists():
+            _write(inst / "buffer_size_kb", str(min(self.buffer_kb, DEFAULT_BUFFER_KB)),
+                   "size the trace buffers")
+            _write(one_cpu, str(self.buffer_kb), f"size cpu{self.cpu}'s trace buffer")
+        else:
+            _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
         flt = self._pid_filter()
         for ev in self._events:
             _write(inst / "events/kvm" / ev / "filter", flt, f"filter kvm:{ev} on the vCPU threads")

@@ -126,3 +126,26 @@ def test_instance_removed_on_error():
     assert _instances() == before
     with pytest.raises(ExitlatError):
         tr.snapshot()
+
+
+@needs_kvm
+@needs_trace
+def test_pinned_vcpu_gets_its_own_large_buffer_and_exact_counts():
+    """bench pins the vCPU and gives only that core's ring buffer the size of a whole case."""
+    import os
+
+    core = max(os.sched_getaffinity(0))
+    old = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {core})
+    try:
+        with ExitCounter([threading.get_native_id()], backend="stream", cpu=core,
+                         buffer_kb=65536) as tr:
+            sizes = {p.parent.name: int(p.read_text().split()[0])
+                     for p in tr.instance.glob("per_cpu/cpu*/buffer_size_kb")}
+            runs = run_microvm_phases(N, PORT, tr)
+    finally:
+        os.sched_setaffinity(0, old)
+    assert sizes[f"cpu{core}"] >= 65536          # the kernel rounds up to whole pages
+    assert all(v < 65536 for k, v in sizes.items() if k != f"cpu{core}")
+    out = runs["out"]["window"]
+    assert out.pio_count(PORT) == N and out.lost == 0
