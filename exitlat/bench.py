@@ -222,17 +222,22 @@ class VmRun:
             self._conversation(console, tracer, parse_console_line,
                                qmp if self.accel == "kvm" else None)
             r.timings["guest_s"] = time.monotonic() - t_boot
-            if r.status == "complete":
-                r.kvm_stats = qmp.kvm_stats() if self.accel == "kvm" else None
-                t_c = time.monotonic()
-                code = qemu.wait(30)
-                if code is None:
-                    raise ExitlatError("the guest finished but QEMU did not exit within 30 s")
+            # The guest said "finished" (even after an error in one case it still writes the
+            # samples of the others): collect whatever the disk holds.
+            r.kvm_stats = qmp.kvm_stats() if self.accel == "kvm" else None
+            t_c = time.monotonic()
+            if qemu.wait(30) is None:
+                raise ExitlatError("the guest finished but QEMU did not exit within 30 s")
+            try:
                 r.samples = read_samples(files.disk)
-                r.timings["collect_s"] = time.monotonic() - t_c
-                missing = [k for k in self._expected_keys() if k not in r.samples]
-                if missing:
-                    r.status, r.reason = "incomplete", f"guest wrote no samples for {', '.join(missing)}"
+            except ExitlatError:
+                if r.status == "complete":
+                    raise
+                # the guest's own error (already the reason) kept it from writing samples
+            r.timings["collect_s"] = time.monotonic() - t_c
+            missing = [k for k in self._expected_keys() if k not in r.samples]
+            if missing and r.status == "complete":
+                r.status, r.reason = "incomplete", f"guest wrote no samples for {', '.join(missing)}"
         except KeyboardInterrupt:
             r.status, r.reason = "incomplete", "interrupted (Ctrl-C)"
             raise

@@ -53,7 +53,7 @@ class QMP:
         """KVM's own per-vCPU counters (exits, io_exits, …) where kernel and QEMU offer them."""
         try:
             res = self.command("query-stats", target="vcpu")
-        except QMPError:
+        except (QMPError, OSError, ValueError):  # not offered, or QEMU already gone
             return None
         out = {}
         for entry in res or []:  # [{"provider": "kvm", "qom-path": ..., "stats": [{name, value}]}]

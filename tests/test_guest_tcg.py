@@ -72,8 +72,10 @@ def test_unknown_plan_word_is_a_structured_error(build):
 
 
 def test_vmcall_under_tcg_is_reported_not_crashed(build):
-    plan = GuestPlan(cases=[1], instr="vmcall", iterations=10, warmup=0, baselines=False)
+    plan = GuestPlan(cases=[2, 1], instr="vmcall", iterations=10, warmup=0, baselines=False)
     r = run_plan(build, plan)
     assert r.status == "incomplete"
+    # the case that worked keeps its samples, the one that failed has none
+    assert list(r.samples) == ["case2"] and len(r.samples["case2"]) == 10
     assert "vmcall" in (r.reason or "").lower() or any("vmcall" in e.get("message", "").lower()
                                                       for e in r.errors)
