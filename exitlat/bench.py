@@ -427,11 +427,14 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
     for rep, res in enumerate(results):
         tag = f"r{rep}"
         for s in specs:
-            if s.key not in res.samples:
-                continue
             key = f"{s.key}-{tag}"
-            samples[key] = res.samples[s.key]
-            if accel != "kvm":
+            got = res.samples.get(s.key)
+            if got is not None:
+                samples[key] = got
+            if got is None:  # listed anyway, so an incomplete bundle shows what did not run
+                errs = [e.get("message", "") for e in res.errors if e.get("key") == s.key]
+                ver = {"status": "skipped", "detail": "no samples" + (f": {errs[0]}" if errs else "")}
+            elif accel != "kvm":
                 ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
             elif not opts.verify:
                 ver = {"status": "skipped", "detail": "--no-verify"}
@@ -450,7 +453,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                           "msr": None if s.msr is None else f"{s.msr:#x}",
                           "port": opts.port if s.instruction == "outb" else None,
                           "timer": opts.timer, "expected_path": s.expected_path,
-                          "verification": ver, "iterations": int(len(res.samples[s.key])),
+                          "verification": ver, "iterations": 0 if got is None else int(len(got)),
                           "warmup": opts.warmup, "samples_key": key})
         for name in ("timer", "nonexiting", "syscall", "module_call"):
             gk = f"baseline_{name}"
