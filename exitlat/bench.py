@@ -175,6 +175,7 @@ class VmRun:
                  plan, specs, progress: Progress, pins_base: dict):
         self.o, self.build, self.accel, self.core, self.hk = opts, build, accel, core, hk
         self.plan, self.specs, self.progress, self.pins_base = plan, specs, progress, pins_base
+        self.vendor = plan.vendor or "intel"
         self.result = VmResult()
 
     def timeouts(self) -> tuple[float, float]:
@@ -293,6 +294,18 @@ class VmRun:
         self.result.tracing = tracer.backend
         return tracer
 
+    def _live_verdict(self, key: str) -> str:
+        """The path check of a case as soon as its window closes (the bundle keeps the full one)."""
+        spec = next((s for s in self.specs if s.key == key), None)
+        if spec is None or key not in self.result.windows:
+            return ""
+        from .verify import verify_case
+
+        v = verify_case(self.result.windows[key], self.o.iterations + self.o.warmup,
+                        spec.expected_path, spec.instruction,
+                        self.o.port if spec.instruction == "outb" else None, self.vendor)
+        return f"; path {v['status'].upper()}: {v['detail']}"
+
     def _conversation(self, console: Console, tracer, parse, qmp=None) -> None:
         """Follow the guest's markers; around each key's loop take a tracing snapshot (and KVM's
         own counters through QMP query-stats, a second, independent count)."""
@@ -333,7 +346,8 @@ class VmRun:
                     r.kvm_stat_windows[key] = {k: after[k] - v for k, v in stats_before[key].items()
                                                if k in after and after[k] != v}
                 r.timings[f"{key}_s"] = time.monotonic() - started.get(key, time.monotonic())
-                self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}")
+                self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}"
+                                  + self._live_verdict(key))
                 console.send("go\n")
             elif kind == "error":
                 r.errors.append(ev)

@@ -1,0 +1,54 @@
+"""bench's own logic without a VM: the live path verdict, the trace buffer size, and the bundle an
+incomplete run assembles (every requested case listed, real schema, real files)."""
+
+import numpy as np
+
+from exitlat.bench import BenchOptions, VmResult, VmRun, assemble, trace_buffer_kb
+from exitlat.bundle import load_bundle, write_bundle
+from exitlat.cases import case_specs
+from exitlat.guestio import GuestPlan
+from exitlat.hostinfo import collect_host
+from exitlat.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
+from exitlat.progress import Progress
+
+
+def window(exits=None, userspace=None, pio=None):
+    return ExitCounts(exits=exits or {}, userspace=userspace or {}, pio=pio or {}, handled={},
+                      lost=0, backend="stream")
+
+
+def test_live_verdict_passes_and_fails_on_real_counts():
+    o = BenchOptions(cases=[1, 2], iterations=10000, warmup=1000)
+    vm = VmRun(o, None, "kvm", 1, 0, GuestPlan(cases=[1, 2], vendor="intel"),
+               case_specs([1, 2], "cpuid", 0xE9), Progress(), {})
+    vm.result.windows["case1"] = window({"CPUID": 11000})
+    vm.result.windows["case2"] = window({"IO_INSTRUCTION": 11000}, {"IO": 11000}, {(0xE9, "out"): 11000})
+    assert "path PASSED" in vm._live_verdict("case1")
+    assert "path PASSED" in vm._live_verdict("case2")
+    vm.result.windows["case2"] = window({"CPUID": 11000})
+    assert "path FAILED" in vm._live_verdict("case2")
+    assert vm._live_verdict("baseline_timer") == ""
+
+
+def test_trace_buffer_holds_a_case_within_bounds():
+    assert trace_buffer_kb(1000) == DEFAULT_BUFFER_KB
+    assert trace_buffer_kb(1_000_000) == 1_000_000 * 256 // 1024
+    assert trace_buffer_kb(10**9) <= 2 << 20
+
+
+def test_incomplete_run_lists_every_case_and_writes_a_valid_bundle(tmp_path):
+    o = BenchOptions(cases=[1, 2, 5], iterations=100, warmup=0, accel="tcg", container=False)
+    specs = case_specs(o.cases, o.instr, o.port)
+    res = VmResult(status="incomplete", reason="guest reported an error: boom",
+                   samples={"case2": np.arange(1, 101, dtype=np.uint64)},
+                   errors=[{"event": "error", "key": "case1", "message": "boom"}],
+                   console=b"EXITLAT {}\n")
+    state = {"core": 1, "items": [], "isolated": False}
+    doc, samples, files = assemble(o, ["invoke", "bench"], collect_host(with_docker=False), state,
+                                   {"versions": {}, "artifacts": {}}, "tcg", 1, 0, specs, [res], "intel")
+    b = load_bundle(write_bundle(tmp_path, doc, samples, files))
+    by_case = {c["case"]: c for c in b.doc["cases"]}
+    assert sorted(by_case) == [1, 2, 5]
+    assert by_case[1]["verification"] == {"status": "skipped", "detail": "no samples: boom"}
+    assert by_case[2]["stats"]["n"] == 100 and by_case[5]["iterations"] == 0
+    assert b.doc["status"] == {"state": "incomplete", "reason": "guest reported an error: boom"}
