@@ -4,7 +4,7 @@ time under TCG split into phases, and sample throughput through the out-channel.
 
     python3 scripts/figures.py [--cold] [--bench] [--throughput N]
 
---cold builds into a fresh folder (a full cold build, ~20 min on 2 cores). Prints figures only;
+--cold builds into a fresh folder (a full cold build, ~11 min on 2 cores). Prints figures only;
 nothing here is a test.
 """
 

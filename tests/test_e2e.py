@@ -1,5 +1,5 @@
 """End to end, for real: the Docker build, a guest boot under TCG, `invoke bench` through the
-runtime container, and a run whose QEMU is killed. Slow (a cold build is ~20 min on 2 cores)."""
+runtime container, and a run whose QEMU is killed. Slow (a cold build is ~11 min on 2 cores)."""
 
 import json
 import os
