@@ -199,6 +199,10 @@ class Builder:
                     print(f"  | {line}", file=self.progress.stream)
                 raise ExitlatError(f"stage {st.name} failed (exit {code}) after "
                                    f"{fmt_duration(time.monotonic() - t0)}; full log: {log_path}")
+            # Which provider served each input stays with the stage, for every later manifest.
+            (tmp / "sources.json").write_text(json.dumps(
+                {n: {"provider": self.fetched[n].provider, "origin": self.fetched[n].origin,
+                     "sha256": self.fetched[n].pin.sha256} for n in sorted(st.sources)}, indent=1))
             if final.exists():  # --force: the old stage stays until the new one is complete
                 shutil.rmtree(final)
             os.replace(tmp, final)
@@ -286,8 +290,7 @@ class Builder:
             "stages": self.plan.stage_hashes,
             "builder_image": {"key": self.plan.builder_key, "packages": self._toolchain_list()},
             "pins": self.pins.raw,
-            "providers": {n: {"provider": f.provider, "origin": f.origin}
-                          for n, f in sorted(self.fetched.items())},
+            "providers": self._providers(),
             "versions": {
                 "kernel_release": _read(folder / "kernel.release"),
                 "busybox": _read(folder / "busybox.version"),
@@ -302,6 +305,15 @@ class Builder:
                                    .read_text().splitlines() if l.strip() and not l.startswith("#")],
             },
         }
+
+    def _providers(self) -> dict:
+        """Per pinned input: the provider that served it when its stage was built."""
+        out = {}
+        for st in STAGES:
+            f = self.stage_dir(st.name) / "sources.json"
+            if f.is_file():
+                out.update(json.loads(f.read_text()))
+        return dict(sorted(out.items()))
 
     def _toolchain_list(self) -> list[str]:
         """The builder image's resolved package list (gcc, binutils, make … exact versions)."""

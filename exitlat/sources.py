@@ -76,8 +76,10 @@ class SourceFetcher:
 
     def fetch(self, pin: SourcePin) -> Fetched:
         cached = self.cache / pin.sha256[:16] / pin.file
+        first = cached.parent / (pin.file + ".origin")   # who served it the first time
         if cached.is_file() and sha256_file(cached) == pin.sha256:
-            return Fetched(pin, cached, "cache", str(cached))
+            origin = first.read_text().strip() if first.is_file() else "unknown"
+            return Fetched(pin, cached, "cache", f"{cached} (first from {origin})")
         cached.parent.mkdir(parents=True, exist_ok=True)
         problems = []
         for provider, origin in self.candidates(pin):
@@ -100,6 +102,7 @@ class SourceFetcher:
                                     f"pinned {pin.sha256[:12]}…)")
                     continue
                 os.replace(tmp, cached)
+                first.write_text(f"{provider}: {origin}\n")
                 return Fetched(pin, cached, provider, origin)
             except (urllib.error.URLError, OSError, ValueError) as err:
                 reason = getattr(err, "reason", None) or err

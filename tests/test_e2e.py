@@ -41,6 +41,9 @@ def test_build_outputs_and_manifest(built):
     assert any(p.startswith("gcc-12=") for p in m["builder_image"]["packages"])
     assert set(m["pins"]["sources"]) == {"linux", "busybox", "qemu", "seabios", "qemu-firmware",
                                        "meson-wheel", "pycotap-wheel"}
+    # which provider served each input, kept with each stage so a partial rebuild still knows
+    assert set(m["providers"]) == set(m["pins"]["sources"])
+    assert {p["provider"] for p in m["providers"].values()} <= {"cache", "mirror", "upstream", "debian"}
 
 
 def test_noop_rebuild_runs_no_stage(built):

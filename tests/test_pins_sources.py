@@ -110,6 +110,7 @@ def test_mirror_folder_serves_and_is_cached(tmp_path, tiny):
     assert got.provider == "mirror" and got.path.read_bytes() == payload
     again = fetcher.fetch(fetcher.pins.source("busybox"))
     assert again.provider == "cache" and again.path == got.path
+    assert again.origin.endswith(f"(first from mirror: {mirror / 'busybox-test.tar'})")
 
 
 def test_http_upstream(tmp_path, tiny, http_dir):
