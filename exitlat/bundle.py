@@ -25,7 +25,7 @@ import jsonschema
 import numpy as np
 
 from .errors import ExitlatError
-from .stats import summarize
+from .stats import as_cycles, summarize
 
 SCHEMA_VERSION = 1
 BUNDLE_JSON = "bundle.json"
@@ -108,14 +108,10 @@ def _check_name(name: str, what: str = "bundle name") -> str:
 
 
 def _as_samples(key: str, arr) -> np.ndarray:
-    a = np.asarray(arr)
-    if a.ndim != 1:
-        raise ExitlatError(f"samples {key!r}: expected one dimension, got shape {a.shape}")
-    if a.size and a.dtype.kind not in "ui":
-        raise ExitlatError(f"samples {key!r}: expected integer cycles, got {a.dtype}")
-    if a.size and a.dtype.kind == "i" and int(a.min()) < 0:
-        raise ExitlatError(f"samples {key!r}: negative cycle counts")
-    return a.astype("<u8", copy=False)
+    try:
+        return as_cycles(arr).astype("<u8", copy=False)
+    except ValueError as err:
+        raise ExitlatError(f"samples {key!r}: {err}") from None
 
 
 def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:

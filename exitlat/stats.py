@@ -107,9 +107,8 @@ def _to_ns(value, tsc_hz: float):
     return None if value is None else float(value) * 1e9 / tsc_hz
 
 
-def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
-    """Statistics of one case's raw samples in cycles, and in ns when the TSC rate is known."""
-    del seed  # kept for API stability: the CI needs no randomness (module docstring)
+def as_cycles(samples) -> np.ndarray:
+    """The samples as a one-dimensional uint64 array of cycle counts, or ValueError saying why not."""
     a = np.asarray(samples)
     if a.ndim != 1:
         raise ValueError(f"samples must be one-dimensional, got shape {a.shape}")
@@ -117,7 +116,13 @@ def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
         raise ValueError(f"samples must be integers (TSC cycles), got {a.dtype}")
     if a.size and a.dtype.kind == "i" and int(a.min()) < 0:
         raise ValueError("samples must not be negative")
-    s = np.sort(a.astype(np.uint64, copy=False))
+    return a.astype(np.uint64, copy=False)
+
+
+def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
+    """Statistics of one case's raw samples in cycles, and in ns when the TSC rate is known."""
+    del seed  # kept for API stability: the CI needs no randomness (module docstring)
+    s = np.sort(as_cycles(samples))
     n = int(s.size)
     if n == 0:
         raise ValueError("no samples to summarize")
