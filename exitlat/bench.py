@@ -63,6 +63,7 @@ class VmResult:
     pinned: dict = field(default_factory=dict)
     tracing: str | None = None
     mem_lock: bool | None = None
+    qemu_stderr: bytes = b""
     kvm_stat_windows: dict = field(default_factory=dict)   # key -> KVM's query-stats deltas
     finished: dict = field(default_factory=dict)           # the guest's last event (write figures)
 
@@ -392,13 +393,13 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
                  f"core {core} (housekeeping {hk}), {opts.repeat} VM(s), "
                  f"{'container' if opts.container else 'no container'}")
+    pins_base = load_pins().base
     results: list[VmResult] = []
     interrupted = False
     try:
         for rep in range(opts.repeat):
             progress.say(f"VM {rep + 1}/{opts.repeat}: starting QEMU")
-            res = VmRun(opts, build, accel, core, hk, plan, specs, progress,
-                        load_pins().base).run()
+            res = VmRun(opts, build, accel, core, hk, plan, specs, progress, pins_base).run()
             results.append(res)
             if res.status != "complete":
                 progress.say(f"VM {rep + 1}: incomplete: {res.reason}")
@@ -479,7 +480,7 @@ def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, resu
                                   "iterations": int(len(res.samples[gk])), "samples_key": key,
                                   "repeat": rep})
         files[f"console-{tag}.log"] = res.console
-        if getattr(res, "qemu_stderr", b""):
+        if res.qemu_stderr:
             files[f"qemu-stderr-{tag}.log"] = res.qemu_stderr
     status = {"state": "complete", "reason": None}
     if incomplete:
