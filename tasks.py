@@ -63,16 +63,21 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "label": "free text stored in the bundle",
     "output": "results folder (default: results/)",
     "no_container": "run QEMU straight on the host instead of the runtime container",
-    "no_verify": "do not fail when a case's exit path does not match (still recorded)",
+    "no_verify": "no traced windows, and do not fail on an exit path that does not match",
     "require_isolation": "fail when the core is not isolated",
     "debugcon": "auto (default: null under KVM, file under TCG), file or null",
-    "no_baselines": "skip the baselines (timer, non-exiting, syscall, module call)",
+    "no_baselines": "skip the baselines (timer, non-exiting, syscall, module call, kernel timer)",
+    "tracing": "backend of the traced windows: auto (default: hist triggers if the kernel has "
+               "them), hist or stream",
+    "verify_iterations": "iterations of each case's traced (verification) window "
+                         "(default: min(iterations, 10000)); the timed window is never traced",
+    "build": "use this build folder (default: the build of the current inputs, made if missing)",
 })
 @cli
 def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
           timer="rdtscp", core=None, accel="auto", repeat="1", label=None, output=None,
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
-          no_baselines=False):
+          no_baselines=False, tracing="auto", verify_iterations=None, build=None):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
     from exitlat.cli_bench import bench_main
 
@@ -80,7 +85,8 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                       timer=timer, core=core, accel=accel, repeat=repeat, label=label,
                       output=output, no_container=no_container, no_verify=no_verify,
                       require_isolation=require_isolation, debugcon=debugcon,
-                      no_baselines=no_baselines)
+                      no_baselines=no_baselines, tracing=tracing,
+                      verify_iterations=verify_iterations, build=build)
 
 
 # --- isolation ---------------------------------------------------------------------------------

@@ -7,21 +7,23 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
 from .console import Console, ConsoleClosed
 from .errors import ExitlatError
 from .paths import REPO_ROOT, results_root
 from .progress import Progress, fmt_duration
 from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv
+from .verdicts import VerdictContext
+from .windows import case_of, is_traced_key
 
 INSTRUCTIONS = ("cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline")
 TIMERS = ("rdtscp", "lfence")
+TRACING_BACKENDS = ("auto", "hist", "stream")
+DEFAULT_VERIFY_ITERATIONS = 10_000
 
 
 @dataclass
@@ -43,6 +45,10 @@ class BenchOptions:
     debugcon: str = "auto"
     baselines: bool = True
     boot_timeout: float | None = None
+    build: Path | None = None               # a build folder to use instead of the current inputs'
+    tracing: str = "auto"                   # verification backend: auto, hist or stream
+    verify_iterations: int | None = None    # traced window per case (None: min(iterations, 10000))
+    emulated_host: bool = False             # set by selftest: the host is an emulated AMD-V machine
 
 
 @dataclass
@@ -52,7 +58,7 @@ class VmResult:
     reason: str | None = None
     hello: dict = field(default_factory=dict)
     samples: dict = field(default_factory=dict)
-    windows: dict = field(default_factory=dict)       # key -> ExitCounts of its window
+    windows: dict = field(default_factory=dict)    # case key -> windows.TracedWindow
     errors: list = field(default_factory=list)
     console: bytes = b""
     argv: list = field(default_factory=list)
@@ -64,8 +70,9 @@ class VmResult:
     tracing: str | None = None
     mem_lock: bool | None = None
     qemu_stderr: bytes = b""
-    kvm_stat_windows: dict = field(default_factory=dict)   # key -> KVM's query-stats deltas
-    finished: dict = field(default_factory=dict)           # the guest's last event (write figures)
+    timed: dict = field(default_factory=dict)      # key -> windows.TimedWindow (cases and baselines)
+    finished: dict = field(default_factory=dict)   # the guest's last event (write figures)
+    tsc_backwards: dict = field(default_factory=dict)  # key -> samples whose TSC went backwards
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -89,6 +96,12 @@ def check_options(o: BenchOptions) -> None:
         raise ExitlatError(f"unknown --accel {o.accel!r}; choose auto, kvm or tcg")
     if o.debugcon not in ("auto", "file", "null"):
         raise ExitlatError(f"unknown --debugcon {o.debugcon!r}; choose auto, file or null")
+    if o.tracing not in TRACING_BACKENDS:
+        raise ExitlatError(f"unknown --tracing {o.tracing!r}; choose {', '.join(TRACING_BACKENDS)}")
+    if o.verify_iterations is not None and not 1 <= o.verify_iterations <= 50_000_000:
+        raise ExitlatError(f"--verify-iterations must be between 1 and 50000000, got {o.verify_iterations}")
+    if o.build is not None and not (Path(o.build) / "manifest.json").is_file():
+        raise ExitlatError(f"--build {o.build}: not a finished build folder (no manifest.json)")
     case_specs(o.cases, o.instr, o.port)  # refuses e.g. rdmsr in user-mode cases
 
 
@@ -176,11 +189,16 @@ class VmRun:
                  plan, specs, progress: Progress, pins_base: dict):
         self.o, self.build, self.accel, self.core, self.hk = opts, build, accel, core, hk
         self.plan, self.specs, self.progress, self.pins_base = plan, specs, progress, pins_base
-        self.vendor = plan.vendor or "intel"
         self.result = VmResult()
+        self.spec_by_key = {s.key: s for s in specs}
+        self.n_timed = opts.iterations + opts.warmup
+        self.verdict_context = VerdictContext(vendor=plan.vendor or "unknown", port=opts.port)
+        self.tracer = None
+        self.traced_before = None
+        self.vcpus: list[int] = []
 
     def timeouts(self) -> tuple[float, float]:
-        n = self.o.iterations + self.o.warmup
+        n = max(self.o.iterations + self.o.warmup, self.plan.verify_iterations or 0)
         slow = self.accel == "tcg"
         boot = self.o.boot_timeout or (120.0 if slow else 60.0)
         per_key = 30.0 + n * (200e-6 if slow else 50e-6)
@@ -204,7 +222,7 @@ class VmRun:
         cfg = QemuConfig(self.build, self.accel, mem_mb, self.plan.kernel_args(), self.o.port,
                          debugcon, mem_lock)
         r.argv = qemu_argv(cfg, files)
-        qemu = console = qmp = tracer = None
+        qemu = console = qmp = None
         t0 = time.monotonic()
         try:
             qemu = self._start_qemu(r.argv, folder)
@@ -214,15 +232,14 @@ class VmRun:
             console = Console(str(files.console))
             qmp = QMP(str(files.qmp))
             r.qemu_version = qmp.version()
-            vcpus = qmp.vcpu_threads()
+            self.vcpus = qmp.vcpu_threads()
             from .launcher import pin_threads
 
-            r.pinned = pin_threads(qemu.pid, vcpus, self.core, self.hk)
-            tracer = self._start_tracer(vcpus)
+            r.pinned = pin_threads(qemu.pid, self.vcpus, self.core, self.hk)
+            r.tracing = self._tracing_mode()
             t_boot = self.t_cont = time.monotonic()
             qmp.command("cont")
-            self._conversation(console, tracer, parse_console_line,
-                               qmp if self.accel == "kvm" else None)
+            self._conversation(console, parse_console_line, qmp if self.accel == "kvm" else None)
             r.timings["guest_s"] = time.monotonic() - t_boot
             # The guest said "finished" (even after an error in one case it still writes the
             # samples of the others): collect whatever the disk holds.
@@ -237,7 +254,7 @@ class VmRun:
                     raise
                 # the guest's own error (already the reason) kept it from writing samples
             r.timings["collect_s"] = time.monotonic() - t_c
-            missing = [k for k in self._expected_keys() if k not in r.samples]
+            missing = [k for k in self.plan.keys() if k not in r.samples]
             if missing and r.status == "complete":
                 r.status, r.reason = "incomplete", f"guest wrote no samples for {', '.join(missing)}"
         except KeyboardInterrupt:
@@ -250,9 +267,9 @@ class VmRun:
         except ExitlatError as err:
             r.status, r.reason = "incomplete", str(err)
         finally:
-            if tracer is not None:
+            if self.tracer is not None:
                 try:
-                    tracer.stop()
+                    self.tracer.stop()
                 except Exception:
                     pass
             if qmp is not None:
@@ -269,12 +286,6 @@ class VmRun:
             shutil.rmtree(folder, ignore_errors=True)
         return r
 
-    def _expected_keys(self) -> list[str]:
-        keys = [s.key for s in self.specs]
-        if self.o.baselines:
-            keys += ["baseline_timer", "baseline_nonexiting", "baseline_syscall", "baseline_module_call"]
-        return keys
-
     def _start_qemu(self, argv, folder):
         from .launcher import ContainerQemu, HostQemu
 
@@ -283,39 +294,73 @@ class VmRun:
                                  self.pins_base, self.progress.say)
         return HostQemu(argv, folder)
 
-    def _start_tracer(self, vcpus):
-        if self.accel != "kvm" or not self.o.verify:
-            self.result.tracing = "not applicable" if self.accel != "kvm" else "disabled (--no-verify)"
-            return None
-        from .kvmtrace import ExitCounter
+    def _tracing_mode(self) -> str:
+        if self.accel != "kvm":
+            return "not applicable"
+        if not self.o.verify:
+            return "disabled (--no-verify)"
+        if not self.plan.verify_iterations:
+            return "disabled (no traced windows)"
+        return f"traced windows only ({self.o.tracing})"
 
-        tracer = ExitCounter(vcpus, cpu=self.core, buffer_kb=trace_buffer_kb(
-            self.o.iterations + self.o.warmup))
-        tracer.start()
-        self.result.tracing = tracer.backend
-        return tracer
+    # -- the two windows of a key ----------------------------------------------------------------
+    def _open_traced(self, key: str) -> None:
+        """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
+        triggers, fastpath kprobes) that exists only while this window runs."""
+        from .kvmtrace import ExitCounter, fastpath_symbols
+        from .windows import TracedWindow
+
+        w = self.result.windows[case_of(key)] = TracedWindow()
+        if self.accel != "kvm" or not self.o.verify:
+            return
+        self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,
+                                  buffer_kb=trace_buffer_kb(self.plan.verify_iterations),
+                                  kprobes=fastpath_symbols())
+        self.tracer.start()
+        w.backend = self.tracer.backend
+        w.kprobes = list(getattr(self.tracer, "kprobes_active", []) or [])
+        self.traced_before = self.tracer.snapshot()
+
+    def _close_traced(self, key: str) -> None:
+        w = self.result.windows[case_of(key)]
+        if self.tracer is None:
+            return
+        try:
+            w.counts = self.tracer.snapshot() - self.traced_before
+        finally:
+            self.tracer.stop()
+            self.tracer = None
 
     def _live_verdict(self, key: str) -> str:
-        """The path check of a case as soon as its window closes (the bundle keeps the full one)."""
-        spec = next((s for s in self.specs if s.key == key), None)
-        if spec is None or key not in self.result.windows:
-            return ""
-        from .verify import verify_case
+        """A window's check as soon as it closes (the bundle keeps the full verdicts)."""
+        from .verdicts import baseline_verdict, timed_verdict, traced_verdict
 
-        v = verify_case(self.result.windows[key], self.o.iterations + self.o.warmup,
-                        spec.expected_path, spec.instruction,
-                        self.o.port if spec.instruction == "outb" else None, self.vendor)
-        return f"; path {v['status'].upper()}: {v['detail']}"
+        r, ctx = self.result, self.verdict_context
+        if is_traced_key(key):
+            spec = self.spec_by_key.get(case_of(key))
+            if spec is None or self.accel != "kvm" or not self.o.verify:
+                return ""
+            v = traced_verdict(spec, r.windows[case_of(key)], self.plan.verify_iterations, ctx)
+        elif key in self.spec_by_key:
+            if self.accel != "kvm":
+                return ""
+            v = timed_verdict(self.spec_by_key[key], r.timed.get(key), self.n_timed, ctx)
+        else:
+            if self.accel != "kvm":
+                return ""
+            v = baseline_verdict(r.timed.get(key), self.n_timed)
+        return f"; {v['status'].upper()}: {v['detail']}"
 
-    def _conversation(self, console: Console, tracer, parse, qmp=None) -> None:
-        """Follow the guest's markers; around each key's loop take a tracing snapshot (and KVM's
-        own counters through QMP query-stats, a second, independent count)."""
+    def _conversation(self, console: Console, parse, qmp=None) -> None:
+        """Follow the guest's markers. Timed window: KVM stats and the tracefs state around it,
+        nothing enabled. Traced window: a tracing instance that lives only for its loop."""
+        from .windows import TimedWindow, tracing_state
+
         r = self.result
-        stats_before = {}
         boot_timeout, key_timeout = self.timeouts()
         timeout, waiting_for = boot_timeout, "the guest to boot"
-        before = {}
-        started = {}
+        stats_before: dict = {}
+        started: dict = {}
         while True:
             line = console.readline(timeout)
             if line is None:
@@ -332,20 +377,27 @@ class VmRun:
                 timeout, waiting_for = key_timeout, "the first case"
             elif kind == "ready":
                 key = ev["key"]
-                before[key] = tracer.snapshot() if tracer else None
+                if is_traced_key(key):
+                    self._open_traced(key)
+                    what = f"{self.plan.verify_iterations} traced iterations"
+                else:
+                    r.timed[key] = TimedWindow(tracing_before=tracing_state())
+                    what = f"{self.o.warmup}+{self.o.iterations} iterations"
                 stats_before[key] = qmp.kvm_stats() if qmp else None
                 started[key] = time.monotonic()
-                self.progress.say(f"{key}: running {self.o.warmup}+{self.o.iterations} iterations")
+                self.progress.say(f"{key}: running {what}")
                 console.send("go\n")
                 timeout, waiting_for = key_timeout, f"{key} to finish"
             elif kind == "done":
                 key = ev["key"]
-                if tracer and key in before:
-                    r.windows[key] = tracer.snapshot() - before[key]
-                if qmp and stats_before.get(key):
-                    after = qmp.kvm_stats() or {}
-                    r.kvm_stat_windows[key] = {k: after[k] - v for k, v in stats_before[key].items()
-                                               if k in after and after[k] != v}
+                stats = _stats_delta(stats_before.get(key), qmp.kvm_stats() if qmp else None)
+                r.tsc_backwards[key] = ev.get("tsc_backwards")
+                if is_traced_key(key):
+                    self._close_traced(key)
+                    r.windows[case_of(key)].kvm_stats = stats
+                elif key in r.timed:
+                    r.timed[key].kvm_stats = stats
+                    r.timed[key].tracing_after = tracing_state()
                 r.timings[f"{key}_s"] = time.monotonic() - started.get(key, time.monotonic())
                 self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}"
                                   + self._live_verdict(key))
@@ -362,9 +414,26 @@ class VmRun:
                 return
 
 
+def _stats_delta(before: dict | None, after: dict | None) -> dict | None:
+    """KVM stats of one window (every counter, zeros included); None when either read failed."""
+    if not before or not after:
+        return None
+    return {k: after[k] - v for k, v in before.items() if k in after}
+
+
 # -- the whole run ------------------------------------------------------------------------------
 
+def verify_iterations(opts: BenchOptions, accel: str) -> int:
+    """Iterations of each case's traced window: none under TCG or --no-verify."""
+    if accel != "kvm" or not opts.verify:
+        return 0
+    if opts.verify_iterations is not None:
+        return opts.verify_iterations
+    return min(opts.iterations, DEFAULT_VERIFY_ITERATIONS)
+
+
 def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
+    from .verify import exit_vendor
     from .bundle import write_bundle
     from .cases import case_specs
     from .guestio import GuestPlan
@@ -384,12 +453,20 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
         if opts.require_isolation:
             raise ExitlatError(msg + " and --require-isolation was given")
         progress.say(f"warning: {msg}")
-    build = ensure_build(progress)
+    if accel == "kvm" and opts.verify:
+        from .kvmtrace import tracing_available
+
+        ok, why = tracing_available()
+        if not ok:
+            raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
+    build = Path(opts.build) if opts.build else ensure_build(progress)
     manifest = json.loads((build / "manifest.json").read_text())
-    vendor = "amd" if host["cpu"].get("vendor") == "AuthenticAMD" else "intel"
+    vendor = exit_vendor(host["cpu"].get("vendor") or "")
+    viters = verify_iterations(opts, accel)
     plan = GuestPlan(cases=opts.cases, instr=opts.instr, port=opts.port, timer=opts.timer,
                      iterations=opts.iterations, warmup=opts.warmup, baselines=opts.baselines,
-                     handshake=True, msr=None, vendor=vendor)
+                     handshake=True, msr=None, vendor=None if vendor == "unknown" else vendor,
+                     verify_iterations=viters)
     progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
                  f"core {core} (housekeeping {hk}), {opts.repeat} VM(s), "
                  f"{'container' if opts.container else 'no container'}")
@@ -408,8 +485,11 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
         interrupted = True
         if not results or results[-1].status == "complete":
             results.append(VmResult(status="incomplete", reason="interrupted (Ctrl-C)"))
-    doc, samples, files = assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs,
-                                   results, vendor)
+    from .document import DocumentBuilder, document_hz
+
+    hello = next((r.hello for r in results if r.hello), {})
+    doc, samples, files = DocumentBuilder(opts, accel, specs, vendor, viters, document_hz(host, hello)
+                                          ).build(argv, host, isolation, manifest, core, hk, results)
     try:
         path = write_bundle(out_root, doc, samples, files)
     except ExitlatError as err:
@@ -433,93 +513,3 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
     for name, data in files.items():
         (folder / name).write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
     return folder
-
-
-def assemble(opts, argv, host, isolation, manifest, accel, core, hk, specs, results, vendor):
-    samples, files, cases, baselines = {}, {}, [], []
-    incomplete = [r for r in results if r.status != "complete"]
-    first = results[0] if results else VmResult()
-    for rep, res in enumerate(results):
-        tag = f"r{rep}"
-        for s in specs:
-            key = f"{s.key}-{tag}"
-            got = res.samples.get(s.key)
-            if got is not None:
-                samples[key] = got
-            if got is None:  # listed anyway, so an incomplete bundle shows what did not run
-                errs = [e.get("message", "") for e in res.errors if e.get("key") == s.key]
-                ver = {"status": "skipped", "detail": "no samples" + (f": {errs[0]}" if errs else "")}
-            elif accel != "kvm":
-                ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
-            elif not opts.verify:
-                ver = {"status": "skipped", "detail": "--no-verify"}
-            elif s.key not in res.windows:
-                ver = {"status": "failed", "detail": "no tracing window recorded"}
-            else:
-                from .verify import verify_case
-
-                ver = verify_case(res.windows[s.key], opts.iterations + opts.warmup,
-                                  s.expected_path, s.instruction, opts.port if s.instruction == "outb" else None,
-                                  vendor)
-                if s.key in res.kvm_stat_windows:  # KVM's own counters: a second opinion
-                    ver["kvm_stats"] = res.kvm_stat_windows[s.key]
-            cases.append({"key": key, "case": s.number, "repeat": rep, "flow": s.flow,
-                          "instruction": s.instruction,
-                          "msr": None if s.msr is None else f"{s.msr:#x}",
-                          "port": opts.port if s.instruction == "outb" else None,
-                          "timer": opts.timer, "expected_path": s.expected_path,
-                          "verification": ver, "iterations": 0 if got is None else int(len(got)),
-                          "warmup": opts.warmup, "samples_key": key})
-        for name in ("timer", "nonexiting", "syscall", "module_call"):
-            gk = f"baseline_{name}"
-            if gk in res.samples:
-                key = f"{gk}-{tag}"
-                samples[key] = res.samples[gk]
-                baselines.append({"key": key, "name": name,
-                                  "flow": "user" if name != "module_call" else "user→kernel",
-                                  "iterations": int(len(res.samples[gk])), "samples_key": key,
-                                  "repeat": rep})
-        files[f"console-{tag}.log"] = res.console
-        if res.qemu_stderr:
-            files[f"qemu-stderr-{tag}.log"] = res.qemu_stderr
-    status = {"state": "complete", "reason": None}
-    if incomplete:
-        status = {"state": "incomplete", "reason": incomplete[0].reason}
-    hello = first.hello
-    versions = manifest.get("versions", {})
-    doc = {
-        "tool": {"name": "exitlat", "version": __version__, "commit": git_commit()},
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "command_line": list(argv or sys.argv),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
-        "label": opts.label,
-        "status": status,
-        "accel": accel,
-        "host": host,
-        "guest": {"kernel_release": hello.get("kernel") or versions.get("kernel_release"),
-                  "kernel_config_sha256": manifest.get("artifacts", {}).get("kernel.config"),
-                  "busybox_version": versions.get("busybox"),
-                  "tsc_khz": hello.get("tsc_khz"), "invariant_tsc": hello.get("invariant_tsc"),
-                  "cpu": hello.get("vendor"), "vcpu": hello.get("cpu")},
-        "qemu": {"version": first.qemu_version or versions.get("qemu"),
-                 "command_line": first.argv, "container": opts.container},
-        "build_manifest": manifest,
-        "isolation": isolation,
-        "run": {"core": core, "housekeeping_core": hk, "tracing": first.tracing,
-                "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
-                "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock, "debugcon_bytes": [r.debugcon_bytes for r in results],
-                "timings": [r.timings for r in results],
-                "guest_finished": [r.finished for r in results],
-                "exit_windows": [{k: _window_dict(w) for k, w in r.windows.items()} for r in results],
-                "kvm_stat_windows": [r.kvm_stat_windows for r in results],
-                "guest_errors": [e for r in results for e in r.errors]},
-        "cases": cases,
-        "baselines": baselines,
-    }
-    return doc, samples, files
-
-
-def _window_dict(w) -> dict:
-    if hasattr(w, "to_dict"):
-        return w.to_dict()
-    return {k: v for k, v in vars(w).items()} if hasattr(w, "__dict__") else {"value": str(w)}

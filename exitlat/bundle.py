@@ -27,7 +27,8 @@ import numpy as np
 from .errors import ExitlatError
 from .stats import as_cycles, summarize
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)   # v1: one traced window per case (before timed/traced windows)
 BUNDLE_JSON = "bundle.json"
 SUMS = "SHA256SUMS"
 SAMPLES_DIR = "samples"
@@ -37,6 +38,17 @@ _SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
 _HEAD = 4096              # bytes kept of every file: enough for any .npy header we write
 _MAX_SMALL = 64 << 20     # bundle.json / SHA256SUMS larger than this are not ours
 TCG_BANNER = "TCG: software emulation — these are NOT VM-exit timings"
+
+
+def banner_for(doc: dict) -> str | None:
+    """The line that must stand above any number of this bundle (TCG, or an emulated KVM host such
+    as the selftest's), or None for a measurement on a real VMX/SVM host."""
+    if doc.get("accel") == "tcg":
+        return TCG_BANNER
+    emulated = (doc.get("host") or {}).get("emulated")
+    if emulated:
+        return f"{emulated} — these are NOT VM-exit timings"
+    return None
 
 
 # -- schema ---------------------------------------------------------------------------------------
@@ -135,7 +147,8 @@ def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:
             e["samples_file"], e["stats"] = None, None
             continue
         e["samples_file"] = f"{SAMPLES_DIR}/{key}.npy"
-        e["stats"] = summarize(arr, hz)
+        if e.get("stats") is None:     # callers normally bring them (exitlat.document)
+            e["stats"] = summarize(arr, hz)
         store[key] = arr
     unused = sorted(set(samples) - seen_keys)
     if unused:
@@ -392,6 +405,11 @@ class Bundle:
         return self.doc.get("accel") == "tcg"
 
     @property
+    def banner(self) -> str | None:
+        """Set when the numbers are not VM-exit timings (TCG, emulated host)."""
+        return banner_for(self.doc)
+
+    @property
     def tsc_hz(self) -> float | None:
         return tsc_hz_of(self.doc)
 
@@ -447,8 +465,3 @@ def recheck_stats(bundle: Bundle) -> None:
         if e["stats"]["tsc_hz"] != hz:
             raise ExitlatError(f"{bundle.name}: stats of {e['key']!r} use a TSC rate of "
                                f"{e['stats']['tsc_hz']} Hz, the bundle says {hz}")
-
-
-# -- examples (tests, docs, other engineers' fixtures) ---------------------------------------------
-
-from .bundle_example import example_doc, example_samples  # noqa: E402  (re-exported)

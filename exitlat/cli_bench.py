@@ -8,7 +8,8 @@ from .errors import CheckFailed, ExitlatError
 
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
-               no_container, no_verify, require_isolation, debugcon, no_baselines) -> int:
+               no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
+               verify_iterations=None, build=None) -> int:
     from .bundle import load_bundle
     from .cases import parse_cases
 
@@ -21,7 +22,10 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         accel=accel, repeat=parse_int(repeat, "--repeat", 1, 100), label=label,
         output=Path(output) if output else None, container=not no_container,
         verify=not no_verify, require_isolation=require_isolation, debugcon=debugcon,
-        baselines=not no_baselines)
+        baselines=not no_baselines, tracing=tracing,
+        verify_iterations=None if verify_iterations is None else parse_int(
+            verify_iterations, "--verify-iterations", 1, 50_000_000),
+        build=Path(build) if build else None)
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None)
     bundle = load_bundle(path)
     try:

@@ -10,7 +10,7 @@ comparable), else in cycles.
 
 from tabulate import tabulate
 
-from .bundle import TCG_BANNER, Bundle
+from .bundle import Bundle
 from .errors import ExitlatError
 from .report import fmt_cycles
 
@@ -68,8 +68,8 @@ def unfairness(a: Bundle, b: Bundle) -> list[str]:
 def general_warnings(bundles: list[Bundle]) -> list[str]:
     out = []
     for b in bundles:
-        if b.is_tcg:
-            out.append(f"{b.name}: {TCG_BANNER}")
+        if b.banner:
+            out.append(f"{b.name}: {b.banner}")
         if b.doc["status"]["state"] != "complete":
             out.append(f"{b.name}: run INCOMPLETE: {b.doc['status']['reason']}")
         if not b.doc["isolation"].get("isolated"):
@@ -122,7 +122,8 @@ def compare(bundles: list[Bundle]) -> dict:
         rows.append({"entry": _label(ident), "cells": cells})
     unfair = {b.name: unfairness(bundles[0], b) for b in bundles[1:]}
     return {"unit": unit, "reference": bundles[0].name, "bundles": [b.name for b in bundles],
-            "tcg": [b.name for b in bundles if b.is_tcg], "rows": rows,
+            "tcg": [b.name for b in bundles if b.is_tcg],
+            "not_exit_timings": {b.name: b.banner for b in bundles if b.banner}, "rows": rows,
             "unfair": unfair, "warnings": general_warnings(bundles)}
 
 
@@ -137,8 +138,12 @@ def _ratio_text(c: dict) -> str:
 def render_compare(res: dict) -> str:
     names = res["bundles"]
     out = []
-    if res["tcg"]:
-        out += [f"*** {TCG_BANNER} ({', '.join(res['tcg'])}) ***", ""]
+    banners = sorted(set(res.get("not_exit_timings", {}).values()))
+    for text in banners:
+        who = [n for n, t in res["not_exit_timings"].items() if t == text]
+        out += [f"*** {text} ({', '.join(who)}) ***"]
+    if banners:
+        out.append("")
     for i, n in enumerate(names):
         out.append(f"{'ABCDEFGHIJKLMNOPQRSTUVWXYZ'[i] if i < 26 else i}: {n}")
     out.append("")
@@ -161,6 +166,7 @@ def render_compare(res: dict) -> str:
     lines += [f"warning: {w}" for w in res["warnings"]]
     if lines:
         out += [""] + lines
-    if res["tcg"]:
-        out += ["", f"*** {TCG_BANNER} ({', '.join(res['tcg'])}) ***"]
+    if banners:
+        out.append("")
+        out += [f"*** {text} ***" for text in banners]
     return "\n".join(out)

@@ -21,7 +21,10 @@ HEADER_SIZE = 4096
 DISK_MAGIC = "exitlat-samples 1"
 CONSOLE_PREFIX = "EXITLAT "
 INIT_MARKER = "EXITLAT-INIT-READY"
-BASELINE_KEYS = ("baseline_timer", "baseline_nonexiting", "baseline_syscall", "baseline_module_call")
+# In the order the guest runs them; the last two are timed by the module's LOOP (irq-off batches).
+BASELINE_KEYS = ("baseline_timer", "baseline_nonexiting", "baseline_syscall", "baseline_module_call",
+                 "baseline_kernel_timer", "baseline_kernel_nonexiting")
+TRACED_SUFFIX = "_traced"        # <case>_traced: a case's verification window, run right after it
 TIMERS = ("rdtscp", "lfence")
 GUEST_BASE_MEM_MB = 256          # kernel, initramfs (rootfs in RAM), page cache, slack
 _KEY_RE = re.compile(r"^[a-z0-9_]{1,31}$")
@@ -48,6 +51,9 @@ class GuestPlan:
     batch: int | None = None          # kernel loops: iterations per irq-off batch (guest default 1000)
     handshake_timeout: int | None = None  # seconds the guest waits for "go" (guest default 60)
     timeout: int | None = None        # init's watchdog for the whole probe run (guest default 3600)
+    # Verification (traced) window: after each case's timed window, the same case again for this many
+    # iterations, no warm-up, as key "<case>_traced" (exitlat.viters; 0 = none, not on the command line).
+    verify_iterations: int = 0
     extra: list[str] = field(default_factory=list)  # raw words, for tests of the guest's refusals
 
     def validate(self) -> None:
@@ -68,6 +74,10 @@ class GuestPlan:
             raise ExitlatError(f"vendor must be intel or amd, got {self.vendor!r}")
         if self.batch is not None and not 1 <= self.batch <= 100_000:
             raise ExitlatError(f"batch must be between 1 and 100000, got {self.batch}")
+        v = self.verify_iterations
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ITERATIONS:
+            raise ExitlatError(f"verification iterations must be an integer between 0 and "
+                               f"{MAX_ITERATIONS:,} (0 = no traced window), got {v!r}")
 
     def kernel_args(self, check: bool = True) -> list[str]:
         """The exitlat.* words for the guest command line; check=False lets tests send bad plans."""
@@ -87,21 +97,34 @@ class GuestPlan:
             args.append(f"exitlat.msr={self.msr:#x}")
         if self.vendor is not None:
             args.append(f"exitlat.vendor={self.vendor}")
+        if self.verify_iterations:
+            args.append(f"exitlat.viters={self.verify_iterations}")
         for name in ("batch", "handshake_timeout", "timeout"):
             value = getattr(self, name)
             if value is not None:
                 args.append(f"exitlat.{name}={value}")
         return args + list(self.extra)
 
+    def key_counts(self) -> dict[str, int]:
+        """Key -> number of samples, in the order the guest runs them: baselines first, then each
+        case as given, each followed by its traced window when verify_iterations > 0."""
+        counts = dict.fromkeys(BASELINE_KEYS, self.iterations) if self.baselines else {}
+        for c in self.cases:
+            counts[f"case{c}"] = self.iterations
+            if self.verify_iterations:
+                counts[f"case{c}{TRACED_SUFFIX}"] = self.verify_iterations
+        return counts
+
     def keys(self) -> list[str]:
-        """The keys in the order the guest runs them: baselines first, then the cases as given."""
-        return (list(BASELINE_KEYS) if self.baselines else []) + [f"case{c}" for c in self.cases]
+        """The keys in the order the guest runs them (see key_counts())."""
+        return list(self.key_counts())
 
     def sample_bytes(self) -> int:
-        return len(self.keys()) * _align(self.iterations * 8)
+        return sum(_align(n * 8) for n in self.key_counts().values())
 
     def disk_size_bytes(self) -> int:
-        """Size of the raw sample disk: the 4 KiB header plus one 4 KiB-aligned array per key."""
+        """Size of the raw sample disk: the 4 KiB header plus one 4 KiB-aligned array per key
+        (traced windows with their own count)."""
         return HEADER_SIZE + self.sample_bytes()
 
     def guest_mem_mb(self) -> int:

@@ -67,6 +67,28 @@ class Pins:
     def sources(self) -> list[SourcePin]:
         return [self.source(n) for n in sorted(self.raw["sources"])]
 
+    @property
+    def emulated_host(self) -> "EmulatedHostPins":
+        """The inputs of `invoke selftest` (the optional `emulated_host` section; `invoke build`
+        never reads it)."""
+        e = self.raw.get("emulated_host")
+        if e is None:
+            raise ExitlatError(f"{self.path}: no emulated_host section (needed by `invoke selftest`)")
+        k = e["kernel"]
+        deb = k.get("debian") or {}
+        kernel = SourcePin(name="emulated_host.kernel", version=str(k["version"]), file=k["file"],
+                           sha256=k["sha256"], urls=tuple(k["urls"]),
+                           debian_source=deb.get("source"), debian_version=deb.get("version"))
+        return EmulatedHostPins(kernel=kernel, modules=tuple(e["modules"]),
+                                packages=dict(e["packages"]))
+
+
+@dataclass(frozen=True)
+class EmulatedHostPins:
+    kernel: SourcePin               # the L1 kernel's Debian binary package
+    modules: tuple[str, ...]        # loaded in this order in L1
+    packages: dict[str, str]        # the L1 userland's Debian packages, exact versions
+
 
 def schema() -> dict:
     return json.loads(resources.files("exitlat.schemas").joinpath("pins.schema.json").read_text())

@@ -12,7 +12,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .bundle import TCG_BANNER, Bundle  # noqa: E402
+from .bundle import Bundle  # noqa: E402
 from .errors import ExitlatError  # noqa: E402
 
 _CDF_POINTS = 4000  # quantiles drawn per CDF: enough for the eye, cheap for 10M samples
@@ -32,7 +32,7 @@ def _cdf_points(s: np.ndarray):
 
 
 def _title(b: Bundle, text: str) -> str:
-    return f"{text}\n{TCG_BANNER}" if b.is_tcg else text
+    return f"{text}\n{b.banner}" if b.banner else text
 
 
 def _entry_title(e: dict) -> str:
@@ -68,7 +68,7 @@ def plot_entry(b: Bundle, e: dict, path: Path) -> None:
     ax_c.grid(True, which="both", alpha=0.3)
     ax_c.set_title(f"CDF, n={st['n']:,}", fontsize=9)
     _ns_axis(ax_c, st["tsc_hz"])
-    fig.suptitle(_title(b, _entry_title(e)), fontsize=10, color="#b00" if b.is_tcg else "k")
+    fig.suptitle(_title(b, _entry_title(e)), fontsize=10, color="#b00" if b.banner else "k")
     fig.savefig(path)
     plt.close(fig)
 
@@ -95,7 +95,7 @@ def plot_overview(b: Bundle, path: Path) -> None:
     ax_c.legend(fontsize=7, ncol=2)
     _ns_axis(ax_c, b.tsc_hz)
     fig.suptitle(_title(b, f"{b.name} — {b.doc['host']['hostname']}, {b.doc['accel'].upper()}, "
-                 f"{b.doc['status']['state']}"), fontsize=10, color="#b00" if b.is_tcg else "k")
+                 f"{b.doc['status']['state']}"), fontsize=10, color="#b00" if b.banner else "k")
     fig.savefig(path)
     plt.close(fig)
 

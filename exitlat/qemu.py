@@ -65,7 +65,10 @@ def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
     if cfg.accel == "kvm":
         # -cpu host: the guest sees the host CPU; +invtsc makes the TSC invariant so RDTSC(P)
         # never exits and the guest trusts it; migratable=no is required for invtsc.
-        accel = ["-accel", "kvm", "-cpu", "host,migratable=no,+invtsc"]
+        # vapic off: QEMU's TPR-access patching adds userspace exits of its own (reason
+        # TPR_ACCESS), noise for a latency tool; it also makes user-mode OUTB #GP under nested TCG.
+        accel = ["-accel", "kvm", "-cpu", "host,migratable=no,+invtsc",
+                 "-global", "kvm-apic.vapic=off"]
     else:
         accel = ["-accel", "tcg,thread=single", "-cpu", "max"]
     chardev = (f"file,id=dbg,path={files.debugcon}" if cfg.debugcon == "file"

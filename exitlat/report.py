@@ -3,7 +3,7 @@ every warning a reader needs before trusting the numbers."""
 
 from tabulate import tabulate
 
-from .bundle import TCG_BANNER, Bundle
+from .bundle import Bundle, banner_for
 
 
 def fmt_cycles(v) -> str:
@@ -36,8 +36,8 @@ def _item_problem(item) -> str | None:
 
 def warnings_for(doc: dict) -> list[str]:
     out = []
-    if doc.get("accel") == "tcg":
-        out.append(TCG_BANNER)
+    if banner_for(doc):
+        out.append(banner_for(doc))
     st = doc["status"]
     if st["state"] != "complete":
         out.append(f"run INCOMPLETE: {st['reason']}")
@@ -54,8 +54,17 @@ def warnings_for(doc: dict) -> list[str]:
         if v == "failed":
             out.append(f"{e['key']}: exit path verification FAILED"
                        + (f" ({e['verification'].get('detail')})" if e['verification'].get('detail') else ""))
+        elif v == "unverified":
+            out.append(f"{e['key']}: exit path UNVERIFIED ({e['verification'].get('detail')})")
         elif v == "skipped" and doc.get("accel") == "kvm":
             out.append(f"{e['key']}: exit path not verified (skipped)")
+    for e in doc["baselines"]:
+        chk = e.get("exit_check") or {}
+        if chk.get("status") in ("failed", "unverified"):
+            out.append(f"{e['key']}: baseline exit check {chk['status'].upper()} ({chk.get('detail')})")
+    for e in doc["cases"] + doc["baselines"]:
+        if e.get("tsc_backwards"):
+            out.append(f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC went backwards")
     for e in doc["cases"] + doc["baselines"]:
         if e["stats"] is None:
             out.append(f"{e['key']}: no samples")
@@ -68,6 +77,8 @@ def warnings_for(doc: dict) -> list[str]:
 
 def _verified(v: dict) -> str:
     s = v["status"]
+    if s == "unverified":
+        return "UNVERIFIED"
     parts = []
     for k, short in (("expected_reason_per_iter", "exit"), ("userspace_exits_per_iter", "user")):
         if isinstance(v.get(k), (int, float)):
@@ -86,20 +97,36 @@ def case_rows(doc: dict) -> list[list]:
         s = e["stats"] or {}
         instr = e["instruction"] + (f" {e['msr']}" if e["msr"] else "") + (
             f" {e['port']:#x}" if e["port"] is not None else "")
+        net = e.get("net_cycles") or {}
         rows.append([e["key"], e["flow"], instr, e["expected_path"], _verified(e["verification"]),
                      s.get("n", 0), fmt_cycles(s.get("median")), fmt_cycles(s.get("p99")),
-                     fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95"))])
+                     fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
+                     fmt_cycles(net.get("median")), fmt_overhead(e.get("tracing_overhead_cycles"))])
     return rows
 
 
 CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median", "p99", "p99.9",
-                "median ns", "median CI95"]
+                "median ns", "median CI95", "net", "tracing adds"]
+
+
+def fmt_overhead(o) -> str:
+    if not o:
+        return "-"
+    return f"{o['difference']:+,.0f} (x{o['ratio']:.2f})"
+
+
+def _exit_check(e: dict) -> str:
+    chk = e.get("exit_check")
+    if not chk:
+        return "-"
+    per = chk.get("exits_per_iter")
+    return chk["status"] + (f" ({per:.3f} exits/iter)" if isinstance(per, (int, float)) else "")
 
 
 def baseline_rows(doc: dict) -> list[list]:
     return [[e["key"], e["flow"], (e["stats"] or {}).get("n", 0), fmt_cycles((e["stats"] or {}).get("median")),
              fmt_cycles((e["stats"] or {}).get("p99")), fmt_ns(_ns(e, "median")),
-             fmt_ci((e["stats"] or {}).get("median_ci95"))] for e in doc["baselines"]]
+             fmt_ci((e["stats"] or {}).get("median_ci95")), _exit_check(e)] for e in doc["baselines"]]
 
 
 def summary_lines(b: Bundle) -> list[str]:
@@ -129,32 +156,41 @@ def summary_lines(b: Bundle) -> list[str]:
 def render_report(b: Bundle) -> str:
     d = b.doc
     out = []
-    if b.is_tcg:
-        out += [f"*** {TCG_BANNER} ***", ""]
+    banner = banner_for(d)
+    if banner:
+        out += [f"*** {banner} ***", ""]
     out += summary_lines(b) + [""]
     out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
                         disable_numparse=True) if d["cases"] else "(no cases)")
     if d["baselines"]:
         out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
-            "baseline", "flow", "n", "median", "p99", "median ns", "median CI95"],
+            "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
             tablefmt="simple", disable_numparse=True)]
     out.append("")
     out.append("cycles are TSC ticks; CI95: order-statistic confidence interval of the median")
+    if any(e.get("net_cycles") for e in d["cases"]):
+        out.append("net: median minus the same-mode timer baseline (user: baseline_timer, ioctl: "
+                   "baseline_module_call, kernel: baseline_kernel_timer)")
+    if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
+        out.append("tracing adds: traced-window median minus timed-window median; the timed "
+                   "window, which gives every other number, ran with no tracing")
     warns = warnings_for(d)
     if warns:
         out += [""] + [f"warning: {w}" for w in warns]
-    if b.is_tcg:
-        out += ["", f"*** {TCG_BANNER} ***"]
+    if banner:
+        out += ["", f"*** {banner} ***"]
     return "\n".join(out)
 
 
 def report_json(b: Bundle) -> dict:
     d = b.doc
     keep = ("key", "case", "repeat", "name", "flow", "instruction", "msr", "port", "timer",
-            "expected_path", "verification", "iterations", "warmup", "samples_file", "stats")
+            "expected_path", "verification", "iterations", "warmup", "samples_file", "stats",
+            "timed_window", "verification_window", "tracing_overhead_cycles", "net_cycles",
+            "tsc_backwards", "exit_check")
     return {
         "bundle": b.name, "path": str(b.path), "schema_version": d["schema_version"],
-        "accel": d["accel"], "banner": TCG_BANNER if b.is_tcg else None,
+        "accel": d["accel"], "banner": banner_for(d),
         "status": d["status"], "created_utc": d["created_utc"], "tsc_hz": b.tsc_hz,
         "host": d["host"], "guest": d["guest"], "qemu": {"version": d["qemu"].get("version")},
         "isolated": d["isolation"].get("isolated"),

@@ -37,7 +37,7 @@ def results_main(root=None) -> int:
             continue
         d = b.doc
         cases = ",".join(str(c) for c in sorted({e["case"] for e in d["cases"]}))
-        state = d["status"]["state"] + (" (TCG)" if b.is_tcg else "")
+        state = d["status"]["state"] + (" (TCG)" if b.is_tcg else " (emulated host)" if b.banner else "")
         rows.append([p.name, d["created_utc"], d["host"]["hostname"], d["host"]["cpu"].get("model_name"),
                      d["accel"], cases or "-", state])
     if rows:
@@ -108,7 +108,7 @@ def validate_main(bundle) -> int:
     b = _load(bundle)
     recheck_stats(b)
     n = sum(1 for e in b.entries() if e["stats"] is not None)
-    extra = f" — {TCG_BANNER}" if b.is_tcg else ""
+    extra = f" — {b.banner}" if b.banner else ""
     print(f"ok: {b.path} (schema {b.doc['schema_version']}, {n} sample files, checksums and "
           f"statistics verified){extra}")
     return 0
@@ -121,6 +121,6 @@ def plot_main(bundle, fmt="png", output=None) -> int:
     out = Path(output) if output else Path(os.getcwd()) / "plots" / b.name
     for p in plot_bundle(b, out, fmt):
         print(p)
-    if b.is_tcg:
-        print(TCG_BANNER)
+    if b.banner:
+        print(b.banner)
     return 0

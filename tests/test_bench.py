@@ -3,13 +3,15 @@ incomplete run assembles (every requested case listed, real schema, real files).
 
 import numpy as np
 
-from exitlat.bench import BenchOptions, VmResult, VmRun, assemble, trace_buffer_kb
+from exitlat.bench import BenchOptions, VmResult, VmRun, trace_buffer_kb
 from exitlat.bundle import load_bundle, write_bundle
 from exitlat.cases import case_specs
+from exitlat.document import DocumentBuilder
 from exitlat.guestio import GuestPlan
 from exitlat.hostinfo import collect_host
 from exitlat.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
 from exitlat.progress import Progress
+from exitlat.windows import TimedWindow, TracedWindow
 
 
 def window(exits=None, userspace=None, pio=None):
@@ -17,17 +19,36 @@ def window(exits=None, userspace=None, pio=None):
                       lost=0, backend="stream")
 
 
-def test_live_verdict_passes_and_fails_on_real_counts():
+def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     o = BenchOptions(cases=[1, 2], iterations=10000, warmup=1000)
-    vm = VmRun(o, None, "kvm", 1, 0, GuestPlan(cases=[1, 2], vendor="intel"),
+    vm = VmRun(o, None, "kvm", 1, 0, GuestPlan(cases=[1, 2], vendor="intel", verify_iterations=5000),
                case_specs([1, 2], "cpuid", 0xE9), Progress(), {})
-    vm.result.windows["case1"] = window({"CPUID": 11000})
-    vm.result.windows["case2"] = window({"IO_INSTRUCTION": 11000}, {"IO": 11000}, {(0xE9, "out"): 11000})
-    assert "path PASSED" in vm._live_verdict("case1")
-    assert "path PASSED" in vm._live_verdict("case2")
-    vm.result.windows["case2"] = window({"CPUID": 11000})
-    assert "path FAILED" in vm._live_verdict("case2")
-    assert vm._live_verdict("baseline_timer") == ""
+    quiet = dict(tracing_before=[], tracing_after=[])
+    vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2}, **quiet)
+    vm.result.timed["case2"] = TimedWindow(kvm_stats={"exits": 11010, "io_exits": 11008}, **quiet)
+    assert "PASSED" in vm._live_verdict("case1")
+    assert "PASSED" in vm._live_verdict("case2")
+    # a QEMU case whose KVM stats show no I/O exits did not take its path
+    vm.result.timed["case2"] = TimedWindow(kvm_stats={"exits": 11010, "io_exits": 3}, **quiet)
+    assert "FAILED" in vm._live_verdict("case2")
+    # tracing left enabled by someone else during the timed window fails it
+    vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2},
+                                           tracing_before=["kvm/kvm_exit"], tracing_after=[])
+    assert "FAILED" in vm._live_verdict("case1")
+    vm.result.windows["case1"] = TracedWindow(counts=window({"CPUID": 5000}),
+                                              kvm_stats={"exits": 5000, "io_exits": 0})
+    vm.result.windows["case2"] = TracedWindow(
+        counts=window({"IO_INSTRUCTION": 5000}, {"IO": 5000}, {(0xE9, "out"): 5000}),
+        kvm_stats={"exits": 5000, "io_exits": 5000})
+    assert "PASSED" in vm._live_verdict("case1_traced")
+    assert "PASSED" in vm._live_verdict("case2_traced")
+    vm.result.windows["case2"] = TracedWindow(counts=window({"CPUID": 5000}),
+                                              kvm_stats={"exits": 5000, "io_exits": 0})
+    assert "FAILED" in vm._live_verdict("case2_traced")
+    vm.result.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 4, "io_exits": 2}, **quiet)
+    assert "PASSED" in vm._live_verdict("baseline_timer")
+    vm.result.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 11000, "io_exits": 0}, **quiet)
+    assert "FAILED" in vm._live_verdict("baseline_timer")
 
 
 def test_trace_buffer_holds_a_case_within_bounds():
@@ -44,8 +65,9 @@ def test_incomplete_run_lists_every_case_and_writes_a_valid_bundle(tmp_path):
                    errors=[{"event": "error", "key": "case1", "message": "boom"}],
                    console=b"EXITLAT {}\n")
     state = {"core": 1, "items": [], "isolated": False}
-    doc, samples, files = assemble(o, ["invoke", "bench"], collect_host(with_docker=False), state,
-                                   {"versions": {}, "artifacts": {}}, "tcg", 1, 0, specs, [res], "intel")
+    doc, samples, files = DocumentBuilder(o, "tcg", specs, "intel", 0, 2e9).build(
+        ["invoke", "bench"], collect_host(with_docker=False), state,
+        {"versions": {}, "artifacts": {}}, 1, 0, [res])
     b = load_bundle(write_bundle(tmp_path, doc, samples, files))
     by_case = {c["case"]: c for c in b.doc["cases"]}
     assert sorted(by_case) == [1, 2, 5]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle, reseal, tree
-from exitlat.bundle import (SCHEMA_VERSION, example_doc, example_samples, load_bundle,
+from bundle_fixtures import example_doc, example_samples
+from exitlat.bundle import (SCHEMA_VERSION, load_bundle,
                             recheck_stats, write_bundle)
 from exitlat.errors import ExitlatError
 
@@ -180,4 +181,4 @@ def test_recheck_catches_edited_numbers_with_resealed_checksums(tmp_path):
 def test_bundle_json_is_utf8_and_stable(tmp_path):
     p = make_bundle(tmp_path, "A")
     text = (p / "bundle.json").read_text(encoding="utf-8")
-    assert "user→kernel" in text and json.loads(text)["schema_version"] == 1
+    assert "user→kernel" in text and json.loads(text)["schema_version"] == SCHEMA_VERSION

@@ -50,6 +50,54 @@ def test_plan_refusals(kwargs, match):
         GuestPlan(**kwargs).kernel_args()
 
 
+def test_kernel_args_verify_iterations():
+    plan = GuestPlan(cases=[1, 5], vendor="intel", batch=500, verify_iterations=2000)
+    args = plan.kernel_args()
+    assert args.count("exitlat.viters=2000") == 1
+    # after the fixed words and msr/vendor, before the optional extras
+    assert args.index("exitlat.viters=2000") == args.index("exitlat.vendor=intel") + 1
+    assert args[-1] == "exitlat.batch=500"
+    assert not any(a.startswith("exitlat.viters") for a in GuestPlan(cases=[1]).kernel_args())
+    assert not any(a.startswith("exitlat.viters")
+                   for a in GuestPlan(cases=[1], verify_iterations=0).kernel_args())
+
+
+@pytest.mark.parametrize("bad", [-1, 50_000_001, 1.5, True, "10", None])
+def test_verify_iterations_refusals(bad):
+    with pytest.raises(ExitlatError, match="verification iterations"):
+        GuestPlan(cases=[1], verify_iterations=bad).kernel_args()
+
+
+def test_verify_iterations_limits_accepted():
+    assert "exitlat.viters=50000000" in GuestPlan(cases=[1], verify_iterations=50_000_000).kernel_args()
+    assert "exitlat.viters=1" in GuestPlan(cases=[1], verify_iterations=1).kernel_args()
+
+
+def test_keys_order_with_traced_windows():
+    plan = GuestPlan(cases=[5, 1], iterations=1000, verify_iterations=300)
+    assert plan.keys() == list(BASELINE_KEYS) + ["case5", "case5_traced", "case1", "case1_traced"]
+    assert BASELINE_KEYS[-2:] == ("baseline_kernel_timer", "baseline_kernel_nonexiting")
+    counts = plan.key_counts()
+    assert counts["case5_traced"] == counts["case1_traced"] == 300
+    assert all(counts[k] == 1000 for k in plan.keys() if not k.endswith("_traced"))
+    # the guest runs no traced window for baselines
+    assert not any(k.startswith("baseline") and k.endswith("_traced") for k in plan.keys())
+    no_base = GuestPlan(cases=[2], baselines=False, verify_iterations=1)
+    assert no_base.keys() == ["case2", "case2_traced"]
+
+
+def test_sizes_with_traced_windows():
+    plain = GuestPlan(cases=[1, 3], iterations=1000)
+    plan = GuestPlan(cases=[1, 3], iterations=1000, verify_iterations=600)
+    # 4800 bytes of traced samples per case -> two 4 KiB pages each, on top of the plain plan
+    assert plan.disk_size_bytes() == plain.disk_size_bytes() + 2 * 8192
+    assert plan.disk_size_bytes() == 4096 + 8 * 8192 + 2 * 8192
+    big = GuestPlan(cases=[1, 2, 3, 4, 5, 6], iterations=1000, verify_iterations=10_000_000)
+    assert big.disk_size_bytes() == 4096 + 12 * 8192 + 6 * 19532 * 4096
+    assert big.guest_mem_mb() * 2**20 > 6 * 80_000_000 + 256 * 2**20
+    assert big.guest_mem_mb() > GuestPlan(cases=[1, 2, 3, 4, 5, 6], iterations=1000).guest_mem_mb()
+
+
 def test_unchecked_args_for_negative_tests():
     args = GuestPlan(cases=[7], iterations=0).kernel_args(check=False)
     assert "exitlat.cases=7" in args and "exitlat.iters=0" in args
@@ -58,11 +106,11 @@ def test_unchecked_args_for_negative_tests():
 def test_sizes():
     plan = GuestPlan(cases=[1, 3], iterations=1000, baselines=True)
     assert plan.keys() == list(BASELINE_KEYS) + ["case1", "case3"]
-    assert plan.disk_size_bytes() == 4096 + 6 * 8192          # 8000 bytes -> two 4 KiB pages each
+    assert plan.disk_size_bytes() == 4096 + 8 * 8192          # 8000 bytes -> two 4 KiB pages each
     big = GuestPlan(cases=[1, 2, 3, 4, 5, 6], iterations=10_000_000)
-    assert big.disk_size_bytes() == 4096 + 10 * 19532 * 4096  # 80 MB rounded up to 4 KiB
+    assert big.disk_size_bytes() == 4096 + 12 * 19532 * 4096  # 80 MB rounded up to 4 KiB
     assert big.guest_mem_mb() % 64 == 0
-    assert big.guest_mem_mb() * 2**20 > 10 * 80_000_000 + 256 * 2**20
+    assert big.guest_mem_mb() * 2**20 > 12 * 80_000_000 + 256 * 2**20
 
 
 # ---- console ------------------------------------------------------------------------------------
@@ -200,6 +248,42 @@ def test_probe_case1_cpuid(probe, tmp_path):
     samples = read_samples(disk)
     assert list(samples) == ["case1"] and len(samples["case1"]) == 2000
     assert samples["case1"].min() > 0 and samples["case1"].max() < 2**40
+    ready, done = [e for e in events if e["event"] in ("ready", "done")]
+    assert ready == {"event": "ready", "key": "case1", "window": "timed"}
+    assert done == {"event": "done", "key": "case1", "window": "timed", "n": 2000, "tsc_backwards": 0}
+
+
+def test_probe_traced_window(probe, tmp_path):
+    """exitlat.viters: case1 then case1_traced, its own count, no warm-up, its own array."""
+    plan = GuestPlan(cases=[1], iterations=700, warmup=50, baselines=True, handshake=False,
+                     timer=TIMER.split("=")[1], verify_iterations=300)
+    rc, events, disk = run_probe(probe, tmp_path, plan.kernel_args())
+    assert events[-1]["event"] == "finished"
+    samples = read_samples(disk)
+    # no exitlat.ko on this host: the module baselines fail, the rest is written in run order
+    assert list(samples) == ["baseline_timer", "baseline_nonexiting", "baseline_syscall",
+                             "case1", "case1_traced"]
+    assert len(samples["case1_traced"]) == 300
+    assert all(len(samples[k]) == 700 for k in samples if k != "case1_traced")
+    for k, arr in samples.items():
+        assert arr.min() > 0 and arr.max() < 2**62, k
+    assert not np.shares_memory(samples["case1"], samples["case1_traced"])
+    keyed = [(e["event"], e["key"]) for e in events if e["event"] in ("ready", "done")]
+    assert keyed[-4:] == [("ready", "case1"), ("done", "case1"),
+                          ("ready", "case1_traced"), ("done", "case1_traced")]
+    by = {(e["event"], e["key"]): e for e in events if e["event"] in ("ready", "done")}
+    assert by[("ready", "case1_traced")] == {"event": "ready", "key": "case1_traced",
+                                             "window": "traced", "of": "case1"}
+    assert by[("done", "case1_traced")] == {"event": "done", "key": "case1_traced", "window": "traced",
+                                            "of": "case1", "n": 300, "tsc_backwards": 0}
+    assert by[("done", "case1")] == {"event": "done", "key": "case1", "window": "timed", "n": 700,
+                                     "tsc_backwards": 0}
+    for (ev, key), e in by.items():
+        if key.startswith("baseline"):
+            assert e["window"] == "timed" and "of" not in e, e
+    errors = {e["key"] for e in events if e["event"] == "error"}
+    assert {"baseline_module_call", "baseline_kernel_timer", "baseline_kernel_nonexiting"} <= errors
+    assert events[-1]["bytes_written"] == (4 * 700 + 300) * 8
 
 
 def test_probe_baselines_without_module(probe, tmp_path):
@@ -208,9 +292,12 @@ def test_probe_baselines_without_module(probe, tmp_path):
     samples = read_samples(disk)
     assert list(samples) == ["baseline_timer", "baseline_nonexiting", "baseline_syscall", "case1"]
     assert all(len(v) == 1000 for v in samples.values())
-    # No exitlat.ko on this host: module_call is a structured per-key error, the rest still runs.
+    # No exitlat.ko on this host: the module baselines are structured per-key errors, the rest runs.
     errors = [e for e in events if e["event"] == "error"]
-    assert any(e["key"] == "baseline_module_call" for e in errors)
+    assert {e["key"] for e in errors} >= {"baseline_module_call", "baseline_kernel_timer",
+                                          "baseline_kernel_nonexiting"}
+    assert not any(e["event"] in ("ready", "done") and e["key"].startswith("baseline_k")
+                   for e in events)
     assert rc == 1 and events[-1] == {**events[-1], "event": "finished", "status": "error"}
     assert np.median(samples["baseline_syscall"]) > np.median(samples["baseline_timer"])
 
@@ -247,6 +334,9 @@ def test_probe_vmcall_user_mode(probe, tmp_path):
     (["exitlat.cases=1", "exitlat.iters=5", "exitlat.vendor=via"], "unknown vendor"),
     (["exitlat.cases=1,1", "exitlat.iters=5"], "twice"),
     (["exitlat.cases=1", "exitlat.iters=5", "exitlat.bogus=1"], "unknown key"),
+    (["exitlat.cases=1", "exitlat.iters=5", "exitlat.viters=50000001"], "out of range"),
+    (["exitlat.cases=1", "exitlat.iters=5", "exitlat.viters=-1"], "not a number"),
+    (["exitlat.cases=1", "exitlat.iters=5", "exitlat.viters=x"], "not a number"),
 ])
 def test_probe_bad_plans(probe, tmp_path, words, match):
     rc, events, disk = run_probe(probe, tmp_path, words, timeout=10)
@@ -267,7 +357,7 @@ def test_probe_handshake(probe, tmp_path):
     fifo = tmp_path / "console"
     os.mkfifo(fifo)
     plan = GuestPlan(cases=[1], iterations=500, warmup=5, baselines=True, handshake=True, timer="lfence",
-                     handshake_timeout=20)
+                     handshake_timeout=20, verify_iterations=40)
     disk = tmp_path / "disk"
     argv = [str(probe), "--cmdline", " ".join(plan.kernel_args()), "--out", str(disk), "--console", str(fifo)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
@@ -288,10 +378,12 @@ def test_probe_handshake(probe, tmp_path):
         writer.close()
     proc.wait()
     pairs = [(e["event"], e.get("key")) for e in seen if e["event"] in ("ready", "done")]
-    assert pairs == [(ev, k) for k in ["baseline_timer", "baseline_nonexiting", "baseline_syscall", "case1"]
-                     for ev in ("ready", "done")]
+    run = ["baseline_timer", "baseline_nonexiting", "baseline_syscall", "case1", "case1_traced"]
+    assert pairs == [(ev, k) for k in run for ev in ("ready", "done")]
     assert seen[-1]["event"] == "finished"
-    assert set(read_samples(disk)) == {"baseline_timer", "baseline_nonexiting", "baseline_syscall", "case1"}
+    samples = read_samples(disk)
+    assert list(samples) == run
+    assert len(samples["case1_traced"]) == 40 and len(samples["case1"]) == 500
 
 
 def test_probe_handshake_timeout(probe, tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle
-from exitlat.bundle import TCG_BANNER, load_bundle
+from exitlat.bundle import SCHEMA_VERSION, TCG_BANNER, load_bundle
 from exitlat.compare import compare, render_compare
 from exitlat.report import fmt_cycles, render_report, report_json
 
@@ -117,7 +117,7 @@ def test_cli_tasks(tmp_path):
 def test_cli_bad_input_is_one_line_and_writes_nothing(tmp_path):
     res_dir = tmp_path / "results"
     p = make_bundle(res_dir, "A", cases=(1,), baselines=False)
-    edit_json(p, lambda d: d.update(schema_version=2))
+    edit_json(p, lambda d: d.update(schema_version=SCHEMA_VERSION + 1))
     for args in (("report", "A"), ("validate", "A"), ("compare", "A", "A"), ("plot", "A"),
                  ("report", "nosuch"), ("export", "A")):
         r = invoke(*args, results=res_dir, cwd=tmp_path)

@@ -10,7 +10,8 @@
  *   ONCE    execute that instruction exactly once and return: cases 3 and 4,
  *           timed in user space around the ioctl (EXITLAT_I_NONE gives the
  *           baseline_module_call: the same path without the instruction);
- *   LOOP    the kernel-timed loop of cases 5 and 6.
+ *   LOOP    the kernel-timed loop of cases 5 and 6, and of the kernel
+ *           baselines (EXITLAT_I_NONE: the timer only; EXITLAT_I_NOP).
  *
  * Kernel-timed loops run in batches (default 1000 iterations).  Each batch
  * runs with preemption and local interrupts off, so no tick, IRQ or
@@ -22,8 +23,17 @@
  * is ~10 ms without interrupts, harmless for a benchmark guest (RCU stall
  * warnings start at 21 s) but it delays the guest's timer tick.  NMIs are
  * not blocked.  Warm-up iterations use the same batches and are discarded.
+ *
+ * Concurrency on one open file: CONFIG and LOOP hold the file's mutex, so a
+ * CONFIG cannot free or resize the batch buffer under a running LOOP and two
+ * LOOPs cannot share it.  ONCE takes no lock: it runs inside the timed window
+ * of cases 3/4 (the probe times the ioctl), and a mutex there would add its
+ * own cost to every sample.  It reads the configuration as one published
+ * 64-bit word instead (el_once_word), so it always sees a complete,
+ * validated configuration, old or new, never a torn mix.
  */
 #include <linux/module.h>
+#include <linux/mutex.h>
 #include <linux/miscdevice.h>
 #include <linux/fs.h>
 #include <linux/slab.h>
@@ -44,10 +54,25 @@ MODULE_LICENSE("GPL");
 MODULE_DESCRIPTION("exitlat: VM-exit latency probes (guest side)");
 
 struct exitlat_state {
+	struct mutex lock;	/* CONFIG and LOOP; never ONCE (see top) */
 	struct exitlat_config cfg;
 	bool configured;
 	u64 *batch;		/* kernel buffer for one batch */
+	u64 once;		/* ONCE's configuration, el_once_word(); 0 = none */
 };
+
+/*
+ * ONCE's view of the configuration in one word, written with WRITE_ONCE after
+ * validation and read with one READ_ONCE: bits 0-7 instr, 8 amd, 9 valid,
+ * 16-31 port, 32-63 msr.
+ */
+#define EL_ONCE_VALID	(1ULL << 9)
+
+static u64 el_once_word(const struct exitlat_config *cfg)
+{
+	return (cfg->instr & 0xff) | ((u64)!!cfg->amd << 8) | EL_ONCE_VALID |
+	       ((u64)(cfg->port & 0xffff) << 16) | ((u64)cfg->msr << 32);
+}
 
 /* Raw RDMSR/WRMSR, without the tracepoints/paravirt hooks of rdmsrl(). */
 static __always_inline u64 el_rdmsr(u32 msr)
@@ -114,6 +139,7 @@ static long el_config(struct exitlat_state *st, struct exitlat_config __user *ua
 
 	switch (cfg.instr) {
 	case EXITLAT_I_NONE:
+	case EXITLAT_I_NOP:
 	case EXITLAT_I_CPUID:
 	case EXITLAT_I_OUTB:
 		break;
@@ -138,6 +164,8 @@ static long el_config(struct exitlat_state *st, struct exitlat_config __user *ua
 		return -EINVAL;
 	}
 
+	/* Called with st->lock held: no LOOP is using the batch buffer. */
+	WRITE_ONCE(st->once, 0);
 	kvfree(st->batch);
 	st->batch = kvmalloc_array(cfg.batch, sizeof(u64), GFP_KERNEL);
 	if (!st->batch) {
@@ -146,34 +174,41 @@ static long el_config(struct exitlat_state *st, struct exitlat_config __user *ua
 	}
 	st->cfg = cfg;
 	st->configured = true;
+	WRITE_ONCE(st->once, el_once_word(&cfg));
 	return 0;
 }
 
-/* Cases 3/4 and baseline_module_call: one instruction, nothing else. */
+/*
+ * Cases 3/4 and baseline_module_call: one instruction, nothing else.  Runs
+ * inside the user-timed window, hence no lock (see top): one READ_ONCE.
+ */
 static long el_once(struct exitlat_state *st)
 {
-	const struct exitlat_config *cfg = &st->cfg;
+	const u64 w = READ_ONCE(st->once);
 
-	if (!st->configured)
+	if (!(w & EL_ONCE_VALID))
 		return -ENXIO;
-	switch (cfg->instr) {
+	switch (w & 0xff) {
 	case EXITLAT_I_NONE:
+		return 0;
+	case EXITLAT_I_NOP:
+		asm volatile("nop");
 		return 0;
 	case EXITLAT_I_CPUID:
 		exitlat_cpuid0();
 		return 0;
 	case EXITLAT_I_VMCALL:
 		/* RAX (-KVM_ENOSYS) is dropped: an ioctl result in -4095..-1 reads as an error. */
-		if (cfg->amd)
+		if (w & (1ULL << 8))
 			exitlat_vmmcall();
 		else
 			exitlat_vmcall();
 		return 0;
 	case EXITLAT_I_RDMSR:
-		el_rdmsr(cfg->msr);
+		el_rdmsr(w >> 32);
 		return 0;
 	case EXITLAT_I_OUTB:
-		exitlat_outb(cfg->port, '.');
+		exitlat_outb((w >> 16) & 0xffff, '.');
 		return 0;
 	default:
 		/* WRMSR TSC_DEADLINE: loop only (see docs/probes.md). */
@@ -183,32 +218,35 @@ static long el_once(struct exitlat_state *st)
 
 /*
  * One batch of n iterations with IRQs off.  One loop per (instruction, timer)
- * pair so no switch runs inside a timed window.
+ * pair so no switch runs inside a timed window; msr, port and far are locals.
  */
-#define EL_BATCH_FOR_TIMER(READ)					\
+#define EL_BATCH_FOR_TIMER(T0, T1)					\
 	do {								\
 		switch (cfg->instr) {					\
 		case EXITLAT_I_CPUID:					\
-			EXITLAT_TIMED_LOOP(buf, n, READ, exitlat_cpuid0()); \
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1, exitlat_cpuid0()); \
 			break;						\
 		case EXITLAT_I_VMCALL:					\
 			if (cfg->amd)					\
-				EXITLAT_TIMED_LOOP(buf, n, READ, rax = exitlat_vmmcall()); \
+				EXITLAT_TIMED_LOOP(buf, n, T0, T1, rax = exitlat_vmmcall()); \
 			else						\
-				EXITLAT_TIMED_LOOP(buf, n, READ, rax = exitlat_vmcall()); \
+				EXITLAT_TIMED_LOOP(buf, n, T0, T1, rax = exitlat_vmcall()); \
 			break;						\
 		case EXITLAT_I_RDMSR:					\
-			EXITLAT_TIMED_LOOP(buf, n, READ, el_rdmsr(msr)); \
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1, el_rdmsr(msr)); \
 			break;						\
 		case EXITLAT_I_WRMSR_TSC_DEADLINE:			\
-			EXITLAT_TIMED_LOOP(buf, n, READ,		\
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1,		\
 				el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, far)); \
 			break;						\
 		case EXITLAT_I_OUTB:					\
-			EXITLAT_TIMED_LOOP(buf, n, READ, exitlat_outb(port, '.')); \
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1, exitlat_outb(port, '.')); \
 			break;						\
-		default:						\
-			EXITLAT_TIMED_LOOP(buf, n, READ, barrier());	\
+		case EXITLAT_I_NOP:	/* baseline_kernel_nonexiting */ \
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1, asm volatile("nop")); \
+			break;						\
+		default:		/* baseline_kernel_timer */	\
+			EXITLAT_TIMED_LOOP(buf, n, T0, T1, barrier());	\
 			break;						\
 		}							\
 	} while (0)
@@ -237,9 +275,9 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		far = rdtsc() + (1ULL << 40);
 	}
 	if (cfg->timer == EXITLAT_T_LFENCE)
-		EL_BATCH_FOR_TIMER(exitlat_rdtsc_fenced);
+		EL_BATCH_FOR_TIMER(exitlat_rdtsc_fenced, exitlat_rdtsc_fenced);
 	else
-		EL_BATCH_FOR_TIMER(exitlat_rdtscp);
+		EL_BATCH_FOR_TIMER(exitlat_rdtscp_lfence, exitlat_rdtscp);
 	if (cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE)
 		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
 	local_irq_restore(flags);
@@ -259,7 +297,12 @@ static long el_loop(struct exitlat_state *st, struct exitlat_loop __user *uarg)
 		return -ENXIO;
 	if (copy_from_user(&lp, uarg, sizeof(lp)))
 		return -EFAULT;
+	/* Bounded counts: iters * 8 and warmup + iters cannot overflow. */
+	if (lp.iters > EXITLAT_MAX_ITERS || lp.warmup > EXITLAT_MAX_ITERS)
+		return -E2BIG;
 	out = u64_to_user_ptr(lp.samples);
+	if (!access_ok(out, lp.iters * sizeof(u64)))
+		return -EFAULT;
 	total = lp.warmup + lp.iters;
 	for (done = 0; done < total; done += n) {
 		n = min_t(u64, cfg->batch, total - done);
@@ -284,13 +327,21 @@ static long el_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct exitlat_state *st = file->private_data;
 
+	long ret;
+
 	switch (cmd) {
 	case EXITLAT_IOC_ONCE:
-		return el_once(st);
+		return el_once(st);	/* lock-free on purpose: see top */
 	case EXITLAT_IOC_LOOP:
-		return el_loop(st, (void __user *)arg);
 	case EXITLAT_IOC_CONFIG:
-		return el_config(st, (void __user *)arg);
+		if (mutex_lock_interruptible(&st->lock))
+			return -EINTR;
+		if (cmd == EXITLAT_IOC_LOOP)
+			ret = el_loop(st, (void __user *)arg);
+		else
+			ret = el_config(st, (void __user *)arg);
+		mutex_unlock(&st->lock);
+		return ret;
 	case EXITLAT_IOC_INFO: {
 		struct exitlat_info info = {
 			.abi_version = EXITLAT_ABI_VERSION,
@@ -314,6 +365,7 @@ static int el_open(struct inode *inode, struct file *file)
 
 	if (!st)
 		return -ENOMEM;
+	mutex_init(&st->lock);
 	file->private_data = st;
 	return 0;
 }
@@ -322,6 +374,7 @@ static int el_release(struct inode *inode, struct file *file)
 {
 	struct exitlat_state *st = file->private_data;
 
+	mutex_destroy(&st->lock);
 	kvfree(st->batch);
 	kfree(st);
 	return 0;

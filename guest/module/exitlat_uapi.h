@@ -7,25 +7,38 @@
  *
  * Timing methodology (one sample = one iteration):
  *
- *     t0 = READ();  <instruction under test>;  t1 = READ();  sample = t1 - t0
+ *     t0 = READ_T0();  <instruction under test>;  t1 = READ_T1();
+ *     sample = t1 > t0 ? t1 - t0 : 0          (computed without a branch)
  *
- * READ() is one of
- *   - RDTSCP (default).  RDTSCP waits until all previous instructions have
- *     executed before it reads the TSC, so t1 cannot be taken before the
- *     instruction under test (and its VM exit) has completed.  It does not
- *     stop later instructions from starting early; that does not matter here
- *     because every instruction under test either exits (a VM exit is taken
- *     at the instruction boundary, it cannot be run ahead speculatively) or is
- *     a baseline whose only purpose is to show the window's own cost.
- *   - LFENCE; RDTSC; LFENCE.  The first LFENCE keeps RDTSC from executing
- *     before earlier instructions complete, the second keeps later ones from
- *     starting before the TSC was read: a fully ordered read, slightly
+ * The timer (exitlat.timer) gives the pair of sequences:
+ *   - rdtscp (default):  t0 = RDTSCP; LFENCE      t1 = RDTSCP
+ *     RDTSCP waits until all previous instructions have executed before it
+ *     reads the TSC, so neither read can happen before what precedes it has
+ *     completed (t1 cannot be taken before the instruction under test and its
+ *     VM exit are over).  RDTSCP does not keep *later* instructions from
+ *     starting early: the LFENCE after the first read does, so the body
+ *     cannot begin before t0 was read.  After t1 nothing needs fencing: what
+ *     follows is the store of the sample, outside the window.
+ *   - lfence:  t0 = t1 = LFENCE; RDTSC; LFENCE
+ *     The first LFENCE keeps RDTSC from executing before earlier
+ *     instructions complete, the second keeps later ones from starting
+ *     before the TSC was read: a fully ordered read on both sides, slightly
  *     costlier than RDTSCP.
  * The TSC must be invariant and RDTSC/RDTSCP must not exit (KVM does not
  * intercept them unless the host forces it), otherwise the timer itself
  * takes a VM exit; the probe reports CPUID's invariant-TSC bit.
  * The delta includes the cost of one timer read (see baseline_timer); it is
  * never subtracted.
+ *
+ * Inside a window there is only the body and the timer reads: no load of a
+ * global (callers copy port, file descriptor, counts into locals first), no
+ * branch (one loop instance per instruction and timer), no page fault (the
+ * sample buffers are pre-faulted).
+ *
+ * A sample of 0 marks an invalid iteration: the TSC did not advance or went
+ * backwards (t1 <= t0), which must never be stored as a huge unsigned delta.
+ * The probe counts them after the loop, outside every window, and reports
+ * "tsc_backwards" in the key's done event.
  */
 #ifndef EXITLAT_UAPI_H
 #define EXITLAT_UAPI_H
@@ -33,7 +46,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define EXITLAT_ABI_VERSION 1
+#define EXITLAT_ABI_VERSION 2	/* 2: EXITLAT_I_NOP, RDTSCP;LFENCE t0, bounds */
 #define EXITLAT_DEVICE "/dev/exitlat"
 
 /* Instruction executed by the module (cases 3-6 and the module_call baseline). */
@@ -44,6 +57,7 @@ enum exitlat_instr {
 	EXITLAT_I_RDMSR = 3,	/* RDMSR of an intercepted MSR (0x3b default) */
 	EXITLAT_I_WRMSR_TSC_DEADLINE = 4, /* WRMSR 0x6e0: irq-off fastpath (loop only) */
 	EXITLAT_I_OUTB = 5,	/* OUTB to a QEMU port: userspace exit */
+	EXITLAT_I_NOP = 6,	/* NOP: baseline_kernel_nonexiting (loop) */
 };
 
 enum exitlat_timer {
@@ -88,11 +102,13 @@ struct exitlat_loop {
 
 #define EXITLAT_BATCH_DEFAULT	1000
 #define EXITLAT_BATCH_MAX	100000
+#define EXITLAT_MAX_ITERS	50000000ULL	/* bound on iters and on warmup */
 
 #define MSR_EXITLAT_TSC_DEADLINE 0x6e0
 
 /* ---- timing and instruction primitives (user and kernel) ---------------- */
 
+/* t1 of the rdtscp timer: RDTSCP waits for everything before it. */
 static inline __attribute__((always_inline)) __u64 exitlat_rdtscp(void)
 {
 	__u32 lo, hi, aux;
@@ -101,6 +117,16 @@ static inline __attribute__((always_inline)) __u64 exitlat_rdtscp(void)
 	return ((__u64)hi << 32) | lo;
 }
 
+/* t0 of the rdtscp timer: the LFENCE keeps the body from starting before the read. */
+static inline __attribute__((always_inline)) __u64 exitlat_rdtscp_lfence(void)
+{
+	__u32 lo, hi, aux;
+
+	asm volatile("rdtscp; lfence" : "=a"(lo), "=d"(hi), "=c"(aux) : : "memory");
+	return ((__u64)hi << 32) | lo;
+}
+
+/* t0 and t1 of the lfence timer. */
 static inline __attribute__((always_inline)) __u64 exitlat_rdtsc_fenced(void)
 {
 	__u32 lo, hi;
@@ -144,17 +170,22 @@ static inline __attribute__((always_inline)) void exitlat_outb(__u16 port, __u8 
 }
 
 /*
- * The timed loop, shared by every case: READ is a timer primitive, BODY the
- * statement under test.  Nothing but the store of the previous delta lies
- * between two windows.
+ * The timed loop, shared by every case: READ_T0/READ_T1 the timer pair (see
+ * the top of this file), BODY the statement under test.  Buffer and count are
+ * copied into locals first, so the loop itself loads nothing from memory.
+ * Between two windows there is only the store of the previous delta; the
+ * delta is kept only if t1 > t0, else 0 (a mask, no branch).
  */
-#define EXITLAT_TIMED_LOOP(buf, n, READ, BODY)				\
+#define EXITLAT_TIMED_LOOP(buf, n, READ_T0, READ_T1, BODY)		\
 	do {								\
-		__u64 __i;						\
-		for (__i = 0; __i < (n); __i++) {			\
-			__u64 __t0 = READ();				\
+		__typeof__(&(buf)[0]) const __buf = (buf);		\
+		const __u64 __n = (n);					\
+		__u64 __i, __t0, __t1;					\
+		for (__i = 0; __i < __n; __i++) {			\
+			__t0 = READ_T0();				\
 			BODY;						\
-			(buf)[__i] = READ() - __t0;			\
+			__t1 = READ_T1();				\
+			__buf[__i] = (__t1 - __t0) & -(__u64)(__t1 > __t0); \
 		}							\
 	} while (0)
 

@@ -3,7 +3,8 @@
  * exitlat-probe: the guest user-space half of exitlat (docs/probes.md).
  *
  * Reads its plan from the kernel command line (exitlat.* keys), runs the
- * baselines and the requested cases, keeps every timed iteration in locked
+ * baselines and the requested cases (each case optionally followed by its
+ * traced verification window), keeps every timed iteration in locked
  * memory, reports short "EXITLAT {json}" lines on the console and, after all
  * timed loops, writes the samples to a raw disk (/dev/vda).
  *
@@ -41,10 +42,10 @@
 
 #include "exitlat_uapi.h"
 
-#define MAX_ITERS	50000000ULL
+#define MAX_ITERS	EXITLAT_MAX_ITERS
 #define HEADER_SIZE	4096
 #define ALIGN_4K(x)	(((x) + 4095) & ~4095ULL)
-#define MAX_KEYS	10
+#define MAX_KEYS	18	/* 6 baselines + 6 cases + 6 traced windows */
 
 /* ---- plan ---------------------------------------------------------------- */
 
@@ -57,18 +58,24 @@ struct plan {
 	unsigned port, msr;
 	int timer;		/* EXITLAT_T_* */
 	uint64_t iters, warmup;
+	uint64_t viters;	/* traced window per case: iterations, 0 = none */
 	int baselines, handshake, amd, vendor_given;
 	unsigned batch, handshake_timeout;
 };
 
-/* One measurement ("key"): a baseline or a case. */
+/*
+ * One measurement ("key"): a baseline, a case (the timed window) or a case's
+ * traced window (same code path, run right after it while the host traces).
+ */
 struct key {
 	char name[32];
 	int kind;		/* 1..6 = case, else one of K_* */
+	uint64_t iters, warmup;	/* kept iterations (samples) and warm-up */
+	int of;			/* traced window: index of its case's key, else -1 */
 	uint64_t *buf;
 	int ok;
 };
-enum { K_TIMER = 100, K_NONEXITING, K_SYSCALL, K_MODULE_CALL };
+enum { K_TIMER = 100, K_NONEXITING, K_SYSCALL, K_MODULE_CALL, K_KTIMER, K_KNONEXITING };
 
 static struct plan P = {
 	.instr = I_CPUID, .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
@@ -239,6 +246,8 @@ static void parse_plan(char *cmdline)
 			have_iters = 1;
 		} else if (!strcmp(k, "warmup")) {
 			P.warmup = parse_num(k, v, 0, MAX_ITERS);
+		} else if (!strcmp(k, "viters")) {
+			P.viters = parse_num(k, v, 0, MAX_ITERS);
 		} else if (!strcmp(k, "baselines")) {
 			P.baselines = parse_num(k, v, 0, 1);
 		} else if (!strcmp(k, "handshake")) {
@@ -470,28 +479,34 @@ static void on_fault(int sig)
 	siglongjmp(fault_jmp, 1);
 }
 
-/* User-timed loop: pick the timer outside the loop, BODY is the statement under test. */
-#define USER_LOOP(buf, n, BODY)							\
+/*
+ * User-timed loop: the timer is picked outside the loop, BODY is the statement
+ * under test.  BODY must use locals only (no globals inside a window).
+ */
+#define USER_LOOP(timer, buf, n, BODY)						\
 	do {									\
-		if (P.timer == EXITLAT_T_LFENCE)				\
-			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtsc_fenced, BODY);	\
+		if ((timer) == EXITLAT_T_LFENCE)				\
+			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtsc_fenced,	\
+					   exitlat_rdtsc_fenced, BODY);		\
 		else								\
-			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtscp, BODY);	\
+			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtscp_lfence,	\
+					   exitlat_rdtscp, BODY);		\
 	} while (0)
 
 /*
- * Run warm-up then the kept iterations of one user-timed body.  Warm-up goes
- * through the very same loop, into the same buffer (overwritten afterwards).
+ * Run `warm` warm-up then `iters` kept iterations of one user-timed body.
+ * Warm-up goes through the very same loop, into the same buffer (overwritten
+ * afterwards).  Expects locals `timer`, `buf`, `iters`, `warm`.
  */
-#define USER_RUN(buf, BODY)							\
+#define USER_RUN(BODY)								\
 	do {									\
-		uint64_t __w = P.warmup;					\
+		uint64_t __w = warm;						\
 		while (__w) {							\
-			uint64_t __n = __w < P.iters ? __w : P.iters;		\
-			USER_LOOP(buf, __n, BODY);				\
+			uint64_t __n = __w < iters ? __w : iters;		\
+			USER_LOOP(timer, buf, __n, BODY);			\
 			__w -= __n;						\
 		}								\
-		USER_LOOP(buf, P.iters, BODY);					\
+		USER_LOOP(timer, buf, iters, BODY);				\
 	} while (0)
 
 static int module_config(const char *key, unsigned instr)
@@ -531,29 +546,44 @@ static unsigned f_module_instr(void)
 	}
 }
 
+/* Keys timed by the module's LOOP (irq-off batches) rather than in user space. */
+static int kernel_timed(int kind)
+{
+	return kind == 5 || kind == 6 || kind == K_KTIMER || kind == K_KNONEXITING;
+}
+
+/* The instruction the module is configured with for a key. */
+static unsigned key_module_instr(const struct key *k)
+{
+	switch (k->kind) {
+	case 3: case 5: return f_module_instr();
+	case 4: case 6: return EXITLAT_I_OUTB;
+	case K_KNONEXITING: return EXITLAT_I_NOP;
+	default: return EXITLAT_I_NONE;		/* module_call, kernel_timer */
+	}
+}
+
+static int uses_module(int kind)
+{
+	return (kind >= 3 && kind <= 6) || kind == K_MODULE_CALL || kind == K_KTIMER ||
+	       kind == K_KNONEXITING;
+}
+
 static int run_key(struct key *k)
 {
-	uint64_t *buf = k->buf;
+	/* Everything a window needs, in locals: no global is loaded inside one. */
+	uint64_t *const buf = k->buf;
+	const uint64_t iters = k->iters, warm = k->warmup;
+	const int timer = P.timer, fd = mod_fd;
+	const uint16_t port = P.port;
 	volatile long rax = 0;
 	volatile int bad = 0;
-	char extra[96] = "";
+	char extra[192], ready[96] = ",\"window\":\"timed\"";
 	struct sigaction sa = { .sa_handler = on_fault };
 
 	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
-	switch (k->kind) {
-	case 3: case 5:
-		if (module_config(k->name, f_module_instr()))
-			return -1;
-		break;
-	case 4: case 6:
-		if (module_config(k->name, EXITLAT_I_OUTB))
-			return -1;
-		break;
-	case K_MODULE_CALL:
-		if (module_config(k->name, EXITLAT_I_NONE))
-			return -1;
-		break;
-	}
+	if (uses_module(k->kind) && module_config(k->name, key_module_instr(k)))
+		return -1;
 
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGILL, &sa, NULL);
@@ -568,45 +598,48 @@ static int run_key(struct key *k)
 	if (k->kind == 1 && P.instr == I_VMCALL)	/* pre-flight: #UD under TCG */
 		rax = P.amd ? exitlat_vmmcall() : exitlat_vmcall();
 
-	handshake("ready", k->name, NULL);
+	if (k->of >= 0)
+		snprintf(ready, sizeof(ready), ",\"window\":\"traced\",\"of\":\"%s\"", keys[k->of].name);
+	handshake("ready", k->name, ready);
 	{
 		/* Plain locals inside the windows (no volatile stores); copied out after. */
 		long r = 0;
 		int b = 0;
 
-		switch (k->kind) {
-		case 1:
-			if (P.instr == I_VMCALL && P.amd)
-				USER_RUN(buf, r = exitlat_vmmcall());
-			else if (P.instr == I_VMCALL)
-				USER_RUN(buf, r = exitlat_vmcall());
-			else
-				USER_RUN(buf, exitlat_cpuid0());
-			break;
-		case 2:
-			USER_RUN(buf, exitlat_outb(P.port, '.'));
-			break;
-		case 3: case 4: case K_MODULE_CALL:
-			USER_RUN(buf, b |= ioctl(mod_fd, EXITLAT_IOC_ONCE));
-			break;
-		case 5: case 6: {
+		if (kernel_timed(k->kind)) {
+			/* Cases 5/6 and the kernel baselines: timed in the module, irq-off batches. */
 			struct exitlat_loop lp = {
-				.samples = (uintptr_t)buf, .iters = P.iters, .warmup = P.warmup,
+				.samples = (uintptr_t)buf, .iters = iters, .warmup = warm,
 			};
-			b = ioctl(mod_fd, EXITLAT_IOC_LOOP, &lp);
+			b = ioctl(fd, EXITLAT_IOC_LOOP, &lp);
 			r = (long)lp.result;
-			break;
-		}
-		case K_TIMER:
-			USER_RUN(buf, (void)0);
-			break;
-		case K_NONEXITING:
-			/* NOP in the same window: see docs/probes.md for the choice. */
-			USER_RUN(buf, asm volatile("nop"));
-			break;
-		case K_SYSCALL:
-			USER_RUN(buf, syscall(SYS_getppid));
-			break;
+		} else {
+			switch (k->kind) {
+			case 1:
+				if (P.instr == I_VMCALL && P.amd)
+					USER_RUN(r = exitlat_vmmcall());
+				else if (P.instr == I_VMCALL)
+					USER_RUN(r = exitlat_vmcall());
+				else
+					USER_RUN(exitlat_cpuid0());
+				break;
+			case 2:
+				USER_RUN(exitlat_outb(port, '.'));
+				break;
+			case 3: case 4: case K_MODULE_CALL:
+				USER_RUN(b |= ioctl(fd, EXITLAT_IOC_ONCE));
+				break;
+			case K_TIMER:
+				USER_RUN((void)0);
+				break;
+			case K_NONEXITING:
+				/* NOP in the same window: see docs/probes.md for the choice. */
+				USER_RUN(asm volatile("nop"));
+				break;
+			case K_SYSCALL:
+				USER_RUN(syscall(SYS_getppid));
+				break;
+			}
 		}
 		rax = r;
 		bad = b;
@@ -618,10 +651,14 @@ static int run_key(struct key *k)
 		emit_error(k->name, "module call failed: %s", strerror(errno));
 		return -1;
 	}
+	/* After the loop, outside every window: samples the loop stored as 0 (t1 <= t0). */
+	uint64_t backwards = 0;
+	for (uint64_t i = 0; i < iters; i++)
+		backwards += buf[i] == 0;
+	snprintf(extra, sizeof(extra), "%s,\"n\":%llu,\"tsc_backwards\":%llu", ready,
+		 (unsigned long long)iters, (unsigned long long)backwards);
 	if ((k->kind == 1 || k->kind == 5) && P.instr == I_VMCALL)
-		snprintf(extra, sizeof(extra), ",\"rax\":%ld", (long)rax);
-	snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",\"n\":%llu",
-		 (unsigned long long)P.iters);
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",\"rax\":%ld", (long)rax);
 	handshake("done", k->name, extra);
 	return 0;
 }
@@ -696,7 +733,7 @@ static void write_samples(int fd)
 	h = snprintf(header, sizeof(header), "exitlat-samples 1\n");
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (int i = 0; i < nkeys; i++) {
-		uint64_t len = P.iters * 8;
+		uint64_t len = keys[i].iters * 8;
 		if (!keys[i].ok)
 			continue;
 		if (pwrite_all(fd, keys[i].buf, len, off)) {
@@ -704,7 +741,7 @@ static void write_samples(int fd)
 			finish(NULL);
 		}
 		h += snprintf(header + h, sizeof(header) - h, "%s %llu %llu\n", keys[i].name,
-			      (unsigned long long)off, (unsigned long long)P.iters);
+			      (unsigned long long)off, (unsigned long long)keys[i].iters);
 		off += ALIGN_4K(len);
 		bytes += len;
 	}
@@ -723,10 +760,15 @@ static void write_samples(int fd)
 
 /* ---- main ---------------------------------------------------------------- */
 
-static void add_key(const char *name, int kind)
+static void add_key(const char *name, int kind, uint64_t iters, uint64_t warmup, int of)
 {
-	snprintf(keys[nkeys].name, sizeof(keys[nkeys].name), "%s", name);
-	keys[nkeys++].kind = kind;
+	struct key *k = &keys[nkeys++];
+
+	snprintf(k->name, sizeof(k->name), "%s", name);
+	k->kind = kind;
+	k->iters = iters;
+	k->warmup = warmup;
+	k->of = of;
 }
 
 int main(int argc, char **argv)
@@ -735,7 +777,9 @@ int main(int argc, char **argv)
 	const char *cmd_arg = NULL;
 	cpu_set_t cpus;
 	int out_fd, need_module = 0, need_io = 0;
-	uint64_t need = HEADER_SIZE;
+	uint64_t need = HEADER_SIZE, total = 0;
+	struct exitlat_info info = { 0 };
+	int mod_errno, stale_abi = 0;
 
 	for (int i = 1; i + 1 < argc; i += 2) {
 		if (!strcmp(argv[i], "--cmdline"))
@@ -763,36 +807,57 @@ int main(int argc, char **argv)
 	CPU_SET(0, &cpus);
 	sched_setaffinity(0, sizeof(cpus), &cpus);
 	mod_fd = open(EXITLAT_DEVICE, O_RDWR | O_CLOEXEC);
+	mod_errno = errno;
+	/* A module from another build would misread our structures: treat it as absent. */
+	if (mod_fd >= 0 && (ioctl(mod_fd, EXITLAT_IOC_INFO, &info) ||
+			    info.abi_version != EXITLAT_ABI_VERSION)) {
+		close(mod_fd);
+		mod_fd = -1;
+		stale_abi = 1;
+	}
 
 	parse_plan(cmdline);
 	hello();
 
+	/* Run order; exitlat/guestio.py GuestPlan.keys() must list the same. */
 	if (P.baselines) {
-		add_key("baseline_timer", K_TIMER);
-		add_key("baseline_nonexiting", K_NONEXITING);
-		add_key("baseline_syscall", K_SYSCALL);
-		add_key("baseline_module_call", K_MODULE_CALL);
+		add_key("baseline_timer", K_TIMER, P.iters, P.warmup, -1);
+		add_key("baseline_nonexiting", K_NONEXITING, P.iters, P.warmup, -1);
+		add_key("baseline_syscall", K_SYSCALL, P.iters, P.warmup, -1);
+		add_key("baseline_module_call", K_MODULE_CALL, P.iters, P.warmup, -1);
+		add_key("baseline_kernel_timer", K_KTIMER, P.iters, P.warmup, -1);
+		add_key("baseline_kernel_nonexiting", K_KNONEXITING, P.iters, P.warmup, -1);
 		need_module = 1;
 	}
 	for (int i = 0; i < P.ncases; i++) {
-		char name[8];
+		char name[32];
 		snprintf(name, sizeof(name), "case%d", P.cases[i]);
-		add_key(name, P.cases[i]);
+		add_key(name, P.cases[i], P.iters, P.warmup, -1);
+		if (P.viters) {		/* the traced window: same path, no warm-up */
+			snprintf(name, sizeof(name), "case%d_traced", P.cases[i]);
+			add_key(name, P.cases[i], P.viters, 0, nkeys - 1);
+		}
 		need_module |= P.cases[i] >= 3;
 		need_io |= P.cases[i] == 2;
 	}
-	if (need_module && mod_fd < 0)
-		emit_error(NULL, "cannot open %s: %s (cases 3-6 and baseline_module_call will fail)",
-			   EXITLAT_DEVICE, strerror(errno));
-	for (int i = 0; i < nkeys; i++)
-		need += ALIGN_4K(P.iters * 8);
+	if (need_module && stale_abi)
+		emit_error(NULL, "%s speaks ABI %u, this probe needs %u (stale exitlat.ko?): cases 3-6 "
+			   "and the module baselines will fail", EXITLAT_DEVICE, info.abi_version,
+			   EXITLAT_ABI_VERSION);
+	else if (need_module && mod_fd < 0)
+		emit_error(NULL, "cannot open %s: %s (cases 3-6 and the module baselines will fail)",
+			   EXITLAT_DEVICE, strerror(mod_errno));
+	for (int i = 0; i < nkeys; i++) {
+		need += ALIGN_4K(keys[i].iters * 8);
+		total += keys[i].iters;
+	}
 	out_fd = open_output(need);
 
 	/* All sample memory up front, pre-faulted and locked: fail fast, no page faults later. */
 	for (int i = 0; i < nkeys; i++)
-		if (!(keys[i].buf = alloc_samples(P.iters)))
+		if (!(keys[i].buf = alloc_samples(keys[i].iters)))
 			plan_error("cannot allocate %llu MiB for samples (give the guest more memory)",
-				   (unsigned long long)(nkeys * P.iters * 8 >> 20));
+				   (unsigned long long)(total * 8 >> 20));
 
 	if (need_io && ioperm(P.port, 1, 1)) {
 		emit_error("case2", "ioperm(0x%x): %s", P.port, strerror(errno));
@@ -812,8 +877,10 @@ int main(int argc, char **argv)
 		}
 	}
 
+	/* A traced window runs only when its case's timed window succeeded. */
 	for (int i = 0; i < nkeys; i++)
-		keys[i].ok = keys[i].kind > 0 && run_key(&keys[i]) == 0;
+		keys[i].ok = keys[i].kind > 0 && (keys[i].of < 0 || keys[keys[i].of].ok) &&
+			     run_key(&keys[i]) == 0;
 
 	write_samples(out_fd);
 	return 0;
