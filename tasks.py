@@ -24,6 +24,9 @@ def cli(fn):
         except KeyboardInterrupt:
             print("error: interrupted", file=sys.stderr)
             raise Exit(code=130)
+        except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
+            sys.stdout = None
+            raise Exit(code=0)
         if code:
             raise Exit(code=code)
 
