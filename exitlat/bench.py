@@ -435,18 +435,21 @@ def verify_iterations(opts: BenchOptions, accel: str) -> int:
 def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     from .verify import exit_vendor
     from .bundle import write_bundle
-    from .cases import case_specs
+    from .cases import case_specs, tsc_deadline_fastpath
     from .guestio import GuestPlan
     from .hostinfo import collect_host
     from .pins import load_pins
 
     progress = Progress()
     check_options(opts)
-    specs = case_specs(opts.cases, opts.instr, opts.port)
     out_root = Path(opts.output) if opts.output else results_root()
     out_root.mkdir(parents=True, exist_ok=True)
     host = collect_host(with_docker=opts.container)
     accel = choose_accel(opts.accel, host, progress)
+    specs = case_specs(opts.cases, opts.instr, opts.port, fastpath=tsc_deadline_fastpath(host))
+    if opts.instr == "wrmsr_tsc_deadline" and 5 in opts.cases and not tsc_deadline_fastpath(host):
+        progress.say("note: KVM's fastpath cannot handle WRMSR TSC_DEADLINE on this host (no VMX "
+                     "preemption timer): case 5 expects the normal in-kernel handler")
     core, hk, isolation = resolve_cores(opts.core, progress)
     if not isolation.get("isolated"):
         msg = f"core {core} is not isolated (see `invoke doctor --core {core}`)"

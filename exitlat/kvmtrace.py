@@ -7,7 +7,10 @@
 * ``kvm:kvm_pio`` by (port, direction),
 * KVM's in-kernel handler tracepoints ``kvm_cpuid``, ``kvm_msr`` (read/write) and
   ``kvm_hypercall``: they prove that KVM itself handled an instruction, whatever exit mechanism
-  brought it there (on PVM, or when KVM emulates, there is no ``kvm_exit`` event at all).
+  brought it there (on PVM, or when KVM emulates, there is no ``kvm_exit`` event at all),
+* optionally (``kprobes=``) return probes on KVM's WRMSR fastpath handler, counted per symbol:
+  ``probes["<sym>"]`` = calls, ``probes["<sym>:handled"]`` = calls that returned something other
+  than EXIT_FASTPATH_NONE, i.e. that the irq-off fastpath really handled (see FASTPATH_SYMBOLS).
 
 Two backends behind one interface, both in a private tracefs instance ``instances/exitlat-<pid>-<n>``
 (the global buffer's settings are never touched; the instance is removed by `stop()`, also on
@@ -21,6 +24,12 @@ errors and Ctrl-C):
   writes a unique marker to the instance's ``trace_marker`` and waits until the reader has seen it,
   so every event the vCPU produced before the call is counted. Lost events (ring-buffer overrun,
   ``[LOST n EVENTS]`` lines) are counted and reported in `ExitCounts.lost`, never hidden.
+
+Fail closed: the instance carries only the events enabled here, filtered on the vCPU threads, so
+every line must be a sync marker, a ``[LOST n EVENTS]`` line or a well-formed event whose payload
+parses (a kvm_exit reason must be a known VMX/SVM name or a number). Anything else is counted in
+`ExitCounts.unparsed` (the first lines kept in ``unparsed_lines``), and the verifier fails the
+window. The same holds for hist lines that look like entries but do not parse.
 
 See docs/verification.md.
 """
@@ -65,38 +74,66 @@ VMX_EXIT_REASONS = {
     85: "MSR_WRITE_IMM",
 }
 
-# SVM exit codes (arch/x86/include/uapi/asm/svm.h): the ones a measurement cares about, under the
-# same canonical names as VMX where the meaning is the same. SVM has one MSR exit for both
-# directions ("MSR"); kvm_msr's `write` field tells them apart.
-SVM_EXIT_REASONS = {
-    0x060: "EXTERNAL_INTERRUPT", 0x061: "NMI", 0x062: "SMI", 0x063: "INIT", 0x064: "VINTR",
-    0x06E: "RDTSC", 0x06F: "RDPMC", 0x072: "CPUID", 0x077: "PAUSE_INSTRUCTION", 0x078: "HLT",
-    0x079: "INVLPG", 0x07B: "IO_INSTRUCTION", 0x07C: "MSR", 0x07D: "TASK_SWITCH",
-    0x07F: "SHUTDOWN", 0x081: "VMMCALL", 0x087: "RDTSCP", 0x089: "WBINVD", 0x08B: "MWAIT",
-    0x08D: "XSETBV", 0x08F: "WRITE_EFER_TRAP", 0x0A2: "INVPCID", 0x400: "NPF",
-    0x401: "AVIC_INCOMPLETE_IPI", 0x402: "AVIC_UNACCELERATED_ACCESS", 0x403: "VMGEXIT",
+# SVM exit codes and the names the kernel's kvm_exit print fmt gives them (SVM_EXIT_REASONS in
+# arch/x86/include/uapi/asm/svm.h; identical in 6.1 and 6.12, 6.18 adds "buslock" and "idle-halt").
+# Canonical names: the VMX name where the meaning is the same (io -> IO_INSTRUCTION, interrupt ->
+# EXTERNAL_INTERRUPT, ...), else the print name upper-cased ("read_cr0" -> READ_CR0, "GP excp" ->
+# GP_EXCP). SVM has one MSR exit for both directions ("MSR"); kvm_msr's `write` field tells them
+# apart. Every name here is "decodable"; a code not listed is printed by the kernel as a number.
+_SVM_EXCEPTIONS = {0: "DE", 1: "DB", 3: "BP", 4: "OF", 5: "BR", 6: "UD", 7: "NM", 8: "DF", 10: "TS",
+                   11: "NP", 12: "SS", 13: "GP", 14: "PF", 16: "MF", 17: "AC", 18: "MC", 19: "XF"}
+_SVM_PRINT = {
+    **{c: f"read_cr{c}" for c in (0, 2, 3, 4, 8)},
+    **{0x10 + c: f"write_cr{c}" for c in (0, 2, 3, 4, 8)},
+    **{0x20 + d: f"read_dr{d}" for d in range(8)},
+    **{0x30 + d: f"write_dr{d}" for d in range(8)},
+    **{0x40 + v: f"{name} excp" for v, name in _SVM_EXCEPTIONS.items()},
+    0x060: "interrupt", 0x061: "nmi", 0x062: "smi", 0x063: "init", 0x064: "vintr",
+    0x065: "cr0_sel_write", 0x066: "read_idtr", 0x067: "read_gdtr", 0x068: "read_ldtr",
+    0x069: "read_rt", 0x06A: "write_idtr", 0x06B: "write_gdtr", 0x06C: "write_ldtr",
+    0x06D: "write_rt", 0x06E: "rdtsc", 0x06F: "rdpmc", 0x070: "pushf", 0x071: "popf",
+    0x072: "cpuid", 0x073: "rsm", 0x074: "iret", 0x075: "swint", 0x076: "invd", 0x077: "pause",
+    0x078: "hlt", 0x079: "invlpg", 0x07A: "invlpga", 0x07B: "io", 0x07C: "msr",
+    0x07D: "task_switch", 0x07E: "ferr_freeze", 0x07F: "shutdown", 0x080: "vmrun",
+    0x081: "hypercall", 0x082: "vmload", 0x083: "vmsave", 0x084: "stgi", 0x085: "clgi",
+    0x086: "skinit", 0x087: "rdtscp", 0x088: "icebp", 0x089: "wbinvd", 0x08A: "monitor",
+    0x08B: "mwait", 0x08D: "xsetbv", 0x08F: "write_efer_trap", 0x090: "write_cr0_trap",
+    0x094: "write_cr4_trap", 0x098: "write_cr8_trap", 0x0A2: "invpcid", 0x0A5: "buslock",
+    0x0A6: "idle-halt", 0x400: "npf", 0x401: "avic_incomplete_ipi",
+    0x402: "avic_unaccelerated_access", 0x403: "vmgexit",
+    0x80000001: "vmgexit_mmio_read", 0x80000002: "vmgexit_mmio_write",
+    0x80000003: "vmgexit_nmi_complete", 0x80000004: "vmgexit_ap_hlt_loop",
+    0x80000005: "vmgexit_ap_jump_table", 0x80000010: "vmgexit_page_state_change",
+    0x80000011: "vmgexit_guest_request", 0x80000012: "vmgexit_ext_guest_request",
+    0x80000013: "vmgexit_ap_creation", 0x8000FFFD: "vmgexit_hypervisor_feature",
+    0xFFFFFFFF: "invalid_guest_state",          # SVM_EXIT_ERR (-1) in the u32 exit_reason field
 }
-# The names the kernel's print fmt uses for SVM (lowercase), mapped to the canonical names.
-SVM_PRINT_NAMES = {
-    "interrupt": "EXTERNAL_INTERRUPT", "nmi": "NMI", "smi": "SMI", "init": "INIT", "vintr": "VINTR",
-    "rdtsc": "RDTSC", "rdpmc": "RDPMC", "cpuid": "CPUID", "pause": "PAUSE_INSTRUCTION",
-    "hlt": "HLT", "invlpg": "INVLPG", "io": "IO_INSTRUCTION", "msr": "MSR",
-    "task_switch": "TASK_SWITCH", "shutdown": "SHUTDOWN", "hypercall": "VMMCALL",
-    "rdtscp": "RDTSCP", "wbinvd": "WBINVD", "mwait": "MWAIT", "xsetbv": "XSETBV",
-    "write_efer_trap": "WRITE_EFER_TRAP", "invpcid": "INVPCID", "npf": "NPF",
-    "avic_incomplete_ipi": "AVIC_INCOMPLETE_IPI",
-    "avic_unaccelerated_access": "AVIC_UNACCELERATED_ACCESS", "vmgexit": "VMGEXIT",
-}
+_SVM_SAME_AS_VMX = {"interrupt": "EXTERNAL_INTERRUPT", "io": "IO_INSTRUCTION", "hypercall": "VMMCALL",
+                    "pause": "PAUSE_INSTRUCTION", "monitor": "MONITOR_INSTRUCTION",
+                    "mwait": "MWAIT_INSTRUCTION", "buslock": "BUS_LOCK"}
+
+
+def _svm_canonical(print_name: str) -> str:
+    return _SVM_SAME_AS_VMX.get(print_name) or re.sub(r"[^A-Za-z0-9]+", "_", print_name).upper()
+
+
+SVM_EXIT_REASONS = {code: _svm_canonical(name) for code, name in _SVM_PRINT.items()}
+# The names the kernel's print fmt uses for SVM, mapped to the canonical names.
+SVM_PRINT_NAMES = {name: _svm_canonical(name) for name in _SVM_PRINT.values()}
 _VMX_NAMES = frozenset(VMX_EXIT_REASONS.values())
+DECODABLE_EXIT_NAMES = _VMX_NAMES | frozenset(SVM_EXIT_REASONS.values())
 
 # KVM_EXIT_* (include/uapi/linux/kvm.h), without the prefix.
 USERSPACE_EXIT_REASONS = {
     0: "UNKNOWN", 1: "EXCEPTION", 2: "IO", 3: "HYPERCALL", 4: "DEBUG", 5: "HLT", 6: "MMIO",
     7: "IRQ_WINDOW_OPEN", 8: "SHUTDOWN", 9: "FAIL_ENTRY", 10: "INTR", 11: "SET_TPR",
     12: "TPR_ACCESS", 17: "INTERNAL_ERROR", 24: "SYSTEM_EVENT", 26: "IOAPIC_EOI", 27: "HYPERV",
-    29: "X86_RDMSR", 30: "X86_WRMSR", 35: "XEN", 36: "RISCV_SBI", 38: "NOTIFY",
-    39: "LOONGARCH_IOCSR", 40: "MEMORY_FAULT",
+    29: "X86_RDMSR", 30: "X86_WRMSR", 31: "DIRTY_RING_FULL", 32: "AP_RESET_HOLD",
+    33: "X86_BUS_LOCK", 34: "XEN", 35: "RISCV_SBI", 36: "RISCV_CSR", 37: "NOTIFY",
+    38: "LOONGARCH_IOCSR", 39: "MEMORY_FAULT",
 }
+# The kernel's kvm_userspace_exit print fmt names KVM_EXIT_* only up to X86_WRMSR (30) in 6.1 -
+# 6.18; later ones print as a hex number ("reason 0x27 (39)") and are decoded with this table.
 
 EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_cpuid", "kvm_msr", "kvm_hypercall")
 REQUIRED_EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio")
@@ -104,6 +141,34 @@ REQUIRED_EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio")
 DEFAULT_BUFFER_KB = 32768          # per CPU, streaming backend only
 SYNC_TIMEOUT_S = 30.0
 _MARK = "exitlat-sync-"
+MAX_UNPARSED_LINES = 5             # unparsed lines kept per window (the count is always exact)
+
+# KVM's irq-off fastpath for WRMSR (IA32_TSC_DEADLINE, x2APIC ICR), per kernel version. Read in
+# the sources of Debian's linux 6.1.192 and 6.12.95 (arch/x86/kvm/x86.c, vmx/vmx.c, svm/svm.c) and
+# in /proc/kallsyms of a 6.18.44 host:
+#
+#   6.1 - 6.12 (and up to the rename): x86.c `fastpath_t handle_fastpath_set_msr_irqoff(vcpu)`,
+#       exported, called by vmx_exit_handlers_fastpath() for every EXIT_REASON_MSR_WRITE and by
+#       svm_exit_handlers_fastpath() for every SVM_EXIT_MSR write. It returns EXIT_FASTPATH_NONE
+#       (0) when it does not handle the MSR, and for IA32_TSC_DEADLINE whenever
+#       kvm_can_use_hv_timer() is false -- always on AMD (no set_hv_timer) and on Intel without
+#       the VMX preemption timer: the write then goes down the full handler. Its helpers
+#       handle_fastpath_set_tscdeadline / handle_fastpath_set_x2apic_icr_irqoff are static (inlined).
+#       vmx.c `static handle_fastpath_preemption_timer()` handles the timer's expiry, not the
+#       write; 6.12.95 also has x86.c `handle_fastpath_hlt()`.
+#   6.18: renamed `handle_fastpath_wrmsr(vcpu)` (Sean Christopherson's fastpath series, lore
+#       20250805190526), a wrapper of `static __handle_fastpath_wrmsr(vcpu, msr, data)`, plus
+#       `handle_fastpath_wrmsr_imm()` (the immediate form, MSR_WRITE_IMM exits), `handle_fastpath_hlt`
+#       and `handle_fastpath_invd`. Same return convention.
+#
+# Only the per-WRMSR entry points are probed: a *return* probe with the return value, because a
+# call alone does not prove the fastpath (the function is entered for every MSR write and returns
+# EXIT_FASTPATH_NONE when it falls back). enum exit_fastpath_completion: NONE = 0,
+# REENTER_GUEST = 1, EXIT_HANDLED = 2, EXIT_USERSPACE = 3 (arch/x86/include/asm/kvm_host.h).
+FASTPATH_SYMBOLS = ("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr")
+KALLSYMS = Path("/proc/kallsyms")
+PROBE_GROUP_PREFIX = "exitlat_"
+HANDLED_SUFFIX = ":handled"         # ExitCounts.probes["<sym>:handled"]
 
 
 def decode_exit_reason(reason: int, isa: int | None) -> str:
@@ -125,8 +190,16 @@ def decode_userspace_reason(reason: int, errno: int = 0) -> str:
     return USERSPACE_EXIT_REASONS.get(reason, str(reason))
 
 
+
 # ---------------------------------------------------------------------------------------------
 # Counts
+
+
+def _pio_key(text: str) -> tuple[int, str]:
+    m = re.fullmatch(r"(0x[0-9a-fA-F]+)/(in|out)", str(text))
+    if not m:
+        raise ExitlatError(f"bad pio key {text!r} (expected e.g. \"0xe9/out\")")
+    return int(m.group(1), 16), m.group(2)
 
 
 @dataclass(frozen=True)
@@ -139,6 +212,12 @@ class ExitCounts:
     handled:   KVM handler tracepoints: "cpuid", "msr_read", "msr_write", "hypercall".
     lost:      events the kernel dropped (ring-buffer overrun / full hist map). Non-zero = the
                other numbers are lower bounds only.
+    unparsed:  lines (trace_pipe) or hist entries that did not parse; non-zero fails the window.
+    unparsed_lines: the first few of them, raw (at most MAX_UNPARSED_LINES per window).
+    probes:    kprobe hits: "<sym>" = calls, "<sym>:handled" = returns other than
+               EXIT_FASTPATH_NONE (return probes only).
+    probed:    the symbols that had a working probe during the window (so that zero hits can be
+               told from "not probed"); probe_note says why a requested probe is missing.
     """
 
     exits: dict = field(default_factory=dict)
@@ -147,6 +226,14 @@ class ExitCounts:
     handled: dict = field(default_factory=dict)
     lost: int = 0
     backend: str = ""
+    unparsed: int = 0
+    unparsed_lines: tuple = ()
+    probes: dict = field(default_factory=dict)
+    probed: tuple = ()
+    probe_note: str = ""
+    # 1-based position of each unparsed_lines entry in the cumulative unparsed count, so that a
+    # window (later - earlier) keeps only its own lines; () when unknown (e.g. from_dict).
+    unparsed_index: tuple = field(default=(), repr=False, compare=False)
 
     @property
     def total_exits(self) -> int:
@@ -167,17 +254,58 @@ class ExitCounts:
             out = {k: a.get(k, 0) - b.get(k, 0) for k in set(a) | set(b)}
             return {k: v for k, v in out.items() if v}
 
+        if self.unparsed_index and len(self.unparsed_index) == len(self.unparsed_lines):
+            mine = [(i, ln) for i, ln in zip(self.unparsed_index, self.unparsed_lines)
+                    if i > other.unparsed][:MAX_UNPARSED_LINES]
+            lines, index = tuple(ln for _i, ln in mine), tuple(i for i, _ln in mine)
+        else:                                   # no positions: keep the later snapshot's lines
+            lines, index = self.unparsed_lines, ()
         return ExitCounts(sub(self.exits, other.exits), sub(self.userspace, other.userspace),
                           sub(self.pio, other.pio), sub(self.handled, other.handled),
-                          self.lost - other.lost, self.backend or other.backend)
+                          self.lost - other.lost, self.backend or other.backend,
+                          self.unparsed - other.unparsed, lines, sub(self.probes, other.probes),
+                          self.probed, self.probe_note, index)
 
     def to_dict(self) -> dict:
-        """JSON-friendly form (pio keys as "0xe9/out")."""
+        """JSON-friendly form (pio keys as "0xe9/out"); `from_dict` is its inverse."""
         return {"exits": dict(sorted(self.exits.items())),
                 "userspace": dict(sorted(self.userspace.items())),
                 "pio": {f"{p:#x}/{d}": n for (p, d), n in sorted(self.pio.items())},
                 "handled": dict(sorted(self.handled.items())),
-                "lost": self.lost, "backend": self.backend}
+                "lost": self.lost, "backend": self.backend,
+                "unparsed": self.unparsed, "unparsed_lines": list(self.unparsed_lines),
+                "probes": dict(sorted(self.probes.items())), "probed": list(self.probed),
+                "probe_note": self.probe_note}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ExitCounts":
+        """The window `to_dict` wrote (e.g. into a bundle), to verify it again.
+
+        A dict without an "unparsed" count (written before exitlat counted unparsed lines) cannot
+        prove that every line was counted: it comes back with unparsed = 1 and a line saying so,
+        which fails verification (fail closed)."""
+        if not isinstance(d, dict):
+            raise ExitlatError(f"ExitCounts.from_dict needs a dict, got {type(d).__name__}")
+        missing = [k for k in ("exits", "userspace", "pio", "handled", "lost") if k not in d]
+        if missing:
+            raise ExitlatError(f"not an exit-count window: missing {', '.join(missing)}")
+
+        def counts(name: str) -> dict:
+            v = d.get(name) or {}
+            if not isinstance(v, dict) or not all(isinstance(n, int) and not isinstance(n, bool)
+                                                  for n in v.values()):
+                raise ExitlatError(f"window field {name!r} must map names to integers")
+            return {str(k): n for k, n in v.items()}
+
+        pio = {_pio_key(k): n for k, n in counts("pio").items()}
+        if "unparsed" in d:
+            unparsed, lines = int(d["unparsed"]), tuple(d.get("unparsed_lines") or ())
+        else:
+            unparsed, lines = 1, ("<window stored without an unparsed-line count: completeness "
+                                  "of its counts is unknown>",)
+        return cls(counts("exits"), counts("userspace"), pio, counts("handled"), int(d["lost"]),
+                   str(d.get("backend") or ""), unparsed, lines, counts("probes"),
+                   tuple(d.get("probed") or ()), str(d.get("probe_note") or ""))
 
 
 class _Acc:
@@ -188,86 +316,170 @@ class _Acc:
         self.userspace: Counter = Counter()
         self.pio: Counter = Counter()
         self.handled: Counter = Counter()
+        self.probes: Counter = Counter()
         self.lost = 0
+        self.unparsed = 0
+        self._samples: list[tuple[int, str]] = []   # (position, line), bounded
+        self._mark = 0                              # unparsed count at the last freeze()
+
+    def bad(self, line: str) -> None:
+        """One line (or hist entry) that did not parse."""
+        self.unparsed += 1
+        if self.unparsed - self._mark <= MAX_UNPARSED_LINES and len(self._samples) < 1000:
+            self._samples.append((self.unparsed, line.rstrip("\n")[:400]))
 
     def freeze(self, backend: str, extra_lost: int = 0) -> ExitCounts:
+        self._mark = self.unparsed
         return ExitCounts(dict(self.exits), dict(self.userspace), dict(self.pio),
-                          dict(self.handled), self.lost + extra_lost, backend)
+                          dict(self.handled), self.lost + extra_lost, backend, self.unparsed,
+                          tuple(ln for _i, ln in self._samples), dict(self.probes), (), "",
+                          tuple(i for i, _ln in self._samples))
 
 
 # ---------------------------------------------------------------------------------------------
-# Text parsing (trace_pipe lines)
+# Text parsing (trace_pipe lines), after the kernel's TP_printk formats (arch/x86/kvm/trace.h,
+# include/trace/events/kvm.h; kernel/trace/trace_kprobe.c for probe events)
 
-# "<comm>-<pid> [cpu] flags ts: event: payload"; comm may contain spaces and dashes.
+# "<comm>-<pid> [cpu] flags ts: event: payload"; comm may contain spaces, dashes and slashes
+# (QEMU's vCPU threads are "CPU 0/KVM").
 _LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
                    r"(?:\S+\s+)?(?P<ts>\d+\.\d+): (?P<event>\w+): (?P<payload>.*)$")
-_LOST = re.compile(r"CPU:(\d+) \[LOST (\d+) EVENTS\]")
-_EXIT_REASON = re.compile(r"reason (.*?) rip ")
-_USER_REASON = re.compile(r"reason (\S+) \((-?\d+)\)")
-_PIO = re.compile(r"pio_(read|write) at 0x([0-9a-fA-F]+)")
+_LOST = re.compile(r"\s*CPU:(\d+) \[LOST (\d+) EVENTS\]\s*")
+_EXIT_REASON = re.compile(r"^(?:vcpu \d+ )?reason (.+?) rip (?:0x)?[0-9a-fA-F]+(?: |$)")
+_USER_REASON = re.compile(r"^reason (\S+) \((-?\d+)\)\s*$")
+_PIO = re.compile(r"^pio_(read|write) at 0x([0-9a-fA-F]+) size \d+ count \d+")
+_MSR = re.compile(r"^msr_(read|write) [0-9a-fA-F]+ = 0x[0-9a-fA-F]+")
+_CPUID = re.compile(r"^func [0-9a-fA-F]+ idx [0-9a-fA-F]+ ")
+_HYPERCALL = re.compile(r"^nr 0x[0-9a-fA-F]+ ")
+# kprobe:    "(sym+0x0/0x30 [kvm])[ args]"; kretprobe: "(caller+0x5d/0x9a0 [kvm_intel] <- sym)[ args]"
+_PROBE = re.compile(r"^\((?P<at>[^()<]+?)(?: <- (?P<func>[^()\s]+))?\)(?P<args>(?: \w+=\S*)*)\s*$")
+_HEX = re.compile(r"0x[0-9a-fA-F]+")
 
 
-def _exit_name_from_text(text: str) -> str:
+def _exit_name_from_text(text: str) -> str | None:
+    """Canonical name of a printed kvm_exit reason; None when it is neither a known VMX/SVM name
+    nor a number (the caller counts the line as unparsed)."""
     text = text.strip()
-    failed = text.endswith(" FAILED_VMENTRY")
-    if failed:
-        text = text[: -len(" FAILED_VMENTRY")]
-    if text in _VMX_NAMES:
-        return text + ("|FAILED_VMENTRY" if failed else "")
-    if text in SVM_PRINT_NAMES:
+    if text in SVM_PRINT_NAMES:                   # lower-case, some with a space ("GP excp")
         return SVM_PRINT_NAMES[text]
-    if text.startswith("0x"):
-        try:
-            return str(int(text, 16))
-        except ValueError:
-            pass
-    return text
+    head, *flags = text.split(" ")
+    # VMX: "NAME[ FAILED_VMENTRY][ 0x<other flag bits>]" (__print_flags of the upper 16 bits)
+    if not all(f == "FAILED_VMENTRY" or _HEX.fullmatch(f) for f in flags):
+        return None
+    failed = "|FAILED_VMENTRY" if "FAILED_VMENTRY" in flags else ""
+    if head in _VMX_NAMES:
+        return head + failed
+    if _HEX.fullmatch(head):                       # __print_symbolic prints unknown values in hex
+        return str(int(head, 16)) + failed
+    if head.isdigit():
+        return head + failed
+    return None
+
+
+def _userspace_name(text: str) -> str | None:
+    if text.startswith("KVM_EXIT_") and len(text) > len("KVM_EXIT_"):
+        return text[len("KVM_EXIT_"):]
+    if text in ("restart", "error"):
+        return text
+    if _HEX.fullmatch(text):                       # a KVM_EXIT_* the kernel's table lacks
+        return decode_userspace_reason(int(text, 16))
+    return None
+
+
+def _probe_args(args: str) -> dict[str, str]:
+    return dict(a.split("=", 1) for a in args.split())
 
 
 def parse_trace_line(line: str, acc: _Acc, pids: set[int] | None = None) -> str | None:
     """Add one trace_pipe line to `acc`. Returns the marker text for tracing_mark_write lines
-    (so the caller can see its sync markers), else None."""
-    if "[LOST" in line:
-        m = _LOST.search(line)
-        if m:
-            acc.lost += int(m.group(2))
-            return None
+    (so the caller can see its sync markers), else None. A non-empty line that is none of: a
+    marker, a "[LOST n EVENTS]" line, an event of a pid not in `pids`, or one of the counted
+    events with a payload that parses, is counted as unparsed."""
+    if not line.strip():
+        return None
+    m = _LOST.fullmatch(line)
+    if m:
+        acc.lost += int(m.group(2))
+        return None
     m = _LINE.match(line)
     if not m:
+        acc.bad(line)
         return None
     event, payload = m.group("event"), m.group("payload")
     if event == "tracing_mark_write" or event == "print":
         return payload.strip()
     if pids is not None and int(m.group("pid")) not in pids:
         return None
+    ok = True
     if event == "kvm_exit":
-        r = _EXIT_REASON.search(payload + " rip ")
-        acc.exits[_exit_name_from_text(r.group(1)) if r else "?"] += 1
-    elif event == "kvm_userspace_exit":
-        r = _USER_REASON.search(payload)
-        if r:
-            name = r.group(1)
-            name = name[len("KVM_EXIT_"):] if name.startswith("KVM_EXIT_") else name
-            acc.userspace[name] += 1
+        r = _EXIT_REASON.match(payload)
+        name = _exit_name_from_text(r.group(1)) if r else None
+        if name is None:
+            ok = False
         else:
-            acc.userspace["?"] += 1
+            acc.exits[name] += 1
+    elif event == "kvm_userspace_exit":
+        r = _USER_REASON.match(payload)
+        name = _userspace_name(r.group(1)) if r else None
+        if name is None:
+            ok = False
+        else:
+            acc.userspace[name] += 1
     elif event == "kvm_pio":
-        r = _PIO.search(payload)
+        r = _PIO.match(payload)
         if r:
             acc.pio[(int(r.group(2), 16), "out" if r.group(1) == "write" else "in")] += 1
+        else:
+            ok = False
     elif event == "kvm_cpuid":
-        acc.handled["cpuid"] += 1
+        if _CPUID.match(payload):
+            acc.handled["cpuid"] += 1
+        else:
+            ok = False
     elif event == "kvm_msr":
-        acc.handled["msr_write" if payload.startswith("msr_write") else "msr_read"] += 1
+        r = _MSR.match(payload)
+        if r:
+            acc.handled["msr_" + r.group(1)] += 1
+        else:
+            ok = False
     elif event == "kvm_hypercall":
-        acc.handled["hypercall"] += 1
+        if _HYPERCALL.match(payload):
+            acc.handled["hypercall"] += 1
+        else:
+            ok = False
+    else:
+        ok = _count_probe_line(event, payload, acc)
+    if not ok:
+        acc.bad(line)
     return None
 
 
+def _count_probe_line(event: str, payload: str, acc: _Acc) -> bool:
+    """A kprobe event line (the event is named after the probed symbol)."""
+    r = _PROBE.match(payload)
+    if not r:
+        return False
+    args = _probe_args(r.group("args"))
+    if r.group("func") is None:                   # entry probe: a call, nothing about its outcome
+        acc.probes[event] += 1
+        return True
+    try:
+        ret = int(args["ret"], 0)
+    except (KeyError, ValueError):
+        return False                               # a return probe must carry ret=
+    acc.probes[event] += 1
+    if ret != 0:
+        acc.probes[event + HANDLED_SUFFIX] += 1
+    return True
+
+
 def parse_trace_text(text: str, pids: set[int] | None = None) -> ExitCounts:
-    """Counts from a whole captured trace (e.g. `cat trace`); for tests and by-hand checks."""
+    """Counts from a whole captured trace (e.g. `cat trace`); for tests and by-hand checks.
+    The header of `cat trace` ("# tracer: nop", ...) is skipped; everything else must parse."""
     acc = _Acc()
     for line in text.splitlines():
+        if line.lstrip().startswith("#"):
+            continue
         parse_trace_line(line, acc, pids)
     return acc.freeze("text")
 
@@ -275,9 +487,10 @@ def parse_trace_text(text: str, pids: set[int] | None = None) -> ExitCounts:
 # ---------------------------------------------------------------------------------------------
 # Hist parsing
 
-_HIST_ENTRY = re.compile(r"^\{(?P<keys>.*)\}\s*hitcount:\s*(?P<hits>\d+)")
-_HIST_KEY = re.compile(r"(\w+):\s*([^,]*?)\s*(?:,|$)")
+_HIST_ENTRY = re.compile(r"^\{(?P<keys>.*)\}\s*hitcount:\s*(?P<hits>\d+)\s*$")
+_HIST_KEY = re.compile(r"^\s*(\w+):\s*(.*?)\s*$")
 _HIST_DROPPED = re.compile(r"^\s*Dropped:\s*(\d+)", re.M)
+PROBE_HIST_PREFIX = "probe/"       # _acc_from_hists key of a kprobe event: "probe/<symbol>"
 
 
 def _hist_value(v: str) -> int | str:
@@ -291,40 +504,94 @@ def _hist_value(v: str) -> int | str:
         return v
 
 
-def parse_hist(text: str) -> tuple[list[tuple[dict, int]], int]:
-    """Parse a hist file: ([(keys, hitcount)], dropped)."""
+def parse_hist(text: str, unparsed: list | None = None) -> tuple[list[tuple[dict, int]], int]:
+    """Parse a hist file: ([(keys, hitcount)], dropped). A line that looks like an entry
+    ("{ ... } hitcount: ...") but does not parse goes to `unparsed` when given."""
     entries = []
     for line in text.splitlines():
-        m = _HIST_ENTRY.match(line.strip())
-        if not m:
+        s = line.strip()
+        if not s.startswith("{"):
             continue
-        keys = {k: _hist_value(v) for k, v in _HIST_KEY.findall(m.group("keys"))}
+        m = _HIST_ENTRY.match(s)
+        keys = {}
+        if m:
+            for part in m.group("keys").split(","):
+                k = _HIST_KEY.match(part)
+                if not k or not k.group(2):
+                    m = None
+                    break
+                keys[k.group(1)] = _hist_value(k.group(2))
+        if not m:
+            if unparsed is not None:
+                unparsed.append(line)
+            continue
         entries.append((keys, int(m.group("hits"))))
     dropped = sum(int(d) for d in _HIST_DROPPED.findall(text))
     return entries, dropped
 
 
+def _ints(keys: dict, required: tuple, optional: tuple = ()) -> dict | None:
+    """The keys as integers; None when a required one is missing or any one is not an integer."""
+    out = {}
+    for k in required + optional:
+        if k not in keys:
+            if k in required:
+                return None
+            continue
+        if not isinstance(keys[k], int):
+            return None
+        out[k] = keys[k]
+    return out
+
+
 def _acc_from_hists(hists: dict[str, str], acc: _Acc) -> None:
     for event, text in hists.items():
-        entries, dropped = parse_hist(text)
+        bad_lines: list[str] = []
+        entries, dropped = parse_hist(text, bad_lines)
+        for line in bad_lines:
+            acc.bad(f"{event} hist: {line.strip()}")
         acc.lost += dropped
         for keys, hits in entries:
+            ok = True
             if event == "kvm_exit":
-                reason = keys.get("exit_reason", -1)
-                isa = keys.get("isa")
-                acc.exits[decode_exit_reason(int(reason), None if isa is None else int(isa))
-                          if isinstance(reason, int) else str(reason)] += hits
+                k = _ints(keys, ("exit_reason",), ("isa",))
+                if k is None:
+                    ok = False
+                else:
+                    acc.exits[decode_exit_reason(k["exit_reason"], k.get("isa"))] += hits
             elif event == "kvm_userspace_exit":
-                acc.userspace[decode_userspace_reason(int(keys.get("reason", 0)),
-                                                      int(keys.get("errno", 0)))] += hits
+                k = _ints(keys, ("reason",), ("errno",))
+                if k is None:
+                    ok = False
+                else:
+                    acc.userspace[decode_userspace_reason(k["reason"], k.get("errno", 0))] += hits
             elif event == "kvm_pio":
-                acc.pio[(int(keys.get("port", 0)), "out" if keys.get("rw") else "in")] += hits
-            elif event == "kvm_cpuid":
-                acc.handled["cpuid"] += hits
+                k = _ints(keys, ("rw", "port"))
+                if k is None:
+                    ok = False
+                else:
+                    acc.pio[(k["port"], "out" if k["rw"] else "in")] += hits
+            elif event in ("kvm_cpuid", "kvm_hypercall"):
+                acc.handled["cpuid" if event == "kvm_cpuid" else "hypercall"] += hits
             elif event == "kvm_msr":
-                acc.handled["msr_write" if keys.get("write") else "msr_read"] += hits
-            elif event == "kvm_hypercall":
-                acc.handled["hypercall"] += hits
+                k = _ints(keys, ("write",))
+                if k is None:
+                    ok = False
+                else:
+                    acc.handled["msr_write" if k["write"] else "msr_read"] += hits
+            elif event.startswith(PROBE_HIST_PREFIX):
+                sym = event[len(PROBE_HIST_PREFIX):]
+                k = _ints(keys, (), ("ret",))
+                if k is None:
+                    ok = False
+                else:
+                    acc.probes[sym] += hits
+                    if k.get("ret"):
+                        acc.probes[sym + HANDLED_SUFFIX] += hits
+            else:
+                ok = False
+            if not ok:
+                acc.bad(f"{event} hist: {keys} hitcount: {hits}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +654,151 @@ def _event_fields(tracefs: Path, event: str) -> set[str]:
     return set(re.findall(r"field:[^;]*?(\w+)(?:\[\d*\])?;", text))
 
 
+# ---------------------------------------------------------------------------------------------
+# kprobes (the global kprobe_events file; enabled only inside our instance)
+
+_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_probe_lock = threading.Lock()
+_probe_refs: dict[str, int] = {}       # "<group>/<sym>" -> ExitCounters of this process using it
+
+
+def probe_group(pid: int | None = None) -> str:
+    return f"{PROBE_GROUP_PREFIX}{os.getpid() if pid is None else pid}"
+
+
+def _kernel_symbols(names, tracefs: Path | None = None, kallsyms: Path | None = None) -> dict:
+    """{name: module or ""} for the names this kernel has (kallsyms, else the tracefs list of
+    traceable functions)."""
+    want, found = set(names), {}
+    sources = [Path(kallsyms) if kallsyms else KALLSYMS]
+    if tracefs is not None:
+        sources.append(Path(tracefs) / "available_filter_functions")
+    for src in sources:
+        try:
+            with open(src) as f:
+                for line in f:
+                    parts = line.split()
+                    if src.name != "available_filter_functions":    # "addr type name [mod]"
+                        if len(parts) < 3 or parts[1] not in ("t", "T", "w", "W"):
+                            continue
+                        parts = parts[2:]
+                    if not parts:                                   # "name [mod]"
+                        continue
+                    name, mod = parts[0], parts[1].strip("[]") if len(parts) > 1 else ""
+                    if name in want and name not in found:
+                        found[name] = mod
+        except OSError:
+            continue
+        if len(found) == len(want):
+            break
+    return found
+
+
+def fastpath_symbols(tracefs: Path | None = None, kallsyms: Path | None = None) -> list[str]:
+    """The WRMSR fastpath handlers (FASTPATH_SYMBOLS) this kernel has, to pass as
+    ExitCounter(kprobes=...). Whether they can be probed is another question: see
+    ExitCounter.probe_note."""
+    root = Path(tracefs) if tracefs else find_tracefs(mount=False)
+    have = _kernel_symbols(FASTPATH_SYMBOLS, root, kallsyms)
+    return [s for s in FASTPATH_SYMBOLS if s in have]
+
+
+def kprobes_available(tracefs: Path | None = None) -> tuple[bool, str]:
+    root = Path(tracefs) if tracefs else find_tracefs(mount=False)
+    if root is None:
+        return False, "tracefs is not mounted"
+    if not (root / "kprobe_events").exists():
+        return False, f"kprobe events not available on this kernel (no {root}/kprobe_events: CONFIG_KPROBE_EVENTS)"
+    if not os.access(root / "kprobe_events", os.W_OK):
+        return False, f"{root}/kprobe_events is not writable (needs root)"
+    return True, "kprobe events available"
+
+
+def _append(path: Path, text: str) -> None:
+    """Append one definition to a dynamic-event file: O_APPEND without O_TRUNC (truncating would
+    delete every other tool's probes) and without the seek to the end that Python's "a" mode
+    does, which the kernel's probe-event files refuse (EINVAL)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (text + "\n").encode())
+    finally:
+        os.close(fd)
+
+
+def _acquire_probe(root: Path, events_file: str, sym: str, target: str) -> str | None:
+    """Create (or share) the return probe exitlat_<pid>/<sym> on `target` in `events_file`
+    (kprobe_events); None when done, else why not."""
+    key = f"{probe_group()}/{sym}"
+    with _probe_lock:
+        if _probe_refs.get(key, 0) > 0:
+            _probe_refs[key] += 1
+            return None
+        try:
+            _append(root / events_file, f"r:{key} {target} ret=$retval:u32")
+        except OSError as e:
+            if not (root / "events" / probe_group() / sym).is_dir():
+                return f"cannot create a return probe on {sym} ({e.strerror or e})"
+        if not (root / "events" / probe_group() / sym).is_dir():
+            return f"the return probe on {sym} did not appear in {root}/events"
+        _probe_refs[key] = 1
+        return None
+
+
+def _release_probe(root: Path, events_file: str, sym: str) -> None:
+    key = f"{probe_group()}/{sym}"
+    with _probe_lock:
+        n = _probe_refs.get(key, 0) - 1
+        if n > 0:
+            _probe_refs[key] = n
+            return
+        _probe_refs.pop(key, None)
+        try:
+            _append(root / events_file, f"-:{key}")
+        except OSError:
+            pass
+
+
+def _disable_event_dir(d: Path) -> None:
+    """Drop hist triggers, the filter and the enable bit of one event directory; best effort."""
+    try:
+        for line in (d / "trigger").read_text().splitlines():
+            if line.startswith("hist:"):
+                with open(d / "trigger", "w") as f:
+                    f.write("!" + line.split(" [")[0].strip())
+    except OSError:
+        pass
+    for name, val in (("enable", "0"), ("filter", "0")):
+        try:
+            with open(d / name, "w") as f:
+                f.write(val)
+        except OSError:
+            pass
+
+
+def _remove_stale_probes(root: Path) -> list[str]:
+    """Remove exitlat_<pid>/* kprobe events whose process is gone."""
+    removed = []
+    for events_file in ("kprobe_events", "uprobe_events"):
+        try:
+            lines = (root / events_file).read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            m = re.match(rf"^[pr]\d*:({re.escape(PROBE_GROUP_PREFIX)}(\d+))/(\w+)\s", line)
+            if not m or Path(f"/proc/{m.group(2)}").exists():
+                continue
+            group, ev = m.group(1), m.group(3)
+            for buf in [root] + sorted((root / "instances").glob("*")):
+                if (buf / "events" / group / ev).is_dir():
+                    _disable_event_dir(buf / "events" / group / ev)
+            try:
+                _append(root / events_file, f"-:{group}/{ev}")
+                removed.append(f"{events_file[0]}probe {group}/{ev}")
+            except OSError:
+                pass
+    return removed
+
+
 _instances: "weakref.WeakSet[ExitCounter]" = weakref.WeakSet()
 _seq = itertools.count()
 
@@ -401,7 +813,8 @@ def _cleanup_at_exit() -> None:
 
 
 def remove_stale_instances(tracefs: Path | None = None) -> list[str]:
-    """Remove exitlat-<pid>-* instances whose process is gone (left by a killed run)."""
+    """Remove exitlat-<pid>-* instances and exitlat_<pid> kprobe events whose process is gone
+    (left by a killed run)."""
     root = Path(tracefs) if tracefs else find_tracefs(mount=False)
     removed = []
     if root is None or not (root / "instances").is_dir():
@@ -412,26 +825,16 @@ def remove_stale_instances(tracefs: Path | None = None) -> list[str]:
             continue
         _teardown_instance(d)
         removed.append(d.name)
-    return removed
+    return removed + _remove_stale_probes(root)
 
 
 def _teardown_instance(inst: Path) -> None:
     """Disable events, drop triggers/filters and remove the instance; best effort."""
-    for ev in EVENTS:
-        d = inst / "events/kvm" / ev
-        try:
-            for line in (d / "trigger").read_text().splitlines():
-                if line.startswith("hist:"):
-                    with open(d / "trigger", "w") as f:
-                        f.write("!" + line.split(" [")[0].strip())
-        except OSError:
-            pass
-        for name, val in (("enable", "0"), ("filter", "0")):
-            try:
-                with open(d / name, "w") as f:
-                    f.write(val)
-            except OSError:
-                pass
+    dirs = [inst / "events/kvm" / ev for ev in EVENTS]
+    dirs += sorted(inst.glob(f"events/{PROBE_GROUP_PREFIX}*/*"))
+    for d in dirs:
+        if d.is_dir():
+            _disable_event_dir(d)
     for _ in range(50):
         try:
             inst.rmdir()
@@ -453,10 +856,16 @@ class ExitCounter:
     buffer_kb: per-CPU ring buffer of the private instance (streaming backend).
     cpu: the core the vCPU is pinned to; its buffer alone gets buffer_kb (the others keep the
          default), so a long case can have a large buffer without one per CPU of the host.
+    kprobes: kernel functions to count calls and fastpath outcomes of (a return probe each,
+         "r:exitlat_<pid>/<sym> <sym> ret=$retval:u32", in the global kprobe_events, enabled only
+         in the private instance with the same common_pid filter), e.g. fastpath_symbols().
+         A symbol that cannot be probed is not an error: `kprobes_active` lists those that work,
+         `probe_note` says why the others do not, and both travel in every snapshot.
     """
 
     def __init__(self, tids: list[int], tracefs: Path | None = None, *, backend: str = "auto",
-                 buffer_kb: int = DEFAULT_BUFFER_KB, cpu: int | None = None):
+                 buffer_kb: int = DEFAULT_BUFFER_KB, cpu: int | None = None,
+                 kprobes=None):
         try:
             self.tids = sorted({int(t) for t in tids})
         except (TypeError, ValueError):
@@ -465,6 +874,13 @@ class ExitCounter:
             raise ExitlatError(f"need at least one positive vCPU thread id, got {tids!r}")
         if backend not in ("auto", "hist", "stream"):
             raise ExitlatError(f"unknown tracing backend {backend!r} (auto, hist, stream)")
+        if isinstance(kprobes, str):
+            kprobes = [kprobes]
+        self.kprobes = list(dict.fromkeys(kprobes or ()))
+        bad = [s for s in self.kprobes if not isinstance(s, str) or not _SYMBOL.fullmatch(s)]
+        if bad:
+            raise ExitlatError(f"kprobes must be kernel function names, got {bad!r}")
+        self._kprobes_requested = kprobes is not None
         self._tracefs_arg = Path(tracefs) if tracefs else None
         self._want = backend
         self.buffer_kb = int(buffer_kb)
@@ -482,6 +898,9 @@ class ExitCounter:
         self._reader_error: BaseException | None = None
         self._mark_seq = itertools.count()
         self._base_overrun = 0
+        self.kprobes_active: list[str] = []
+        self.probe_note = ""
+        self._probes_held: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "ExitCounter":
@@ -517,6 +936,7 @@ class ExitCounter:
         self.instance = inst
         _instances.add(self)
         try:
+            self._setup_probes()
             if self.backend == "hist":
                 self._start_hist()
             else:
@@ -526,7 +946,7 @@ class ExitCounter:
             raise
 
     def stop(self) -> None:
-        """Stop counting and remove the tracefs instance (idempotent)."""
+        """Stop counting, remove the tracefs instance and this counter's kprobes (idempotent)."""
         inst, self.instance = self.instance, None
         if inst is None:
             return
@@ -539,11 +959,55 @@ class ExitCounter:
             self._reader.join(timeout=5)
             self._reader = None
         _teardown_instance(inst)
+        held, self._probes_held = self._probes_held, []
+        for sym, events_file in held:
+            _release_probe(self.tracefs, events_file, sym)
         _instances.discard(self)
 
     # -- filters ---------------------------------------------------------------------------
     def _pid_filter(self) -> str:
         return " || ".join(f"common_pid == {t}" for t in self.tids)
+
+    # -- kprobes ---------------------------------------------------------------------------
+    def _setup_probes(self) -> None:
+        """Create the requested return probes; what cannot be probed is noted, not fatal."""
+        assert self.tracefs is not None
+        self.kprobes_active, notes = [], []
+        if not self.kprobes:
+            self.probe_note = ("no kprobes requested" if not self._kprobes_requested else
+                               "no fastpath handler symbol on this kernel "
+                               f"(none of {', '.join(FASTPATH_SYMBOLS)})")
+            return
+        ok, why = self._probes_possible()
+        if not ok:
+            self.probe_note = why
+            return
+        have = self._symbols_present()
+        for sym in self.kprobes:
+            if sym not in have:
+                notes.append(f"{sym} is not in {KALLSYMS} on this kernel")
+                continue
+            events_file, target = self._probe_target(sym, have[sym])
+            problem = _acquire_probe(self.tracefs, events_file, sym, target)
+            if problem:
+                notes.append(problem)
+                continue
+            self._probes_held.append((sym, events_file))
+            self.kprobes_active.append(sym)
+        self.probe_note = "; ".join(notes)
+
+    # The three steps a test can redirect (e.g. to uprobe_events on a kernel without kprobes).
+    def _probes_possible(self) -> tuple[bool, str]:
+        return kprobes_available(self.tracefs)
+
+    def _symbols_present(self) -> dict:
+        return _kernel_symbols(self.kprobes, self.tracefs)
+
+    def _probe_target(self, sym: str, module: str) -> tuple[str, str]:
+        return "kprobe_events", f"{module}:{sym}" if module else sym
+
+    def _probe_dir(self, sym: str, buf: Path | None = None) -> Path:
+        return (buf or self.instance) / "events" / probe_group() / sym
 
     # -- hist backend ----------------------------------------------------------------------
     def _start_hist(self) -> None:
@@ -563,15 +1027,28 @@ class ExitCounter:
             self._hist_specs[ev] = spec
             _write(self.instance / "events/kvm" / ev / "trigger", f"{spec} if {self._pid_filter()}",
                    f"set a hist trigger on kvm:{ev}")
+        for sym in list(self.kprobes_active):
+            spec = "hist:keys=common_pid,ret:vals=hitcount:size=256"
+            try:
+                _write(self._probe_dir(sym) / "trigger", f"{spec} if {self._pid_filter()}",
+                       f"set a hist trigger on the {sym} probe")
+            except ExitlatError as e:
+                self._drop_probe(sym, str(e))
+
+    def _drop_probe(self, sym: str, why: str) -> None:
+        self.kprobes_active.remove(sym)
+        self.probe_note = "; ".join(filter(None, [self.probe_note, why]))
 
     def _read_hists(self) -> dict[str, str]:
         assert self.instance is not None
         out = {}
-        for ev in self._events:
+        paths = {ev: self.instance / "events/kvm" / ev / "hist" for ev in self._events}
+        paths.update({PROBE_HIST_PREFIX + s: self._probe_dir(s) / "hist" for s in self.kprobes_active})
+        for ev, path in paths.items():
             try:
-                out[ev] = (self.instance / "events/kvm" / ev / "hist").read_text()
+                out[ev] = path.read_text()
             except OSError as e:
-                raise ExitlatError(f"tracefs: cannot read kvm:{ev} hist ({e.strerror or e})") from None
+                raise ExitlatError(f"tracefs: cannot read the {ev} hist ({e.strerror or e})") from None
         return out
 
     # -- streaming backend -----------------------------------------------------------------
@@ -590,6 +1067,12 @@ class ExitCounter:
         for ev in self._events:
             _write(inst / "events/kvm" / ev / "filter", flt, f"filter kvm:{ev} on the vCPU threads")
             _write(inst / "events/kvm" / ev / "enable", "1", f"enable kvm:{ev}")
+        for sym in list(self.kprobes_active):
+            try:
+                _write(self._probe_dir(sym) / "filter", flt, f"filter the {sym} probe")
+                _write(self._probe_dir(sym) / "enable", "1", f"enable the {sym} probe")
+            except ExitlatError as e:
+                self._drop_probe(sym, str(e))
         self._base_overrun = self._overrun()
         try:
             fd = os.open(inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
@@ -675,17 +1158,19 @@ class ExitCounter:
     # -- public ----------------------------------------------------------------------------
     def snapshot(self, timeout: float = SYNC_TIMEOUT_S) -> ExitCounts:
         """Cumulative counts, including every event the traced threads produced before the call."""
+        from dataclasses import replace
+
         if self.instance is None:
             raise ExitlatError("ExitCounter.snapshot() before start() (or after stop())")
+        probes = {"probed": tuple(self.kprobes_active), "probe_note": self.probe_note}
         if self.backend == "hist":
             acc = _Acc()
             _acc_from_hists(self._read_hists(), acc)
-            return acc.freeze("hist")
+            return replace(acc.freeze("hist"), **probes)
         self._sync_stream(timeout)
         lost_stats = max(0, self._overrun() - self._base_overrun)
         with self._cond:
-            # "[LOST n EVENTS]" lines and the overrun counter describe the same losses; take the
-            # larger so nothing is counted twice or hidden.
-            lost = max(self._acc.lost, lost_stats)
             snap = self._acc.freeze("stream")
-        return ExitCounts(snap.exits, snap.userspace, snap.pio, snap.handled, lost, "stream")
+        # "[LOST n EVENTS]" lines and the overrun counter describe the same losses; take the
+        # larger so nothing is counted twice or hidden.
+        return replace(snap, lost=max(snap.lost, lost_stats), **probes)

@@ -76,3 +76,15 @@ def test_vmcall_everywhere():
 def test_specs_refusals(kwargs, match):
     with pytest.raises(ExitlatError, match=match):
         case_specs(**kwargs)
+
+
+def test_tsc_deadline_expects_the_fastpath_only_where_kvm_can_take_it():
+    from exitlat.cases import tsc_deadline_fastpath
+
+    intel = {"cpu": {"vendor": "GenuineIntel"}, "kvm": {"parameters": {"kvm_intel.preemption_timer": "Y"}}}
+    no_timer = {"cpu": {"vendor": "GenuineIntel"}, "kvm": {"parameters": {"kvm_intel.preemption_timer": "N"}}}
+    for host, path in ((intel, "kvm_fastpath"), (no_timer, "kvm"),
+                       ({"cpu": {"vendor": "AuthenticAMD"}, "kvm": {"parameters": {}}}, "kvm"),
+                       ({"cpu": {"vendor": "HygonGenuine"}, "kvm": {"parameters": {}}}, "kvm")):
+        spec = case_specs([5], "wrmsr_tsc_deadline", fastpath=tsc_deadline_fastpath(host))[0]
+        assert spec.expected_path == path, host
