@@ -92,6 +92,37 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                       verify_iterations=verify_iterations, build=build)
 
 
+# --- selftest ----------------------------------------------------------------------------------
+
+
+@task(help={
+    "runs": "which runs: all (default) or a comma list of cpuid-hist, cpuid-stream, vmcall, "
+            "rdmsr, wrmsr_tsc_deadline",
+    "iterations": "timed iterations per case inside L1 (default 1000; 100-200000)",
+    "warmup": "warm-up iterations per case (default 100)",
+    "verify_iterations": "iterations of each traced window (default: as --iterations)",
+    "json": "print the result as one JSON document",
+    "keep": "keep the work folder (L1's initrd, output disk, what L1 wrote)",
+    "capture": "also run a short traced bench and copy its raw trace_pipe text and hist files "
+               "to this (new or empty) folder",
+    "timeout": "overall limit for L1 in seconds (default 1500)",
+    "mirror": "folder to try first for the L1 kernel package (named as in pins.yaml)",
+})
+@cli
+def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=None, json=False,
+             keep=False, capture=None, timeout="1500", mirror=None):
+    """Prove the KVM path on a real KVM: boot an emulated AMD-V host (L1: TCG with SVM, kvm_amd),
+    run bench inside it on every case and instruction with both tracing backends, then run negative
+    controls that the verifier must fail. Needs the build (made if missing) and Docker for the L1
+    image (built once, cached). Timings inside are meaningless; exit 0 only when every case passed
+    and every control failed."""
+    from exitlat.selftest.cli import selftest_main
+
+    return selftest_main(runs=runs, iterations=iterations, warmup=warmup,
+                         verify_iterations=verify_iterations, as_json=json, keep=keep,
+                         capture=capture, timeout=timeout, mirror=mirror)
+
+
 # --- isolation ---------------------------------------------------------------------------------
 
 

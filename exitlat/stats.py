@@ -3,8 +3,15 @@
 Why not just numpy: np.percentile/np.mean cast uint64 to float64 first, which loses the low bits
 of values above 2**53 and makes sums of huge values round. Here every order statistic is taken from
 the integer array, interpolation is done on integer differences, and the mean/stdev are computed
-relative to the minimum (exact integer offsets), so the result is as close to the true value as a
-float64 can hold.
+from exact integer sums (of the offsets from the minimum and of their squares), so each is the
+float64 nearest the true value.
+
+Reproducible to the last bit: no statistic depends on the order of the samples, on BLAS or on the
+number of threads. Integer sums are exact whatever order numpy adds in; the variance is an exact
+rational, rounded once to float64 (Python's int / int), and its square root is IEEE's correctly
+rounded one; the percentiles use IEEE operations on the sorted data only. So `invoke validate`,
+which recomputes the statistics on another machine and compares them exactly, sees the same
+numbers.
 
 Percentiles use numpy's default ("linear") definition, so they match np.percentile on data whose
 values a float64 holds exactly. stdev is the sample standard deviation (ddof=1; null for n < 2).
@@ -17,6 +24,11 @@ numbers (the `seed` argument is accepted for API stability and unused) and costs
 cheap for 10M samples. Exact binomial tails for n <= 1000, the normal approximation above. For
 n < 6 no rank reaches 95%, so the interval is [min, max] and `median_ci95_coverage` says how much
 it really covers.
+
+median_ci95 describes ONE VM run: it treats consecutive samples as independent and knows nothing
+of the variation between VM runs (a fresh VM gets a new memory layout, timer phase, ...), which is
+usually larger. Across VM runs, exitlat.vmstats gives the headline median and its interval; see
+docs/statistics.md.
 """
 
 import functools
@@ -38,6 +50,18 @@ def _exact_sum(d: np.ndarray) -> int:
     lo = int(np.sum(d & np.uint64(0xFFFFFFFF), dtype=np.uint64))
     hi = int(np.sum(d >> np.uint64(32), dtype=np.uint64))
     return (hi << 32) + lo
+
+
+def _exact_sum_of_squares(d: np.ndarray) -> int:
+    """Exact sum of d**2 for a uint64 array: with d = a * 2**32 + b (a, b < 2**32) every product
+    a*a, a*b, b*b fits in uint64, and each of their sums is exact (_exact_sum)."""
+    mask = np.uint64(0xFFFFFFFF)
+    b = d & mask
+    total = _exact_sum(b * b)
+    a = d >> np.uint64(32)
+    if a.any():                          # only for offsets of 2**32 cycles and more
+        total += (_exact_sum(a * a) << 64) + (_exact_sum(a * b) << 33)
+    return total
 
 
 def _percentile(s: np.ndarray, q: float) -> float:
@@ -129,15 +153,18 @@ def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
     mn, mx = int(s[0]), int(s[-1])
     d = s - np.uint64(mn)                          # exact offsets from the minimum
     total_off = _exact_sum(d)
-    mean_off = total_off / n
     out: dict = {"n": n, "min": mn}
     for key, q in PERCENTILES:
         out[key] = _percentile(s, q)
     out["max"] = mx
     out["mean"] = (mn * n + total_off) / n        # int / int: correctly rounded
     if n > 1:
-        dev = d.astype(np.float64) - mean_off
-        out["stdev"] = float(math.sqrt(float(np.dot(dev, dev)) / (n - 1)))
+        # sample variance = (n * sum(d^2) - sum(d)^2) / (n (n-1)), exact in integers
+        num = n * _exact_sum_of_squares(d) - total_off * total_off
+        # int / int is correctly rounded in Python and IEEE sqrt is too: no BLAS, no summation
+        # order, the same float on every machine (and the value older exitlat versions stored
+        # whenever their float dot product was exact enough)
+        out["stdev"] = math.sqrt(num / (n * (n - 1)))
     else:
         out["stdev"] = None
     out["mad"] = _mad(d)

@@ -14,6 +14,8 @@ mkdir -p "$SRC/python/wheels"; cp /sources/*.whl "$SRC/python/wheels/"
 # exists (as Debian's own build patches out). x86 with -kernel boots through SeaBIOS: skip them.
 sed -i 's/^    unpack_edk2_blobs = bzip2.found()$/    unpack_edk2_blobs = false/' "$SRC/meson.build"
 grep -q '^    unpack_edk2_blobs = false$' "$SRC/meson.build"
+# The device configuration (configure looks for it under configs/devices/<arch>-softmmu/).
+cp /repo/qemu/devices-x86_64.mak "$SRC/configs/devices/x86_64-softmmu/exitlat.mak"
 cd "$BLD"
 mapfile -t ARGS < <(sed -e 's/#.*//' -e '/^\s*$/d' /repo/qemu/configure.args)
 echo "== configure ${ARGS[*]}"

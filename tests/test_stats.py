@@ -1,5 +1,7 @@
 """exitlat.stats against numpy and exact arithmetic on fixed data."""
 
+import json
+import math
 from fractions import Fraction
 
 import numpy as np
@@ -113,3 +115,40 @@ def test_ten_million_samples_bounded_cost():
     s = summarize(x, 2e9)
     assert time.monotonic() - t < 10
     assert s["n"] == 10_000_000 and s["median_ci95"][0] <= s["median"] <= s["median_ci95"][1]
+
+
+# -- bit-for-bit reproducibility -------------------------------------------------------------
+
+def _exact_stdev(x) -> float:
+    """The exact sample variance (Python integers), rounded once to float64, then IEEE sqrt."""
+    v = [int(a) for a in x]
+    n, s = len(v), sum(v)
+    return math.sqrt((n * sum(a * a for a in v) - s * s) / (n * (n - 1)))
+
+
+REPRO = {
+    "wide": np.random.default_rng(5).integers(1000, 100_000, 100_001).astype(np.uint64),
+    "latency": (np.random.default_rng(6).gamma(4.0, 30.0, 50_000) + 1100).round().astype(np.uint64),
+    "huge": np.concatenate([np.random.default_rng(7).integers(0, 3, 500),
+                            np.random.default_rng(8).integers(2**63, 2**64 - 1, 500, dtype=np.uint64)]).astype(np.uint64),
+    "ties": FIXED["ties"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPRO))
+def test_stdev_is_the_exact_variance_rounded_once(name):
+    # a float dot product of the deviations (the old way) is off in the last bits for "wide"
+    x = REPRO[name]
+    assert summarize(x, None)["stdev"] == _exact_stdev(x)
+
+
+@pytest.mark.parametrize("name", sorted(REPRO))
+def test_bit_for_bit_on_permuted_and_relaid_copies(name):
+    x = REPRO[name]
+    rng = np.random.default_rng(0)
+    ref = json.dumps(summarize(x, 2.1e9), allow_nan=False)
+    copies = [rng.permutation(x), x[::-1], x.astype(">u8"), np.ascontiguousarray(np.tile(x, 2)[len(x):])]
+    for c in copies:
+        again = summarize(c, 2.1e9)
+        assert json.dumps(again, allow_nan=False) == ref
+        assert float(again["stdev"]).hex() == float(json.loads(ref)["stdev"]).hex()

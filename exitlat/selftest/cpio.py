@@ -137,8 +137,7 @@ class CpioWriter:
                 if target not in where:
                     raise ExitlatError(f"cpio: hard link {name} to {target}, which is not in the archive")
                 off, size, _ = where[target]
-                self.out.flush()
-                data = os.pread(self.out.fileno(), size, self.base + off)
+                data = self._read_back(self.base + off, size)
                 self.add_bytes(name, data, mode, m.mtime)
                 where[name] = (self.last_data_offset, size, mode)
             elif m.ischr():
@@ -147,6 +146,19 @@ class CpioWriter:
                 continue   # fifos, block devices: L1 needs none
             count += 1
         return count
+
+    def _read_back(self, offset: int, size: int) -> bytes:
+        """Bytes already written to the output file (opened for writing only, or not)."""
+        self.out.flush()
+        name = getattr(self.out, "name", None)
+        if not isinstance(name, str):
+            raise ExitlatError("cpio: hard links need the archive written to a named file")
+        with open(name, "rb") as f:
+            f.seek(offset)
+            data = f.read(size)
+        if len(data) != size:
+            raise ExitlatError("cpio: could not read back a hard link's target")
+        return data
 
     def close(self) -> None:
         """Write the trailer (the archive can then be followed by another one)."""

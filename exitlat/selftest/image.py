@@ -199,14 +199,15 @@ def build_l1_image(pins: Pins, progress: Progress, mirror=None) -> L1Image:
                          "MIRROR": pins.base["debootstrap"]["mirror"]},
                         _LogTee(log, progress, "L1 image"), progress.say)
         progress.say(f"L1 image: exporting {tag} as an uncompressed initramfs")
-        packages = _export_cpio(client, tag, tmp / "l1.cpio", tmp / "kernel", mods, release)
+        packages, module_paths = _export_cpio(client, tag, tmp / "l1.cpio", tmp / "kernel", mods,
+                                              release)
         shutil.move(str(tmp / "kernel" / "vmlinuz"), tmp / "vmlinuz")
         shutil.rmtree(tmp / "kernel")
         manifest = {
             "format": IMAGE_FORMAT, "key": key, "docker_image": tag, "base_image": base,
             "kernel_release": release, "kernel_package": eh.kernel.file,
             "kernel_sha256": eh.kernel.sha256, "kernel_provider": f"{fetched.provider}: {fetched.origin}",
-            "modules": [str(m) for m in mods], "packages": packages,
+            "modules": module_paths, "packages": packages,
             "artifacts": {n: sha256_file(tmp / n) for n in ("vmlinuz", "l1.cpio")},
             "initramfs_bytes": (tmp / "l1.cpio").stat().st_size,
             "build_s": round(time.monotonic() - t0, 1),
@@ -224,7 +225,7 @@ def build_l1_image(pins: Pins, progress: Progress, mirror=None) -> L1Image:
 
 
 def _export_cpio(client, tag: str, out_path: Path, kernel_dir: Path, mods: list[Path],
-                 release: str) -> list[str]:
+                 release: str) -> tuple[list[str], list[str]]:
     """`docker export` of a container of the image, streamed into a newc archive, plus the
     modules and /dev/console (the kernel opens it for init's stdio before /init runs)."""
     import docker.errors
@@ -244,15 +245,16 @@ def _export_cpio(client, tag: str, out_path: Path, kernel_dir: Path, mods: list[
                 w.add_dir(d, 0o1777 if d == "tmp" else 0o755)
             w.add_chardev("dev/console", 5, 1)
             w.add_chardev("dev/null", 1, 3, 0o666)
-            seen = set()
-            for m in mods:
-                for parent in reversed(m.parents[:-1]):
-                    if str(parent) not in seen:
-                        seen.add(str(parent))
+            # Debian has merged /usr (/lib -> usr/lib): an entry under lib/ would replace the link
+            # with a folder and break the dynamic loader's path.
+            placed = [Path("usr") / m for m in mods]
+            for m, dest in zip(mods, placed):
+                for parent in reversed(dest.parents[:-1]):
+                    if str(parent) not in w.names:
                         w.add_dir(str(parent))
-                w.add_file(str(m), kernel_dir / m, mode=0o644)
+                w.add_file(str(dest), kernel_dir / m, mode=0o644)
             w.add_bytes("etc/exitlat-l1.json", json.dumps(
-                {"kernel_release": release, "modules": [str(m) for m in mods]}).encode())
+                {"kernel_release": release, "modules": [str(m) for m in placed]}).encode())
             w.close()
     except docker.errors.DockerException as err:
         raise ExitlatError(f"L1 image: Docker error: {str(err).splitlines()[0]}") from None
@@ -261,7 +263,7 @@ def _export_cpio(client, tag: str, out_path: Path, kernel_dir: Path, mods: list[
             container.remove(force=True)
         except Exception:
             pass
-    return sorted(packages)
+    return sorted(packages), [str(m) for m in placed]
 
 
 class _ChunkReader(io.RawIOBase):

@@ -326,7 +326,6 @@ static long el_loop(struct exitlat_state *st, struct exitlat_loop __user *uarg)
 static long el_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 {
 	struct exitlat_state *st = file->private_data;
-
 	long ret;
 
 	switch (cmd) {
