@@ -62,7 +62,8 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "timer": "rdtscp (default) or lfence (LFENCE;RDTSC;LFENCE)",
     "core": "host core for the vCPU (default: an isolated core, else the last one)",
     "accel": "auto (default), kvm or tcg (TCG: no VM exits, for testing the chain only)",
-    "repeat": "fresh VMs to run, for run-to-run spread (default 1)",
+    "repeat": "fresh VMs to run: the unit of the statistics (default auto: 5 under KVM, 1 under "
+              "TCG; 1 leaves run-to-run variation unknown)",
     "label": "free text stored in the bundle",
     "output": "results folder (default: results/)",
     "no_container": "run QEMU straight on the host instead of the runtime container",
@@ -78,7 +79,7 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
 })
 @cli
 def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
-          timer="rdtscp", core=None, accel="auto", repeat="1", label=None, output=None,
+          timer="rdtscp", core=None, accel="auto", repeat="auto", label=None, output=None,
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
           no_baselines=False, tracing="auto", verify_iterations=None, build=None):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
@@ -175,13 +176,14 @@ def report(c, bundle, json=False):
     "a": "reference bundle (path, or name under results/)",
     "b": "bundle to compare with A (B,C,... for several)",
     "more": "further bundles (repeatable)",
-    "json": "print the comparison as JSON"})
+    "json": "print the comparison as JSON",
+    "min_effect": "smallest difference marked * (a fraction or a percentage; default 1%)"})
 @cli
-def compare(c, a, b=None, more=None, json=False):
-    """Compare bundles: median ratios, CIs, unfair setups."""
+def compare(c, a, b=None, more=None, json=False, min_effect=None):
+    """Compare bundles: headline medians over VM runs, ratios with CIs, unfair setups."""
     from exitlat.results_cli import compare_main, split_bundle_args
 
-    return compare_main(split_bundle_args(a, b, more), as_json=json)
+    return compare_main(split_bundle_args(a, b, more), as_json=json, min_effect=min_effect)
 
 
 @task(help={"bundle": "bundle folder or name", "output": "archive file (default: ./<bundle>.tar.gz)"})

@@ -36,7 +36,7 @@ class BenchOptions:
     timer: str = "rdtscp"
     core: int | None = None
     accel: str = "auto"
-    repeat: int = 1
+    repeat: int | None = None      # None: RECOMMENDED_REPEAT under KVM, 1 under TCG
     label: str | None = None
     output: Path | None = None
     container: bool = True
@@ -446,6 +446,10 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     out_root.mkdir(parents=True, exist_ok=True)
     host = collect_host(with_docker=opts.container)
     accel = choose_accel(opts.accel, host, progress)
+    if opts.repeat is None:
+        from .vmstats import RECOMMENDED_REPEAT
+
+        opts.repeat = RECOMMENDED_REPEAT if accel == "kvm" else 1
     specs = case_specs(opts.cases, opts.instr, opts.port, fastpath=tsc_deadline_fastpath(host))
     if opts.instr == "wrmsr_tsc_deadline" and 5 in opts.cases and not tsc_deadline_fastpath(host):
         progress.say("note: KVM's fastpath cannot handle WRMSR TSC_DEADLINE on this host (no VMX "

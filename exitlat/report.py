@@ -4,6 +4,7 @@ every warning a reader needs before trusting the numbers."""
 from tabulate import tabulate
 
 from .bundle import Bundle, banner_for
+from .vmstats import SUMMARY_HEADERS, case_summaries, stability_warnings, summary_rows
 
 
 def fmt_cycles(v) -> str:
@@ -106,7 +107,7 @@ def case_rows(doc: dict) -> list[list]:
 
 
 CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median", "p99", "p99.9",
-                "median ns", "median CI95", "net", "tracing adds"]
+                "median ns", "median CI95 (this VM)", "net", "tracing adds"]
 
 
 def fmt_overhead(o) -> str:
@@ -166,17 +167,23 @@ def render_report(b: Bundle) -> str:
         out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
             "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
             tablefmt="simple", disable_numparse=True)]
+    sums = case_summaries(b)
+    if sums:
+        out += ["", "across VM runs (headline: median of the per-VM medians; CI95 from their spread):",
+                tabulate(summary_rows(sums), headers=SUMMARY_HEADERS, tablefmt="simple",
+                         disable_numparse=True)]
     out.append("")
-    out.append("cycles are TSC ticks; CI95: order-statistic confidence interval of the median")
+    out.append("cycles are TSC ticks; median CI95 (this VM): order-statistic interval within one VM "
+               "run, blind to run-to-run variation; CI95 across VMs: see docs/statistics.md")
     if any(e.get("net_cycles") for e in d["cases"]):
         out.append("net: median minus the same-mode timer baseline (user: baseline_timer, ioctl: "
                    "baseline_module_call, kernel: baseline_kernel_timer)")
     if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
         out.append("tracing adds: traced-window median minus timed-window median; the timed "
                    "window, which gives every other number, ran with no tracing")
-    warns = warnings_for(d)
+    warns = [f"warning: {w}" for w in warnings_for(d)] + [f"stability: {w}" for w in stability_warnings(sums)]
     if warns:
-        out += [""] + [f"warning: {w}" for w in warns]
+        out += [""] + warns
     if banner:
         out += ["", f"*** {banner} ***"]
     return "\n".join(out)
@@ -184,6 +191,7 @@ def render_report(b: Bundle) -> str:
 
 def report_json(b: Bundle) -> dict:
     d = b.doc
+    sums = case_summaries(b)
     keep = ("key", "case", "repeat", "name", "flow", "instruction", "msr", "port", "timer",
             "expected_path", "verification", "iterations", "warmup", "samples_file", "stats",
             "timed_window", "verification_window", "tracing_overhead_cycles", "net_cycles",
@@ -195,6 +203,8 @@ def report_json(b: Bundle) -> dict:
         "host": d["host"], "guest": d["guest"], "qemu": {"version": d["qemu"].get("version")},
         "isolated": d["isolation"].get("isolated"),
         "warnings": warnings_for(d),
+        "vm_summaries": sums,
+        "stability": stability_warnings(sums),
         "cases": [{k: e[k] for k in keep if k in e} for e in d["cases"]],
         "baselines": [{k: e[k] for k in keep if k in e} for e in d["baselines"]],
     }

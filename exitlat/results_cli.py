@@ -74,12 +74,13 @@ def split_bundle_args(*args) -> list[str]:
     return out
 
 
-def compare_main(bundles: list[str], as_json=False) -> int:
-    from .compare import compare, render_compare
+def compare_main(bundles: list[str], as_json=False, min_effect=None) -> int:
+    from .compare import DEFAULT_MIN_EFFECT, compare, parse_min_effect, render_compare
 
     if len(bundles) < 2:
         raise ExitlatError("compare needs at least two bundles (e.g. invoke compare A B --more C)")
-    res = compare([_load(x) for x in bundles])
+    eff = DEFAULT_MIN_EFFECT if min_effect is None else parse_min_effect(min_effect)
+    res = compare([_load(x) for x in bundles], min_effect=eff)
     if as_json:
         _print_json(res)
     else:

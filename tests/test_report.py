@@ -52,7 +52,7 @@ def test_report_warnings_and_tcg_banner(tmp_path):
 
 
 def test_compare_ratio_significance_and_unfairness(tmp_path):
-    a = load_bundle(make_bundle(tmp_path, "A"))
+    a = load_bundle(make_bundle(tmp_path, "A", repeats=3))
 
     def edit(d):
         h = d["host"]
@@ -63,9 +63,9 @@ def test_compare_ratio_significance_and_unfairness(tmp_path):
         d["isolation"]["isolated"] = False
         d["qemu"]["version"] = "8.2.0"
         d["guest"]["kernel_release"] = "6.1.0"
-    b = load_bundle(make_bundle(tmp_path, "B", seed=2, scale=1.5, edit=edit))
+    b = load_bundle(make_bundle(tmp_path, "B", seed=2, scale=1.5, edit=edit, repeats=3))
     res = compare([a, b])
-    row = next(r for r in res["rows"] if r["entry"] == "case1 cpuid rdtscp r0")
+    row = next(r for r in res["rows"] if r["entry"] == "case1 cpuid rdtscp r0-2")
     ca, cb = row["cells"]
     assert cb["ratio"] == pytest.approx(cb["median"] / ca["median"]) and 1.4 < cb["ratio"] < 1.6
     assert cb["ratio_ci95"][0] <= cb["ratio"] <= cb["ratio_ci95"][1] and cb["significant"] is True

@@ -129,8 +129,8 @@ def _exact_stdev(x) -> float:
 REPRO = {
     "wide": np.random.default_rng(5).integers(1000, 100_000, 100_001).astype(np.uint64),
     "latency": (np.random.default_rng(6).gamma(4.0, 30.0, 50_000) + 1100).round().astype(np.uint64),
-    "huge": np.concatenate([np.random.default_rng(7).integers(0, 3, 500),
-                            np.random.default_rng(8).integers(2**63, 2**64 - 1, 500, dtype=np.uint64)]).astype(np.uint64),
+    "huge": np.concatenate([np.random.default_rng(7).integers(0, 3, 500).astype(np.uint64),
+                            np.random.default_rng(8).integers(2**63, 2**64 - 1, 500, dtype=np.uint64)]),
     "ties": FIXED["ties"],
 }
 
