@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TRACED_SUFFIX = "_traced"
+from .guestio import TRACED_SUFFIX
 
 
 def traced_key(case_key: str) -> str:

@@ -173,19 +173,22 @@ static inline __attribute__((always_inline)) void exitlat_outb(__u16 port, __u8 
  * The timed loop, shared by every case: READ_T0/READ_T1 the timer pair (see
  * the top of this file), BODY the statement under test.  Buffer and count are
  * copied into locals first, so the loop itself loads nothing from memory.
+ * The macro's locals are prefixed __tl_ so that they can never capture (and
+ * self-initialize from) a caller's variable passed in as buf or n.
  * Between two windows there is only the store of the previous delta; the
  * delta is kept only if t1 > t0, else 0 (a mask, no branch).
  */
 #define EXITLAT_TIMED_LOOP(buf, n, READ_T0, READ_T1, BODY)		\
 	do {								\
-		__typeof__(&(buf)[0]) const __buf = (buf);		\
-		const __u64 __n = (n);					\
-		__u64 __i, __t0, __t1;					\
-		for (__i = 0; __i < __n; __i++) {			\
-			__t0 = READ_T0();				\
+		__typeof__(&(buf)[0]) const __tl_buf = (buf);		\
+		const __u64 __tl_n = (n);				\
+		__u64 __tl_i, __tl_t0, __tl_t1;				\
+		for (__tl_i = 0; __tl_i < __tl_n; __tl_i++) {		\
+			__tl_t0 = READ_T0();				\
 			BODY;						\
-			__t1 = READ_T1();				\
-			__buf[__i] = (__t1 - __t0) & -(__u64)(__t1 > __t0); \
+			__tl_t1 = READ_T1();				\
+			__tl_buf[__tl_i] = (__tl_t1 - __tl_t0) &	\
+					   -(__u64)(__tl_t1 > __tl_t0);	\
 		}							\
 	} while (0)
 

@@ -500,11 +500,11 @@ static void on_fault(int sig)
  */
 #define USER_RUN(BODY)								\
 	do {									\
-		uint64_t __w = warm;						\
-		while (__w) {							\
-			uint64_t __n = __w < iters ? __w : iters;		\
-			USER_LOOP(timer, buf, __n, BODY);			\
-			__w -= __n;						\
+		uint64_t __ur_w = warm;						\
+		while (__ur_w) {						\
+			uint64_t __ur_n = __ur_w < iters ? __ur_w : iters;	\
+			USER_LOOP(timer, buf, __ur_n, BODY);			\
+			__ur_w -= __ur_n;					\
 		}								\
 		USER_LOOP(timer, buf, iters, BODY);				\
 	} while (0)
