@@ -4,6 +4,7 @@ Run `invoke --list` for the tasks and `invoke --help TASK` for each one's option
 """
 
 import functools
+import os
 import sys
 
 from invoke import Exit, task
@@ -27,10 +28,64 @@ def cli(fn):
         except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
             sys.stdout = None
             raise Exit(code=0)
+        except OSError as err:   # a path the checks below did not foresee: still one line
+            where = f"{err.filename}: " if err.filename else ""
+            print(f"error: {where}{err.strerror or err}", file=sys.stderr)
+            raise Exit(code=2)
         if code:
             raise Exit(code=code)
 
     return wrapper
+
+
+def _path(value, option: str, kind: str):
+    """Check a path option before any work starts (one line on a bad one). kind: 'dir' (read),
+    'file' (read), 'outdir' (a folder to write into, made if missing), 'outfile' (a file to
+    write; its folder must exist), 'statefile' (a file to write; its folder is made if missing)."""
+    if value is None:
+        return None
+    from pathlib import Path
+    import tempfile
+
+    p = Path(value)
+    bad = lambda why: ExitlatError(f"{option} {value}: {why}")  # noqa: E731
+    if kind in ("dir", "file"):
+        if not p.exists():
+            raise bad("no such " + ("folder" if kind == "dir" else "file"))
+        if kind == "dir" and not p.is_dir():
+            raise bad("not a folder")
+        if kind == "file" and p.is_dir():
+            raise bad("is a folder, not a file")
+        try:
+            os.listdir(p) if kind == "dir" else open(p, "rb").close()
+        except OSError as err:
+            raise bad(f"cannot read it ({err.strerror})") from None
+        return value
+    if kind in ("outfile", "statefile"):
+        if p.is_dir():
+            raise bad("is a folder; give a file name")
+        folder = p.parent
+        made = [q for q in [folder, *folder.parents] if not q.exists()] if kind == "statefile" else []
+        if not made and not folder.is_dir():
+            raise bad(f"its folder {folder} " + ("is not a folder" if folder.exists() else "does not exist"))
+    else:
+        if p.exists() and not p.is_dir():
+            raise bad("not a folder (a file is there)")
+        folder, made = p, [q for q in [p, *p.parents] if not q.exists()]
+    try:   # make what is missing, write a probe file, then undo both
+        folder.mkdir(parents=True, exist_ok=True) if made else None
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".exitlat-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise bad(f"cannot write there ({err.strerror})") from None
+    finally:
+        for q in made:
+            try:
+                q.rmdir()
+            except OSError:
+                break
+    return value
 
 
 # --- build -------------------------------------------------------------------------------------
@@ -47,7 +102,8 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     """Build the guest kernel, initramfs, probes and QEMU in Docker (cached by input hash)."""
     from exitlat.build import cli_build
 
-    return cli_build(mirror=mirror, pins=pins, verify_reproducible=verify_reproducible, force=force)
+    return cli_build(mirror=_path(mirror, "--mirror", "dir"), pins=_path(pins, "--pins", "file"),
+                     verify_reproducible=verify_reproducible, force=force)
 
 
 # --- bench -------------------------------------------------------------------------------------
@@ -84,6 +140,8 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
           no_baselines=False, tracing="auto", verify_iterations=None, build=None):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
     from exitlat.cli_bench import bench_main
+
+    output, build = _path(output, "--output", "outdir"), _path(build, "--build", "dir")
 
     return bench_main(case=case, iterations=iterations, warmup=warmup, instr=instr, port=port,
                       timer=timer, core=core, accel=accel, repeat=repeat, label=label,
@@ -146,6 +204,8 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
     """Apply run-time isolation for a core (governor, turbo, IRQs, ...), or revert it."""
     from exitlat.isolation.cli import isolate_main
 
+    state_file = _path(state_file, "--state-file", "file" if revert else "statefile")
+
     return isolate_main(core=None if core is None else int(core), revert=revert, dry_run=dry_run,
                         state_file=state_file)
 
@@ -158,6 +218,8 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
 def results(c, root=None):
     """List result bundles (time, host, CPU, cases, status)."""
     from exitlat.results_cli import results_main
+
+    root = _path(root, "--root", "dir")
 
     return results_main(root=root)
 
@@ -192,6 +254,8 @@ def export(c, bundle, output=None):
     """Write a bundle as one deterministic .tar.gz."""
     from exitlat.results_cli import export_main
 
+    output = _path(output, "--output", "outfile")
+
     return export_main(bundle, output=output)
 
 
@@ -201,6 +265,8 @@ def export(c, bundle, output=None):
 def import_(c, file, output=None):
     """Check an exported bundle, then add it to results/."""
     from exitlat.results_cli import import_main
+
+    file, output = _path(file, "FILE", "file"), _path(output, "--output", "outdir")
 
     return import_main(file, output=output)
 
@@ -220,5 +286,7 @@ def validate(c, bundle):
 def plot(c, bundle, format="png", output=None):
     """Plot histogram + CDF per case, and an overview."""
     from exitlat.results_cli import plot_main
+
+    output = _path(output, "--output", "outdir")
 
     return plot_main(bundle, fmt=format, output=output)

@@ -11,13 +11,16 @@ import hashlib
 import json
 import os
 import shutil
+import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import __version__
 from .errors import ExitlatError
-from .images import build_image, docker_client, ensure_base_image, short_hash
+from .images import (build_image, docker_client, ensure_base_image, image_origin, image_packages,
+                     short_hash)
 from .paths import REPO_ROOT, build_root
 from .pins import Pins, load_pins
 from .progress import Progress, fmt_duration
@@ -126,7 +129,14 @@ class Builder:
         self.logs_dir = root / "logs"
         self.client = None
         self.fetched = {}
+        # Seconds per step ("sources", "base image", "builder image", each stage) and, per stage,
+        # when it started and ended relative to the start of the build (stages overlap).
         self.timings: dict[str, float] = {}
+        self.spans: dict[str, tuple[float, float]] = {}
+        self.cpu: dict[str, float] = {}      # CPU seconds (user + system) per stage
+        self.t0 = time.monotonic()
+        self._containers: dict[str, object] = {}   # running stage containers, for cancelling
+        self._cancel = threading.Event()
 
     # -- helpers -------------------------------------------------------------------------------
     def stage_dir(self, name: str) -> Path:
@@ -137,12 +147,34 @@ class Builder:
             self.client = docker_client()
         return self.client
 
+    def _timed(self, name: str, fn, *args):
+        t = time.monotonic()
+        try:
+            return fn(*args)
+        finally:
+            self.timings[name] = time.monotonic() - t
+
+    def _base_image(self) -> str:
+        """The pinned base image (pulled, or bootstrapped from the pinned packages)."""
+        tag = base_tag_of(self.pins)
+        if self._image_exists(tag):
+            return tag
+        return self._timed("base image", ensure_base_image, self._docker(), self.pins.base,
+                           self.progress.say, self.mirror)
+
+    def _image_exists(self, tag: str) -> bool:
+        from .images import image_exists
+
+        return image_exists(self._docker(), tag)
+
     def _builder_image(self) -> str:
         tag = f"exitlat/builder:{self.plan.builder_key}"
         client = self._docker()
+        if self._image_exists(tag):
+            return tag
+        base = self._base_image()
         with open(self.logs_dir / f"image-builder-{self.plan.builder_key}.log", "a") as log:
-            base = ensure_base_image(client, self.pins.base, self.progress.say)
-            build_image(client, "builder.Dockerfile", tag,
+            self._timed("builder image", build_image, client, "builder.Dockerfile", tag,
                         {"BASE": base, "PACKAGES": builder_packages(self.pins),
                          "SUITE": self.pins.base["debootstrap"]["suite"],
                          "MIRROR": self.pins.base["debootstrap"]["mirror"]}, log, self.progress.say)
@@ -161,24 +193,74 @@ class Builder:
         if needed:
             self._docker()  # fail fast, before downloading anything, when there is no engine
             fetcher = SourceFetcher(self.pins, mirror=self.mirror, log=self.progress.say)
-            for st in needed:
-                for pin_name in st.sources:
-                    if pin_name not in self.fetched:
-                        self.fetched[pin_name] = fetcher.fetch(self.pins.source(pin_name))
-                        f = self.fetched[pin_name]
-                        self.progress.say(f"source {pin_name}: {f.provider} ({f.path.name}, sha256 ok)")
-            image = self._builder_image()
-            for st in needed:
-                self._run_stage(st, image)
+            # The sources download while the images are made (a first run needs both).
+            with ThreadPoolExecutor(max_workers=4, thread_name_prefix="fetch") as pool:
+                names = sorted({n for st in needed for n in st.sources})
+                t = time.monotonic()
+                futures = {n: pool.submit(fetcher.fetch, self.pins.source(n)) for n in names}
+                image = self._builder_image()
+                for n in names:
+                    self.fetched[n] = futures[n].result()
+                    f = self.fetched[n]
+                    self.progress.say(f"source {n}: {f.provider} ({f.path.name}, sha256 ok)")
+                self.timings["sources"] = time.monotonic() - t
+            self._run_stages(needed, image)
         return self._assemble(final, force)
+
+    def _run_stages(self, needed: list[Stage], image: str) -> None:
+        """Run the needed stages, each as soon as the stages it uses are done: kernel, busybox and
+        QEMU side by side (their serial parts — unpacking, configure, linking — leave cores idle
+        that the others fill), the initramfs after the kernel and busybox. The first failure
+        stops the others; Ctrl-C stops them all."""
+        pending = {st.name: st for st in needed}
+        done = {st.name for st in STAGES if st.name not in pending}
+        running: dict[Future, str] = {}
+        with ThreadPoolExecutor(max_workers=len(STAGES), thread_name_prefix="stage") as pool:
+            try:
+                while pending or running:
+                    for name, st in list(pending.items()):
+                        if all(d in done for d in st.deps):
+                            del pending[name]
+                            running[pool.submit(self._run_stage, st, image)] = name
+                    if not running:
+                        raise ExitlatError(f"stages {sorted(pending)} wait on stages that are not built")
+                    finished, _ = wait(list(running), timeout=0.5, return_when=FIRST_EXCEPTION)
+                    for fut in finished:
+                        name = running.pop(fut)
+                        fut.result()   # raises the stage's error
+                        done.add(name)
+            except BaseException:
+                self._cancel_all()
+                for fut in list(running):
+                    try:
+                        fut.result()
+                    except BaseException:
+                        pass
+                raise
+
+    def _cancel_all(self) -> None:
+        """Stop every running stage container (their folders stay temporary and are removed)."""
+        import docker.errors
+
+        self._cancel.set()
+        for container in list(self._containers.values()):
+            try:
+                container.kill()
+            except docker.errors.DockerException:
+                pass
 
     def _run_stage(self, st: Stage, image: str) -> None:
         final = self.stage_dir(st.name)
         tmp = self.stages_dir / f".tmp-{final.name}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         (tmp / "out").mkdir(parents=True)
+        # /work: the stage's scratch space (QEMU's source and build tree, the probes), on the host's
+        # file system rather than the container's storage driver (fuse-overlayfs makes every
+        # compile's file accesses slow); removed with the stage's temporary folder.
+        (tmp / "work").mkdir()
         volumes = {str(REPO_ROOT): {"bind": "/repo", "mode": "ro"},
-                   str(tmp): {"bind": "/stage", "mode": "rw"}}
+                   str(tmp): {"bind": "/stage", "mode": "rw"},
+                   str(tmp / "work"): {"bind": "/work", "mode": "rw"}}
         for pin_name, inner in st.sources.items():
             volumes[str(self.fetched[pin_name].path)] = {"bind": f"/sources/{inner}", "mode": "ro"}
         if st.keeps_tree:
@@ -194,11 +276,14 @@ class Builder:
         t0 = time.monotonic()
         try:
             code, tail = self._run_container(image, st, volumes, log_path, t0)
+            if self._cancel.is_set():
+                raise ExitlatError(f"stage {st.name}: stopped")
             if code != 0:
                 for line in tail[-15:]:
                     print(f"  | {line}", file=self.progress.stream)
                 raise ExitlatError(f"stage {st.name} failed (exit {code}) after "
                                    f"{fmt_duration(time.monotonic() - t0)}; full log: {log_path}")
+            shutil.rmtree(tmp / "work", ignore_errors=True)
             # Which provider served each input stays with the stage, for every later manifest.
             (tmp / "sources.json").write_text(json.dumps(
                 {n: {"provider": self.fetched[n].provider, "origin": self.fetched[n].origin,
@@ -212,7 +297,12 @@ class Builder:
             raise
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.timings[st.name] = time.monotonic() - t0
+        t1 = time.monotonic()
+        self.timings[st.name] = t1 - t0
+        cpu = _cpu_seconds(tail)
+        if cpu is not None:
+            self.cpu[st.name] = cpu
+        self.spans[st.name] = (t0 - self.t0, t1 - self.t0)
         self.progress.say(f"stage {st.name}: done in {fmt_duration(self.timings[st.name])}")
 
     def _run_container(self, image, st: Stage, volumes, log_path: Path, t0: float):
@@ -225,10 +315,16 @@ class Builder:
         tail: list[str] = []
         state: dict = {}
         try:
+            if self._cancel.is_set():
+                return 1, ["(not started: another stage failed)"]
+            # The last line: the CPU time (user, system) of everything the script ran, a figure
+            # that, unlike wall time, does not depend on what else the machine is doing.
+            cmd = f'bash /repo/{st.script}; rc=$?; echo "== cpu $(times | tail -1)"; exit $rc'
             container = client.containers.create(
-                image, ["bash", f"/repo/{st.script}"], volumes=volumes, environment=env,
+                image, ["bash", "-c", cmd], volumes=volumes, environment=env,
                 user=f"{os.getuid()}:{os.getgid()}", working_dir="/tmp", network_disabled=True,
                 labels={"exitlat.stage": st.name})
+            self._containers[st.name] = container
             container.start()
             partial = ""
             with open(log_path, "w") as log:
@@ -246,6 +342,7 @@ class Builder:
         except docker.errors.DockerException as err:
             raise ExitlatError(f"stage {st.name}: Docker error: {str(err).splitlines()[0]}") from None
         finally:
+            self._containers.pop(st.name, None)
             if container is not None:
                 try:
                     container.remove(force=True)
@@ -288,6 +385,7 @@ class Builder:
             "exitlat_version": __version__,
             "artifacts": artifact_hashes(folder),
             "stages": self.plan.stage_hashes,
+            "base_image": self._base_info(),
             "builder_image": {"key": self.plan.builder_key, "packages": self._toolchain_list()},
             "pins": self.pins.raw,
             "providers": self._providers(),
@@ -301,10 +399,23 @@ class Builder:
                 "KBUILD_BUILD_USER": "exitlat", "KBUILD_BUILD_HOST": "exitlat",
                 "KBUILD_BUILD_VERSION": "1",
                 "kernel_config_fragment": "kernel/exitlat.config",
-                "qemu_configure": [l.strip() for l in (REPO_ROOT / "qemu/configure.args")
-                                   .read_text().splitlines() if l.strip() and not l.startswith("#")],
+                "qemu_configure": _config_lines(REPO_ROOT / "qemu/configure.args"),
+                "qemu_devices": _config_lines(REPO_ROOT / "qemu/devices-x86_64.mak"),
             },
         }
+
+    def _base_info(self) -> dict:
+        """The base image: its tag, whether it was pulled or bootstrapped, its exact package list."""
+        tag = base_tag_of(self.pins)
+        cache = self.stages_dir / f"base-{tag.rsplit(':', 1)[1]}.json"
+        if cache.is_file():
+            return json.loads(cache.read_text())
+        client = self._docker()
+        self._base_image()   # e.g. pruned since the builder image was made from it
+        info = {"tag": tag, "origin": image_origin(client, tag),
+                "packages": image_packages(client, tag)}
+        cache.write_text(json.dumps(info))
+        return info
 
     def _providers(self) -> dict:
         """Per pinned input: the provider that served it when its stage was built."""
@@ -327,6 +438,27 @@ class Builder:
         return pkgs
 
 
+def _cpu_seconds(tail: list[str]) -> float | None:
+    """User + system seconds from the stage's last line, `== cpu 12m3.4s 0m50.1s`."""
+    import re
+
+    for line in reversed(tail):
+        m = re.match(r"== cpu (\d+)m([\d.]+)s (\d+)m([\d.]+)s", line.strip())
+        if m:
+            return 60 * (int(m[1]) + int(m[3])) + float(m[2]) + float(m[4])
+    return None
+
+
+def base_tag_of(pins: Pins) -> str:
+    from .images import base_tag
+
+    return base_tag(pins.base)
+
+
+def _config_lines(path: Path) -> list[str]:
+    return [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
+
+
 def _read(p: Path) -> str | None:
     return p.read_text().strip() if p.is_file() else None
 
@@ -346,10 +478,16 @@ def compare_builds(a: Path, b: Path) -> list[str]:
 
 def build(pins_path=None, mirror=None, force=False, root: Path | None = None,
           progress: Progress | None = None) -> tuple[Path, dict]:
+    """Build (or find) the build folder; returns it and the seconds per step (see Builder)."""
     pins = load_pins(pins_path)
     builder = Builder(pins, root or build_root(), mirror=mirror, progress=progress)
     folder = builder.run(force=force)
-    return folder, builder.timings
+    timings = dict(builder.timings)
+    if builder.spans:
+        timings["stages (wall, overlapped)"] = (max(e for _, e in builder.spans.values())
+                                                - min(s for s, _ in builder.spans.values()))
+    timings.update({f"{name} (cpu)": secs for name, secs in builder.cpu.items()})
+    return folder, timings
 
 
 def cli_build(mirror=None, pins=None, verify_reproducible=False, force=False) -> int:

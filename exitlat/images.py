@@ -190,11 +190,11 @@ def _fetcher_for(base: dict, mirror=None):
     return SourceFetcher(_Archive(base["debootstrap"]["mirror"]), mirror=mirror, log=lambda m: None)
 
 
-def ensure_base_image(client, base: dict, log, fetcher=None, tag: str | None = None) -> str:
+def ensure_base_image(client, base: dict, log, mirror=None, tag: str | None = None) -> str:
     """Return the tag of the base image, making it if needed: pull by digest where a registry
     answers, else bootstrap the same Debian release from the pinned packages and import it.
-    `fetcher` (a SourceFetcher) serves the pinned packages (default: the Debian mirror of the pin);
-    `tag` names the image (default: exitlat/base:<suite>-<hash of the pin>)."""
+    The packages come from `mirror` (a folder, as `invoke build --mirror`), else the cache, else
+    the pool of base.debootstrap.mirror; `tag` names the image (default: base_tag(base))."""
     tag = tag or base_tag(base)
     if image_exists(client, tag):
         return tag
@@ -208,7 +208,7 @@ def ensure_base_image(client, base: dict, log, fetcher=None, tag: str | None = N
         except Exception as err:
             log(f"pull failed ({type(err).__name__}); bootstrapping the base image from the pinned "
                 "Debian packages")
-    rootfs_tar = bootstrap_rootfs(client, base, fetcher or _fetcher_for(base), log)
+    rootfs_tar = bootstrap_rootfs(client, base, _fetcher_for(base, mirror), log)
     log(f"importing {rootfs_tar.name} as {tag}")
     repo, _, version = tag.partition(":")
     with open(rootfs_tar, "rb") as f:
@@ -332,6 +332,10 @@ def _first_stage(dest: Path, base: dict, tool_deb: Path, required, rest) -> None
         add_bytes("etc/apt/sources.list", f"deb {d['mirror']} {d['suite']} main\n".encode())
         add_bytes("var/lib/dpkg/status", b"")
         add_bytes("var/lib/dpkg/available", b"")
+        # dpkg without an fsync per file (as Debian's own Docker images): the second stage, and
+        # every image built on this base, install packages in a container layer, where a crash
+        # means starting over anyway.
+        add_bytes("etc/dpkg/dpkg.cfg.d/exitlat-unsafe-io", b"force-unsafe-io\n")
         if "etc/fstab" not in seen:
             add_bytes("etc/fstab", b"# UNCONFIGURED FSTAB FOR BASE SYSTEM\n")
 

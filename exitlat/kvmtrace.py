@@ -31,6 +31,14 @@ parses (a kvm_exit reason must be a known VMX/SVM name or a number). Anything el
 `ExitCounts.unparsed` (the first lines kept in ``unparsed_lines``), and the verifier fails the
 window. The same holds for hist lines that look like entries but do not parse.
 
+Timeline mode (``ExitCounter(..., timeline=True)``, either backend): the instance's trace clock is
+set to ``x86-tsc`` (trace_pipe then prints the raw TSC as the timestamp, without a decimal point;
+the parser takes both forms), ``kvm_entry`` and ``syscalls:sys_{enter,exit}_ioctl`` are enabled as
+well, and a `Timeline` in the reader thread pairs every kvm_exit with its kvm_entry and times the
+trips to QEMU in between. `ExitCounter.timeline()` returns the `PairedExits`; exitlat/decompose.py
+turns them into each case's decomposition. Without it nothing changes: kvm_entry and syscall lines
+are not counted events and stay unparsed.
+
 See docs/verification.md.
 """
 
@@ -321,10 +329,13 @@ class _Acc:
         self.unparsed = 0
         self._samples: list[tuple[int, str]] = []   # (position, line), bounded
         self._mark = 0                              # unparsed count at the last freeze()
+        self.timeline: Timeline | None = None       # timestamped pairing (ExitCounter(timeline=True))
 
     def bad(self, line: str) -> None:
         """One line (or hist entry) that did not parse."""
         self.unparsed += 1
+        if self.timeline is not None:
+            self.timeline.unparsed += 1
         if self.unparsed - self._mark <= MAX_UNPARSED_LINES and len(self._samples) < 1000:
             self._samples.append((self.unparsed, line.rstrip("\n")[:400]))
 
@@ -341,9 +352,22 @@ class _Acc:
 # include/trace/events/kvm.h; kernel/trace/trace_kprobe.c for probe events)
 
 # "<comm>-<pid> [cpu] flags ts: event: payload"; comm may contain spaces, dashes and slashes
-# (QEMU's vCPU threads are "CPU 0/KVM").
-_LINE = re.compile(r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
-                   r"(?:\S+\s+)?(?P<ts>\d+\.\d+): (?P<event>\w+): (?P<payload>.*)$")
+# (QEMU's vCPU threads are "CPU 0/KVM"). The timestamp is "secs.usecs" for the nanosecond clocks
+# (local, global, mono, ...) and the raw counter without a decimal point for the others (x86-tsc,
+# counter, uptime): kernel/trace/trace_output.c trace_print_time(), " %5lu.%06lu" vs " %12llu".
+_TS = r"(?P<ts>\d+(?:\.\d+)?)"
+_PREFIX = (r"^\s*(?P<comm>.*?)-(?P<pid>\d+)\s+(?:\(\s*[\d-]+\)\s+)?\[(?P<cpu>\d+)\]\s+"
+           r"(?:\S+\s+)?" + _TS + r": ")
+_LINE = re.compile(_PREFIX + r"(?P<event>\w+): (?P<payload>.*)$")
+# Syscall events print no "event:" tag (kernel/trace/trace_syscalls.c): sys_enter_* as
+# "sys_ioctl(fd: 5, cmd: ae80, arg: 0)" (6.1 - 6.12: "%s: %lx"; 6.18 prints "cmd: 0xae80"),
+# sys_exit_* as "sys_ioctl -> 0x0". Only parsed in timeline mode (see Timeline).
+_SYSCALL_LINE = re.compile(_PREFIX + r"(?P<name>sys_\w+)(?:\((?P<args>[^()]*)\)| -> (?P<ret>0x[0-9a-fA-F]+))\s*$")
+_SYSCALL_CMD = re.compile(r"(?:^|, )(?:[\w ]+ )?cmd: (?:0x)?([0-9a-fA-F]+)(?:,|$)")
+# kvm_entry (arch/x86/kvm/trace.h): 6.1 - 6.12 "vcpu %u, rip 0x%lx%s" ("[immediate exit]");
+# 6.18 adds " intr_info 0x%08x error_code 0x%08x" before it.
+_ENTRY = re.compile(r"^vcpu \d+, rip 0x[0-9a-fA-F]+(?: intr_info 0x[0-9a-fA-F]+ error_code 0x[0-9a-fA-F]+)?"
+                    r"(?:\[immediate exit\])?\s*$")
 _LOST = re.compile(r"\s*CPU:(\d+) \[LOST (\d+) EVENTS\]\s*")
 _EXIT_REASON = re.compile(r"^(?:vcpu \d+ )?reason (.+?) rip (?:0x)?[0-9a-fA-F]+(?: |$)")
 _USER_REASON = re.compile(r"^reason (\S+) \((-?\d+)\)\s*$")
@@ -397,18 +421,23 @@ def parse_trace_line(line: str, acc: _Acc, pids: set[int] | None = None) -> str 
     events with a payload that parses, is counted as unparsed."""
     if not line.strip():
         return None
+    tl = acc.timeline
     m = _LOST.fullmatch(line)
     if m:
         acc.lost += int(m.group(2))
+        if tl is not None:
+            tl.lose(int(m.group(2)))
         return None
     m = _LINE.match(line)
     if not m:
-        acc.bad(line)
+        if tl is None or not _timeline_syscall(line, tl, pids):
+            acc.bad(line)
         return None
     event, payload = m.group("event"), m.group("payload")
     if event == "tracing_mark_write" or event == "print":
         return payload.strip()
-    if pids is not None and int(m.group("pid")) not in pids:
+    pid = int(m.group("pid"))
+    if pids is not None and pid not in pids:
         return None
     ok = True
     if event == "kvm_exit":
@@ -418,6 +447,8 @@ def parse_trace_line(line: str, acc: _Acc, pids: set[int] | None = None) -> str 
             ok = False
         else:
             acc.exits[name] += 1
+            if tl is not None:
+                tl.exit(pid, m.group("ts"), name)
     elif event == "kvm_userspace_exit":
         r = _USER_REASON.match(payload)
         name = _userspace_name(r.group(1)) if r else None
@@ -425,10 +456,19 @@ def parse_trace_line(line: str, acc: _Acc, pids: set[int] | None = None) -> str 
             ok = False
         else:
             acc.userspace[name] += 1
+            if tl is not None:
+                tl.userspace(pid, m.group("ts"), name)
     elif event == "kvm_pio":
         r = _PIO.match(payload)
         if r:
             acc.pio[(int(r.group(2), 16), "out" if r.group(1) == "write" else "in")] += 1
+            if tl is not None:
+                tl.pio(pid, int(r.group(2), 16), "out" if r.group(1) == "write" else "in")
+        else:
+            ok = False
+    elif event == "kvm_entry" and tl is not None:
+        if _ENTRY.match(payload):
+            tl.entry(pid, m.group("ts"))
         else:
             ok = False
     elif event == "kvm_cpuid":
@@ -473,15 +513,320 @@ def _count_probe_line(event: str, payload: str, acc: _Acc) -> bool:
     return True
 
 
-def parse_trace_text(text: str, pids: set[int] | None = None) -> ExitCounts:
+def parse_trace_text(text: str, pids: set[int] | None = None,
+                     timeline: "Timeline | None" = None) -> ExitCounts:
     """Counts from a whole captured trace (e.g. `cat trace`); for tests and by-hand checks.
-    The header of `cat trace` ("# tracer: nop", ...) is skipped; everything else must parse."""
+    The header of `cat trace` ("# tracer: nop", ...) is skipped; everything else must parse.
+    With a `timeline`, the text is also paired into it (kvm_entry and sys_ioctl lines parse)."""
     acc = _Acc()
+    acc.timeline = timeline
     for line in text.splitlines():
         if line.lstrip().startswith("#"):
             continue
         parse_trace_line(line, acc, pids)
     return acc.freeze("text")
+
+
+# ---------------------------------------------------------------------------------------------
+# Timestamped pairing: where each exit's round trip goes (ExitCounter(timeline=True);
+# exitlat/decompose.py turns the result into the bundle's per-case decomposition)
+#
+# Where the tracepoints fire (read in the sources of Debian's linux 6.1.192 and 6.12.117;
+# 6.18.44 checked on the dev host's format files):
+#
+#   kvm_entry           vmx_vcpu_run() / svm_vcpu_run(), just before the VM-entry code
+#                       (vmx_vcpu_enter_exit / svm_vcpu_enter_exit), every time, fastpath
+#                       re-entries included.
+#   kvm_exit            the same functions right after the VM exit, before any handler and
+#                       before the irq-off fastpath.
+#   kvm_userspace_exit  kvm_vcpu_ioctl(KVM_RUN) after kvm_arch_vcpu_ioctl_run() returned, i.e.
+#                       after vcpu_put and the guest FPU was put away.
+#   syscalls:sys_exit_ioctl / sys_enter_ioctl   the syscall exit / entry work of the vCPU thread
+#                       (CONFIG_FTRACE_SYSCALLS, set in the usual distribution kernels): the
+#                       return of KVM_RUN to QEMU and QEMU's next call.
+#
+# So per exit (host TSC ticks, trace clock x86-tsc):
+#   host  = kvm_entry - kvm_exit                       everything between the two tracepoints
+#   qemu  = sum over its trips to user space of (sys_enter_ioctl(KVM_RUN) - sys_exit_ioctl):
+#           QEMU's own time between the return of KVM_RUN and its next call (plus the few
+#           instructions of the syscall return/entry around the two tracepoints)
+#   kvm   = host - qemu                                in the kernel: KVM's handler, and for a
+#           userspace exit also KVM_RUN's return and re-entry (vcpu_put/vcpu_load, FPU switch)
+#   kvm_run = (kvm_entry - kvm_userspace_exit) - qemu  that return and re-entry alone
+# What is left of the guest-side round trip is the hardware VM exit and VM entry, the few
+# host instructions between them and the tracepoints, and the cost of tracing itself.
+#
+# Why not kvm_userspace_exit -> kvm_entry for QEMU's time: it also contains KVM_RUN's return and
+# re-entry in the kernel (FPU and vCPU load/put, complete_userspace_io), which is KVM's work, and
+# no KVM tracepoint marks the moment KVM_RUN is called again. Why not hist triggers with onmatch()
+# synthetic events: they would keep only histograms, could not prove that every exit was paired
+# (a missing kvm_entry silently matches an older timestamp), need global synthetic events, and
+# cannot be tested on a kernel without hist triggers; the pairing below runs in the reader thread
+# that already parses the stream, keeps only per-exit durations, and fails closed.
+
+TSC_CLOCK = "x86-tsc"
+KVM_RUN_IOCTL = 0xAE80                   # _IO(KVMIO, 0x80), include/uapi/linux/kvm.h
+TIMELINE_KVM_EVENTS = ("kvm_exit", "kvm_entry", "kvm_userspace_exit", "kvm_pio")
+TIMELINE_SYSCALL_EVENTS = ("sys_enter_ioctl", "sys_exit_ioctl")
+DEFAULT_MAX_KEPT = 1 << 21               # durations kept per exit kind (uniform reservoir beyond):
+                                         # 3 x 8 bytes each, at most 48 MiB per kind
+
+
+def _timeline_syscall(line: str, tl: "Timeline", pids: set[int] | None) -> bool:
+    """A sys_ioctl enter/exit line (timeline mode); False when the line is not one (unparsed)."""
+    m = _SYSCALL_LINE.match(line)
+    if not m or m.group("name") != "sys_ioctl":
+        return False
+    pid = int(m.group("pid"))
+    if pids is not None and pid not in pids:
+        return True
+    if m.group("ret") is not None:
+        tl.syscall_exit(pid, m.group("ts"))
+        return True
+    c = _SYSCALL_CMD.search(m.group("args"))
+    if not c:
+        return False
+    tl.syscall_enter(pid, m.group("ts"), int(c.group(1), 16))
+    return True
+
+
+def exit_kind(reason: str, port: tuple[int, str] | None = None) -> str:
+    """The key of one kind of exit in PairedExits.kinds: the reason, and for port I/O the port
+    ("CPUID", "IO_INSTRUCTION 0xe9/out")."""
+    return reason if port is None else f"{reason} {port[0]:#x}/{port[1]}"
+
+
+class _Open:
+    """One exit between its kvm_exit and its kvm_entry."""
+    __slots__ = ("t_exit", "reason", "port", "t_user", "t_ret", "qemu", "trips", "broken")
+
+    def __init__(self, t_exit: int, reason: str):
+        self.t_exit, self.reason, self.port = t_exit, reason, None
+        self.t_user = None       # first kvm_userspace_exit
+        self.t_ret = None        # the sys_exit_ioctl after a kvm_userspace_exit (in QEMU since)
+        self.qemu, self.trips, self.broken = 0, 0, False
+
+
+class _Series:
+    """Durations of one kind of exit: host, qemu (-1: not measurable) and the first
+    kvm_userspace_exit -> kvm_entry (-1: none). A uniform reservoir once `cap` are kept."""
+    __slots__ = ("n", "host", "qemu", "user")
+
+    def __init__(self):
+        from array import array
+
+        self.n = 0
+        self.host, self.qemu, self.user = array("q"), array("q"), array("q")
+
+    def add(self, host: int, qemu: int, user: int, cap: int, rng) -> None:
+        self.n += 1
+        if len(self.host) < cap:
+            self.host.append(host)
+            self.qemu.append(qemu)
+            self.user.append(user)
+            return
+        j = rng.randrange(self.n)
+        if j < cap:
+            self.host[j], self.qemu[j], self.user[j] = host, qemu, user
+
+
+@dataclass(frozen=True)
+class PairedExits:
+    """What the pairing of one traced window found (Timeline.freeze()).
+
+    clock:    the trace clock the timestamps were taken with ("x86-tsc": host TSC ticks).
+    syscalls: sys_enter_ioctl/sys_exit_ioctl were traced (QEMU's time is measurable).
+    kinds:    exit_kind() -> {"n": exits paired, "host", "qemu", "user": array("q") of the
+              kept exits (see _Series; n counts all of them, np.asarray() reads them in place)}.
+    paired:   exits with both a kvm_exit and a kvm_entry.
+    unpaired_exits: kvm_exit events followed by another kvm_exit without a kvm_entry between.
+    entries_without_exit: kvm_entry events without an open exit (the window's first entry, an
+              entry after a KVM_RUN that returned before entering the guest): not an error.
+    qemu_unpaired: exits that went to user space without a complete sys_exit_ioctl ->
+              sys_enter_ioctl(KVM_RUN) pair (or while syscalls were not traced).
+    backwards: exits whose kvm_entry timestamp was below their kvm_exit's.
+    lost, unparsed: events lost / lines that did not parse while the timeline ran.
+    non_tsc:  event lines with a "secs.usecs" timestamp (a nanosecond trace clock).
+    events:   timeline events seen, by name.
+    missing:  timeline tracepoints this kernel lacks or that could not be enabled.
+    note:     why the clock or a tracepoint is not what the decomposition needs.
+    """
+
+    clock: str
+    syscalls: bool
+    kinds: dict = field(default_factory=dict)
+    paired: int = 0
+    unpaired_exits: int = 0
+    entries_without_exit: int = 0
+    qemu_unpaired: int = 0
+    backwards: int = 0
+    lost: int = 0
+    unparsed: int = 0
+    non_tsc: int = 0
+    events: dict = field(default_factory=dict)
+    missing: tuple = ()
+    note: str = ""
+
+    def summary(self) -> dict:
+        """The counters, without the arrays (JSON-friendly)."""
+        return {"clock": self.clock, "syscalls": self.syscalls, "paired": self.paired,
+                "unpaired_exits": self.unpaired_exits,
+                "entries_without_exit": self.entries_without_exit,
+                "qemu_unpaired": self.qemu_unpaired, "backwards": self.backwards,
+                "lost": self.lost, "unparsed": self.unparsed, "non_tsc": self.non_tsc,
+                "events": dict(sorted(self.events.items())), "missing": list(self.missing),
+                "kinds": {k: v["n"] for k, v in sorted(self.kinds.items())}, "note": self.note}
+
+
+class Timeline:
+    """Pairs every kvm_exit of a thread with its next kvm_entry, and attributes the trips to user
+    space in between (kvm_userspace_exit, sys_exit_ioctl, sys_enter_ioctl(KVM_RUN)) to it.
+
+    Fed by parse_trace_line (the events of an ExitCounter(timeline=True) instance, or captured
+    text through parse_trace_text(..., timeline=...)). Memory is bounded: per kind of exit three
+    integer arrays of at most `max_kept` entries (a seeded uniform reservoir beyond), never lines.
+    Timestamps must be raw counter values (x86-tsc); "secs.usecs" ones are counted in non_tsc and
+    not paired. A lost-events line drops every open exit (it cannot be paired reliably)."""
+
+    def __init__(self, clock: str = TSC_CLOCK, syscalls: bool = True,
+                 max_kept: int = DEFAULT_MAX_KEPT, seed: int = 0, missing=(), note: str = ""):
+        import random
+
+        self.clock, self.syscalls = clock, bool(syscalls)
+        self.max_kept = max(1, int(max_kept))
+        self._rng = random.Random(seed)
+        self._open: dict[int, _Open] = {}
+        self._series: dict[str, _Series] = {}
+        self.events: Counter = Counter()
+        self.paired = self.unpaired_exits = self.entries_without_exit = 0
+        self.qemu_unpaired = self.backwards = 0
+        self.lost = self.unparsed = self.non_tsc = 0
+        self.missing, self.note = tuple(missing), note
+
+    def _ts(self, text: str) -> int | None:
+        if "." in text:
+            self.non_tsc += 1
+            return None
+        return int(text)
+
+    # -- events (parse_trace_line) ---------------------------------------------------------
+    def exit(self, pid: int, ts: str, reason: str) -> None:
+        self.events["kvm_exit"] += 1
+        t = self._ts(ts)
+        if t is None:
+            return
+        if pid in self._open:                  # the previous exit never saw its kvm_entry
+            self.unpaired_exits += 1
+        self._open[pid] = _Open(t, reason)
+
+    def pio(self, pid: int, port: int, direction: str) -> None:
+        self.events["kvm_pio"] += 1
+        o = self._open.get(pid)
+        if o is not None and o.port is None:   # the exit's own I/O (an IN's completion repeats it)
+            o.port = (port, direction)
+
+    def userspace(self, pid: int, ts: str, reason: str) -> None:
+        self.events["kvm_userspace_exit"] += 1
+        t = self._ts(ts)
+        o = self._open.get(pid)
+        if t is None or o is None:
+            return
+        if o.t_ret is not None:                # back in KVM_RUN without a traced call: broken
+            o.broken = True
+        if o.t_user is None:
+            o.t_user = t
+        o.trips += 1
+        o.t_ret = -1                           # waiting for the ioctl's return
+
+    def syscall_exit(self, pid: int, ts: str) -> None:
+        self.events["sys_exit_ioctl"] += 1
+        t = self._ts(ts)
+        o = self._open.get(pid)
+        if t is None or o is None or o.t_ret != -1:
+            return                             # another ioctl's return, or before the window
+        o.t_ret = t
+
+    def syscall_enter(self, pid: int, ts: str, cmd: int) -> None:
+        self.events["sys_enter_ioctl"] += 1
+        t = self._ts(ts)
+        o = self._open.get(pid)
+        if t is None or o is None or cmd != KVM_RUN_IOCTL or o.t_user is None:
+            return                             # another ioctl (QEMU may make a few in between)
+        if o.t_ret is None or o.t_ret == -1:   # called again without the return being seen
+            o.broken = True
+        else:
+            o.qemu += t - o.t_ret
+        o.t_ret = None
+
+    def entry(self, pid: int, ts: str) -> None:
+        self.events["kvm_entry"] += 1
+        t = self._ts(ts)
+        if t is None:
+            return
+        o = self._open.pop(pid, None)
+        if o is None:
+            self.entries_without_exit += 1
+            return
+        host = t - o.t_exit
+        if host < 0:
+            self.backwards += 1
+            return
+        self.paired += 1
+        qemu, user = 0, -1
+        if o.t_user is not None:
+            user = t - o.t_user
+            if o.broken or o.t_ret is not None or not self.syscalls:
+                self.qemu_unpaired += 1
+                qemu = -1
+            else:
+                qemu = o.qemu
+        kind = exit_kind(o.reason, o.port)
+        series = self._series.get(kind)
+        if series is None:
+            series = self._series[kind] = _Series()
+        series.add(host, qemu, user, self.max_kept, self._rng)
+
+    def lose(self, n: int) -> None:
+        """A "[LOST n EVENTS]" line: every open exit is dropped."""
+        self.lost += n
+        self._open.clear()
+
+    # -- result ----------------------------------------------------------------------------
+    def freeze(self, extra_lost: int = 0) -> PairedExits:
+        kinds = {k: {"n": s.n, "host": s.host[:], "qemu": s.qemu[:], "user": s.user[:]}
+                 for k, s in self._series.items()}
+        return PairedExits(self.clock, self.syscalls, kinds, self.paired, self.unpaired_exits,
+                           self.entries_without_exit, self.qemu_unpaired, self.backwards,
+                           max(self.lost, extra_lost), self.unparsed, self.non_tsc,
+                           dict(self.events), self.missing, self.note)
+
+
+def trace_clocks(buf: Path) -> tuple[str | None, list[str]]:
+    """(selected clock, available clocks) of one trace buffer (its trace_clock file)."""
+    try:
+        names = (Path(buf) / "trace_clock").read_text().split()
+    except OSError:
+        return None, []
+    selected = next((n[1:-1] for n in names if n.startswith("[") and n.endswith("]")), None)
+    return selected, [n.strip("[]") for n in names]
+
+
+def set_trace_clock(buf: Path, clock: str = TSC_CLOCK) -> tuple[str | None, str]:
+    """Select `clock` in one buffer's trace_clock (a private instance's: never the global
+    buffer's). This resets that buffer, so call it before enabling events. Returns (the clock
+    selected afterwards, "" or why it is not `clock`)."""
+    selected, available = trace_clocks(buf)
+    if selected is None:
+        return None, f"cannot read {Path(buf) / 'trace_clock'}"
+    if clock not in available:
+        return selected, f"trace clock {clock} is not available here (only {', '.join(available)})"
+    if selected != clock:
+        try:
+            _write(Path(buf) / "trace_clock", clock, f"select the {clock} trace clock")
+        except ExitlatError as e:
+            return trace_clocks(buf)[0], str(e)
+        selected = trace_clocks(buf)[0]
+    return selected, "" if selected == clock else f"trace clock is {selected}, not {clock}"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -831,6 +1176,8 @@ def remove_stale_instances(tracefs: Path | None = None) -> list[str]:
 def _teardown_instance(inst: Path) -> None:
     """Disable events, drop triggers/filters and remove the instance; best effort."""
     dirs = [inst / "events/kvm" / ev for ev in EVENTS]
+    dirs += [inst / "events/kvm" / ev for ev in TIMELINE_KVM_EVENTS if ev not in EVENTS]
+    dirs += [inst / "events/syscalls" / ev for ev in TIMELINE_SYSCALL_EVENTS]
     dirs += sorted(inst.glob(f"events/{PROBE_GROUP_PREFIX}*/*"))
     for d in dirs:
         if d.is_dir():
@@ -861,11 +1208,18 @@ class ExitCounter:
          in the private instance with the same common_pid filter), e.g. fastpath_symbols().
          A symbol that cannot be probed is not an error: `kprobes_active` lists those that work,
          `probe_note` says why the others do not, and both travel in every snapshot.
+    timeline: also pair each exit's kvm_exit with its kvm_entry, with timestamps (see Timeline):
+         the instance's trace clock is set to x86-tsc where the kernel has it (`clock`,
+         `clock_note`), kvm_entry and syscalls:sys_{enter,exit}_ioctl are enabled as well, and
+         `timeline()` returns the PairedExits so far. With the hist backend the counts still come
+         from the hist triggers; the timeline's events go through trace_pipe and the same reader
+         thread, so a loss there spoils the timeline, never the counts.
+    max_kept: durations kept per kind of exit in the timeline (a uniform sample beyond).
     """
 
     def __init__(self, tids: list[int], tracefs: Path | None = None, *, backend: str = "auto",
                  buffer_kb: int = DEFAULT_BUFFER_KB, cpu: int | None = None,
-                 kprobes=None):
+                 kprobes=None, timeline: bool = False, max_kept: int = DEFAULT_MAX_KEPT):
         try:
             self.tids = sorted({int(t) for t in tids})
         except (TypeError, ValueError):
@@ -901,6 +1255,12 @@ class ExitCounter:
         self.kprobes_active: list[str] = []
         self.probe_note = ""
         self._probes_held: list[str] = []
+        self.timeline_wanted = bool(timeline)
+        self.max_kept = int(max_kept)
+        self.clock = ""                    # the instance's trace clock (timeline mode)
+        self.clock_note = ""
+        self._timeline: Timeline | None = None
+        self._timeline_dirs: list[tuple[Path, str]] = []    # (event dir in the instance, filter)
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "ExitCounter":
@@ -936,9 +1296,13 @@ class ExitCounter:
         self.instance = inst
         _instances.add(self)
         try:
+            if self.timeline_wanted:
+                self._setup_timeline()
             self._setup_probes()
             if self.backend == "hist":
                 self._start_hist()
+                if self._timeline is not None:
+                    self._start_timeline_reader()
             else:
                 self._start_stream()
         except BaseException:
@@ -1067,6 +1431,7 @@ class ExitCounter:
         for ev in self._events:
             _write(inst / "events/kvm" / ev / "filter", flt, f"filter kvm:{ev} on the vCPU threads")
             _write(inst / "events/kvm" / ev / "enable", "1", f"enable kvm:{ev}")
+        self._enable_timeline_events(skip=self._events)
         for sym in list(self.kprobes_active):
             try:
                 _write(self._probe_dir(sym) / "filter", flt, f"filter the {sym} probe")
@@ -1164,6 +1529,8 @@ class ExitCounter:
             raise ExitlatError("ExitCounter.snapshot() before start() (or after stop())")
         probes = {"probed": tuple(self.kprobes_active), "probe_note": self.probe_note}
         if self.backend == "hist":
+            if self._reader is not None:       # timeline mode: its events are in trace_pipe
+                self._sync_stream(timeout)
             acc = _Acc()
             _acc_from_hists(self._read_hists(), acc)
             return replace(acc.freeze("hist"), **probes)
@@ -1174,3 +1541,88 @@ class ExitCounter:
         # "[LOST n EVENTS]" lines and the overrun counter describe the same losses; take the
         # larger so nothing is counted twice or hidden.
         return replace(snap, lost=max(snap.lost, lost_stats), **probes)
+
+    # -- timeline (timestamped pairing) ------------------------------------------------------
+    def _setup_timeline(self) -> None:
+        """Select the TSC trace clock in the instance (before any event is enabled: changing the
+        clock resets the buffer) and decide which timeline events this kernel has."""
+        assert self.instance is not None and self.tracefs is not None
+        clock, note = set_trace_clock(self.instance, TSC_CLOCK)
+        self.clock, self.clock_note = clock or "unknown", note
+        flt = self._pid_filter()
+        missing = []
+        for ev in TIMELINE_KVM_EVENTS:
+            if (self.instance / "events/kvm" / ev).is_dir():
+                self._timeline_dirs.append((self.instance / "events/kvm" / ev, flt))
+            else:
+                missing.append(ev)
+        syscalls = all((self.instance / "events/syscalls" / ev).is_dir()
+                       for ev in TIMELINE_SYSCALL_EVENTS)
+        if syscalls:
+            for ev in TIMELINE_SYSCALL_EVENTS:
+                f = f"({flt}) && cmd == {KVM_RUN_IOCTL}" if ev == "sys_enter_ioctl" else flt
+                self._timeline_dirs.append((self.instance / "events/syscalls" / ev, f))
+        else:
+            missing.append("syscalls (no events/syscalls/sys_{enter,exit}_ioctl: "
+                           "CONFIG_FTRACE_SYSCALLS)")
+        self._timeline = Timeline(self.clock, syscalls, self.max_kept, missing=missing, note=note)
+        self._acc.timeline = self._timeline
+
+    def _enable_timeline_events(self, skip=()) -> None:
+        """Enable the timeline's events (filtered on the vCPU threads) that are not yet enabled.
+        One that cannot be enabled is noted in the timeline (its decomposition is refused), not
+        fatal: the counts do not need it."""
+        tl = self._timeline
+        if tl is None:
+            return
+        for d, flt in self._timeline_dirs:
+            if d.parent.name == "kvm" and d.name in skip:
+                continue
+            try:
+                try:
+                    _write(d / "filter", flt, f"filter {d.parent.name}:{d.name} on the vCPU threads")
+                except ExitlatError:
+                    if flt == self._pid_filter():
+                        raise
+                    _write(d / "filter", self._pid_filter(), f"filter {d.parent.name}:{d.name}")
+                _write(d / "enable", "1", f"enable {d.parent.name}:{d.name}")
+            except ExitlatError as e:
+                tl.missing += (f"{d.name} ({e})",)
+                if d.parent.name == "syscalls":
+                    tl.syscalls = False
+
+    def _start_timeline_reader(self) -> None:
+        """Hist backend in timeline mode: stream the timeline's events through trace_pipe."""
+        inst = self.instance
+        assert inst is not None
+        _write(inst / "tracing_on", "0", "pause the instance")
+        one_cpu = inst / "per_cpu" / f"cpu{self.cpu}" / "buffer_size_kb"
+        if self.cpu is not None and one_cpu.exists():
+            _write(inst / "buffer_size_kb", str(min(self.buffer_kb, DEFAULT_BUFFER_KB)),
+                   "size the trace buffers")
+            _write(one_cpu, str(self.buffer_kb), f"size cpu{self.cpu}'s trace buffer")
+        else:
+            _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
+        self._enable_timeline_events()
+        self._base_overrun = self._overrun()
+        try:
+            fd = os.open(inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
+        except OSError as e:
+            raise ExitlatError(f"tracefs: cannot open trace_pipe ({e.strerror or e})") from None
+        self._stop.clear()
+        self._reader = threading.Thread(target=self._read_loop, args=(fd,), daemon=True,
+                                        name="exitlat-trace-reader")
+        self._reader.start()
+        _write(inst / "tracing_on", "1", "start tracing")
+
+    def timeline(self, timeout: float = SYNC_TIMEOUT_S) -> PairedExits:
+        """The pairing so far, including every event the traced threads produced before the
+        call (the same sync marker as snapshot()). Needs ExitCounter(timeline=True)."""
+        if self._timeline is None:
+            raise ExitlatError("ExitCounter.timeline() needs ExitCounter(timeline=True)")
+        if self.instance is None:
+            raise ExitlatError("ExitCounter.timeline() before start() (or after stop())")
+        self._sync_stream(timeout)
+        lost_stats = max(0, self._overrun() - self._base_overrun)
+        with self._cond:
+            return self._timeline.freeze(extra_lost=lost_stats)

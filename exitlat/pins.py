@@ -105,6 +105,12 @@ def load_pins(path: Path | str | None = None) -> Pins:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ExitlatError(f"pins file not found: {path}") from None
+    except IsADirectoryError:
+        raise ExitlatError(f"pins file {path} is a folder, not a file") from None
+    except OSError as err:
+        raise ExitlatError(f"cannot read pins file {path}: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise ExitlatError(f"{path}: not a text file (not valid UTF-8)") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

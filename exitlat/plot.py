@@ -1,5 +1,7 @@
 """`invoke plot`: per entry a histogram and a CDF of its samples, plus one overview figure, with
-cycles on the bottom axis and ns on the top one (when the TSC rate is known).
+cycles on the bottom axis and ns on the top one (when the TSC rate is known), and, for bundles
+whose cases carry a decomposition, one stacked bar per case: where the traced window's median
+round trip goes (exitlat/decompose.py).
 
 Plots are written outside the bundle (a bundle is sealed by its SHA256SUMS). The histogram is
 clipped at p99 so the body stays readable; the CDF keeps the whole range on a log axis."""
@@ -100,6 +102,79 @@ def plot_overview(b: Bundle, path: Path) -> None:
     plt.close(fig)
 
 
+# One colour per stacked part (exitlat.decompose.components labels).
+_PART_COLORS = {
+    "guest code (same-mode baseline)": "#c9c9c9",
+    "VM exit + entry, tracing": "#e8a33d",
+    "VM exit + entry, guest code, tracing": "#f0c27a",
+    "KVM": "#2f5f8f",
+    "KVM handler": "#3b75af",
+    "KVM_RUN return + re-entry": "#8fb6dc",
+    "QEMU": "#5a9e5a",
+}
+
+
+def _wrap(text: str, width: int = 28) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)) or text
+
+
+def plot_decomposition(b: Bundle, path: Path) -> None:
+    """One stacked bar per case: the traced window's guest median split into the remainder (VM
+    exit + entry and tracing; the same-mode baseline's guest code below it when known), KVM and
+    QEMU. A black tick marks the timed (untraced) median, so the tracing overhead is visible
+    beside the remainder; cases that were not decomposed show their reason instead of a bar."""
+    from .decompose import components
+
+    cases = [e for e in b.doc.get("cases", []) if e.get("decomposition") is not None]
+    if not cases:
+        raise ExitlatError(f"{b.name}: no case has a decomposition")
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(cases) + 3), 6), constrained_layout=True)
+    seen: set = set()
+    top = 0.0
+    for x, e in enumerate(cases):
+        d = e["decomposition"]
+        parts = components(d)
+        bottom = 0.0
+        for label, v in parts:
+            v = max(0.0, float(v))
+            ax.bar(x, v, bottom=bottom, width=0.6, color=_PART_COLORS.get(label, "#999"),
+                   edgecolor="white", label=None if label in seen else label)
+            seen.add(label)
+            bottom += v
+        timed = (e.get("stats") or {}).get("median")
+        if parts:
+            top = max(top, bottom)
+            over = d.get("tracing_overhead_cycles")
+            note = f"{bottom:,.0f}" + (f"\n(tracing {over:+,.0f})" if over is not None else "")
+            ax.text(x, bottom, note, ha="center", va="bottom", fontsize=7)
+        if timed is not None:
+            top = max(top, float(timed))
+            ax.plot([x - 0.34, x + 0.34], [timed, timed], color="k", lw=1.5,
+                    label=None if "timed" in seen else "timed-window median (no tracing)")
+            seen.add("timed")
+        if not parts:
+            ax.text(x, float(timed or 0) * 1.03, _wrap(f"{d.get('status')}: {d.get('reason')}", 22),
+                    ha="center", va="bottom", fontsize=7, color="#b00")
+    ax.set_xticks(range(len(cases)), [f"{e['key']}\n{e['instruction']} ({e['expected_path']})"
+                                      for e in cases], fontsize=8)
+    ax.set_ylabel("cycles (TSC): traced-window medians")
+    ax.set_ylim(0, (top or 1) * 1.18)
+    ax.grid(True, axis="y", alpha=0.3)
+    if seen:
+        ax.legend(fontsize=7, loc="upper left")
+    hz = b.tsc_hz
+    if hz:
+        k = 1e9 / hz
+        sec = ax.secondary_yaxis("right", functions=(lambda c: c * k, lambda ns: ns / k))
+        sec.set_ylabel("ns")
+    fig.suptitle(_title(b, f"{b.name}: where the cycles of one exit go (traced window; medians do "
+                           "not add exactly)"), fontsize=10, color="#b00" if b.banner else "k")
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def plot_bundle(b: Bundle, out_dir: Path, fmt: str = "png") -> list[Path]:
     if fmt not in ("png", "svg"):
         raise ExitlatError(f"unknown plot format {fmt!r}: use png or svg")
@@ -118,4 +193,8 @@ def plot_bundle(b: Bundle, out_dir: Path, fmt: str = "png") -> list[Path]:
     p = out_dir / f"overview.{fmt}"
     plot_overview(b, p)
     written.append(p)
+    if any(e.get("decomposition") is not None for e in b.doc.get("cases", [])):
+        p = out_dir / f"decomposition.{fmt}"
+        plot_decomposition(b, p)
+        written.append(p)
     return written

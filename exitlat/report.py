@@ -168,7 +168,7 @@ def render_report(b: Bundle) -> str:
             "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
             tablefmt="simple", disable_numparse=True)]
     sums = case_summaries(b)
-    if sums:
+    if any(x["R"] > 1 for x in sums):      # with one VM the table would only repeat the above
         out += ["", "across VM runs (headline: median of the per-VM medians; CI95 from their spread):",
                 tabulate(summary_rows(sums), headers=SUMMARY_HEADERS, tablefmt="simple",
                          disable_numparse=True)]

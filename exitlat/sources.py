@@ -60,8 +60,16 @@ class SourceFetcher:
         self.timeout = timeout
         self.use_network = use_network
         self.log = log
-        if self.mirror is not None and not self.mirror.is_dir():
-            raise ExitlatError(f"mirror folder not found: {self.mirror}")
+        if self.mirror is not None:
+            if not self.mirror.exists():
+                raise ExitlatError(f"mirror folder not found: {self.mirror}")
+            if not self.mirror.is_dir():
+                raise ExitlatError(f"mirror {self.mirror} is a file; give the folder that holds "
+                                   "the files named as in pins.yaml")
+            try:
+                os.listdir(self.mirror)
+            except OSError as err:
+                raise ExitlatError(f"cannot read the mirror folder {self.mirror}: {err.strerror}") from None
 
     def candidates(self, pin: SourcePin) -> list[tuple[str, str]]:
         found = []
