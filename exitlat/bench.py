@@ -73,6 +73,7 @@ class VmResult:
     timed: dict = field(default_factory=dict)      # key -> windows.TimedWindow (cases and baselines)
     finished: dict = field(default_factory=dict)   # the guest's last event (write figures)
     tsc_backwards: dict = field(default_factory=dict)  # key -> samples whose TSC went backwards
+    timelines: dict = field(default_factory=dict)  # case key -> kvmtrace.PairedExits, or why none
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -165,15 +166,19 @@ def git_commit() -> str | None:
 # -- one VM run ---------------------------------------------------------------------------------
 
 EVENT_BYTES_PER_ITERATION = 4 * 64   # kvm_exit + kvm_userspace_exit + kvm_pio + a handler event
+# The timeline adds kvm_entry (40 bytes in the ring buffer) and, for a userspace exit,
+# sys_exit_ioctl + sys_enter_ioctl (28 + 44): an OUT iteration is about 240 bytes in all.
+TIMELINE_BYTES_PER_ITERATION = 2 * 64
 
 
-def trace_buffer_kb(iterations_total: int) -> int:
-    """The measured core's trace buffer (streaming backend): a whole case's events, so the reader
-    never has to keep up with the exit rate; at least 32 MiB, at most 2 GiB or a quarter of the
-    available memory."""
+def trace_buffer_kb(iterations_total: int, timeline: bool = False) -> int:
+    """The measured core's trace buffer (streaming backend, and the hist backend's timeline): a
+    whole case's events, so the reader never has to keep up with the exit rate; at least 32 MiB,
+    at most 2 GiB or a quarter of the available memory."""
     from .kvmtrace import DEFAULT_BUFFER_KB
 
-    want = iterations_total * EVENT_BYTES_PER_ITERATION // 1024
+    per = EVENT_BYTES_PER_ITERATION + (TIMELINE_BYTES_PER_ITERATION if timeline else 0)
+    want = iterations_total * per // 1024
     avail_kb = 2 << 20
     try:
         for line in open("/proc/meminfo"):
@@ -306,7 +311,8 @@ class VmRun:
     # -- the two windows of a key ----------------------------------------------------------------
     def _open_traced(self, key: str) -> None:
         """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
-        triggers, fastpath kprobes) that exists only while this window runs."""
+        triggers, fastpath kprobes) that exists only while this window runs, with the TSC as its
+        trace clock and the timeline that pairs each exit with its re-entry (exitlat.decompose)."""
         from .kvmtrace import ExitCounter, fastpath_symbols
         from .windows import TracedWindow
 
@@ -314,8 +320,8 @@ class VmRun:
         if self.accel != "kvm" or not self.o.verify:
             return
         self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,
-                                  buffer_kb=trace_buffer_kb(self.plan.verify_iterations),
-                                  kprobes=fastpath_symbols())
+                                  buffer_kb=trace_buffer_kb(self.plan.verify_iterations, timeline=True),
+                                  kprobes=fastpath_symbols(), timeline=True)
         self.tracer.start()
         w.backend = self.tracer.backend
         w.kprobes = list(getattr(self.tracer, "kprobes_active", []) or [])
@@ -327,6 +333,10 @@ class VmRun:
             return
         try:
             w.counts = self.tracer.snapshot() - self.traced_before
+            try:        # the decomposition's input; its failure never touches the verification
+                self.result.timelines[case_of(key)] = self.tracer.timeline()
+            except ExitlatError as e:
+                self.result.timelines[case_of(key)] = f"no timeline: {e}"
         finally:
             self.tracer.stop()
             self.tracer = None

@@ -72,6 +72,7 @@ class DocumentBuilder:
         self.ctx = VerdictContext(vendor=vendor, port=opts.port)
         self.viters = verify_iterations
         self.hz = hz
+        self.host_tsc_hz: float | None = None      # the host's own TSC rate (set by build())
         self.samples: dict = {}
         self.files: dict = {}
 
@@ -127,6 +128,9 @@ class DocumentBuilder:
                 ver = combine(tw["verdict"], tv)
         base_key = SAME_MODE_BASELINE[spec.flow]
         base = baselines.get(base_key)
+        overhead = tracing_overhead(stats, (vw or {}).get("stats"))
+        if vw is not None:
+            vw["decomposition"] = self._decomposition(spec, res, traced_samples, overhead, base)
         return {"key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
@@ -135,9 +139,29 @@ class DocumentBuilder:
                 "verification": ver, "iterations": n, "warmup": self.o.warmup, "samples_key": key,
                 "stats": stats, "tsc_backwards": bad,
                 "timed_window": tw, "verification_window": vw,
-                "tracing_overhead_cycles": tracing_overhead(stats, (vw or {}).get("stats")),
+                "tracing_overhead_cycles": overhead,
                 "net_cycles": net_cost(stats, base["key"] if base else base_key,
                                        base["stats"] if base else None)}
+
+    def _decomposition(self, spec, res, traced_arr, overhead, base) -> dict:
+        """Where the traced window's round trip goes (exitlat.decompose); "not decomposed" with
+        the reason whenever the pairing cannot be trusted."""
+        from .decompose import decompose
+
+        tl = getattr(res, "timelines", {}).get(spec.key)
+        why = None
+        if not hasattr(tl, "kinds"):
+            why, tl = (tl if isinstance(tl, str) else "no timeline recorded for the traced window"), None
+        good = valid_samples(traced_arr)[0] if traced_arr is not None else None
+        return decompose(tl, good, instruction=spec.instruction, expected_path=spec.expected_path,
+                         vendor=self.ctx.vendor,
+                         port=self.o.port if spec.instruction == "outb" else None,
+                         host_tsc_hz=self.host_tsc_hz, guest_tsc_khz=res.hello.get("tsc_khz"),
+                         tracing_overhead=overhead,
+                         baseline=({"key": base["key"], "median": base["stats"]["median"]}
+                                   if base and base.get("stats") else None),
+                         emulated=EMULATED_HOST_NOTE if self.o.emulated_host else None,
+                         unavailable=why)
 
     def _traced_window(self, key: str, traced, arr, verdict: dict) -> dict:
         out = {"iterations": self.viters, "backend": traced.backend if traced else None,
@@ -160,6 +184,7 @@ class DocumentBuilder:
         from .bench import VmResult, git_commit
 
         cases, baselines = [], []
+        self.host_tsc_hz = (host.get("tsc") or {}).get("hz")
         incomplete = [r for r in results if r.status != "complete"]
         first = results[0] if results else VmResult()
         for rep, res in enumerate(results):

@@ -362,7 +362,8 @@ _LINE = re.compile(_PREFIX + r"(?P<event>\w+): (?P<payload>.*)$")
 # Syscall events print no "event:" tag (kernel/trace/trace_syscalls.c): sys_enter_* as
 # "sys_ioctl(fd: 5, cmd: ae80, arg: 0)" (6.1 - 6.12: "%s: %lx"; 6.18 prints "cmd: 0xae80"),
 # sys_exit_* as "sys_ioctl -> 0x0". Only parsed in timeline mode (see Timeline).
-_SYSCALL_LINE = re.compile(_PREFIX + r"(?P<name>sys_\w+)(?:\((?P<args>[^()]*)\)| -> (?P<ret>0x[0-9a-fA-F]+))\s*$")
+_SYSCALL_LINE = re.compile(_PREFIX + r"(?P<name>sys_\w+)"
+                           r"(?:\((?P<args>[^()]*)\)| -> (?P<ret>0x[0-9a-fA-F]+))\s*$")
 _SYSCALL_CMD = re.compile(r"(?:^|, )(?:[\w ]+ )?cmd: (?:0x)?([0-9a-fA-F]+)(?:,|$)")
 # kvm_entry (arch/x86/kvm/trace.h): 6.1 - 6.12 "vcpu %u, rip 0x%lx%s" ("[immediate exit]");
 # 6.18 adds " intr_info 0x%08x error_code 0x%08x" before it.

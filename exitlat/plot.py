@@ -125,16 +125,16 @@ def plot_decomposition(b: Bundle, path: Path) -> None:
     exit + entry and tracing; the same-mode baseline's guest code below it when known), KVM and
     QEMU. A black tick marks the timed (untraced) median, so the tracing overhead is visible
     beside the remainder; cases that were not decomposed show their reason instead of a bar."""
-    from .decompose import components
+    from .decompose import components, of_case
 
-    cases = [e for e in b.doc.get("cases", []) if e.get("decomposition") is not None]
+    cases = [e for e in b.doc.get("cases", []) if of_case(e) is not None]
     if not cases:
         raise ExitlatError(f"{b.name}: no case has a decomposition")
     fig, ax = plt.subplots(figsize=(max(6.5, 1.5 * len(cases) + 3), 6), constrained_layout=True)
     seen: set = set()
     top = 0.0
     for x, e in enumerate(cases):
-        d = e["decomposition"]
+        d = of_case(e)
         parts = components(d)
         bottom = 0.0
         for label, v in parts:
@@ -169,8 +169,8 @@ def plot_decomposition(b: Bundle, path: Path) -> None:
         k = 1e9 / hz
         sec = ax.secondary_yaxis("right", functions=(lambda c: c * k, lambda ns: ns / k))
         sec.set_ylabel("ns")
-    fig.suptitle(_title(b, f"{b.name}: where the cycles of one exit go (traced window; medians do "
-                           "not add exactly)"), fontsize=10, color="#b00" if b.banner else "k")
+    fig.suptitle(_title(b, f"{b.name}\nwhere the cycles of one exit go (traced window; medians "
+                           "do not add exactly)"), fontsize=10, color="#b00" if b.banner else "k")
     fig.savefig(path)
     plt.close(fig)
 
@@ -193,7 +193,9 @@ def plot_bundle(b: Bundle, out_dir: Path, fmt: str = "png") -> list[Path]:
     p = out_dir / f"overview.{fmt}"
     plot_overview(b, p)
     written.append(p)
-    if any(e.get("decomposition") is not None for e in b.doc.get("cases", [])):
+    from .decompose import of_case
+
+    if any(of_case(e) is not None for e in b.doc.get("cases", [])):
         p = out_dir / f"decomposition.{fmt}"
         plot_decomposition(b, p)
         written.append(p)

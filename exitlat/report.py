@@ -110,6 +110,37 @@ CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median"
                 "median ns", "median CI95 (this VM)", "net", "tracing adds"]
 
 
+DECOMP_HEADERS = ["case", "exits", "guest (traced)", "KVM", "of it KVM_RUN", "QEMU",
+                  "remainder", "minus baseline", "tracing adds", "KVM p99", "QEMU p99"]
+
+
+def decomposition_rows(doc: dict) -> tuple[list[list], list[str]]:
+    """Where the cycles go, per case with a decomposition (traced-window medians, cycles), and
+    one line per case that was not decomposed, with the reason."""
+    from .decompose import of_case
+
+    rows, notes = [], []
+    for e in doc["cases"]:
+        d = of_case(e)
+        if not d:
+            continue
+        if d["status"] != "ok":
+            rows.append([e["key"], "not decomposed"] + ["-"] * 9)
+            notes.append(f"{e['key']}: not decomposed: {d['reason']}")
+            continue
+
+        def med(k, q="median"):
+            return fmt_cycles((d.get(k) or {}).get(q))
+
+        over = d.get("tracing_overhead_cycles")
+        rows.append([e["key"], d["exits"], med("guest_round_trip_cycles"), med("kvm_cycles"),
+                     med("kvm_run_cycles"), med("qemu_cycles"), fmt_cycles(d["remainder_cycles"]),
+                     fmt_cycles(d.get("remainder_net_cycles")),
+                     "-" if over is None else f"{over:+,.0f}", med("kvm_cycles", "p99"),
+                     med("qemu_cycles", "p99")])
+    return rows, notes
+
+
 def fmt_overhead(o) -> str:
     if not o:
         return "-"
@@ -163,6 +194,11 @@ def render_report(b: Bundle) -> str:
     out += summary_lines(b) + [""]
     out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
                         disable_numparse=True) if d["cases"] else "(no cases)")
+    drows, dnotes = decomposition_rows(d)
+    if drows:
+        out += ["", "where the cycles go (traced window; medians in cycles; docs/measuring.md):",
+                tabulate(drows, headers=DECOMP_HEADERS, tablefmt="simple", disable_numparse=True)]
+        out += dnotes
     if d["baselines"]:
         out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
             "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
@@ -178,6 +214,12 @@ def render_report(b: Bundle) -> str:
     if any(e.get("net_cycles") for e in d["cases"]):
         out.append("net: median minus the same-mode timer baseline (user: baseline_timer, ioctl: "
                    "baseline_module_call, kernel: baseline_kernel_timer)")
+    if drows:
+        out.append("where the cycles go: KVM = kvm_exit -> kvm_entry minus QEMU (of it KVM_RUN: its "
+                   "return to QEMU and re-entry); QEMU = return of KVM_RUN -> its next call; "
+                   "remainder = guest median - KVM - QEMU: the VM exit and entry plus what tracing "
+                   "adds (compare 'tracing adds'); minus baseline: without the same-mode timer "
+                   "baseline")
     if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
         out.append("tracing adds: traced-window median minus timed-window median; the timed "
                    "window, which gives every other number, ran with no tracing")
