@@ -20,8 +20,6 @@ from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv
 from .verdicts import VerdictContext
 from .windows import case_of, is_traced_key
 
-INSTRUCTIONS = ("cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline")
-TIMERS = ("rdtscp", "lfence")
 TRACING_BACKENDS = ("auto", "hist", "stream")
 DEFAULT_VERIFY_ITERATIONS = 10_000
 
@@ -89,8 +87,12 @@ def parse_int(text, what: str, lo: int, hi: int) -> int:
 def check_options(o: BenchOptions) -> None:
     from .cases import case_specs
 
-    if o.instr not in INSTRUCTIONS:
-        raise ExitlatError(f"unknown --instr {o.instr!r}; choose one of {', '.join(INSTRUCTIONS)}")
+    from .instructions import F_INSTRUCTIONS
+
+    if o.instr not in F_INSTRUCTIONS:
+        raise ExitlatError(f"unknown --instr {o.instr!r}; choose one of {', '.join(F_INSTRUCTIONS)}")
+    from .guestio import TIMERS
+
     if o.timer not in TIMERS:
         raise ExitlatError(f"unknown --timer {o.timer!r}; choose rdtscp or lfence")
     if o.accel not in ("auto", "kvm", "tcg"):

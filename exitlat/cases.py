@@ -7,19 +7,10 @@ port, always) runs in cases 2, 4 and 6. See docs/probes.md for the reasoning beh
 from dataclasses import dataclass
 
 from .errors import ExitlatError
+from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS,  # noqa: F401 (re-exported)
+                           PATH_FASTPATH, PATH_KVM, PATH_QEMU, S_INSTRUCTION, TABLE, TSC_DEADLINE_MSR)
 
 ALL_CASES = (1, 2, 3, 4, 5, 6)
-F_INSTRUCTIONS = ("cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline")
-S_INSTRUCTION = "outb"
-DEFAULT_MSR = 0x3B          # IA32_TSC_ADJUST: intercepted and emulated inside KVM
-TSC_DEADLINE_MSR = 0x6E0    # IA32_TSC_DEADLINE: KVM's irq-off fastpath
-# Passed through to the guest by KVM (VMX and SVM): reading them never exits.
-PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
-
-# Expected host paths, from cheapest to dearest.
-PATH_FASTPATH = "kvm_fastpath"   # handled in KVM's irq-off fastpath, before IRQs are re-enabled
-PATH_KVM = "kvm"                 # handled by KVM's normal in-kernel exit handler
-PATH_QEMU = "qemu"               # exit to QEMU userspace (KVM_RUN returns) and back
 
 _FLOWS = {
     1: "user",
@@ -28,27 +19,6 @@ _FLOWS = {
     4: "user→kernel (ioctl)",
     5: "kernel",
     6: "kernel",
-}
-
-# The instructions each F case accepts (S cases always run outb).
-_F_ALLOWED = {
-    1: ("cpuid", "vmcall"),                            # rdmsr #GPs at CPL 3 without an exit
-    3: ("cpuid", "vmcall", "rdmsr"),                   # tsc deadline: only the kernel loop
-    5: ("cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline"),
-}
-
-_WHY_NOT = {
-    "rdmsr": "RDMSR at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5",
-    "wrmsr_tsc_deadline": ("WRMSR to IA32_TSC_DEADLINE needs CPL 0 and the guest's timer saved and "
-                           "restored around it, which only the kernel loop (case 5) does"),
-}
-
-# Exit reasons as KVM's kvm_exit tracepoint names them, per vendor.
-_EXIT_REASON = {
-    "intel": {"cpuid": "CPUID", "vmcall": "VMCALL", "rdmsr": "MSR_READ",
-              "wrmsr_tsc_deadline": "MSR_WRITE", "outb": "IO_INSTRUCTION"},
-    "amd": {"cpuid": "cpuid", "vmcall": "vmmcall", "rdmsr": "msr",
-            "wrmsr_tsc_deadline": "msr", "outb": "io"},
 }
 
 
@@ -61,10 +31,6 @@ class CaseSpec:
     key: str                  # case1..case6: the name on the console and on the samples disk
     msr: int | None = None    # for rdmsr / wrmsr_tsc_deadline
     port: int | None = None   # for outb
-
-    def exit_reason(self, vendor: str = "intel") -> str:
-        """The kvm_exit reason one iteration should produce on this vendor's host."""
-        return _EXIT_REASON["amd" if vendor == "amd" else "intel"][self.instruction]
 
 
 def _valid() -> str:
@@ -132,16 +98,13 @@ def case_specs(cases, instr: str = "cpuid", port: int = 0xE9, msr: int | None = 
     for n in cases:
         if n not in ALL_CASES:
             raise ExitlatError(f"unknown case {n!r}; {_valid()}")
-        if n % 2 == 0:
-            specs.append(CaseSpec(n, _FLOWS[n], S_INSTRUCTION, PATH_QEMU, f"case{n}", port=port))
-            continue
-        if instr not in _F_ALLOWED[n]:
-            raise ExitlatError(f"case {n} cannot use {instr}: {_WHY_NOT[instr]}")
-        spec_msr = None
-        path = PATH_KVM
-        if instr == "rdmsr":
-            spec_msr = DEFAULT_MSR if msr is None else msr
-        elif instr == "wrmsr_tsc_deadline":
-            spec_msr, path = TSC_DEADLINE_MSR, PATH_FASTPATH if fastpath else PATH_KVM
-        specs.append(CaseSpec(n, _FLOWS[n], instr, path, f"case{n}", msr=spec_msr))
+        ins = TABLE[S_INSTRUCTION if n % 2 == 0 else instr]
+        if n not in ins.cases:
+            raise ExitlatError(f"case {n} cannot use {ins.name}: {ins.why_not}")
+        path = ins.path
+        if path == PATH_FASTPATH and not fastpath:
+            path = PATH_KVM
+        spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
+        specs.append(CaseSpec(n, _FLOWS[n], ins.name, path, f"case{n}", msr=spec_msr,
+                              port=port if ins.name == S_INSTRUCTION else None))
     return specs

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from .console import Console, ConsoleClosed
 from .errors import ExitlatError
+from .guestio import INIT_MARKER
 from .qemu import QemuConfig, RunFiles, qemu_argv
 
-INIT_MARKER = "EXITLAT-INIT-READY"
 
 
 def boot_to_marker(build: Path, accel: str = "tcg", container: bool = False, timeout: float = 120,

@@ -62,6 +62,7 @@ the detail line says so.
 from __future__ import annotations
 
 from .errors import ExitlatError
+from .instructions import KVM_PATHS, PATHS, TABLE  # noqa: F401  (re-exported)
 from .kvmtrace import DECODABLE_EXIT_NAMES, FASTPATH_SYMBOLS, HANDLED_SUFFIX, ExitCounts
 
 STATUS_PASSED = "passed"
@@ -74,19 +75,9 @@ STRAY_EVENTS = 64           # trace checks: absolute allowance for events the lo
 STATS_STRAY_EVENTS = 512    # stats checks: console I/O and timer exits cannot be told apart by port
 AGREE_TOLERANCE = 0.02      # stats vs. trace: |stat - trace| ≤ AGREE_TOLERANCE·n + STATS_STRAY_EVENTS
 
-KVM_PATHS = ("kvm", "kvm_fastpath")
-PATHS = KVM_PATHS + ("qemu",)
-INSTRUCTIONS = ("cpuid", "rdmsr", "wrmsr_tsc_deadline", "wrmsr", "vmcall", "outb")
+INSTRUCTIONS = tuple(TABLE)
 VENDORS = ("intel", "amd", "unknown")
-
-_REASONS = {
-    "intel": {"cpuid": ("CPUID",), "rdmsr": ("MSR_READ",), "wrmsr_tsc_deadline": ("MSR_WRITE",),
-              "wrmsr": ("MSR_WRITE",), "vmcall": ("VMCALL",), "outb": ("IO_INSTRUCTION",)},
-    "amd": {"cpuid": ("CPUID",), "rdmsr": ("MSR",), "wrmsr_tsc_deadline": ("MSR",),
-            "wrmsr": ("MSR",), "vmcall": ("VMMCALL",), "outb": ("IO_INSTRUCTION",)},
-}
-_HANDLER = {"cpuid": "cpuid", "rdmsr": "msr_read", "wrmsr_tsc_deadline": "msr_write",
-            "wrmsr": "msr_write", "vmcall": "hypercall"}
+_HANDLER = {name: i.handler for name, i in TABLE.items() if i.handler}
 _VENDOR_IDS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "amd"}
 
 
@@ -98,9 +89,7 @@ def exit_vendor(cpu_vendor: str | None) -> str:
 
 def expected_reasons(instruction: str, vendor: str) -> tuple[str, ...]:
     """kvm_exit reason names one iteration of `instruction` produces on `vendor`'s host."""
-    if vendor in _REASONS:
-        return _REASONS[vendor][instruction]
-    return tuple(dict.fromkeys(_REASONS["intel"][instruction] + _REASONS["amd"][instruction]))
+    return TABLE[instruction].reasons(vendor)
 
 
 def _per(count: int, n: int) -> float:
@@ -151,7 +140,8 @@ def verify_timed_window(stats: dict | None, iterations_total: int, expected_path
     n = _check_n(iterations_total)
     _check_path(expected_path, instruction)
     _check_stats(stats)
-    needed = ["exits", "io_exits"] + (["hypercalls"] if instruction == "vmcall" else [])
+    own = TABLE[instruction].kvm_stat          # the stat that counts this instruction's exits
+    needed = ["exits", "io_exits"] + ([own] if own not in ("exits", "io_exits") else [])
     head = f"({expected_path}, {instruction}, n={n}, KVM stats)"
     result = {"status": STATUS_UNVERIFIED, "detail": "", "exits_per_iter": None,
               "io_exits_per_iter": None, "hypercalls_per_iter": None, "iterations_total": n,
@@ -185,8 +175,8 @@ def verify_timed_window(stats: dict | None, iterations_total: int, expected_path
     if expected_path in KVM_PATHS:
         about_one("exits")
         about_zero("io_exits")
-        if instruction == "vmcall":
-            about_one("hypercalls")
+        if own not in ("exits", "io_exits"):
+            about_one(own)
         summary = f"{used['exits'] / n:.3f} exits/iter, {used['io_exits'] / n:.3f} io_exits/iter"
         if "hypercalls" in used:
             summary += f", {used['hypercalls'] / n:.3f} hypercalls/iter"

@@ -1,0 +1,65 @@
+"""Every fact exitlat knows about an instruction it can time, in one table.
+
+Adding an exit kind means one row here and one row in the guest's table
+(guest/probe/exitlat-probe.c and guest/module/exitlat_mod.c); the cases, the verifier and the
+timed-window check all read this table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Expected host paths, from cheapest to dearest.
+PATH_FASTPATH = "kvm_fastpath"   # handled in KVM's irq-off fastpath, before IRQs are re-enabled
+PATH_KVM = "kvm"                 # handled by KVM's normal in-kernel exit handler
+PATH_QEMU = "qemu"               # exit to QEMU userspace (KVM_RUN returns) and back
+KVM_PATHS = (PATH_KVM, PATH_FASTPATH)
+PATHS = KVM_PATHS + (PATH_QEMU,)
+
+
+@dataclass(frozen=True)
+class Instruction:
+    name: str
+    cases: tuple[int, ...]      # the cases that may run it (empty: verifier-only, not benchable)
+    path: str                   # the path one iteration must take
+    vmx_reason: str             # kvm_exit reason on Intel (VMX), as exitlat.kvmtrace names it
+    svm_reason: str             # kvm_exit reason on AMD/Hygon (SVM)
+    handler: str | None         # KVM handler tracepoint count (ExitCounts.handled key), if any
+    kvm_stat: str               # KVM binary stat that counts one per iteration
+    msr: int | None = None      # the MSR it reads or writes
+    why_not: str = ""           # why the cases it is not allowed in cannot measure it
+
+    def reasons(self, vendor: str) -> tuple[str, ...]:
+        """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
+        if vendor == "intel":
+            return (self.vmx_reason,)
+        if vendor == "amd":
+            return (self.svm_reason,)
+        return tuple(dict.fromkeys((self.vmx_reason, self.svm_reason)))
+
+
+DEFAULT_MSR = 0x3B          # IA32_TSC_ADJUST: intercepted and emulated inside KVM
+TSC_DEADLINE_MSR = 0x6E0    # IA32_TSC_DEADLINE: KVM's irq-off fastpath where it can arm the
+#                             VMX preemption timer
+# Passed through to the guest by KVM (VMX and SVM): reading them never exits.
+PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
+
+TABLE = {i.name: i for i in (
+    Instruction("cpuid", (1, 3, 5), PATH_KVM, "CPUID", "CPUID", "cpuid", "exits"),
+    Instruction("vmcall", (1, 3, 5), PATH_KVM, "VMCALL", "VMMCALL", "hypercall", "hypercalls"),
+    Instruction("rdmsr", (3, 5), PATH_KVM, "MSR_READ", "MSR", "msr_read", "exits", DEFAULT_MSR,
+                "RDMSR at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5"),
+    Instruction("wrmsr_tsc_deadline", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
+                TSC_DEADLINE_MSR,
+                "WRMSR to IA32_TSC_DEADLINE needs CPL 0 and the guest's timer saved and restored "
+                "around it, which only the kernel loop (case 5) does"),
+    Instruction("wrmsr", (), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits"),
+    Instruction("outb", (2, 4, 6), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None, "io_exits"),
+)}
+
+F_INSTRUCTIONS = tuple(n for n, i in TABLE.items() if i.cases and i.path != PATH_QEMU)
+S_INSTRUCTION = "outb"
+
+
+def instruction(name: str) -> Instruction:
+    return TABLE[name]
