@@ -1420,14 +1420,7 @@ class ExitCounter:
     def _start_stream(self) -> None:
         inst = self.instance
         assert inst is not None
-        _write(inst / "tracing_on", "0", "pause the instance")
-        one_cpu = inst / "per_cpu" / f"cpu{self.cpu}" / "buffer_size_kb"
-        if self.cpu is not None and one_cpu.exists():
-            _write(inst / "buffer_size_kb", str(min(self.buffer_kb, DEFAULT_BUFFER_KB)),
-                   "size the trace buffers")
-            _write(one_cpu, str(self.buffer_kb), f"size cpu{self.cpu}'s trace buffer")
-        else:
-            _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
+        self._pause_and_size_buffers()
         flt = self._pid_filter()
         for ev in self._events:
             _write(inst / "events/kvm" / ev / "filter", flt, f"filter kvm:{ev} on the vCPU threads")
@@ -1439,6 +1432,26 @@ class ExitCounter:
                 _write(self._probe_dir(sym) / "enable", "1", f"enable the {sym} probe")
             except ExitlatError as e:
                 self._drop_probe(sym, str(e))
+        self._start_reader()
+
+    def _pause_and_size_buffers(self) -> None:
+        """Tracing off in the instance; the measured core's buffer gets buffer_kb (the vCPU is
+        pinned there, so all its events land in it), the other CPUs at most the default."""
+        inst = self.instance
+        assert inst is not None
+        _write(inst / "tracing_on", "0", "pause the instance")
+        one_cpu = inst / "per_cpu" / f"cpu{self.cpu}" / "buffer_size_kb"
+        if self.cpu is not None and one_cpu.exists():
+            _write(inst / "buffer_size_kb", str(min(self.buffer_kb, DEFAULT_BUFFER_KB)),
+                   "size the trace buffers")
+            _write(one_cpu, str(self.buffer_kb), f"size cpu{self.cpu}'s trace buffer")
+        else:
+            _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
+
+    def _start_reader(self) -> None:
+        """Open trace_pipe, start the reader thread, then switch tracing on."""
+        inst = self.instance
+        assert inst is not None
         self._base_overrun = self._overrun()
         try:
             fd = os.open(inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
@@ -1596,25 +1609,9 @@ class ExitCounter:
         """Hist backend in timeline mode: stream the timeline's events through trace_pipe."""
         inst = self.instance
         assert inst is not None
-        _write(inst / "tracing_on", "0", "pause the instance")
-        one_cpu = inst / "per_cpu" / f"cpu{self.cpu}" / "buffer_size_kb"
-        if self.cpu is not None and one_cpu.exists():
-            _write(inst / "buffer_size_kb", str(min(self.buffer_kb, DEFAULT_BUFFER_KB)),
-                   "size the trace buffers")
-            _write(one_cpu, str(self.buffer_kb), f"size cpu{self.cpu}'s trace buffer")
-        else:
-            _write(inst / "buffer_size_kb", str(self.buffer_kb), "size the trace buffer")
+        self._pause_and_size_buffers()
         self._enable_timeline_events()
-        self._base_overrun = self._overrun()
-        try:
-            fd = os.open(inst / "trace_pipe", os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as e:
-            raise ExitlatError(f"tracefs: cannot open trace_pipe ({e.strerror or e})") from None
-        self._stop.clear()
-        self._reader = threading.Thread(target=self._read_loop, args=(fd,), daemon=True,
-                                        name="exitlat-trace-reader")
-        self._reader.start()
-        _write(inst / "tracing_on", "1", "start tracing")
+        self._start_reader()
 
     def timeline(self, timeout: float = SYNC_TIMEOUT_S) -> PairedExits:
         """The pairing so far, including every event the traced threads produced before the
