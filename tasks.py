@@ -166,10 +166,12 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                "to this (new or empty) folder",
     "timeout": "overall limit for L1 in seconds (default 1500)",
     "mirror": "folder to try first for the L1 kernel package (named as in pins.yaml)",
+    "retries": "fresh VMs for a run whose L2 hangs under nested TCG (default 2; each hang is "
+               "reported)",
 })
 @cli
 def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=None, json=False,
-             keep=False, capture=None, timeout="1500", mirror=None):
+             keep=False, capture=None, timeout="1500", mirror=None, retries="2"):
     """Prove the KVM path on a real KVM: boot an emulated AMD-V host (L1: TCG with SVM, kvm_amd),
     run bench inside it on every case and instruction with both tracing backends, then run negative
     controls that the verifier must fail. Needs the build (made if missing) and Docker for the L1
@@ -179,7 +181,7 @@ def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=N
 
     return selftest_main(runs=runs, iterations=iterations, warmup=warmup,
                          verify_iterations=verify_iterations, as_json=json, keep=keep,
-                         capture=capture, timeout=timeout, mirror=mirror)
+                         capture=capture, timeout=timeout, mirror=mirror, retries=retries)
 
 
 # --- isolation ---------------------------------------------------------------------------------

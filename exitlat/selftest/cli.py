@@ -1,0 +1,320 @@
+"""`invoke selftest`: argument strings in; the L1 image, one boot of L1, the bundles imported into
+results/, the negative controls, a verdict table (or one JSON document) out.
+
+Exit status: 0 when every case of every run passed its path verification and every negative
+control failed; 3 when one did not (CheckFailed); 2 for anything that kept the selftest from
+running (one line, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import CheckFailed, ExitlatError
+from ..paths import build_root, results_root
+from ..progress import Progress, fmt_duration
+from .inner import CAPTURE_RUNS, RUN_NAMES, RUNS, run_config
+
+MIN_ITERATIONS, MAX_ITERATIONS = 100, 200_000
+SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
+
+
+def parse_runs(text: str | None) -> list[str]:
+    """'all' (default) or a comma list of run names, in the order given, no repeats."""
+    if text is None or str(text).strip() in ("", "all"):
+        return list(RUN_NAMES)
+    names = [t.strip() for t in str(text).split(",") if t.strip()]
+    bad = [n for n in names if n not in RUN_NAMES]
+    if bad or not names:
+        raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all or a comma "
+                           f"list of {', '.join(RUN_NAMES)}")
+    if len(set(names)) != len(names):
+        raise ExitlatError(f"--runs names a run twice: {text}")
+    return names
+
+
+def parse_count(text, what: str, lo: int, hi: int) -> int:
+    try:
+        v = int(str(text), 0)
+    except ValueError:
+        raise ExitlatError(f"{what} must be an integer, got {text!r}") from None
+    if not lo <= v <= hi:
+        raise ExitlatError(f"{what} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def check_machine() -> None:
+    if platform.machine() not in ("x86_64", "amd64"):
+        raise ExitlatError(f"selftest needs an x86_64 machine (the L1 kernel and the project's QEMU "
+                           f"are x86_64); this one is {platform.machine()}")
+
+
+def per_iteration(counts: dict, n: int) -> dict:
+    """{reason: exits per iteration} of a window's counts (to_dict form), largest first."""
+    return {k: round(v / n, 4) for k, v in sorted(counts.items(), key=lambda kv: -kv[1])}
+
+
+def _fmt_rates(rates: dict) -> str:
+    shown = [f"{k} {v:.3f}" for k, v in rates.items() if v >= SHOWN_RATE]
+    return ", ".join(shown) or "-"
+
+
+def case_rows(run: dict, doc: dict) -> list[dict]:
+    """One row per case of a run's bundle: verdict and the SVM exit reasons per iteration."""
+    rows = []
+    for c in doc.get("cases", []):
+        vw = c.get("verification_window") or {}
+        verdict = (vw.get("verdict") or {})
+        counts = vw.get("counts") or {}
+        n = verdict.get("iterations_total") or vw.get("iterations") or 0
+        rows.append({
+            "run": run["name"], "case": c["case"], "key": c["key"], "instruction": c["instruction"],
+            "expected_path": c["expected_path"], "backend": vw.get("backend") or run.get("tracing"),
+            "verdict": c["verification"]["status"],
+            "timed_window": (c.get("timed_window") or {}).get("verdict", {}).get("status"),
+            "traced_window": verdict.get("status"),
+            "n": n,
+            "exits_per_iter": per_iteration(counts.get("exits", {}), n) if n else {},
+            "userspace_per_iter": per_iteration(counts.get("userspace", {}), n) if n else {},
+            "lost": counts.get("lost"),
+            "detail": c["verification"].get("detail", ""),
+        })
+    return rows
+
+
+def import_bundles(out_dir: Path, runs: list[dict], dest: Path) -> dict[str, Path]:
+    """Import every run's exported bundle into dest (each checked by the import); name -> path."""
+    from ..archive import import_bundle
+
+    paths = {}
+    for r in runs:
+        if not r.get("archive"):
+            continue
+        paths[r["name"]] = import_bundle(out_dir / "bundles" / r["archive"], dest)
+    return paths
+
+
+def evaluate(summary: dict, docs: dict[str, dict], wanted: list[str]) -> tuple[list[dict], list[dict], list[str]]:
+    """(case rows, control rows, problems) from what L1 reported and the imported bundles."""
+    from .controls import run_controls, windows_of
+
+    problems = []
+    if summary.get("error"):
+        problems.append(f"inside L1: {summary['error']}")
+    by_name = {r["name"]: r for r in summary.get("runs", [])}
+    rows: list[dict] = []
+    windows = []
+    for name in wanted:
+        r = by_name.get(name)
+        if r is None:
+            problems.append(f"run {name}: did not run")
+            continue
+        if r["status"] != "ok":
+            problems.append(f"run {name}: {r.get('error') or r['status']}")
+        doc = docs.get(name)
+        if doc is None:
+            continue
+        rows += case_rows(r, doc)
+        windows += windows_of(r.get("bundle") or name, doc)
+    for row in rows:
+        if row["verdict"] != "passed":
+            problems.append(f"{row['run']} {row['key']}: {row['verdict']}: {row['detail'][:200]}")
+    controls = run_controls(windows)
+    possible = controls_possible(wanted)
+    for c in controls:
+        if c["verdict"] == "missing" and not possible[c["name"]]:
+            c["verdict"], c["detail"] = "not run", "the selected runs have no window for it"
+            continue
+        if not c["ok"]:
+            problems.append(f"negative control {c['name']}: verdict {c['verdict']} "
+                            f"(must be failed): {c['detail'][:200]}")
+    return rows, controls, problems
+
+
+def controls_possible(wanted: list[str]) -> dict[str, bool]:
+    """Which negative controls the selected runs can feed (a subset of runs may leave some out;
+    the full selftest feeds them all)."""
+    specs = [r for r in RUNS if r[0] in wanted]
+    return {"outb-as-kvm": any(instr == "cpuid" and set(cases) & {2, 4, 6}
+                               for _n, instr, cases, _b in specs),
+            "cpuid-as-qemu": any(instr == "cpuid" for _n, instr, _c, _b in specs),
+            "lost-events": bool(specs),
+            "unparsed-line": any(b == "stream" for _n, _i, _c, b in specs)}
+
+
+def render_text(result: dict) -> str:
+    from tabulate import tabulate
+
+    out = []
+    t = result["timings"]
+    out.append("exitlat selftest — emulated AMD-V host (L1 under TCG, kvm_amd); timings are not "
+               "exit costs, correctness is what this proves")
+    l1 = result.get("l1") or {}
+    if l1:
+        params = l1.get("kvm_amd_parameters") or {}
+        out.append(f"L1: kernel {l1.get('kernel')}, {l1.get('cpus')} vCPUs, flags "
+                   f"{' '.join(l1.get('cpu_flags') or [])}; kvm_amd nested={params.get('nested')} "
+                   f"npt={params.get('npt')} nrips={params.get('nrips')}; tracing: "
+                   f"{(l1.get('tracing') or {}).get('detail')}")
+    rows = [[r["run"], r["case"], r["instruction"], r["expected_path"], r["backend"],
+             r["verdict"].upper(), _fmt_rates(r["exits_per_iter"]), _fmt_rates(r["userspace_per_iter"])]
+            for r in result["cases"]]
+    if rows:
+        out.append("")
+        out.append(tabulate(rows, headers=["run", "case", "instr", "path", "tracing", "verdict",
+                                           "SVM exits per iteration (traced window)",
+                                           "userspace exits/iter"],
+                            tablefmt="simple", disable_numparse=True))
+    crows = [[c["name"], c["window"] or "-", c["backend"] or "-", c["baseline"] or "-",
+              c["verdict"].upper(),
+              "ok" if c["ok"] else "-" if c["verdict"] == "not run" else "NOT OK"]
+             for c in result["controls"]]
+    if crows:
+        out.append("")
+        out.append(tabulate(crows, headers=["negative control", "window", "tracing",
+                                            "own expectation", "verdict (must be FAILED)", ""],
+                            tablefmt="simple", disable_numparse=True))
+    out.append("")
+    img = t.get("l1_image") or {}
+    out.append(f"timings: L1 image {'built in ' if img.get('built_now') else 'cached (built in '}"
+               f"{fmt_duration(img.get('build_s') or 0)}{'' if img.get('built_now') else ')'}, "
+               f"L1 boot {t.get('l1_boot_s')} s (+ modules {t.get('l1_modules_s')} s), "
+               f"L2 boot {', '.join(f'{b} s' for b in t.get('l2_boot_s', []))}, "
+               f"selftest inside L1 {t.get('l1_inner_s')} s, total {fmt_duration(t.get('total_s') or 0)}")
+    hangs = [(r["name"], h) for r in result.get("runs", []) for h in r.get("hangs", [])]
+    if hangs:
+        out.append("L2 hangs of the emulated host, each retried with a fresh VM: "
+                   + "; ".join(f"{name} attempt {h['attempt']}: {h['reason']}" for name, h in hangs))
+    out.append(f"bundles: {', '.join(str(p) for p in result['bundles'].values()) or 'none'}")
+    out.append(f"L1 console: {result['console_log']}")
+    if result["problems"]:
+        out.append("")
+        out.append(f"SELFTEST FAILED ({len(result['problems'])} problem(s)):")
+        out += [f"  - {p}" for p in result["problems"]]
+    else:
+        ran = [c for c in result["controls"] if c["verdict"] != "not run"]
+        out.append(f"SELFTEST PASSED: {len(result['cases'])} case windows verified, "
+                   f"{len(ran)} negative controls failed as they must"
+                   + (f" ({len(result['controls']) - len(ran)} not run: the selected runs "
+                      "have no window for them)" if len(ran) < len(result["controls"]) else ""))
+    return "\n".join(out)
+
+
+def capture_header(l1: dict, instr: str, cases, backend: str, status: str, date: str) -> str:
+    """Where and how a capture was made: the first lines of every fixture file made from it."""
+    p = l1.get("kvm_amd_parameters") or {}
+    return (f"Captured inside the emulated AMD-V host of `invoke selftest --capture` ({date}): "
+            f"L1 = Debian kernel {l1.get('kernel')}, kvm_amd (nested={p.get('nested')}, "
+            f"npt={p.get('npt')}, nrips={p.get('nrips')}), under the project's QEMU with TCG "
+            f"(-cpu EPYC,+svm,+npt); L2 = the exitlat guest, `bench` {instr} cases "
+            f"{','.join(map(str, cases))}, 100+10 iterations, traced windows of 100, {backend} "
+            f"backend (run {status}).\n"
+            "Raw trace_pipe text of a private tracefs instance with kvm_exit, kvm_userspace_exit, "
+            "kvm_pio, kvm_msr, kvm_cpuid and kvm_hypercall enabled for the whole run (every vCPU "
+            "thread; the hist files come from a second instance over the same events).")
+
+
+def save_captures(src: Path, dest: Path, summary: dict, progress: Progress) -> None:
+    """--capture: the raw capture of each capture run under dest/raw/, and the fixture files
+    (tests/fixtures/trace/captured-svm-*) made from it in dest."""
+    from .capture import write_fixtures
+
+    l1 = summary.get("l1") or {}
+    tag = ".".join(str(l1.get("kernel") or "unknown").split(".")[:2])
+    date = time.strftime("%Y-%m-%d", time.gmtime())
+    for n, instr, cases, backend in CAPTURE_RUNS:
+        raw = src / n
+        if not (raw / "trace_pipe.txt").is_file():
+            raise ExitlatError(f"--capture: L1 wrote no capture for {n} (see the console log)")
+        shutil.copytree(raw, dest / "raw" / n, dirs_exist_ok=True)
+        run = next((r for r in summary.get("runs", []) if r["name"] == n), {})
+        header = capture_header(l1, instr, cases, backend, run.get("status", "?"), date)
+        made = write_fixtures(raw, dest, f"captured-svm-{tag}-{n.removeprefix('capture-')}", header)
+        progress.say(f"capture {n}: {len(made)} fixture files in {dest}")
+
+
+def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=None,
+                  as_json=False, keep=False, capture=None, timeout="1500", mirror=None,
+                  retries="2") -> int:
+    t_start = time.monotonic()
+    wanted = parse_runs(runs)
+    iters = parse_count(iterations, "--iterations", MIN_ITERATIONS, MAX_ITERATIONS)
+    warm = parse_count(warmup, "--warmup", 0, MAX_ITERATIONS)
+    viters = iters if verify_iterations is None else parse_count(
+        verify_iterations, "--verify-iterations", MIN_ITERATIONS, MAX_ITERATIONS)
+    limit = parse_count(timeout, "--timeout", 60, 24 * 3600)
+    n_retries = parse_count(retries, "--retries", 0, 10)
+    capture_dir = Path(capture) if capture else None
+    if capture_dir is not None and capture_dir.exists() and any(capture_dir.iterdir()):
+        raise ExitlatError(f"--capture {capture_dir}: folder exists and is not empty")
+    check_machine()
+
+    from ..bench import ensure_build
+    from ..bundle import load_bundle
+    from ..pins import load_pins
+    from ..qemu import qemu_binary
+    from .host import L1Boot, Timeouts, console_log_path, l1_build_path
+    from .image import ensure_l1_image
+
+    progress = Progress()
+    pins = load_pins()
+    pins.emulated_host  # a missing section is one clear line, before anything is built
+    build = ensure_build(progress)
+    t_img = time.monotonic()
+    image = ensure_l1_image(pins, progress, mirror=mirror)
+    img_timing = {"built_now": image.built_now, "build_s": image.build_s,
+                  "this_run_s": round(time.monotonic() - t_img, 1), "folder": str(image.folder)}
+    if not image.built_now:
+        progress.say(f"L1 image: cached ({image.folder.name}, built in "
+                     f"{fmt_duration(image.build_s)})")
+    run_list = [run_config(n, i, c, tr) for n, i, c, tr in RUNS if n in wanted]
+    run_list.sort(key=lambda r: wanted.index(r["name"]))
+    if capture_dir is not None:
+        for n, i, c, tr in CAPTURE_RUNS:
+            run_list.append(dict(run_config(n, i, c, tr, capture=True), iterations=100, warmup=10,
+                                 verify_iterations=100))
+    config = {"build": l1_build_path(build), "iterations": iters, "warmup": warm,
+              "verify_iterations": viters, "core": 1, "retries": n_retries, "runs": run_list}
+    workdir = Path(tempfile.mkdtemp(prefix="exitlat-selftest-"))
+    console = console_log_path(build_root())
+    try:
+        boot = L1Boot(qemu_binary(build), image, build, config, workdir, console, progress,
+                      Timeouts(total=float(limit)))
+        res = boot.run()
+        progress.say(f"L1: powered off; {len(res.summary.get('runs', []))} run(s) reported")
+        runs_done = res.summary.get("runs", [])
+        paths = import_bundles(res.out_dir, [r for r in runs_done if r["name"] in wanted],
+                               results_root())
+        docs = {name: load_bundle(p).doc for name, p in paths.items()}
+        if capture_dir is not None:
+            save_captures(res.out_dir / "capture", capture_dir, res.summary, progress)
+        rows, controls, problems = evaluate(res.summary, docs, wanted)
+        timings = dict(res.timings)
+        timings.pop("events", None)
+        timings["l1_image"] = img_timing
+        timings["l2_boot_s"] = [round(t.get("boot_s"), 1) for d in docs.values()
+                                for t in (d.get("run") or {}).get("timings", []) if t.get("boot_s")]
+        timings["total_s"] = round(time.monotonic() - t_start, 1)
+        result = {"ok": not problems, "problems": problems, "timings": timings,
+                  "l1": res.summary.get("l1"), "runs": runs_done, "cases": rows,
+                  "controls": controls, "bundles": {k: str(v) for k, v in paths.items()},
+                  "console_log": str(console),
+                  "config": {k: v for k, v in config.items() if k != "runs"} | {"runs": wanted}}
+    finally:
+        if keep:
+            progress.say(f"kept the work folder: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        print(render_text(result))
+    if problems:
+        raise CheckFailed(f"selftest failed: {problems[0]}" +
+                          (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""))
+    return 0

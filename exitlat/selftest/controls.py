@@ -1,0 +1,153 @@
+"""Negative controls: real traced windows from the selftest's bundles, verified again with a
+deliberately wrong expectation or with deliberately damaged counts. The verifier must fail every
+one; a control it passes means it cannot tell a wrong path (or broken evidence) from a right one.
+
+Each control first re-verifies its window with the case's own expectation, which must pass: so a
+failure of the control comes from the one thing the control changed, not from the window.
+
+* outb-as-kvm      an OUTB window (a real QEMU round trip) verified as "handled in KVM"
+* cpuid-as-qemu    a CPUID window (handled in KVM) verified as a QEMU round trip (OUTB on its port)
+* lost-events      a real window with lost trace events added (the counts become lower bounds)
+* unparsed-line    a streamed window plus one torn trace_pipe line, parsed by the real parser
+
+Windows are stored in each bundle as `ExitCounts.to_dict()` (verification_window.counts) and
+rebuilt with `ExitCounts.from_dict`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import ExitlatError
+from ..kvmtrace import ExitCounts, parse_trace_text
+from ..verify import verify_case
+
+# One trace_pipe line cut off in the middle of its event name, as a torn read would leave it.
+TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"
+CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line")
+
+
+@dataclass(frozen=True)
+class Window:
+    """One real traced window of a bundle's case."""
+    bundle: str
+    key: str
+    case: int
+    instruction: str
+    expected_path: str
+    port: int | None
+    backend: str | None
+    vendor: str
+    n: int
+    counts: ExitCounts
+    tid: int | None
+
+
+def counts_from_dict(d: dict) -> ExitCounts:
+    return ExitCounts.from_dict(d)
+
+
+def merge_counts(a: dict, b: dict) -> dict:
+    """Two to_dict() forms added together (counters per key, integers summed, lists joined): a
+    window plus what extra trace text produced, whatever fields ExitCounts has."""
+    out = dict(a)
+    for k, v in b.items():
+        if k not in out:
+            out[k] = v
+        elif isinstance(v, dict) and isinstance(out[k], dict):
+            merged = dict(out[k])
+            for kk, vv in v.items():
+                merged[kk] = merged.get(kk, 0) + vv
+            out[k] = merged
+        elif isinstance(v, bool) or not isinstance(v, (int, list)):
+            continue
+        elif isinstance(v, int) and isinstance(out[k], int):
+            out[k] = out[k] + v
+        elif isinstance(v, list) and isinstance(out[k], list):
+            out[k] = out[k] + v
+    return out
+
+
+def windows_of(bundle_name: str, doc: dict) -> list[Window]:
+    """Every case of a bundle that has a traced window with counts."""
+    vendor = (doc.get("run") or {}).get("exit_vendor") or "amd"
+    tids = [int(t) for t, core in ((doc.get("run") or {}).get("pinned_threads") or {}).items()
+            if core == (doc.get("run") or {}).get("core")]
+    out = []
+    for c in doc.get("cases", []):
+        vw = c.get("verification_window") or {}
+        if not vw.get("counts"):
+            continue
+        verdict = vw.get("verdict") or {}
+        n = verdict.get("iterations_total") or vw.get("iterations")
+        if not n:
+            continue
+        out.append(Window(bundle_name, c["key"], c["case"], c["instruction"], c["expected_path"],
+                          c.get("port"), vw.get("backend"), vendor, int(n),
+                          counts_from_dict(vw["counts"]), tids[0] if tids else None))
+    return out
+
+
+def _verdict(w: Window, counts: ExitCounts, path: str, instruction: str, port: int | None) -> dict:
+    try:
+        return verify_case(counts, w.n, path, instruction, port, w.vendor)
+    except ExitlatError as err:   # refusing the question is not a verdict
+        return {"status": "error", "detail": str(err)}
+
+
+def _pick(windows: list[Window], pred, prefer_backend: str | None = None) -> Window | None:
+    cands = [w for w in windows if pred(w)]
+    if prefer_backend:
+        cands.sort(key=lambda w: w.backend != prefer_backend)
+    for w in cands:   # the first whose own expectation passes
+        if _verdict(w, w.counts, w.expected_path, w.instruction, w.port)["status"] == "passed":
+            return w
+    return cands[0] if cands else None
+
+
+def run_controls(windows: list[Window]) -> list[dict]:
+    """Every negative control, each a dict: name, what, window, baseline (the window with its own
+    expectation: must pass), verdict (must fail), ok (both held), detail."""
+    results = []
+
+    def record(name: str, what: str, w: Window | None, counts_fn, path_fn) -> None:
+        row = {"name": name, "what": what, "window": None, "backend": None, "baseline": None,
+               "verdict": "missing", "ok": False, "detail": ""}
+        if w is None:
+            row["detail"] = "no suitable window in the bundles (did the runs complete?)"
+            results.append(row)
+            return
+        row["window"] = f"{w.bundle}:{w.key}"
+        row["backend"] = w.backend
+        base = _verdict(w, w.counts, w.expected_path, w.instruction, w.port)
+        counts = counts_fn(w)
+        path, instr, port = path_fn(w)
+        v = _verdict(w, counts, path, instr, port)
+        row["baseline"] = base["status"]
+        row["verdict"] = v["status"]
+        row["detail"] = v.get("detail", "")
+        row["ok"] = base["status"] == "passed" and v["status"] == "failed"
+        if base["status"] != "passed":
+            row["detail"] = (f"the window does not pass with its own expectation "
+                             f"({base.get('detail', '')}); the control proves nothing")
+        results.append(row)
+
+    record("outb-as-kvm", "an OUTB window (QEMU round trip) verified as handled in KVM",
+           _pick(windows, lambda w: w.instruction == "outb"),
+           lambda w: w.counts, lambda w: ("kvm", "outb", w.port))
+    record("cpuid-as-qemu", "a CPUID window (handled in KVM) verified as a QEMU round trip",
+           _pick(windows, lambda w: w.instruction == "cpuid" and w.expected_path == "kvm"),
+           lambda w: w.counts, lambda w: ("qemu", "outb", 0xE9))
+    record("lost-events", "a real window with 3 lost trace events injected",
+           _pick(windows, lambda w: w.expected_path == "kvm", prefer_backend="hist"),
+           lambda w: counts_from_dict(dict(w.counts.to_dict(), lost=w.counts.lost + 3)),
+           lambda w: (w.expected_path, w.instruction, w.port))
+
+    def with_torn_line(w: Window) -> ExitCounts:
+        extra = parse_trace_text(TORN_LINE.format(tid=w.tid or 4242) + "\n")
+        return counts_from_dict(merge_counts(w.counts.to_dict(), extra.to_dict()))
+
+    record("unparsed-line", "a streamed window with one torn trace_pipe line injected",
+           _pick(windows, lambda w: w.backend == "stream" and w.expected_path == "kvm"),
+           with_torn_line, lambda w: (w.expected_path, w.instruction, w.port))
+    return results

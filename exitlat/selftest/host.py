@@ -1,0 +1,431 @@
+"""Boot L1 (the emulated AMD-V host) under the project's QEMU with TCG, run the selftest inside it,
+and collect what it wrote.
+
+Per run, a second newc archive is appended to the cached L1 initramfs (the kernel unpacks
+concatenated archives in order): /init, the exitlat package and pins.yaml under /exitlat, the
+built guest folder under /exitlat/build/<hash>, and the run's configuration. /init loads the
+modules, mounts proc/sys/dev/tracefs, runs `python3 -m exitlat.selftest.inner`, which writes its
+results to a raw virtio disk, then powers L1 off.
+
+L1's console goes to a log file that is followed here: every phase has a deadline and a one-line
+error (L1 did not boot, the modules did not load, L1 stalled), and a long phase prints progress.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import py_compile
+import re
+import shutil
+import struct
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ExitlatError
+from ..paths import REPO_ROOT
+from ..progress import Progress, fmt_duration
+from .cpio import CpioWriter
+
+MARK = "exitlat-l1:"
+L1_REPO = "/exitlat"                 # where the package lives in L1 (its REPO_ROOT)
+CONFIG_PATH = "/etc/exitlat-selftest.json"
+DISK_MAGIC = b"EXITLAT-L1-OUT\0\0"   # then the tar's length (8 bytes, little endian), then the tar
+DISK_BYTES = 256 << 20
+L1_KERNEL_ARGS = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "mitigations=off",
+                  "nowatchdog"]
+# printk lines on the console ("[    1.234567] ..."): kept in the log, not echoed.
+_KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
+
+
+@dataclass
+class Timeouts:
+    boot: float = 120.0        # QEMU start → /init's first line
+    modules: float = 90.0      # /init → modules loaded
+    stall: float = 300.0       # longest silence on the console while the selftest runs
+    total: float = 1500.0      # QEMU start → L1 powered off
+    poweroff: float = 60.0     # the selftest's end → QEMU exited
+
+
+@dataclass
+class L1Result:
+    summary: dict                  # inner's summary.json
+    out_dir: Path                  # what L1 wrote (bundles/, summary.json, capture/)
+    console_log: Path
+    timings: dict = field(default_factory=dict)
+
+
+# -- the per-run archive ---------------------------------------------------------------------------
+
+def render_init(modules: list[str]) -> str:
+    """L1's /init (POSIX sh): mounts, modules in order, the selftest, power off. Every step says
+    what it does on the console; a failure is one `exitlat-l1: error: ...` line."""
+    mods = " ".join(f"/{m}" for m in modules)
+    return f"""#!/bin/sh
+# L1's /init, written by exitlat/selftest/host.py for one run.
+export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LC_ALL=C.UTF-8 TZ=UTC PYTHONPATH={L1_REPO}
+say() {{ echo "{MARK} $*"; }}
+off() {{ sync; echo o > /proc/sysrq-trigger; sleep 60; }}
+fail() {{ say "error: $*"; off; }}
+mount -t proc proc /proc || fail "cannot mount /proc"
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts /dev/shm && mount -t devpts devpts /dev/pts
+mount -t tracefs tracefs /sys/kernel/tracing || fail "cannot mount tracefs"
+say "init $(cut -d' ' -f1 /proc/uptime)"
+for m in {mods}; do
+    out=$(insmod "$m" 2>&1) || fail "modules failed to load: $(basename "$m"): $out"
+done
+[ -c /dev/kvm ] || fail "modules failed to load: no /dev/kvm after kvm-amd ($(dmesg 2>/dev/null | grep -i -m2 -e kvm -e svm | tr '\\n' ' '))"
+say "modules ok $(cut -d' ' -f1 /proc/uptime)"
+cd {L1_REPO}
+python3 -m exitlat.selftest.inner {CONFIG_PATH}
+say "exit $? $(cut -d' ' -f1 /proc/uptime)"
+off
+"""
+
+
+def _pyc_ok() -> bool:
+    """Byte-compile here only when this Python writes the bytecode L1's Python 3.11 reads."""
+    return sys.version_info[:2] == (3, 11)
+
+
+def write_run_archive(out, build: Path, modules: list[str], config: dict,
+                      repo: Path = REPO_ROOT) -> int:
+    """The per-run newc archive, written to the binary stream `out`; returns its size."""
+    w = CpioWriter(out)
+    w.add_bytes("init", render_init(modules).encode(), 0o755)
+    w.add_dir("etc")
+    w.add_bytes(CONFIG_PATH.lstrip("/"), json.dumps(config, indent=1).encode())
+    w.add_dir(L1_REPO.lstrip("/"))
+    w.add_file(f"{L1_REPO.lstrip('/')}/pins.yaml", repo / "pins.yaml", mode=0o644)
+    pkg = repo / "exitlat"
+    with tempfile.TemporaryDirectory(prefix="exitlat-pyc-") as tmp:
+        def skip(p: Path) -> bool:
+            return "__pycache__" in p.parts or p.suffix in (".pyc", ".pyo")
+
+        w.add_tree(f"{L1_REPO.lstrip('/')}/exitlat", pkg, skip=skip)
+        if _pyc_ok():   # L1 runs under TCG: compiling every module at each boot costs seconds
+            for src in sorted(pkg.rglob("*.py")):
+                if skip(src):
+                    continue
+                rel = src.relative_to(pkg)
+                pyc = Path(tmp) / rel.parent / "__pycache__" / f"{src.stem}.cpython-311.pyc"
+                pyc.parent.mkdir(parents=True, exist_ok=True)
+                py_compile.compile(str(src), str(pyc), dfile=f"{L1_REPO}/exitlat/{rel}", doraise=True,
+                                   invalidation_mode=py_compile.PycInvalidationMode.UNCHECKED_HASH)
+            for d in sorted({p.parent for p in Path(tmp).rglob("*.pyc")}):
+                w.add_dir(f"{L1_REPO.lstrip('/')}/exitlat/{d.relative_to(tmp).as_posix()}")
+            for pyc in sorted(Path(tmp).rglob("*.pyc")):
+                w.add_file(f"{L1_REPO.lstrip('/')}/exitlat/{pyc.relative_to(tmp).as_posix()}", pyc,
+                           mode=0o644)
+    w.add_dir(f"{L1_REPO.lstrip('/')}/build")
+    w.add_tree(f"{L1_REPO.lstrip('/')}/build/{build.name}", build)
+    w.close()
+    return w.size
+
+
+def l1_build_path(build: Path) -> str:
+    return f"{L1_REPO}/build/{build.name}"
+
+
+# -- the QEMU command line ----------------------------------------------------------------------
+
+def l1_argv(qemu: Path, vmlinuz: Path, initrd: Path, disk: Path, console: Path,
+            smp: int = 2, mem: str = "3G") -> list[str]:
+    """L0's QEMU for L1: TCG, an AMD EPYC with SVM and nested paging, the console to a file, the
+    output disk as virtio-blk. -smp 2 so bench can pin L2's vCPU to core 1.
+
+    One TCG thread per vCPU (thread=multi), not the round-robin single thread: QEMU's VMRUN
+    (target/i386/tcg/system/svm_helper.c, helper_vmrun) injects an EVENTINJ interrupt but leaves
+    cs->exception_index set to its vector, and the next round-robin kick (exit_request) makes
+    cpu_exec deliver that vector a second time, with IF=0, inside L2's handler of the first: L2
+    deadlocks on hrtimer_bases.lock or timekeeper_lock (seen in 5 of 15 L2 boots with
+    thread=single, 0 of 30 with thread=multi)."""
+    return [
+        str(qemu), "-accel", "tcg,thread=multi", "-cpu", "EPYC,+svm,+npt",
+        "-machine", "pc", "-smp", str(smp), "-m", mem,
+        "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-nic", "none",
+        "-no-reboot",
+        "-kernel", str(vmlinuz), "-initrd", str(initrd),
+        "-append", " ".join(L1_KERNEL_ARGS),
+        "-serial", f"file:{console}",
+        "-drive", f"file={disk},format=raw,if=none,id=out,cache=unsafe",
+        "-device", "virtio-blk-pci,drive=out",
+    ]
+
+
+# -- the output disk --------------------------------------------------------------------------------
+
+def read_output_disk(disk: Path, dest: Path) -> list[str]:
+    """Unpack what L1 wrote to the raw disk (magic, length, tar) into dest; returns the names."""
+    with open(disk, "rb") as f:
+        head = f.read(len(DISK_MAGIC) + 8)
+        if head[: len(DISK_MAGIC)] != DISK_MAGIC:
+            raise ExitlatError("L1 wrote nothing to its output disk (no results header)")
+        (length,) = struct.unpack("<Q", head[len(DISK_MAGIC):])
+        if not 0 < length <= DISK_BYTES - len(head):
+            raise ExitlatError(f"L1's output disk has a bad length ({length})")
+        data = f.read(length)
+    if len(data) != length:
+        raise ExitlatError("L1's output disk is truncated")
+    import io
+
+    names = []
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
+        for m in tar:
+            parts = m.name.split("/")
+            if m.name.startswith("/") or ".." in parts:
+                raise ExitlatError(f"L1's output has an unsafe path: {m.name!r}")
+            if m.isdir():
+                (dest / m.name).mkdir(parents=True, exist_ok=True)
+            elif m.isfile():
+                (dest / m.name).parent.mkdir(parents=True, exist_ok=True)
+                with tar.extractfile(m) as src, open(dest / m.name, "wb") as out:
+                    shutil.copyfileobj(src, out)
+                names.append(m.name)
+    return names
+
+
+# -- following the console ------------------------------------------------------------------------
+
+class ConsoleFollower:
+    """Reads new complete lines of a growing log file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.pos = 0
+        self.partial = b""
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.pos)
+                data = f.read()
+        except FileNotFoundError:
+            return []
+        self.pos += len(data)
+        data = self.partial + data
+        *lines, self.partial = data.split(b"\n")
+        return [l.decode("utf-8", "replace").rstrip("\r") for l in lines]
+
+
+def parse_marker(line: str) -> tuple[str, str] | None:
+    """('init'|'modules'|'error'|'event'|'exit', rest) for an `exitlat-l1:` line, else None."""
+    i = line.find(MARK)
+    if i < 0:
+        return None
+    rest = line[i + len(MARK):].strip()
+    word, _, tail = rest.partition(" ")
+    if word == "modules" and tail.startswith("ok"):
+        return "modules", tail[2:].strip()
+    if word == "error:":
+        return "error", tail
+    if word in ("init", "event", "exit"):
+        return word, tail
+    return None
+
+
+class L1Boot:
+    """One boot of L1: start QEMU, follow the console through the phases, collect the disk."""
+
+    def __init__(self, qemu: Path, image, build: Path, config: dict, workdir: Path,
+                 console_log: Path, progress: Progress, timeouts: Timeouts | None = None,
+                 echo=None):
+        self.qemu, self.image, self.build, self.config = qemu, image, build, config
+        self.workdir, self.console_log, self.progress = workdir, console_log, progress
+        self.t = timeouts or Timeouts()
+        self.echo = echo or (lambda line: progress.say(f"L1 | {line}"))
+        self.timings: dict = {}
+        self.fatal = ""
+
+    def prepare(self) -> tuple[Path, Path]:
+        initrd = self.workdir / "l1-initrd.cpio"
+        disk = self.workdir / "out.img"
+        t0 = time.monotonic()
+        shutil.copyfile(self.image.initramfs, initrd)
+        with open(initrd, "ab") as out:
+            size = write_run_archive(out, self.build, self.image.manifest["modules"], self.config)
+        with open(disk, "wb") as f:
+            f.truncate(DISK_BYTES)
+        self.timings["prepare_s"] = round(time.monotonic() - t0, 2)
+        self.timings["run_archive_bytes"] = size
+        return initrd, disk
+
+    def run(self) -> L1Result:
+        initrd, disk = self.prepare()
+        argv = l1_argv(self.qemu, self.image.vmlinuz, initrd, disk, self.console_log)
+        self.console_log.parent.mkdir(parents=True, exist_ok=True)
+        self.console_log.write_bytes(b"")
+        stderr_path = self.workdir / "qemu-l1-stderr.log"
+        self.progress.say(f"L1: booting under TCG (console: {self.console_log})")
+        t0 = time.monotonic()
+        with open(stderr_path, "wb") as err:
+            try:
+                proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as e:
+                raise ExitlatError(f"cannot start L1's QEMU ({argv[0]}): {e.strerror or e}") from None
+            try:
+                self._follow(proc, t0, stderr_path)
+            finally:
+                if proc.poll() is None:
+                    proc.terminate()
+                    try:
+                        proc.wait(5)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
+        self.timings["l1_total_s"] = round(time.monotonic() - t0, 1)
+        out_dir = self.workdir / "out"
+        read_output_disk(disk, out_dir)
+        summary_path = out_dir / "summary.json"
+        if not summary_path.is_file():
+            raise ExitlatError("L1 finished but wrote no summary.json")
+        summary = json.loads(summary_path.read_text())
+        return L1Result(summary, out_dir, self.console_log, self.timings)
+
+    def _follow(self, proc, t0: float, stderr_path: Path) -> None:
+        st = _FollowState(phase="boot", phase_t0=t0, deadline=t0 + self.t.boot, last_line_t=t0)
+        follower = ConsoleFollower(self.console_log)
+        hb_state: dict = {}
+        while True:
+            code = proc.poll()     # before reading: every line QEMU wrote is then in the file
+            now = time.monotonic()
+            for line in follower.lines():
+                self._line(line, now, t0, st)
+                hb_state["last"] = now      # a heartbeat only after 20 s of silence
+            if code is not None:
+                if st.phase == "poweroff":
+                    self.timings["l1_poweroff_s"] = round(now - st.phase_t0, 1)
+                    return
+                panic = _panic_line(self.console_log)
+                if panic:
+                    raise ExitlatError(f"L1 did not {'boot' if st.phase == 'boot' else 'survive'}: "
+                                       f"{panic[:200]} (console: {self.console_log})")
+                tail = st.last_line or _tail(stderr_path) or "no output"
+                raise ExitlatError(f"L1: QEMU exited (code {code}) during {_PHASES[st.phase]}: "
+                                   f"{tail[:160]} (console: {self.console_log})")
+            if now > st.deadline:
+                raise ExitlatError(_timeout_message(st.phase, now - st.phase_t0, self.console_log,
+                                                    st.last_line))
+            if st.phase == "inner" and now - st.last_line_t > self.t.stall:
+                raise ExitlatError(f"L1 stalled: no console output for {now - st.last_line_t:.0f} s "
+                                   f"while the selftest ran (last: {st.last_line[:100]!r}; console: "
+                                   f"{self.console_log})")
+            self.progress.heartbeat(f"L1 {_PHASES[st.phase]}", st.phase_t0, st.last_line, hb_state)
+            time.sleep(0.2)
+
+    def _line(self, line: str, now: float, t0: float, st: "_FollowState") -> None:
+        st.last_line_t = now
+        if line.strip():
+            st.last_line = line.strip()
+        m = parse_marker(line)
+        if m is None:
+            if line.strip() and not _KERNEL_LINE.match(line) and st.phase == "inner":
+                self.echo(line.rstrip())
+            return
+        kind, rest = m
+        if kind == "error":
+            raise ExitlatError(f"L1: {rest} (console: {self.console_log})")
+        if kind == "init" and st.phase == "boot":
+            self.timings["l1_boot_s"] = round(now - t0, 1)
+            self.timings["l1_uptime_at_init_s"] = _num(rest)
+            self.progress.say(f"L1: /init running after {fmt_duration(now - t0)}; loading modules")
+            st.phase, st.phase_t0, st.deadline = "modules", now, now + self.t.modules
+        elif kind == "modules" and st.phase == "modules":
+            self.timings["l1_modules_s"] = round(now - st.phase_t0, 1)
+            self.progress.say(f"L1: kvm_amd loaded ({fmt_duration(now - st.phase_t0)}); "
+                              "running the selftest inside L1")
+            st.phase, st.phase_t0, st.deadline = "inner", now, t0 + self.t.total
+        elif kind == "event":
+            self._event(rest)
+        elif kind == "exit" and st.phase == "inner":
+            self.timings["l1_inner_s"] = round(now - st.phase_t0, 1)
+            code = rest.split()[0] if rest else "?"
+            if code != "0":
+                raise ExitlatError(f"L1: the selftest inside L1 failed (exit {code}): "
+                                   f"{self.fatal or 'see the console'} (console: {self.console_log})")
+            st.phase, st.phase_t0, st.deadline = "poweroff", now, now + self.t.poweroff
+
+    def _event(self, text: str) -> None:
+        try:
+            ev = json.loads(text)
+        except json.JSONDecodeError:
+            return
+        self.timings.setdefault("events", []).append(ev)
+        if ev.get("event") == "fatal":
+            self.fatal = str(ev.get("message"))
+        elif ev.get("event") == "run-start":
+            self.progress.say(f"L1: run {ev.get('index')}/{ev.get('of')}: {ev.get('name')} "
+                              f"(cases {ev.get('cases')}, {ev.get('instr')}, tracing {ev.get('tracing')})")
+        elif ev.get("event") == "run-retry":
+            self.progress.say(f"L1: run {ev.get('name')}: L2 hung under nested TCG ({ev.get('reason')}); "
+                              f"retrying with a fresh VM (attempt {ev.get('attempt')})")
+        elif ev.get("event") == "run-done":
+            self.progress.say(f"L1: run {ev.get('name')}: {ev.get('status')} in "
+                              f"{fmt_duration(ev.get('wall_s') or 0)}"
+                              + (f" ({ev['error']})" if ev.get("error") else ""))
+
+
+@dataclass
+class _FollowState:
+    phase: str
+    phase_t0: float
+    deadline: float
+    last_line_t: float
+    last_line: str = ""
+
+
+_PHASES = {"boot": "boot", "modules": "module loading", "inner": "the selftest",
+           "poweroff": "power-off"}
+
+
+def _timeout_message(phase: str, waited: float, log: Path, last: str) -> str:
+    last = f"; last console line: {last[:100]!r}" if last else "; its console stayed empty"
+    if phase == "boot":
+        return f"L1 did not boot within {waited:.0f} s (no line from /init{last}; console: {log})"
+    if phase == "modules":
+        return f"L1: the kernel modules did not load within {waited:.0f} s{last} (console: {log})"
+    if phase == "inner":
+        return f"L1: the selftest did not finish within the overall limit{last} (console: {log})"
+    return f"L1 did not power off within {waited:.0f} s after the selftest (console: {log})"
+
+
+def _num(text: str) -> float | None:
+    try:
+        return float(text.split()[0])
+    except (ValueError, IndexError):
+        return None
+
+
+def _panic_line(console: Path) -> str:
+    """'Kernel panic - not syncing: ...' plus the line before it (often the cause), if any."""
+    try:
+        lines = console.read_text(errors="replace").splitlines()
+    except OSError:
+        return ""
+    for i, line in enumerate(lines):
+        if "Kernel panic" in line:
+            text = _KERNEL_LINE.sub("", line).strip()
+            before = _KERNEL_LINE.sub("", lines[i - 1]).strip() if i else ""
+            return f"{before}; {text}" if before else text
+    return ""
+
+
+def _tail(path: Path) -> str:
+    try:
+        lines = [l.strip() for l in path.read_text(errors="replace").splitlines() if l.strip()]
+    except OSError:
+        return ""
+    return lines[-1] if lines else ""
+
+
+def console_log_path(root: Path) -> Path:
+    return root / "logs" / f"selftest-l1-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"

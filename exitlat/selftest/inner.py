@@ -1,0 +1,286 @@
+"""What runs inside L1 (`python3 -m exitlat.selftest.inner CONFIG`): the bench runs of the selftest
+on L1's real KVM (kvm_amd), each exported as a bundle archive, plus a summary, written to the raw
+output disk for the host to collect.
+
+Every run is `exitlat.bench.run_bench` called directly: no container (L1 has no Docker), accel kvm,
+the L2 vCPU pinned to core 1, `emulated_host` set so each bundle says its timings are not exit
+costs. A run that fails is recorded with its one-line error and the next run still happens; the
+host judges the results. Progress goes to the console as `exitlat-l1: event {json}` lines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import sys
+import tarfile
+import time
+import traceback
+from pathlib import Path
+
+MARK = "exitlat-l1:"
+OUT = Path("/tmp/selftest-out")
+DISK_MAGIC = b"EXITLAT-L1-OUT\0\0"      # same as host.DISK_MAGIC (this module stays import-light)
+
+# The selftest's runs: every case with CPUID under each tracing backend, and every other
+# instruction where the guest accepts it (docs/measuring.md). (name, instruction, cases, backend)
+RUNS = (
+    ("cpuid-hist", "cpuid", (1, 2, 3, 4, 5, 6), "hist"),
+    ("cpuid-stream", "cpuid", (1, 2, 3, 4, 5, 6), "stream"),
+    ("vmcall", "vmcall", (1, 3, 5), "hist"),
+    ("rdmsr", "rdmsr", (3, 5), "stream"),
+    ("wrmsr_tsc_deadline", "wrmsr_tsc_deadline", (5,), "hist"),
+)
+RUN_NAMES = tuple(r[0] for r in RUNS)
+# Short runs whose raw trace text and hist files are kept (--capture; tests/fixtures/trace).
+CAPTURE_RUNS = (
+    ("capture-cpuid", "cpuid", (1, 2), "hist"),
+    ("capture-vmcall", "vmcall", (1,), "hist"),
+)
+
+
+def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False) -> dict:
+    return {"name": name, "instr": instr, "cases": list(cases), "tracing": tracing,
+            "capture": capture}
+
+
+def event(kind: str, **fields) -> None:
+    print(f"{MARK} event {json.dumps(dict(event=kind, **fields), sort_keys=True)}", flush=True)
+
+
+def _read(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def kernel_messages(pattern: tuple[str, ...] = ("kvm", "svm", "SVM")) -> list[str]:
+    """Kernel log lines that mention KVM/SVM (from /dev/kmsg, without blocking)."""
+    out = []
+    try:
+        fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return out
+    try:
+        while True:
+            try:
+                rec = os.read(fd, 8192).decode("utf-8", "replace")
+            except BlockingIOError:
+                break
+            except OSError:          # EPIPE: overwritten records; keep reading
+                continue
+            if not rec:
+                break
+            msg = rec.split(";", 1)[-1].strip()
+            if any(p in msg for p in pattern):
+                out.append(msg)
+    finally:
+        os.close(fd)
+    return out[-40:]
+
+
+def l1_facts() -> dict:
+    """What L1 is: kernel, CPU flags that matter, kvm_amd's parameters, tracing, Python."""
+    flags = set()
+    cpuinfo = _read("/proc/cpuinfo") or ""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    params = {}
+    pdir = Path("/sys/module/kvm_amd/parameters")
+    if pdir.is_dir():
+        for p in sorted(pdir.iterdir()):
+            params[p.name] = _read(str(p))
+    try:
+        from ..kvmtrace import tracing_available
+
+        tracing = tracing_available()
+    except Exception as err:  # reported, never fatal here
+        tracing = (False, str(err))
+    import numpy
+
+    return {
+        "kernel": os.uname().release,
+        "cpus": os.cpu_count(),
+        "cpu_flags": sorted(f for f in flags if f in ("svm", "npt", "nrip_save", "vgif", "x2apic",
+                                                       "constant_tsc", "invtsc", "hypervisor")),
+        "kvm_amd_parameters": params,
+        "tracing": {"ok": tracing[0], "detail": tracing[1]},
+        "hist_triggers": Path("/sys/kernel/tracing/events/kvm/kvm_exit/hist").exists(),
+        "python": sys.version.split()[0],
+        "numpy": numpy.__version__,
+        "mem_total_kb": _meminfo("MemTotal"),
+        "uptime_s": float((_read("/proc/uptime") or "0").split()[0]),
+        "kernel_messages": kernel_messages(),
+    }
+
+
+def _meminfo(key: str) -> int | None:
+    for line in (_read("/proc/meminfo") or "").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return None
+
+
+class _NoCapture:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# -- the runs ---------------------------------------------------------------------------------------
+
+# L2 hangs that are the emulated host's, not exitlat's: under nested TCG an L2 kernel can deadlock in
+# its timer interrupt (spinning in queued_spin_lock_slowpath on hrtimer_bases.lock or
+# timekeeper_lock with IF=0: QEMU delivered the interrupt twice; see host.l1_argv, whose
+# thread=multi avoids the known cause). Should one still happen, the run is repeated with a fresh
+# VM (at most `retries` times) and every hang is reported.
+HANG_MARKERS = ("timed out after", "waiting for the guest to boot")
+L2_BOOT_TIMEOUT_S = 20.0      # L2 boots in 1-2 s here (cont to hello); a hang costs no more than this
+
+
+def is_l2_hang(reason: str | None) -> bool:
+    return bool(reason) and any(m in reason for m in HANG_MARKERS)
+
+
+def one_run(cfg: dict, run: dict, index: int, of: int) -> dict:
+    rec = {"name": run["name"], "instr": run["instr"], "cases": run["cases"],
+           "tracing": run["tracing"], "status": "error", "error": None, "bundle": None,
+           "archive": None, "hangs": []}
+    event("run-start", index=index, of=of, name=run["name"], instr=run["instr"],
+          cases=",".join(map(str, run["cases"])), tracing=run["tracing"])
+    t0 = time.monotonic()
+    retries = int(cfg.get("retries", 2))
+    for attempt in range(retries + 1):
+        rec["attempts"] = attempt + 1
+        _attempt(cfg, run, rec)
+        hang = rec["status"] == "incomplete" and is_l2_hang(rec.get("reason"))
+        if not hang:
+            break
+        rec["hangs"].append({"attempt": attempt + 1, "reason": rec["reason"],
+                             "l2_console_tail": rec.pop("l2_console_tail", "")})
+        if attempt < retries:
+            event("run-retry", name=run["name"], attempt=attempt + 2, reason=rec["reason"])
+    rec["wall_s"] = round(time.monotonic() - t0, 1)
+    event("run-done", name=run["name"], status=rec["status"], wall_s=rec["wall_s"],
+          error=rec["error"], hangs=len(rec["hangs"]))
+    return rec
+
+
+def _attempt(cfg: dict, run: dict, rec: dict) -> None:
+    """One run_bench call; fills rec (status, bundle, archive, error)."""
+    from ..archive import export_bundle
+    from ..bench import BenchOptions, run_bench
+    from ..bundle import load_bundle
+
+    rec.update(status="error", error=None, bundle=None, archive=None, reason=None)
+    opts = BenchOptions(
+        cases=list(run["cases"]), iterations=int(run.get("iterations", cfg["iterations"])),
+        warmup=int(run.get("warmup", cfg["warmup"])), instr=run["instr"], core=int(cfg["core"]),
+        accel="kvm", repeat=1, container=False, output=OUT / "results", baselines=False,
+        label=f"selftest {run['name']} (emulated AMD-V host)", build=Path(cfg["build"]),
+        tracing=run["tracing"], emulated_host=True, boot_timeout=L2_BOOT_TIMEOUT_S,
+        verify_iterations=int(run.get("verify_iterations", cfg["verify_iterations"])))
+    argv = ["invoke", "selftest", f"--runs={run['name']}"]
+    try:
+        if run.get("capture"):
+            from .capture import Capture
+
+            cap = Capture(OUT / "capture" / run["name"], cpu=int(cfg["core"]))
+        else:
+            cap = _NoCapture()
+        with cap:
+            path = run_bench(opts, argv)
+        b = load_bundle(path)
+        doc = b.doc
+        rec["bundle"] = path.name
+        rec["state"] = doc["status"]["state"]
+        rec["reason"] = doc["status"]["reason"]
+        rec["verdicts"] = {c["key"]: c["verification"]["status"] for c in doc["cases"]}
+        if rec["state"] == "complete":
+            archive = export_bundle(path, OUT / "bundles" / f"{path.name}.tar.gz")
+            rec["archive"] = archive.name
+            rec["status"] = "ok"
+        else:
+            rec["status"] = "incomplete"
+            rec["error"] = f"bundle incomplete: {rec['reason']}"
+            logs = sorted(path.glob("console-r*.log"))
+            rec["l2_console_tail"] = logs[-1].read_text(errors="replace")[-1500:] if logs else ""
+            if not is_l2_hang(rec["reason"]):      # kept as evidence; a hang's is dropped
+                archive = export_bundle(path, OUT / "bundles" / f"{path.name}.tar.gz")
+                rec["archive"] = archive.name
+    except Exception as err:   # one run's failure must not lose the others
+        from ..errors import ExitlatError
+
+        rec["error"] = str(err).splitlines()[0] if isinstance(err, ExitlatError) else \
+            f"{type(err).__name__}: {err}"
+        if not isinstance(err, ExitlatError):
+            rec["traceback"] = traceback.format_exc()[-4000:]
+            print(rec["traceback"], file=sys.stderr, flush=True)
+
+
+def output_device() -> Path:
+    blocks = sorted(p.name for p in Path("/sys/block").glob("vd*"))
+    if not blocks:
+        raise RuntimeError("no virtio disk for the results (/sys/block/vd*)")
+    return Path("/dev") / blocks[0]
+
+
+def write_disk(folder: Path, device: Path, skip: tuple[str, ...] = ("results",)) -> int:
+    """The folder as a tar, behind a magic and its length, at the start of the raw disk. The
+    bundle folders themselves stay behind: their exported archives (bundles/) carry them."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for p in sorted(folder.rglob("*")):
+            if p.relative_to(folder).parts[0] in skip:
+                continue
+            if p.is_file():
+                tar.add(p, arcname=p.relative_to(folder).as_posix(), recursive=False)
+    data = buf.getvalue()
+    with open(device, "r+b") as f:
+        f.write(DISK_MAGIC + struct.pack("<Q", len(data)) + data)
+        f.flush()
+        os.fsync(f.fileno())
+    return len(data)
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python3 -m exitlat.selftest.inner CONFIG.json (inside L1 only)", file=sys.stderr)
+        return 2
+    cfg = json.loads(Path(argv[0]).read_text())
+    (OUT / "bundles").mkdir(parents=True, exist_ok=True)
+    t0 = time.monotonic()
+    summary = {"format": 1, "config": cfg, "runs": [], "error": None}
+    try:
+        summary["l1"] = l1_facts()
+        event("facts", kernel=summary["l1"]["kernel"], kvm_amd=summary["l1"]["kvm_amd_parameters"],
+              tracing=summary["l1"]["tracing"]["detail"])
+        for i, run in enumerate(cfg["runs"], 1):
+            summary["runs"].append(one_run(cfg, run, i, len(cfg["runs"])))
+        summary["kernel_messages_after"] = kernel_messages()
+    except Exception as err:
+        summary["error"] = f"{type(err).__name__}: {err}"
+        summary["traceback"] = traceback.format_exc()[-4000:]
+        print(summary["traceback"], file=sys.stderr, flush=True)
+        event("fatal", message=summary["error"])
+    summary["wall_s"] = round(time.monotonic() - t0, 1)
+    (OUT / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    try:
+        n = write_disk(OUT, output_device())
+    except Exception as err:
+        event("fatal", message=f"cannot write the results disk: {type(err).__name__}: {err}")
+        return 1
+    event("written", bytes=n)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
