@@ -47,7 +47,7 @@ def banner_for(doc: dict) -> str | None:
         return TCG_BANNER
     emulated = (doc.get("host") or {}).get("emulated")
     if emulated:
-        return f"{emulated} — these are NOT VM-exit timings"
+        return f"{emulated} (NOT VM-exit timings)"
     return None
 
 

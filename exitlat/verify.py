@@ -213,16 +213,27 @@ def verify_baseline(stats: dict | None, iterations_total: int) -> dict:
         result["detail"] = f"unverified {head}: {missing}"
         return result
     exits = stats["exits"]
-    result["stats"] = {"exits": exits}
+    # The console's I/O (the "done" line, the host's "go") lands in every window and goes to
+    # userspace: io_exits get the stats allowance. Every other exit must stay within the tight
+    # trace allowance, so a timer that exits even once in a dozen iterations fails.
+    io = stats.get("io_exits", 0) if isinstance(stats.get("io_exits"), int) else 0
+    other = exits - io
+    result["stats"] = {"exits": exits, "io_exits": io}
     result["exits_per_iter"] = _per(exits, n)
+    result["other_exits_per_iter"] = _per(other, n)
     _lo, _hi, zero_max = _bounds(n, STATS_STRAY_EVENTS)
-    if exits > zero_max:
-        result["status"] = STATUS_FAILED
-        result["detail"] = (f"failed {head}: expected ≈0 exits per iteration (the timer must not "
-                            f"exit), saw {exits / n:.3f} ({exits} in {n})")
-    else:
-        result["status"] = STATUS_PASSED
-        result["detail"] = f"passed {head}: {exits / n:.3f} exits/iter ({exits} in {n})"
+    _lo, _hi, other_max = _bounds(n, STRAY_EVENTS)
+    problems = []
+    if other > other_max:
+        problems.append(f"expected ≈0 non-I/O exits per iteration (the timer must not exit), saw "
+                        f"{other / n:.3f} ({other} in {n})")
+    if io > zero_max:
+        problems.append(f"expected ≈0 I/O exits per iteration beyond the console's, saw "
+                        f"{io / n:.3f} ({io} in {n})")
+    result["status"] = STATUS_FAILED if problems else STATUS_PASSED
+    result["detail"] = (f"failed {head}: " + "; ".join(problems) if problems else
+                        f"passed {head}: {other / n:.3f} non-I/O exits/iter ({other} in {n}), "
+                        f"{io} console I/O exits")
     return result
 
 

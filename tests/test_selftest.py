@@ -599,7 +599,21 @@ def test_selftest_end_to_end(tmp_path):
     for path in doc["bundles"].values():
         b = load_bundle(Path(path))          # full check of hashes, schema, statistics
         assert "emulated AMD-V host" in json.dumps(b.doc["host"])
-        assert b.doc["accel"] == "kvm"
+        assert b.doc["accel"] == "kvm" and b.banner and "NOT" in b.banner
+        for e in b.doc["cases"]:
+            # the samples come from a window nothing traced: tracefs was read before and after it
+            tw, vw = e["timed_window"], e["verification_window"]
+            assert tw["tracing"] == "off" and tw["tracing_enabled"] == [], (path, e["key"], tw)
+            assert tw["verdict"]["status"] == "passed", (path, e["key"], tw["verdict"])
+            # KVM's own counters of the timed window agree with the traced window's exit counts
+            n_timed = e["iterations"] + e["warmup"]
+            traced_exits = sum(vw["counts"]["exits"].values()) / vw["iterations"]
+            assert abs(tw["kvm_stats"]["exits"] / n_timed - traced_exits) < 0.1, (e["key"], tw, vw)
+            agree = vw["verdict"]["stats_agreement"]
+            assert agree and all(a["ok"] for a in agree.values()), (e["key"], agree)
+            assert e["tracing_overhead_cycles"] is not None and vw["samples_file"]
+        for e in b.doc["baselines"]:
+            assert e["exit_check"]["status"] == "passed", e["exit_check"]
     t = doc["timings"]
     assert t["l1_boot_s"] < 120 and all(b < 60 for b in t["l2_boot_s"])
     print(f"selftest wall {wall:.0f} s; timings {json.dumps(t)}")

@@ -136,6 +136,15 @@ def evaluate(summary: dict, docs: dict[str, dict], wanted: list[str]) -> tuple[l
     return rows, controls, problems
 
 
+def baseline_rows(docs: dict[str, dict]) -> list[dict]:
+    """Every baseline window's ≈0-exit check (KVM stats of a window nothing traced): the proof
+    that the timer, the NOP, the syscall and the module call do not exit."""
+    return [{"run": name, "key": e["key"], "status": (e.get("exit_check") or {}).get("status", "missing"),
+             "exits_per_iter": (e.get("exit_check") or {}).get("exits_per_iter"),
+             "detail": (e.get("exit_check") or {}).get("detail") or "no exit check recorded"}
+            for name, doc in docs.items() for e in doc.get("baselines", [])]
+
+
 def controls_possible(wanted: list[str]) -> dict[str, bool]:
     """Which negative controls the selected runs can feed (a subset of runs may leave some out;
     the full selftest feeds them all)."""
@@ -179,6 +188,15 @@ def render_text(result: dict) -> str:
         out.append(tabulate(crows, headers=["negative control", "window", "tracing",
                                             "own expectation", "verdict (must be FAILED)", ""],
                             tablefmt="simple", disable_numparse=True))
+    bases = result.get("baselines") or []
+    if bases:
+        worst = max((b["exits_per_iter"] or 0) for b in bases)
+        bad = [b for b in bases if b["status"] != "passed"]
+        out.append("")
+        out.append(f"baselines (timer, NOP, syscall, module call, kernel timer/NOP): {len(bases)} windows, "
+                   f"{'all' if not bad else len(bases) - len(bad)} ≈0 exits/iter (KVM stats; at most "
+                   f"{worst:.3f}): the timer does not exit"
+                   + ("" if not bad else f"; FAILED: {', '.join(b['run'] + ' ' + b['key'] for b in bad)}"))
     out.append("")
     img = t.get("l1_image") or {}
     out.append(f"timings: L1 image {'built in ' if img.get('built_now') else 'cached (built in '}"
@@ -294,6 +312,9 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
         if capture_dir is not None:
             save_captures(res.out_dir / "capture", capture_dir, res.summary, progress)
         rows, controls, problems = evaluate(res.summary, docs, wanted)
+        base_rows = baseline_rows(docs)
+        problems += [f"{b['run']} {b['key']}: baseline exit check {b['status']}: {b['detail'][:200]}"
+                     for b in base_rows if b["status"] != "passed"]
         timings = dict(res.timings)
         timings.pop("events", None)
         timings["l1_image"] = img_timing
@@ -302,6 +323,7 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
         timings["total_s"] = round(time.monotonic() - t_start, 1)
         result = {"ok": not problems, "problems": problems, "timings": timings,
                   "l1": res.summary.get("l1"), "runs": runs_done, "cases": rows,
+                  "baselines": base_rows,
                   "controls": controls, "bundles": {k: str(v) for k, v in paths.items()},
                   "console_log": str(console),
                   "config": {k: v for k, v in config.items() if k != "runs"} | {"runs": wanted}}
