@@ -1,22 +1,22 @@
 """`invoke bench`: boot the built guest in QEMU (in the runtime container, or on the host), pin its
-vCPU, let the guest probes time each case while the host counts the exits of each case's window,
-then write one result bundle. Nothing earlier is ever overwritten; a failed or interrupted run still
+vCPU, let the guest probes time each case in a window nothing traces, then prove its path in a
+traced window of its own, and write one result bundle. Nothing earlier is ever overwritten; a failed or interrupted run still
 leaves a bundle marked incomplete with everything collected so far."""
 
 import json
 import os
 import shutil
-import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .console import Console, ConsoleClosed
 from .errors import ExitlatError
-from .paths import REPO_ROOT, results_root
+from .paths import results_root
 from .progress import Progress, fmt_duration
 from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv
+from .runrecord import VmResult
 from .verdicts import VerdictContext
 from .windows import case_of, is_traced_key
 
@@ -47,31 +47,6 @@ class BenchOptions:
     tracing: str = "auto"                   # verification backend: auto, hist or stream
     verify_iterations: int | None = None    # traced window per case (None: min(iterations, 10000))
     emulated_host: bool = False             # set by selftest: the host is an emulated AMD-V machine
-
-
-@dataclass
-class VmResult:
-    """What one VM run (one repeat) produced; partial when status != complete."""
-    status: str = "complete"
-    reason: str | None = None
-    hello: dict = field(default_factory=dict)
-    samples: dict = field(default_factory=dict)
-    windows: dict = field(default_factory=dict)    # case key -> windows.TracedWindow
-    errors: list = field(default_factory=list)
-    console: bytes = b""
-    argv: list = field(default_factory=list)
-    qemu_version: str | None = None
-    kvm_stats: dict | None = None
-    debugcon_bytes: int | None = None
-    timings: dict = field(default_factory=dict)
-    pinned: dict = field(default_factory=dict)
-    tracing: str | None = None
-    mem_lock: bool | None = None
-    qemu_stderr: bytes = b""
-    timed: dict = field(default_factory=dict)      # key -> windows.TimedWindow (cases and baselines)
-    finished: dict = field(default_factory=dict)   # the guest's last event (write figures)
-    tsc_backwards: dict = field(default_factory=dict)  # key -> samples whose TSC went backwards
-    timelines: dict = field(default_factory=dict)  # case key -> kvmtrace.PairedExits, or why none
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:
@@ -151,18 +126,6 @@ def ensure_build(progress: Progress) -> Path:
         progress.say("no build for the current inputs: running `invoke build` first")
         folder, _ = build(progress=progress)
     return folder
-
-
-def git_commit() -> str | None:
-    try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True,
-                             text=True, timeout=5)
-        commit = out.stdout.strip() or None
-        dirty = subprocess.run(["git", "-C", str(REPO_ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=5).stdout.strip()
-        return f"{commit}-dirty" if commit and dirty else commit
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 # -- one VM run ---------------------------------------------------------------------------------

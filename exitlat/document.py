@@ -15,6 +15,7 @@ import numpy as np
 
 from . import __version__
 from .bundle import tsc_hz_of
+from .runrecord import VmResult, git_commit
 from .stats import summarize
 from .verdicts import VerdictContext, baseline_verdict, combine, timed_verdict, traced_verdict
 from .windows import traced_key
@@ -181,8 +182,6 @@ class DocumentBuilder:
 
     # -- the whole document -------------------------------------------------------------------
     def build(self, argv, host, isolation, manifest, core, hk, results) -> tuple[dict, dict, dict]:
-        from .bench import VmResult, git_commit
-
         cases, baselines = [], []
         self.host_tsc_hz = (host.get("tsc") or {}).get("hz")
         incomplete = [r for r in results if r.status != "complete"]
