@@ -20,7 +20,7 @@ from pathlib import Path
 from . import __version__
 from .errors import ExitlatError
 from .images import (build_image, docker_client, ensure_base_image, image_origin, image_packages,
-                     short_hash)
+                     short_hash, unpack_image_tree)
 from .paths import REPO_ROOT, build_root
 from .pins import Pins, load_pins
 from .progress import Progress, fmt_duration
@@ -136,6 +136,7 @@ class Builder:
         self.cpu: dict[str, float] = {}      # CPU seconds (user + system) per stage
         self.t0 = time.monotonic()
         self._containers: dict[str, object] = {}   # running stage containers, for cancelling
+        self._toolchain_usr: Path | None = None     # the builder image's /usr on the host
         self._cancel = threading.Event()
 
     # -- helpers -------------------------------------------------------------------------------
@@ -198,14 +199,37 @@ class Builder:
                 names = sorted({n for st in needed for n in st.sources})
                 t = time.monotonic()
                 futures = {n: pool.submit(fetcher.fetch, self.pins.source(n)) for n in names}
-                image = self._builder_image()
-                for n in names:
-                    self.fetched[n] = futures[n].result()
-                    f = self.fetched[n]
-                    self.progress.say(f"source {n}: {f.provider} ({f.path.name}, sha256 ok)")
+                try:
+                    image = self._builder_image()
+                    for n in names:
+                        self.fetched[n] = futures[n].result()
+                        f = self.fetched[n]
+                        self.progress.say(f"source {n}: {f.provider} ({f.path.name}, sha256 ok)")
+                except BaseException:      # a failed image or download, Ctrl-C: stop the others
+                    fetcher.cancel()
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    raise
                 self.timings["sources"] = time.monotonic() - t
+            self._toolchain_usr = self._unpack_toolchain(image)
             self._run_stages(needed, image)
         return self._assemble(final, force)
+
+    def _unpack_toolchain(self, image: str) -> Path:
+        """The builder image's /usr (compilers, headers, libraries), unpacked once per builder
+        image into build/toolchain/<key>/ and bind-mounted read-only over /usr in every stage.
+        On engines whose storage driver is fuse-overlayfs, each file a compile opens through the
+        image costs a round trip to a user-space daemon: a fifth of the time of a compile that
+        reads many headers. The files and their paths are the image's, so nothing in the
+        artifacts changes. (Folders of other builder images are left alone: a build of other
+        inputs may be using one right now.)"""
+        top = self.root / "toolchain"
+        key = self.plan.builder_key
+        if not (top / key / "usr").is_dir():
+            t = time.monotonic()
+            self.progress.say(f"unpacking the builder image's /usr into {top / key}")
+            unpack_image_tree(self._docker(), image, "usr", top / key)
+            self.timings["toolchain unpack"] = time.monotonic() - t
+        return top / key / "usr"
 
     def _run_stages(self, needed: list[Stage], image: str) -> None:
         """Run the needed stages, each as soon as the stages it uses are done: kernel, busybox and
@@ -261,6 +285,8 @@ class Builder:
         volumes = {str(REPO_ROOT): {"bind": "/repo", "mode": "ro"},
                    str(tmp): {"bind": "/stage", "mode": "rw"},
                    str(tmp / "work"): {"bind": "/work", "mode": "rw"}}
+        if self._toolchain_usr is not None:
+            volumes[str(self._toolchain_usr)] = {"bind": "/usr", "mode": "ro"}
         for pin_name, inner in st.sources.items():
             volumes[str(self.fetched[pin_name].path)] = {"bind": f"/sources/{inner}", "mode": "ro"}
         if st.keeps_tree:
@@ -319,7 +345,9 @@ class Builder:
                 return 1, ["(not started: another stage failed)"]
             # The last line: the CPU time (user, system) of everything the script ran, a figure
             # that, unlike wall time, does not depend on what else the machine is doing.
-            cmd = f'bash /repo/{st.script}; rc=$?; echo "== cpu $(times | tail -1)"; exit $rc'
+            # (`times` must run in this shell: a subshell or pipeline would show its own, none)
+            cmd = (f'bash /repo/{st.script}; rc=$?; times > /tmp/.exitlat-times; '
+                   f'echo "== cpu $(tail -1 /tmp/.exitlat-times)"; exit $rc')
             container = client.containers.create(
                 image, ["bash", "-c", cmd], volumes=volumes, environment=env,
                 user=f"{os.getuid()}:{os.getgid()}", working_dir="/tmp", network_disabled=True,

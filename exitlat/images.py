@@ -230,7 +230,13 @@ def bootstrap_rootfs(client, base: dict, fetcher, log) -> Path:
     pins = [tool] + [p for _, p in required + rest]
     log(f"bootstrapping Debian {d['suite']} ({d['variant']}) from {len(pins) - 1} pinned packages")
     with ThreadPoolExecutor(max_workers=8) as pool:
-        fetched = list(pool.map(fetcher.fetch, pins))
+        try:
+            fetched = list(pool.map(fetcher.fetch, pins))
+        except ExitlatError as err:
+            fetcher.cancel()
+            raise ExitlatError(f"{err} (a Debian point release may have replaced it in the pool: "
+                               "re-pin with `python3 -m exitlat.images --pin-base`, or point "
+                               "base.debootstrap.mirror at snapshot.debian.org)") from None
     paths = {f.pin.name: f.path for f in fetched}
     served = sorted({f.provider for f in fetched})
     log(f"  {len(fetched)} packages ready ({', '.join(served)}; sha256 ok) in "
@@ -457,6 +463,43 @@ def _container_file(container, path: str) -> str | None:
             return tar.extractfile(m).read().decode(errors="replace") if m else None
     except (docker.errors.DockerException, tarfile.TarError, AttributeError):
         return None
+
+
+def unpack_image_tree(client, image: str, top: str, dest: Path) -> Path:
+    """Copy the folder `top` (e.g. "usr") of an image to dest/top on the host, made under a
+    temporary name and renamed when complete; returns dest/top. For a builder image this lets the
+    stages read the toolchain from the host's file system (see exitlat/build.py)."""
+    import shutil
+
+    import docker.errors
+
+    final = dest / top
+    if final.is_dir():
+        return final
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest / f".tmp-{top}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    container = client.containers.create(image, ["true"], labels={"exitlat.stage": "unpack"})
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(container.export()), 1 << 20),
+                          mode="r|") as tar:
+            extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
+            for m in tar:
+                if (m.name == top or m.name.startswith(top + "/")) and not (m.ischr() or m.isblk()):
+                    tar.extract(m, tmp, set_attrs=True, **extra)
+        try:
+            os.replace(tmp / top, final)
+        except OSError:
+            if not final.is_dir():   # else another build unpacked the same image meanwhile
+                raise
+    finally:
+        try:
+            container.remove(force=True)
+        except docker.errors.DockerException:
+            pass
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
 
 
 def image_packages(client, tag: str) -> list[str]:

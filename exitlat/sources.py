@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -37,12 +38,18 @@ class ChecksumMismatch(ExitlatError):
     pass
 
 
-def _download(url: str, dest: Path, timeout: float, progress=None) -> None:
+class Cancelled(ExitlatError):
+    pass
+
+
+def _download(url: str, dest: Path, timeout: float, progress=None, stop=None) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "exitlat"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0)
         done = 0
         while block := resp.read(CHUNK):
+            if stop is not None and stop.is_set():
+                raise Cancelled(f"download of {url} stopped")
             out.write(block)
             done += len(block)
             if progress:
@@ -60,6 +67,7 @@ class SourceFetcher:
         self.timeout = timeout
         self.use_network = use_network
         self.log = log
+        self.stop = threading.Event()   # set by cancel(): downloads in other threads end early
         if self.mirror is not None:
             if not self.mirror.exists():
                 raise ExitlatError(f"mirror folder not found: {self.mirror}")
@@ -70,6 +78,10 @@ class SourceFetcher:
                 os.listdir(self.mirror)
             except OSError as err:
                 raise ExitlatError(f"cannot read the mirror folder {self.mirror}: {err.strerror}") from None
+
+    def cancel(self) -> None:
+        """Stop every download under way (from any thread); their fetch() raises Cancelled."""
+        self.stop.set()
 
     def candidates(self, pin: SourcePin) -> list[tuple[str, str]]:
         found = []
@@ -103,7 +115,7 @@ class SourceFetcher:
                     shutil.copyfile(src, tmp)
                 else:
                     self.log(f"  downloading {pin.file} from {origin}")
-                    _download(origin, tmp, self.timeout)
+                    _download(origin, tmp, self.timeout, stop=self.stop)
                 got = sha256_file(tmp)
                 if got != pin.sha256:
                     problems.append(f"{provider}: checksum mismatch (got {got[:12]}…, "

@@ -46,6 +46,19 @@ def load() -> str:
     return "load average " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
+def cpu_ticks() -> tuple[float, float]:
+    """(busy, total) seconds of all CPUs since boot, from /proc/stat."""
+    v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    hz = os.sysconf("SC_CLK_TCK")
+    return (sum(v) - v[3] - v[4]) / hz, sum(v) / hz
+
+
+def machine_busy(start: tuple[float, float]) -> str:
+    busy, total = cpu_ticks()
+    return (f"machine CPU busy {busy - start[0]:.0f} of {total - start[1]:.0f} core-seconds "
+            "(the stages' own CPU is in `cpu s`; the rest is the engine, storage driver, others)")
+
+
 def _remove_image(client, tag: str) -> None:
     import docker.errors
 
@@ -58,7 +71,7 @@ def _remove_image(client, tag: str) -> None:
 def build_table(builder: Builder, total: float) -> None:
     """One row per build step: wall seconds, CPU seconds, start → end (seconds into the build)."""
     print(f"{'build step':<22} {'wall s':>8} {'cpu s':>8}   ran")
-    for step in ("sources", "base image", "builder image"):
+    for step in ("sources", "base image", "builder image", "toolchain unpack"):
         if step in builder.timings:
             print(f"{step:<22} {builder.timings[step]:>8.1f} {'':>8}")
     for st in STAGES:
@@ -82,11 +95,11 @@ def build_figures(cold: bool, keep: bool = False) -> None:
         _remove_image(builder._docker(), f"exitlat/builder:{builder.plan.builder_key}")
         print(f"cold build into {root} (builder image made again; base image and sources cached); "
               f"{load()}")
-    t0 = time.monotonic()
+    t0, c0 = time.monotonic(), cpu_ticks()
     builder.run(force=cold)
     total = time.monotonic() - t0
     build_table(builder, total)
-    print(f"  ({load()} at the end)")
+    print(f"  ({load()} at the end; {machine_busy(c0)})")
     t0 = time.monotonic()
     Builder(pins, root or build_root(), progress=Progress()).run()
     fig("no-op rebuild (in-process)", f"{time.monotonic() - t0:.2f}", "s")

@@ -1,10 +1,12 @@
 """The build plan: stage hashes follow their inputs, so one change rebuilds only what depends on it."""
 
 import shutil
+import threading
+import time
 
 import pytest
 
-from exitlat.build import STAGES, make_plan, compare_builds
+from exitlat.build import STAGES, Builder, _cpu_seconds, compare_builds, make_plan
 from exitlat.errors import ExitlatError
 from exitlat.paths import REPO_ROOT
 from exitlat.pins import load_pins
@@ -62,6 +64,21 @@ def test_qemu_args_change_rebuilds_only_qemu(tree):
     assert changed(before, make_plan(pins, tree)) == {"qemu"}
 
 
+def test_qemu_device_list_change_rebuilds_only_qemu(tree):
+    pins = load_pins()
+    before = make_plan(pins, tree)
+    with open(tree / "qemu/devices-x86_64.mak", "a") as f:
+        f.write("CONFIG_VIRTIO_RNG=y\n")
+    assert changed(before, make_plan(pins, tree)) == {"qemu"}
+
+
+def test_base_pin_change_rebuilds_everything(tree):
+    pins = load_pins()
+    base = dict(pins.raw["base"], digest=None)
+    other = type(pins)(pins.path, dict(pins.raw, base=base))
+    assert changed(make_plan(pins, tree), make_plan(other, tree)) == {s.name for s in STAGES}
+
+
 def test_toolchain_pin_change_rebuilds_everything(tree, tmp_path):
     pins = load_pins()
     raw = dict(pins.raw, toolchain=dict(pins.raw["toolchain"], make="4.3-4.2"))
@@ -84,3 +101,64 @@ def test_compare_builds_lists_differences(tmp_path):
     (b / "qemu/bin/x").write_bytes(b"Q")
     (b / "extra").write_bytes(b"")
     assert compare_builds(a, b) == ["extra", "qemu/bin/x"]
+
+
+# --- running the stages: overlap, order, failure ------------------------------------------------
+
+
+class FakeStages(Builder):
+    """A Builder whose stages only record when they ran (no Docker)."""
+
+    def __init__(self, tmp_path, fail=None, slow=0.3):
+        super().__init__(load_pins(), tmp_path)
+        self.events, self.fail, self.slow = [], fail, slow
+        self.lock = threading.Lock()
+        self.cancelled = False
+
+    def _run_stage(self, st, image):
+        with self.lock:
+            self.events.append(("start", st.name))
+        deadline = time.monotonic() + (self.slow if st.name != "busybox" else self.slow / 3)
+        while time.monotonic() < deadline and not self._cancel.is_set():
+            time.sleep(0.01)
+        if self._cancel.is_set():
+            raise ExitlatError(f"stage {st.name}: stopped")
+        if st.name == self.fail:
+            raise ExitlatError(f"stage {st.name} failed")
+        with self.lock:
+            self.events.append(("end", st.name))
+
+    def _cancel_all(self):
+        self.cancelled = True
+        super()._cancel_all()
+
+
+def test_stages_overlap_and_wait_for_their_inputs(tmp_path):
+    b = FakeStages(tmp_path)
+    b._run_stages(list(STAGES), "image")
+    ev = b.events
+    starts = [n for kind, n in ev[:3]]
+    assert sorted(starts) == ["busybox", "kernel", "qemu"], ev      # all three at once
+    init = ev.index(("start", "initramfs"))
+    assert ev.index(("end", "kernel")) < init and ev.index(("end", "busybox")) < init
+    assert {n for kind, n in ev if kind == "end"} == {st.name for st in STAGES}
+
+
+def test_only_needed_stages_run(tmp_path):
+    b = FakeStages(tmp_path)
+    b._run_stages([st for st in STAGES if st.name in ("initramfs", "qemu")], "image")
+    assert {n for kind, n in b.events if kind == "start"} == {"initramfs", "qemu"}
+
+
+def test_a_failed_stage_stops_the_others(tmp_path):
+    b = FakeStages(tmp_path, fail="busybox", slow=5)
+    t0 = time.monotonic()
+    with pytest.raises(ExitlatError, match="stage busybox failed"):
+        b._run_stages(list(STAGES), "image")
+    assert b.cancelled and time.monotonic() - t0 < 4       # kernel and qemu did not run on
+    assert ("start", "initramfs") not in b.events
+
+
+def test_cpu_seconds_from_the_stage_log():
+    assert _cpu_seconds(["CC x", "== cpu 5m2.500s 0m30.250s"]) == pytest.approx(332.75)
+    assert _cpu_seconds(["no such line"]) is None

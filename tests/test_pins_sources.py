@@ -1,13 +1,18 @@
-"""pins.yaml validation and the source providers (mirror folder, local HTTP server, checksums)."""
+"""pins.yaml validation, the source providers (mirror folder, local HTTP server, checksums), and
+the pieces of the base image's bootstrap that need no Docker (reading .debs, resolving minbase,
+the first stage's layout)."""
 
 import hashlib
 import http.server
+import io
+import tarfile
 import threading
 from pathlib import Path
 
 import pytest
 import yaml
 
+from exitlat import images
 from exitlat.errors import ExitlatError
 from exitlat.pins import DEFAULT_PINS, load_pins
 from exitlat.sources import ChecksumMismatch, SourceFetcher
@@ -153,3 +158,168 @@ def test_all_providers_down_is_one_line(tmp_path, tiny):
 def test_missing_mirror_folder(tmp_path, tiny):
     with pytest.raises(ExitlatError, match="mirror folder not found"):
         SourceFetcher(tiny[2](), mirror=tmp_path / "nope")
+
+
+def test_missing_mirror_is_a_file(tmp_path, tiny):
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ExitlatError, match="is a file"):
+        SourceFetcher(tiny[2](), mirror=f)
+
+
+# --- the pinned base: bootstrap packages ---------------------------------------------------------
+
+
+def test_base_packages_are_pinned():
+    base = load_pins().base
+    tool, required, rest = images.bootstrap_pins(base)
+    names = {n for n, _ in required}
+    # debootstrap's minbase for bookworm: Priority required, usr-is-merged, apt and what it needs.
+    assert {"apt", "dpkg", "libc6", "base-files", "usr-is-merged", "debian-archive-keyring"} <= names
+    assert tool.file.startswith("debootstrap_") and len(tool.sha256) == 64
+    for _, pin in required + rest:
+        assert pin.file.endswith(".deb") and len(pin.sha256) == 64
+        url = pin.debian_pool_url(base["debootstrap"]["mirror"])
+        assert url.startswith("http://deb.debian.org/debian/pool/main/") and url.endswith(pin.file)
+
+
+@pytest.mark.parametrize("mutate, field", [
+    (lambda r: r["base"]["debootstrap"]["required"]["apt"].__setitem__("sha256", "abc"),
+     "base.debootstrap.required.apt.sha256"),
+    (lambda r: r["base"]["debootstrap"]["required"]["apt"].pop("file"), "base.debootstrap.required.apt"),
+    (lambda r: r["base"]["debootstrap"].pop("tool"), "base.debootstrap"),
+    (lambda r: r["base"]["debootstrap"]["tool"].__setitem__("file", "x.tar"), "base.debootstrap.tool.file"),
+])
+def test_bad_base_pins_name_the_field(tmp_path, mutate, field):
+    with pytest.raises(ExitlatError) as err:
+        load_pins(write_pins(tmp_path, mutate))
+    assert f"field {field}" in str(err.value)
+
+
+def _tar(members, compress=""):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode=f"w:{compress}") as tar:
+        for name, what in members:
+            info = tarfile.TarInfo(name)
+            if what is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif isinstance(what, tuple):
+                info.type = tarfile.SYMTYPE if what[0] == "sym" else tarfile.LNKTYPE
+                info.linkname = what[1]
+                tar.addfile(info)
+            else:
+                info.size = len(what)
+                tar.addfile(info, io.BytesIO(what))
+    return buf.getvalue()
+
+
+def make_deb(path: Path, control: str, data_members) -> Path:
+    """A real .deb: an ar archive of debian-binary, control.tar.gz and data.tar.xz."""
+    def member(name: str, data: bytes) -> bytes:
+        hdr = f"{name:<16}{0:<12}{0:<6}{0:<6}{'100644':<8}{len(data):<10}`\n".encode()
+        return hdr + data + (b"\n" if len(data) % 2 else b"")
+
+    body = (member("debian-binary", b"2.0\n")
+            + member("control.tar.gz", _tar([("./control", control.encode())], "gz"))
+            + member("data.tar.xz", _tar(data_members, "xz")))
+    path.write_bytes(b"!<arch>\n" + body)
+    return path
+
+
+def test_deb_reading(tmp_path):
+    deb = make_deb(tmp_path / "p_1_all.deb", "Package: p\nVersion: 1\nDepends: a (>= 2) | b, c:any\n",
+                   [("./usr/", None), ("./usr/x", b"x")])
+    stanza = images.parse_stanzas(images.deb_control(deb))[0]
+    assert stanza["Package"] == "p" and images.dep_names(stanza) == ["a", "c"]
+    with images.deb_data(deb) as tar:
+        assert [m.name for m in tar] == ["./usr", "./usr/x"]
+    bad = tmp_path / "bad.deb"
+    bad.write_bytes(b"not an ar archive")
+    with pytest.raises(ExitlatError, match="not a Debian package"):
+        images.deb_control(bad)
+
+
+def test_resolve_minbase_as_debootstrap():
+    index = images.parse_stanzas(
+        "Package: base-files\nPriority: required\nDepends: libc6\n\n"
+        "Package: libc6\nPriority: optional\nDepends: libgcc-s1 | libgcc1, virtual-thing\n\n"
+        "Package: libgcc-s1\nPriority: optional\n\n"
+        "Package: usr-is-merged\nPriority: optional\nDepends: usrmerge | usr-is-merged\n\n"
+        "Package: usrmerge\nPriority: optional\n\n"
+        "Package: apt\nPriority: important\nDepends: libc6, gpgv\n\n"
+        "Package: gpgv\nPriority: important\n\n"
+        "Package: unrelated\nPriority: optional\n")
+    required, base = images.resolve_minbase(index)
+    assert required == ["base-files", "libc6", "libgcc-s1", "usr-is-merged"]
+    assert base == ["apt", "gpgv"]
+
+
+def test_usr_merge_paths():
+    assert images._usr_merged("./bin/sh") == "usr/bin/sh"
+    assert images._usr_merged("./lib64/ld-linux-x86-64.so.2") == "usr/lib64/ld-linux-x86-64.so.2"
+    assert images._usr_merged("./usr/bin/x") == "usr/bin/x"
+    assert images._usr_merged("./etc/") == "etc"
+    assert images._usr_merged("./library/x") == "library/x"
+
+
+def test_first_stage_layout(tmp_path):
+    """What Python lays out for debootstrap's --second-stage: merged /usr, first file wins, every
+    .deb and an index of them, debootstrap and its state."""
+    from exitlat.pins import SourcePin
+
+    def pin(name, file):
+        return SourcePin(name=f"base.{name}", version="1", file=file, sha256="0" * 64, urls=(),
+                         debian_source=name, debian_version="1")
+
+    a = make_deb(tmp_path / "a_1_amd64.deb", "Package: a\nVersion: 1\nPriority: required\n",
+                 [("./", None), ("./bin/", None), ("./bin/dash", b"dash"), ("./bin/sh", ("sym", "dash")),
+                  ("./usr/", None), ("./usr/bin/", None), ("./usr/bin/perl", b"perl"),
+                  ("./usr/bin/perl5", ("lnk", "./usr/bin/perl")), ("./lib64/", None),
+                  ("./lib64/ld.so", b"ld")])
+    b = make_deb(tmp_path / "b_1_amd64.deb", "Package: b\nVersion: 1\nPriority: required\n",
+                 [("./bin/", None), ("./bin/dash", b"other"), ("./etc/", None), ("./etc/b", b"b")])
+    tool = make_deb(tmp_path / "debootstrap_1_all.deb", "Package: debootstrap\nVersion: 1\n",
+                    [("./usr/sbin/debootstrap", b"#!/bin/sh\n"),
+                     ("./usr/share/debootstrap/functions", b"f"),
+                     ("./usr/share/debootstrap/scripts/sid", b"sid script"),
+                     ("./usr/share/debootstrap/scripts/bookworm", ("sym", "sid")),
+                     ("./usr/share/debootstrap/scripts/debian-common", b"common")])
+    base = {"debootstrap": {"suite": "bookworm", "variant": "minbase",
+                            "mirror": "http://deb.debian.org/debian"}}
+    out = tmp_path / "stage1.tar"
+    images._first_stage(out, base, tool, [("a", pin("a", a.name), a), ("b", pin("b", b.name), b)], [])
+    with tarfile.open(out) as tar:
+        names = tar.getnames()
+        assert len(names) == len(set(names)), "no name twice"
+        m = {x.name: x for x in tar.getmembers()}
+        read = lambda n: tar.extractfile(m[n]).read().decode()  # noqa: E731
+        assert m["bin"].issym() and m["bin"].linkname == "usr/bin"
+        assert m["lib64"].linkname == "usr/lib64" and "lib" not in m
+        assert read("usr/bin/dash") == "dash"                        # the first package wins
+        assert m["usr/bin/sh"].issym() and m["usr/bin/sh"].linkname == "dash"
+        assert m["usr/bin/perl5"].islnk() and m["usr/bin/perl5"].linkname == "usr/bin/perl"
+        assert read("etc/b") == "b"
+        assert read("debootstrap/suite-script") == "sid script"
+        assert read("debootstrap/debian-common") == "common"
+        assert m["debootstrap/debootstrap"].mode == 0o755
+        assert read("debootstrap/required").split() == ["a", "b"]
+        assert read("debootstrap/base").strip() == ""
+        assert read("debootstrap/variant").strip() == "minbase"
+        assert "a /var/cache/apt/archives/a_1_amd64.deb" in read("debootstrap/debpaths")
+        assert "var/cache/apt/archives/b_1_amd64.deb" in m
+        index = read("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages")
+        stanzas = images.parse_stanzas(index)
+        assert [s["Package"] for s in stanzas] == ["a", "b"]
+        assert stanzas[0]["Filename"] == "pool/main/a/a/a_1_amd64.deb"
+        assert read("var/lib/dpkg/status") == ""
+        assert read("etc/dpkg/dpkg.cfg.d/exitlat-unsafe-io").strip() == "force-unsafe-io"
+
+
+def test_export_filter():
+    keep = images._keep
+    assert not keep(".dockerenv") and not keep("etc/resolv.conf") and not keep("debootstrap/functions")
+    assert not keep("var/cache/apt/archives/apt_2.6.1_amd64.deb")
+    assert not keep("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages")
+    assert keep("var/lib/apt/lists/partial") and keep("var/cache/apt/archives/partial")
+    assert keep("usr/bin/apt") and keep("etc/passwd")

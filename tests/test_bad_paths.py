@@ -1,0 +1,173 @@
+"""Every path a user can give, given badly, ends in one line on stderr and a non-zero exit, before
+any work starts: missing, unwritable, a file where a folder is expected, a folder where a file is
+expected, unreadable. The real CLI runs (`python3 -m invoke …`), as a user would run it.
+
+Paths that no user may write even as root are used for "unwritable" (/proc, where nothing can be
+made), so the tests mean the same thing with and without root."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from bundle_fixtures import make_bundle
+from exitlat.paths import REPO_ROOT
+
+
+def invoke(*args, env=None, timeout=120):
+    return subprocess.run([sys.executable, "-m", "invoke", *map(str, args)], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, **(env or {})))
+
+
+def one_line(res, *needles):
+    err = res.stderr.strip()
+    assert res.returncode != 0, (res.returncode, res.stdout, err)
+    assert "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
+    for n in needles:
+        assert n in err, err
+    return err
+
+
+@pytest.fixture
+def paths(tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("not what was asked for\n")
+    d = tmp_path / "a-folder"
+    d.mkdir()
+    return {"file": f, "dir": d, "missing": tmp_path / "missing", "under-file": f / "sub",
+            "proc": "/proc/exitlat-nope", "tmp": tmp_path}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("results"), name="good")
+
+
+# --- invoke build --pins / --mirror --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("missing", "no such file"), ("dir", "is a folder"), ("under-file", "no such file")])
+def test_build_pins(paths, which, needle):
+    one_line(invoke("build", "--pins", paths[which]), "--pins", needle)
+
+
+def test_build_pins_unreadable():
+    one_line(invoke("build", "--pins", "/proc/self/mem"), "cannot read pins file")
+
+
+def test_build_pins_not_text(paths):
+    paths["file"].write_bytes(b"\xff\xfe\x00binary")
+    one_line(invoke("build", "--pins", paths["file"]), "pins")
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("missing", "no such folder"), ("file", "not a folder"), ("under-file", "no such folder")])
+def test_build_mirror(paths, which, needle):
+    one_line(invoke("build", "--mirror", paths[which], "--force"), "--mirror", needle)
+
+
+# --- invoke bench --output / --build ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("proc", "cannot write there"), ("file", "not a folder"), ("under-file", "cannot write there")])
+def test_bench_output(paths, which, needle):
+    # Refused before anything is built or started (a build would take minutes).
+    res = invoke("bench", "--case", "1", "--accel", "tcg", "--output", paths[which], timeout=60)
+    one_line(res, "--output", needle)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("missing", "no such folder"), ("file", "not a folder"), ("dir", "not a finished build folder")])
+def test_bench_build(paths, which, needle):
+    one_line(invoke("bench", "--case", "1", "--accel", "tcg", "--build", paths[which]), "--build", needle)
+
+
+def test_output_check_leaves_nothing_behind(paths):
+    """A missing --output folder is made to check it can be written, then removed again when the
+    run stops for another reason."""
+    new = paths["tmp"] / "new" / "results"
+    one_line(invoke("bench", "--case", "7", "--accel", "tcg", "--output", new), "1-6")
+    assert not (paths["tmp"] / "new").exists()
+
+
+# --- invoke isolate --state-file -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("dir", "is a folder"), ("proc", "cannot write there"), ("under-file", "is not a folder")])
+def test_isolate_state_file(paths, which, needle):
+    one_line(invoke("isolate", "--dry-run", "--core", "0", "--state-file", paths[which]),
+             "--state-file", needle)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("missing", "no such file"), ("dir", "is a folder")])
+def test_isolate_revert_state_file(paths, which, needle):
+    one_line(invoke("isolate", "--revert", "--dry-run", "--state-file", paths[which]),
+             "--state-file", needle)
+
+
+def test_isolate_revert_state_file_not_json(paths):
+    one_line(invoke("isolate", "--revert", "--dry-run", "--state-file", paths["file"]),
+             "isolate state")
+
+
+# --- results, bundles -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which, needle", [("missing", "no such folder"), ("file", "not a folder")])
+def test_results_root(paths, which, needle):
+    one_line(invoke("results", "--root", paths[which]), "--root", needle)
+
+
+@pytest.mark.parametrize("task", ["report", "validate", "plot", "export"])
+@pytest.mark.parametrize("which", ["missing", "file", "dir"])
+def test_bundle_argument(paths, task, which):
+    one_line(invoke(task, paths[which]), str(paths[which]))
+
+
+def test_compare_bad_bundle(paths, bundle):
+    one_line(invoke("compare", bundle, paths["missing"]), str(paths["missing"]))
+    one_line(invoke("compare", paths["file"], bundle), str(paths["file"]))
+
+
+def test_bundle_json_is_a_folder(paths):
+    b = paths["tmp"] / "odd"
+    (b / "bundle.json").mkdir(parents=True)
+    one_line(invoke("report", b))
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("dir", "is a folder"), ("missing", "does not exist"), ("proc", "cannot write there"),
+    ("file", "already exists")])
+def test_export_output(paths, bundle, which, needle):
+    out = paths[which] if which != "missing" else paths["missing"] / "x.tar.gz"
+    if which == "proc":
+        out = "/proc/exitlat-nope.tar.gz"
+    one_line(invoke("export", bundle, "--output", out), needle)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("missing", "no such file"), ("dir", "is a folder"), ("file", "archive")])
+def test_import_file(paths, which, needle):
+    one_line(invoke("import", paths[which], "--output", paths["tmp"] / "r"), needle)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("proc", "cannot write there"), ("file", "not a folder"), ("under-file", "cannot write there")])
+def test_import_output(paths, bundle, which, needle):
+    archive = paths["tmp"] / "good.tar.gz"
+    assert invoke("export", bundle, "--output", archive).returncode == 0
+    one_line(invoke("import", archive, "--output", paths[which]), "--output", needle)
+
+
+@pytest.mark.parametrize("which, needle", [
+    ("proc", "cannot write there"), ("file", "not a folder"), ("under-file", "cannot write there")])
+def test_plot_output(paths, bundle, which, needle):
+    pytest.importorskip("matplotlib")
+    one_line(invoke("plot", bundle, "--output", paths[which]), "--output", needle)
