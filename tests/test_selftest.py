@@ -612,6 +612,14 @@ def test_selftest_end_to_end(tmp_path):
             agree = vw["verdict"]["stats_agreement"]
             assert agree and all(a["ok"] for a in agree.values()), (e["key"], agree)
             assert e["tracing_overhead_cycles"] is not None and vw["samples_file"]
+            # where the cycles go: every traced exit paired with its entry (host x86-tsc clock),
+            # QEMU time only where the exit went to userspace, parts within the round trip
+            dc = vw["decomposition"]
+            assert dc["status"] == "ok", (e["key"], dc.get("reason"))
+            assert dc["pairing"]["unpaired_exits"] == 0 and dc["pairing"]["lost"] == 0, dc["pairing"]
+            assert (dc["qemu_cycles"] is not None) == (e["expected_path"] == "qemu"), (e["key"], dc)
+            parts = dc["kvm_cycles"]["median"] + (dc["qemu_cycles"] or {}).get("median", 0)
+            assert 0 < parts <= dc["guest_round_trip_cycles"]["median"], (e["key"], dc)
         for e in b.doc["baselines"]:
             assert e["exit_check"]["status"] == "passed", e["exit_check"]
     t = doc["timings"]
