@@ -15,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..bench import parse_int
 from ..errors import CheckFailed, ExitlatError
 from ..paths import build_root, results_root
 from ..progress import Progress, fmt_duration
@@ -36,16 +37,6 @@ def parse_runs(text: str | None) -> list[str]:
     if len(set(names)) != len(names):
         raise ExitlatError(f"--runs names a run twice: {text}")
     return names
-
-
-def parse_count(text, what: str, lo: int, hi: int) -> int:
-    try:
-        v = int(str(text), 0)
-    except ValueError:
-        raise ExitlatError(f"{what} must be an integer, got {text!r}") from None
-    if not lo <= v <= hi:
-        raise ExitlatError(f"{what} must be between {lo} and {hi}, got {v}")
-    return v
 
 
 def check_machine() -> None:
@@ -261,12 +252,12 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
                   retries="2") -> int:
     t_start = time.monotonic()
     wanted = parse_runs(runs)
-    iters = parse_count(iterations, "--iterations", MIN_ITERATIONS, MAX_ITERATIONS)
-    warm = parse_count(warmup, "--warmup", 0, MAX_ITERATIONS)
-    viters = iters if verify_iterations is None else parse_count(
+    iters = parse_int(iterations, "--iterations", MIN_ITERATIONS, MAX_ITERATIONS)
+    warm = parse_int(warmup, "--warmup", 0, MAX_ITERATIONS)
+    viters = iters if verify_iterations is None else parse_int(
         verify_iterations, "--verify-iterations", MIN_ITERATIONS, MAX_ITERATIONS)
-    limit = parse_count(timeout, "--timeout", 60, 24 * 3600)
-    n_retries = parse_count(retries, "--retries", 0, 10)
+    limit = parse_int(timeout, "--timeout", 60, 24 * 3600)
+    n_retries = parse_int(retries, "--retries", 0, 10)
     capture_dir = Path(capture) if capture else None
     if capture_dir is not None and capture_dir.exists() and any(capture_dir.iterdir()):
         raise ExitlatError(f"--capture {capture_dir}: folder exists and is not empty")

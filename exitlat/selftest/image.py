@@ -106,25 +106,13 @@ class _LogTee:
 
 
 def _deb_data_members(deb: Path):
-    """Stream the members of a Debian binary package's data.tar.* (the package is an `ar`
-    archive): yields (TarInfo, file object or None), in one pass."""
-    with open(deb, "rb") as f:
-        if f.read(8) != b"!<arch>\n":
-            raise ExitlatError(f"{deb.name}: not a Debian package (no ar header)")
-        while True:
-            hdr = f.read(60)
-            if len(hdr) < 60:
-                break
-            name = hdr[:16].decode().strip().rstrip("/")
-            size = int(hdr[48:58].decode().strip())
-            if name.startswith("data.tar"):
-                data = io.BytesIO(f.read(size))
-                with tarfile.open(fileobj=data, mode="r|*") as tar:
-                    for m in tar:
-                        yield m, (tar.extractfile(m) if m.isfile() else None)
-                return
-            f.seek(size + (size & 1), os.SEEK_CUR)
-    raise ExitlatError(f"{deb.name}: no data.tar member")
+    """Stream the members of a Debian binary package's data.tar.*: yields (TarInfo, file object
+    or None), in one pass (the .deb reader the base image uses)."""
+    from ..images import deb_data
+
+    with deb_data(deb) as tar:
+        for m in tar:
+            yield m, (tar.extractfile(m) if m.isfile() else None)
 
 
 def extract_kernel(deb: Path, modules: tuple[str, ...], dest: Path) -> tuple[str, list[Path]]:
