@@ -25,6 +25,7 @@ import jsonschema
 import numpy as np
 
 from .errors import ExitlatError
+from .sources import sha256_file
 from .stats import as_cycles, summarize
 
 SCHEMA_VERSION = 2
@@ -165,14 +166,6 @@ def _write_file(path: Path, data) -> None:
         path.write_bytes(bytes(data))
     else:
         raise ExitlatError(f"extra file {path.name}: expected bytes, str or a Path, got {type(data).__name__}")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _write_sums(folder: Path) -> None:
