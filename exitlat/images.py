@@ -374,7 +374,7 @@ def _first_stage(dest: Path, base: dict, tool_deb: Path, required, rest) -> None
             add_bytes(f"debootstrap/{key}", (value + "\n").encode())
 
 
-class _ChunkReader(io.RawIOBase):
+class ChunkReader(io.RawIOBase):
     """A file object over an iterator of byte chunks (docker's export stream)."""
 
     def __init__(self, chunks):
@@ -436,7 +436,7 @@ def _second_stage(client, stage1: Path, dest: Path, log_path: Path, log) -> None
                                f"(full log: {log_path})")
         log_path.write_text(out + "\n--- var/log/bootstrap.log ---\n" +
                             (_container_file(container, "/var/log/bootstrap.log") or ""))
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(container.export()), 1 << 20),
+        with tarfile.open(fileobj=io.BufferedReader(ChunkReader(container.export()), 1 << 20),
                           mode="r|") as src, tarfile.open(dest, "w", format=tarfile.GNU_FORMAT) as dst:
             for m in src:
                 if _keep(m.name):
@@ -482,7 +482,7 @@ def unpack_image_tree(client, image: str, top: str, dest: Path) -> Path:
     tmp.mkdir()
     container = client.containers.create(image, ["true"], labels={"exitlat.stage": "unpack"})
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(container.export()), 1 << 20),
+        with tarfile.open(fileobj=io.BufferedReader(ChunkReader(container.export()), 1 << 20),
                           mode="r|") as tar:
             extra = {"filter": "fully_trusted"} if hasattr(tarfile, "fully_trusted_filter") else {}
             for m in tar:

@@ -10,7 +10,6 @@ Its manifest records what went in and how long the build took.
 
 from __future__ import annotations
 
-import io
 import json
 import lzma
 import os
@@ -21,7 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ExitlatError
-from ..images import DOCKER_DIR, build_image, docker_client, ensure_base_image, short_hash
+from ..images import (DOCKER_DIR, ChunkReader, build_image, docker_client, ensure_base_image,
+                      short_hash)
 from ..paths import build_root
 from ..pins import Pins, load_pins
 from ..progress import Progress, fmt_duration
@@ -222,7 +222,7 @@ def _export_cpio(client, tag: str, out_path: Path, kernel_dir: Path, mods: list[
     try:
         packages = client.containers.run(tag, ["cat", "/etc/exitlat-packages.txt"], remove=True,
                                          network_disabled=True).decode().split()
-        stream = _ChunkReader(container.export(chunk_size=1 << 20))
+        stream = ChunkReader(container.export(chunk_size=1 << 20))
         with open(out_path, "wb") as out:
             w = CpioWriter(out)
             with tarfile.open(fileobj=stream, mode="r|") as tar:
@@ -253,27 +253,6 @@ def _export_cpio(client, tag: str, out_path: Path, kernel_dir: Path, mods: list[
             pass
     return sorted(packages), [str(m) for m in placed]
 
-
-class _ChunkReader(io.RawIOBase):
-    """A read()-able stream over an iterator of byte chunks (the Docker SDK's export stream)."""
-
-    def __init__(self, chunks):
-        self.chunks = iter(chunks)
-        self.buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:
-        while not self.buf:
-            try:
-                self.buf = next(self.chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self.buf))
-        b[:n] = self.buf[:n]
-        self.buf = self.buf[n:]
-        return n
 
 
 def ensure_l1_image(pins: Pins | None = None, progress: Progress | None = None,
