@@ -28,7 +28,7 @@ def _with_tracing(v: dict, timed) -> dict:
     problem = timed.tracing_problem() if timed is not None else "no timed window recorded"
     if problem is None:
         return v
-    status = "failed" if "was enabled" in problem or timed is None else "unverified"
+    status = "unverified" if timed is not None and timed.tracing == "unknown" else "failed"
     if ORDER[status] > ORDER.get(v["status"], 0):
         v = dict(v, status=status)
     v["detail"] = f"{v['detail']}; {problem}"

@@ -70,20 +70,27 @@ class TimedWindow:
     tracing_before: list[str] | None = None
     tracing_after: list[str] | None = None
 
+    @property
+    def enabled(self) -> list[str]:
+        return sorted(set(self.tracing_before or []) | set(self.tracing_after or []))
+
+    @property
+    def tracing(self) -> str:
+        """"off" (proven), "on" (something was enabled) or "unknown" (tracefs unreadable)."""
+        if self.tracing_before is None or self.tracing_after is None:
+            return "unknown"
+        return "on" if self.enabled else "off"
+
     def tracing_problem(self) -> str | None:
         """None when the window provably ran with no kvm tracing enabled, else why not."""
-        if self.tracing_before is None or self.tracing_after is None:
+        if self.tracing == "unknown":
             return "tracefs could not be read: the window's freedom from tracing is unverified"
-        on = sorted(set(self.tracing_before) | set(self.tracing_after))
-        if on:
-            return "kvm tracing was enabled during the timed window: " + ", ".join(on[:5])
+        if self.tracing == "on":
+            return "kvm tracing was enabled during the timed window: " + ", ".join(self.enabled[:5])
         return None
 
     def to_dict(self) -> dict:
-        return {"tracing": "off" if self.tracing_problem() is None else "unknown"
-                if self.tracing_before is None or self.tracing_after is None else "on",
-                "tracing_enabled": sorted(set(self.tracing_before or []) | set(self.tracing_after or [])),
-                "kvm_stats": self.kvm_stats}
+        return {"tracing": self.tracing, "tracing_enabled": self.enabled, "kvm_stats": self.kvm_stats}
 
 
 @dataclass

@@ -35,6 +35,10 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2},
                                            tracing_before=["kvm/kvm_exit"], tracing_after=[])
     assert "FAILED" in vm._live_verdict("case1")
+    # tracefs unreadable: nobody can say the window was untraced, so it is not a pass
+    vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2},
+                                           tracing_before=None, tracing_after=[])
+    assert "UNVERIFIED" in vm._live_verdict("case1")
     vm.result.windows["case1"] = TracedWindow(counts=window({"CPUID": 5000}),
                                               kvm_stats={"exits": 5000, "io_exits": 0})
     vm.result.windows["case2"] = TracedWindow(
