@@ -100,7 +100,7 @@ def _path(value, option: str, kind: str):
 @cli
 def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     """Build the guest kernel, initramfs, probes and QEMU in Docker (cached by input hash)."""
-    from exitlat.build import cli_build
+    from exitlat.build.builder import cli_build
 
     return cli_build(mirror=_path(mirror, "--mirror", "dir"), pins=_path(pins, "--pins", "file"),
                      verify_reproducible=verify_reproducible, force=force)
@@ -139,7 +139,7 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
           no_baselines=False, tracing="auto", verify_iterations=None, build=None):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
-    from exitlat.cli_bench import bench_main
+    from exitlat.run.cli import bench_main
 
     output, build = _path(output, "--output", "outdir"), _path(build, "--build", "dir")
 
@@ -192,7 +192,7 @@ def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=N
 @cli
 def doctor(c, core=None, json=False):
     """Preflight: KVM, Docker, tracing and isolation of the measured core, with fixes."""
-    from exitlat.isolation.cli import doctor_main
+    from exitlat.host.isolation.cli import doctor_main
 
     return doctor_main(core=None if core is None else int(core), as_json=json)
 
@@ -204,7 +204,7 @@ def doctor(c, core=None, json=False):
 @cli
 def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
     """Apply run-time isolation for a core (governor, turbo, IRQs, ...), or revert it."""
-    from exitlat.isolation.cli import isolate_main
+    from exitlat.host.isolation.cli import isolate_main
 
     state_file = _path(state_file, "--state-file", "file" if revert else "statefile")
 
@@ -219,7 +219,7 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
 @cli
 def results(c, root=None):
     """List result bundles (time, host, CPU, cases, status)."""
-    from exitlat.results_cli import results_main
+    from exitlat.results.cli import results_main
 
     root = _path(root, "--root", "dir")
 
@@ -231,7 +231,7 @@ def results(c, root=None):
 @cli
 def report(c, bundle, json=False):
     """Show one bundle: cases, paths, medians, CIs, warnings."""
-    from exitlat.results_cli import report_main
+    from exitlat.results.cli import report_main
 
     return report_main(bundle, as_json=json)
 
@@ -245,7 +245,7 @@ def report(c, bundle, json=False):
 @cli
 def compare(c, a, b=None, more=None, json=False, min_effect=None):
     """Compare bundles: headline medians over VM runs, ratios with CIs, unfair setups."""
-    from exitlat.results_cli import compare_main, split_bundle_args
+    from exitlat.results.cli import compare_main, split_bundle_args
 
     return compare_main(split_bundle_args(a, b, more), as_json=json, min_effect=min_effect)
 
@@ -254,7 +254,7 @@ def compare(c, a, b=None, more=None, json=False, min_effect=None):
 @cli
 def export(c, bundle, output=None):
     """Write a bundle as one deterministic .tar.gz."""
-    from exitlat.results_cli import export_main
+    from exitlat.results.cli import export_main
 
     output = _path(output, "--output", "outfile")
 
@@ -266,7 +266,7 @@ def export(c, bundle, output=None):
 @cli
 def import_(c, file, output=None):
     """Check an exported bundle, then add it to results/."""
-    from exitlat.results_cli import import_main
+    from exitlat.results.cli import import_main
 
     file, output = _path(file, "FILE", "file"), _path(output, "--output", "outdir")
 
@@ -277,7 +277,7 @@ def import_(c, file, output=None):
 @cli
 def validate(c, bundle):
     """Check a bundle fully, recomputing every statistic."""
-    from exitlat.results_cli import validate_main
+    from exitlat.results.cli import validate_main
 
     return validate_main(bundle)
 
@@ -287,7 +287,7 @@ def validate(c, bundle):
 @cli
 def plot(c, bundle, format="png", output=None):
     """Plot histogram + CDF per case, and an overview."""
-    from exitlat.results_cli import plot_main
+    from exitlat.results.cli import plot_main
 
     output = _path(output, "--output", "outdir")
 

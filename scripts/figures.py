@@ -32,9 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exitlat.build import STAGES, Builder  # noqa: E402
+from exitlat.build.builder import STAGES, Builder  # noqa: E402
 from exitlat.paths import build_root  # noqa: E402
-from exitlat.pins import load_pins  # noqa: E402
+from exitlat.build.pins import load_pins  # noqa: E402
 from exitlat.progress import Progress  # noqa: E402
 
 
@@ -118,7 +118,7 @@ def first_run_figures(case: str = "1-6") -> None:
     then the bench under TCG."""
     import yaml
 
-    from exitlat.images import base_tag
+    from exitlat.build.images import base_tag
 
     work = Path(tempfile.mkdtemp(prefix="exitlat-first-", dir=build_root().parent))
     raw = yaml.safe_load(load_pins().path.read_text())

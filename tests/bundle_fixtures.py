@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exitlat.bundle import SUMS, write_bundle
+from exitlat.results.bundle import SUMS, write_bundle
 
 
 def make_bundle(root: Path, name: str = "A", seed: int = 1, scale: float = 1.0,

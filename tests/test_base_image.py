@@ -10,14 +10,14 @@ import uuid
 import pytest
 
 from exitlat.paths import REPO_ROOT, cache_root
-from exitlat.pins import load_pins
+from exitlat.build.pins import load_pins
 
 pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
 import json, sys
-from exitlat.images import docker_client, ensure_base_image
-from exitlat.pins import load_pins
+from exitlat.build.images import docker_client, ensure_base_image
+from exitlat.build.pins import load_pins
 base = dict(load_pins().base, digest=None)      # as where no registry answers
 tag = ensure_base_image(docker_client(), base, lambda m: print(m, flush=True), tag=sys.argv[1])
 print(json.dumps({"tag": tag}))
@@ -26,7 +26,7 @@ print(json.dumps({"tag": tag}))
 
 def docker_ok() -> bool:
     try:
-        from exitlat.images import docker_client
+        from exitlat.build.images import docker_client
 
         docker_client(timeout=10)
         return True
@@ -38,7 +38,7 @@ def docker_ok() -> bool:
 def client():
     if not docker_ok():
         pytest.skip("no Docker engine")
-    from exitlat.images import docker_client
+    from exitlat.build.images import docker_client
 
     return docker_client()
 
@@ -69,7 +69,7 @@ def test_bootstrap_with_nothing_but_python_and_docker(client, tmp_path):
 
         pins = load_pins().base["debootstrap"]
         want = {f"{n}={p['version']}" for n, p in {**pins["required"], **pins["base"]}.items()}
-        from exitlat.images import image_packages
+        from exitlat.build.images import image_packages
 
         assert set(image_packages(client, tag)) == want
         # A working Debian: merged /usr, apt, dpkg's database consistent, no device test files.

@@ -3,15 +3,15 @@ incomplete run assembles (every requested case listed, real schema, real files).
 
 import numpy as np
 
-from exitlat.bench import BenchOptions, VmResult, VmRun, trace_buffer_kb
-from exitlat.bundle import load_bundle, write_bundle
+from exitlat.run.bench import BenchOptions, VmResult, VmRun, trace_buffer_kb
+from exitlat.results.bundle import load_bundle, write_bundle
 from exitlat.cases import case_specs
-from exitlat.document import DocumentBuilder
-from exitlat.guestio import GuestPlan
-from exitlat.hostinfo import collect_host
-from exitlat.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
+from exitlat.results.document import DocumentBuilder
+from exitlat.run.guestio import GuestPlan
+from exitlat.host.facts import collect_host
+from exitlat.verify.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
 from exitlat.progress import Progress
-from exitlat.windows import TimedWindow, TracedWindow
+from exitlat.run.windows import TimedWindow, TracedWindow
 
 
 def window(exits=None, userspace=None, pio=None):

@@ -6,10 +6,10 @@ import time
 
 import pytest
 
-from exitlat.build import STAGES, Builder, _cpu_seconds, compare_builds, make_plan
+from exitlat.build.builder import STAGES, Builder, _cpu_seconds, compare_builds, make_plan
 from exitlat.errors import ExitlatError
 from exitlat.paths import REPO_ROOT
-from exitlat.pins import load_pins
+from exitlat.build.pins import load_pins
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 
 from bundle_fixtures import edit_json, make_bundle, reseal, tree
 from bundle_fixtures import example_doc, example_samples
-from exitlat.bundle import (SCHEMA_VERSION, load_bundle,
+from exitlat.results.bundle import (SCHEMA_VERSION, load_bundle,
                             recheck_stats, write_bundle)
 from exitlat.errors import ExitlatError
 

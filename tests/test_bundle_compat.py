@@ -5,9 +5,9 @@ import shutil
 from pathlib import Path
 
 from bundle_fixtures import make_bundle
-from exitlat.bundle import load_bundle, recheck_stats
-from exitlat.compare import compare, render_compare
-from exitlat.report import render_report
+from exitlat.results.bundle import load_bundle, recheck_stats
+from exitlat.results.compare import compare, render_compare
+from exitlat.results.report import render_report
 
 V1 = Path(__file__).parent / "fixtures" / "bundle-v1"
 

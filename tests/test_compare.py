@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import example_doc, example_samples, make_bundle
-from exitlat.bundle import TCG_BANNER, load_bundle, write_bundle
-from exitlat.compare import compare, fieller, ratio_cell, render_compare
-from exitlat.vmstats import combine_runs
+from exitlat.results.bundle import TCG_BANNER, load_bundle, write_bundle
+from exitlat.results.compare import compare, fieller, ratio_cell, render_compare
+from exitlat.results.vmstats import combine_runs
 
 V1 = Path(__file__).parent / "fixtures" / "bundle-v1"
 
@@ -185,7 +185,7 @@ def test_schema_1_bundle_compares_with_r3(tmp_path):
 
 
 def test_parse_min_effect():
-    from exitlat.compare import parse_min_effect
+    from exitlat.results.compare import parse_min_effect
     from exitlat.errors import ExitlatError
     assert parse_min_effect("1%") == 0.01 and parse_min_effect("0.02") == 0.02 and parse_min_effect(0) == 0.0
     assert parse_min_effect(" 2.5% ") == pytest.approx(0.025)

@@ -1,5 +1,5 @@
-"""The decomposition of each exit's round trip (exitlat/decompose.py) and the timestamped pairing
-behind it (exitlat/kvmtrace.py: Timeline, ExitCounter(timeline=True)).
+"""The decomposition of each exit's round trip (exitlat/verify/decompose.py) and the timestamped pairing
+behind it (exitlat/verify/kvmtrace.py: Timeline, ExitCounter(timeline=True)).
 
 Most tests run on trace text: tests/fixtures/trace/decompose-*.trace, hand-written from the
 kernel's TP_printk formats with x86-tsc timestamps (their headers say so; one is a capture from the
@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exitlat.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
+from exitlat.verify.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
                                dist, of_case)
-from exitlat.kvmtrace import (KVM_RUN_IOCTL, TSC_CLOCK, ExitCounter, Timeline, _Acc, exit_kind,
+from exitlat.verify.kvmtrace import (KVM_RUN_IOCTL, TSC_CLOCK, ExitCounter, Timeline, _Acc, exit_kind,
                               find_tracefs, parse_trace_line, parse_trace_text, set_trace_clock,
                               trace_clocks, tracing_available)
 
@@ -329,8 +329,8 @@ def test_large_synthetic_window_medians():
 
 def test_stacked_bar_plot(tmp_path):
     from bundle_fixtures import example_doc
-    from exitlat.bundle import Bundle
-    from exitlat.plot import plot_decomposition
+    from exitlat.results.bundle import Bundle
+    from exitlat.results.plot import plot_decomposition
 
     _c, p = pair("decompose-vmx-6.1-format.trace")
     doc = example_doc(cases=(1, 2, 3))
@@ -404,7 +404,7 @@ def test_microvm_timeline_for_real():
     """The raw-KVM micro-VM traced with a timeline: every OUT's trip to user space is seen (the
     syscall pairs, in the right order); where KVM traces its exits (VMX/SVM) every OUT and CPUID
     pairs exactly, where it does not (PVM) the decomposition says so."""
-    from exitlat.microvm import MicroVM, kvm_usable
+    from microvm import MicroVM, kvm_usable
 
     ok, why = kvm_usable()
     if not ok:
@@ -461,7 +461,7 @@ def _synthetic_window(kind: str, n: int, pid: int = 4012):
 
 
 def _document_has_decomposition() -> bool:
-    from exitlat.document import DocumentBuilder
+    from exitlat.results.document import DocumentBuilder
 
     return hasattr(DocumentBuilder, "_decomposition")
 
@@ -470,14 +470,14 @@ def _document_has_decomposition() -> bool:
                     "decomposition yet (the lead's patch)")
 @pytest.mark.parametrize("emulated", [False, True])
 def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulated):
-    from exitlat.bench import BenchOptions, VmResult
-    from exitlat.bundle import load_bundle, write_bundle
+    from exitlat.run.bench import BenchOptions, VmResult
+    from exitlat.results.bundle import load_bundle, write_bundle
     from exitlat.cases import case_specs
-    from exitlat.document import DocumentBuilder
-    from exitlat.hostinfo import collect_host
-    from exitlat.plot import plot_bundle
-    from exitlat.report import render_report, report_json
-    from exitlat.windows import TimedWindow, TracedWindow
+    from exitlat.results.document import DocumentBuilder
+    from exitlat.host.facts import collect_host
+    from exitlat.results.plot import plot_bundle
+    from exitlat.results.report import render_report, report_json
+    from exitlat.run.windows import TimedWindow, TracedWindow
 
     n = 300
     o = BenchOptions(cases=[1, 2], iterations=n, warmup=0, accel="kvm", container=False,
@@ -524,7 +524,7 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
     enabled in the same instance (kvm_entry, the syscalls with the KVM_RUN filter) and go through
     trace_pipe to the reader. The fake instance behaves like tracefs where it matters: trace_pipe
     and trace_marker are FIFOs, and what is written to trace_marker comes out of trace_pipe."""
-    from exitlat import kvmtrace
+    from exitlat.verify import kvmtrace
 
     inst = tmp_path / "instances" / "exitlat-fake"
     hists = {"kvm_exit": "{ common_pid: 7, exit_reason: 10, isa: 1 } hitcount: 2\n",

@@ -47,14 +47,14 @@ def test_build_outputs_and_manifest(built):
 
 
 def test_noop_rebuild_runs_no_stage(built):
-    from exitlat.build import build
+    from exitlat.build.builder import build
 
     folder, timings = build()
     assert folder == built and timings == {}
 
 
 def test_boot_to_init_marker_tcg(built):
-    from exitlat.smoke import boot_to_marker
+    from smoke import boot_to_marker
 
     secs, console = boot_to_marker(built, accel="tcg", container=False)
     assert "EXITLAT-INIT-READY" in console
@@ -62,7 +62,7 @@ def test_boot_to_init_marker_tcg(built):
 
 
 def test_boot_in_runtime_container_tcg(built):
-    from exitlat.smoke import boot_to_marker
+    from smoke import boot_to_marker
 
     secs, console = boot_to_marker(built, accel="tcg", container=True)
     assert "EXITLAT-INIT-READY" in console

@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exitlat.bench import BenchOptions, VmRun
-from exitlat.build import find_build
+from exitlat.run.bench import BenchOptions, VmRun
+from exitlat.build.builder import find_build
 from exitlat.cases import case_specs
-from exitlat.guestio import GuestPlan, parse_console_line
-from exitlat.pins import load_pins
+from exitlat.run.guestio import GuestPlan, parse_console_line
+from exitlat.build.pins import load_pins
 from exitlat.progress import Progress
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 def build():
     folder = find_build()
     if folder is None:
-        from exitlat.build import build as do_build
+        from exitlat.build.builder import build as do_build
         folder, _ = do_build()
     return folder
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.guestio import BASELINE_KEYS, HEADER_SIZE, GuestPlan, parse_console_line, read_samples
+from exitlat.run.guestio import BASELINE_KEYS, HEADER_SIZE, GuestPlan, parse_console_line, read_samples
 from exitlat.paths import REPO_ROOT
 
 # ---- GuestPlan ----------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from exitlat.hostinfo import collect_host, cpu_info, kvm_info, tsc_info, vulnerabilities
+from exitlat.host.facts import collect_host, cpu_info, kvm_info, tsc_info, vulnerabilities
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.isolation import collect_state, default_core, housekeeping_core
-from exitlat.isolation.cli import doctor_main, isolate_main
-from exitlat.isolation.items import Docker, Host
-from exitlat.isolation.sysfs import (SysFs, cmdline_params, format_cpulist, format_cpumask, parse_cpulist,
+from exitlat.host.isolation import collect_state, default_core, housekeeping_core
+from exitlat.host.isolation.cli import doctor_main, isolate_main
+from exitlat.host.isolation.items import Docker, Host
+from exitlat.host.isolation.sysfs import (SysFs, cmdline_params, format_cpulist, format_cpumask, parse_cpulist,
                                      parse_cpumask, selected)
-from exitlat.isolation.tune import isolate, revert
+from exitlat.host.isolation.tune import isolate, revert
 
 CPU = "sys/devices/system/cpu"
 BOOT_ID = "0b0b0b0b-1111-2222-3333-444444444444\n"

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat import kvmtrace
-from exitlat.kvmtrace import (FASTPATH_SYMBOLS, MAX_UNPARSED_LINES, SVM_EXIT_REASONS, SVM_PRINT_NAMES,
+from exitlat.verify import kvmtrace
+from exitlat.verify.kvmtrace import (FASTPATH_SYMBOLS, MAX_UNPARSED_LINES, SVM_EXIT_REASONS, SVM_PRINT_NAMES,
                               ExitCounter, ExitCounts, _Acc, _acc_from_hists, decode_exit_reason,
                               decode_userspace_reason, fastpath_symbols, parse_hist, parse_trace_line,
                               parse_trace_text, remove_stale_instances, tracing_available)

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.hostinfo import cpu_info
-from exitlat.kvmtrace import (FASTPATH_SYMBOLS, ExitCounter, fastpath_symbols, find_tracefs,
+from exitlat.host.facts import cpu_info
+from exitlat.verify.kvmtrace import (FASTPATH_SYMBOLS, ExitCounter, fastpath_symbols, find_tracefs,
                               kprobes_available, probe_group, tracing_available)
-from exitlat.microvm import MicroVM, kvm_usable, run_microvm_phases
-from exitlat.verify import exit_vendor, verify_case, verify_timed_window
+from microvm import MicroVM, kvm_usable, run_microvm_phases
+from exitlat.verify.rules import exit_vendor, verify_case, verify_timed_window
 
 pytestmark = pytest.mark.kvm
 

@@ -12,10 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitlat import images
+from exitlat.build import images
 from exitlat.errors import ExitlatError
-from exitlat.pins import DEFAULT_PINS, load_pins
-from exitlat.sources import ChecksumMismatch, SourceFetcher
+from exitlat.build.pins import DEFAULT_PINS, load_pins
+from exitlat.build.sources import ChecksumMismatch, SourceFetcher
 
 
 def write_pins(tmp_path: Path, mutate) -> Path:
@@ -266,7 +266,7 @@ def test_usr_merge_paths():
 def test_first_stage_layout(tmp_path):
     """What Python lays out for debootstrap's --second-stage: merged /usr, first file wins, every
     .deb and an index of them, debootstrap and its state."""
-    from exitlat.pins import SourcePin
+    from exitlat.build.pins import SourcePin
 
     def pin(name, file):
         return SourcePin(name=f"base.{name}", version="1", file=file, sha256="0" * 64, urls=(),

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle
-from exitlat.bundle import SCHEMA_VERSION, TCG_BANNER, load_bundle
-from exitlat.compare import compare, render_compare
-from exitlat.report import fmt_cycles, render_report, report_json
+from exitlat.results.bundle import SCHEMA_VERSION, TCG_BANNER, load_bundle
+from exitlat.results.compare import compare, render_compare
+from exitlat.results.report import fmt_cycles, render_report, report_json
 
 REPO = Path(__file__).resolve().parent.parent
 

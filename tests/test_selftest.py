@@ -28,9 +28,9 @@ import pytest
 import yaml
 
 from exitlat.errors import ExitlatError
-from exitlat.kvmtrace import ExitCounts, parse_hist, parse_trace_text
+from exitlat.verify.kvmtrace import ExitCounts, parse_hist, parse_trace_text
 from exitlat.paths import REPO_ROOT
-from exitlat.pins import DEFAULT_PINS, load_pins
+from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.progress import Progress
 from exitlat.selftest import controls, host, inner
 from exitlat.selftest.cli import evaluate, parse_runs, render_text, selftest_main
@@ -171,7 +171,7 @@ def test_pins_without_the_section_load_but_selftest_says_so(tmp_path):
 def test_build_does_not_read_the_emulated_host_inputs(tmp_path):
     """`invoke build` fetches only its stages' sources: the L1 kernel is not one of them, and the
     build hash does not change with the emulated_host section."""
-    from exitlat.build import STAGES, make_plan
+    from exitlat.build.builder import STAGES, make_plan
 
     used = {name for st in STAGES for name in st.sources}
     assert all(s.name in used for s in load_pins().sources())
@@ -443,7 +443,7 @@ def test_merge_counts_adds_whatever_fields_exist():
 # --- real trace text captured inside L1 -------------------------------------------------------------------
 # Made by `invoke selftest --runs cpuid-hist --capture DIR` (exitlat/selftest/capture.py); each file
 # starts with '#' lines saying where and how. The .expect.json files were counted by capture.py's
-# own counter, not by exitlat.kvmtrace.
+# own counter, not by exitlat.verify.kvmtrace.
 
 CAPTURED = "captured-svm-6.12"
 
@@ -483,7 +483,7 @@ def test_captured_qemu_window_parses_to_what_was_counted():
 
 
 def _hist_totals(prefix: str) -> dict:
-    from exitlat.kvmtrace import decode_exit_reason
+    from exitlat.verify.kvmtrace import decode_exit_reason
 
     out = {"exits": {}, "userspace": 0, "pio": 0, "cpuid": 0, "hypercall": 0, "msr": 0}
     for ev in ("kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_msr", "kvm_cpuid", "kvm_hypercall"):
@@ -594,7 +594,7 @@ def test_selftest_end_to_end(tmp_path):
     assert [c["name"] for c in doc["controls"]] == list(controls.CONTROL_NAMES)
     for c in doc["controls"]:
         assert c["baseline"] == "passed" and c["verdict"] == "failed" and c["ok"], c
-    from exitlat.bundle import load_bundle
+    from exitlat.results.bundle import load_bundle
 
     for path in doc["bundles"].values():
         b = load_bundle(Path(path))          # full check of hashes, schema, statistics

@@ -1,4 +1,4 @@
-"""Verdicts (exitlat.verify) on hand-made windows and stats: every fail-closed check has a negative
+"""Verdicts (exitlat.verify.rules) on hand-made windows and stats: every fail-closed check has a negative
 control, a window that passes everything else and fails (or is unverified) only because of it."""
 
 import json
@@ -6,8 +6,8 @@ import json
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.kvmtrace import ExitCounts, parse_trace_text
-from exitlat.verify import (AGREE_TOLERANCE, STATS_STRAY_EVENTS, STRAY_EVENTS, ZERO_TOLERANCE,
+from exitlat.verify.kvmtrace import ExitCounts, parse_trace_text
+from exitlat.verify.rules import (AGREE_TOLERANCE, STATS_STRAY_EVENTS, STRAY_EVENTS, ZERO_TOLERANCE,
                             exit_vendor, expected_reasons, verify_baseline, verify_case,
                             verify_timed_window)
 
@@ -363,7 +363,7 @@ def test_window_from_bundle_dict_verifies_the_same():
 
 
 def test_tolerance_constants_documented():
-    import exitlat.verify as v
+    import exitlat.verify.rules as v
 
     for name in ("ONE_TOLERANCE", "ZERO_TOLERANCE", "STRAY_EVENTS", "STATS_STRAY_EVENTS", "AGREE_TOLERANCE"):
         assert name in v.__doc__

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from ..bench import parse_int
-from ..errors import CheckFailed, ExitlatError
-from ..paths import build_root, results_root
-from ..progress import Progress, fmt_duration
+from exitlat.run.bench import parse_int
+from exitlat.errors import CheckFailed, ExitlatError
+from exitlat.paths import build_root, results_root
+from exitlat.progress import Progress, fmt_duration
 from .inner import CAPTURE_RUNS, RUN_NAMES, RUNS, run_config
 
 MIN_ITERATIONS, MAX_ITERATIONS = 100, 200_000
@@ -80,7 +80,7 @@ def case_rows(run: dict, doc: dict) -> list[dict]:
 
 def import_bundles(out_dir: Path, runs: list[dict], dest: Path) -> dict[str, Path]:
     """Import every run's exported bundle into dest (each checked by the import); name -> path."""
-    from ..archive import import_bundle
+    from exitlat.results.archive import import_bundle
 
     paths = {}
     for r in runs:
@@ -263,10 +263,10 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
         raise ExitlatError(f"--capture {capture_dir}: folder exists and is not empty")
     check_machine()
 
-    from ..bench import ensure_build
-    from ..bundle import load_bundle
-    from ..pins import load_pins
-    from ..qemu import qemu_binary
+    from exitlat.run.bench import ensure_build
+    from exitlat.results.bundle import load_bundle
+    from exitlat.build.pins import load_pins
+    from exitlat.run.qemu import qemu_binary
     from .host import L1Boot, Timeouts, console_log_path, l1_build_path
     from .image import ensure_l1_image
 

@@ -17,7 +17,7 @@ import tarfile
 from pathlib import Path
 from typing import BinaryIO, Iterable
 
-from ..errors import ExitlatError
+from exitlat.errors import ExitlatError
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"

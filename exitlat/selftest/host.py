@@ -27,9 +27,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ExitlatError
-from ..paths import REPO_ROOT
-from ..progress import Progress, fmt_duration
+from exitlat.errors import ExitlatError
+from exitlat.paths import REPO_ROOT
+from exitlat.progress import Progress, fmt_duration
 from .cpio import CpioWriter
 
 MARK = "exitlat-l1:"

@@ -19,13 +19,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ExitlatError
-from ..images import (DOCKER_DIR, ChunkReader, build_image, docker_client, ensure_base_image,
+from exitlat.errors import ExitlatError
+from exitlat.build.images import (DOCKER_DIR, ChunkReader, build_image, docker_client, ensure_base_image,
                       short_hash)
-from ..paths import build_root
-from ..pins import Pins, load_pins
-from ..progress import Progress, fmt_duration
-from ..sources import SourceFetcher, sha256_file
+from exitlat.paths import build_root
+from exitlat.build.pins import Pins, load_pins
+from exitlat.progress import Progress, fmt_duration
+from exitlat.build.sources import SourceFetcher, sha256_file
 from .cpio import CpioWriter
 
 IMAGE_FORMAT = 1
@@ -108,7 +108,7 @@ class _LogTee:
 def _deb_data_members(deb: Path):
     """Stream the members of a Debian binary package's data.tar.*: yields (TarInfo, file object
     or None), in one pass (the .deb reader the base image uses)."""
-    from ..images import deb_data
+    from exitlat.build.images import deb_data
 
     with deb_data(deb) as tar:
         for m in tar:

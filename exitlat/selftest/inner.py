@@ -95,7 +95,7 @@ def l1_facts() -> dict:
         for p in sorted(pdir.iterdir()):
             params[p.name] = _read(str(p))
     try:
-        from ..kvmtrace import tracing_available
+        from exitlat.verify.kvmtrace import tracing_available
 
         tracing = tracing_available()
     except Exception as err:  # reported, never fatal here
@@ -174,9 +174,9 @@ def one_run(cfg: dict, run: dict, index: int, of: int) -> dict:
 
 def _attempt(cfg: dict, run: dict, rec: dict) -> None:
     """One run_bench call; fills rec (status, bundle, archive, error)."""
-    from ..archive import export_bundle
-    from ..bench import BenchOptions, run_bench
-    from ..bundle import load_bundle
+    from exitlat.results.archive import export_bundle
+    from exitlat.run.bench import BenchOptions, run_bench
+    from exitlat.results.bundle import load_bundle
 
     rec.update(status="error", error=None, bundle=None, archive=None, reason=None)
     opts = BenchOptions(
@@ -216,7 +216,7 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
                 archive = export_bundle(path, OUT / "bundles" / f"{path.name}.tar.gz")
                 rec["archive"] = archive.name
     except Exception as err:   # one run's failure must not lose the others
-        from ..errors import ExitlatError
+        from exitlat.errors import ExitlatError
 
         rec["error"] = str(err).splitlines()[0] if isinstance(err, ExitlatError) else \
             f"{type(err).__name__}: {err}"

@@ -1,0 +1,1 @@
+"""Pins → sources → Docker images → the build folder (kernel, initramfs, probes, QEMU)."""

@@ -1,0 +1,139 @@
+"""Source providers: fetch each pinned input from a mirror folder, an upstream URL or the Debian
+archive, in that order, always checking the sha256. Verified files are cached by checksum."""
+
+import hashlib
+import os
+import shutil
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from exitlat.errors import ExitlatError
+from exitlat.paths import cache_root
+from .pins import Pins, SourcePin
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(CHUNK), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fetched:
+    pin: SourcePin
+    path: Path
+    provider: str  # "cache", "mirror", "upstream" or "debian"
+    origin: str    # the folder or URL it came from
+
+
+class ChecksumMismatch(ExitlatError):
+    pass
+
+
+class Cancelled(ExitlatError):
+    pass
+
+
+def _download(url: str, dest: Path, timeout: float, progress=None, stop=None) -> None:
+    req = urllib.request.Request(url, headers={"User-Agent": "exitlat"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
+        total = int(resp.headers.get("Content-Length") or 0)
+        done = 0
+        while block := resp.read(CHUNK):
+            if stop is not None and stop.is_set():
+                raise Cancelled(f"download of {url} stopped")
+            out.write(block)
+            done += len(block)
+            if progress:
+                progress(done, total)
+
+
+class SourceFetcher:
+    """Tries providers in order; each failure is remembered so the final error names all of them."""
+
+    def __init__(self, pins: Pins, mirror: Path | str | None = None, cache: Path | None = None,
+                 timeout: float = 30.0, use_network: bool = True, log=print):
+        self.pins = pins
+        self.mirror = Path(mirror) if mirror else None
+        self.cache = Path(cache) if cache else cache_root() / "sources"
+        self.timeout = timeout
+        self.use_network = use_network
+        self.log = log
+        self.stop = threading.Event()   # set by cancel(): downloads in other threads end early
+        if self.mirror is not None:
+            if not self.mirror.exists():
+                raise ExitlatError(f"mirror folder not found: {self.mirror}")
+            if not self.mirror.is_dir():
+                raise ExitlatError(f"mirror {self.mirror} is a file; give the folder that holds "
+                                   "the files named as in pins.yaml")
+            try:
+                os.listdir(self.mirror)
+            except OSError as err:
+                raise ExitlatError(f"cannot read the mirror folder {self.mirror}: {err.strerror}") from None
+
+    def cancel(self) -> None:
+        """Stop every download under way (from any thread); their fetch() raises Cancelled."""
+        self.stop.set()
+
+    def candidates(self, pin: SourcePin) -> list[tuple[str, str]]:
+        found = []
+        if self.mirror is not None:
+            found.append(("mirror", str(self.mirror / pin.file)))
+        if self.use_network:
+            found += [("upstream", u) for u in pin.urls]
+            deb = pin.debian_pool_url(self.pins.debian_archive)
+            if deb:
+                found.append(("debian", deb))
+        return found
+
+    def fetch(self, pin: SourcePin) -> Fetched:
+        cached = self.cache / pin.sha256[:16] / pin.file
+        first = cached.parent / (pin.file + ".origin")   # who served it the first time
+        if cached.is_file() and sha256_file(cached) == pin.sha256:
+            origin = first.read_text().strip() if first.is_file() else "unknown"
+            return Fetched(pin, cached, "cache", f"{cached} (first from {origin})")
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        problems = []
+        for provider, origin in self.candidates(pin):
+            fd, tmp_name = tempfile.mkstemp(dir=cached.parent, prefix=".part-")
+            os.close(fd)
+            tmp = Path(tmp_name)
+            try:
+                if provider == "mirror" or origin.startswith("file://"):
+                    src = Path(origin.removeprefix("file://"))
+                    if not src.is_file():
+                        problems.append(f"{provider}: {src} not found")
+                        continue
+                    shutil.copyfile(src, tmp)
+                else:
+                    self.log(f"  downloading {pin.file} from {origin}")
+                    _download(origin, tmp, self.timeout, stop=self.stop)
+                got = sha256_file(tmp)
+                if got != pin.sha256:
+                    problems.append(f"{provider}: checksum mismatch (got {got[:12]}…, "
+                                    f"pinned {pin.sha256[:12]}…)")
+                    continue
+                os.replace(tmp, cached)
+                first.write_text(f"{provider}: {origin}\n")
+                return Fetched(pin, cached, provider, origin)
+            except (urllib.error.URLError, OSError, ValueError) as err:
+                reason = getattr(err, "reason", None) or err
+                problems.append(f"{provider}: {origin}: {reason}")
+            finally:
+                tmp.unlink(missing_ok=True)
+        if not problems:
+            problems.append("no provider configured (give --mirror DIR or allow the network)")
+        mismatch = any("checksum mismatch" in p for p in problems)
+        cls = ChecksumMismatch if mismatch else ExitlatError
+        raise cls(f"cannot get {pin.name} {pin.version} ({pin.file}): " + "; ".join(problems))
+
+    def fetch_all(self) -> dict[str, Fetched]:
+        return {pin.name: self.fetch(pin) for pin in self.pins.sources()}

@@ -1,0 +1,1 @@
+"""Bundles: the document, statistics, storage, archives, reports, comparisons, plots."""

@@ -1,0 +1,261 @@
+"""`invoke compare A B [C...]`: the same cases side by side, pooled over each bundle's VM runs; the
+ratio of each headline median to the first bundle's with a confidence interval from both sides'
+VM-to-VM variation; a significance marker only for differences that are real; and a warning for
+every difference in setup that makes the comparison unfair.
+
+Each bundle's repeats of a case are samples of its configuration (exitlat.results.vmstats): the headline
+is the median of the per-VM medians, with standard error se = c_R · s / √R (s: sd of the per-VM
+medians). The ratio X/A = headline_X / headline_A gets Fieller's 95% interval for a ratio of two
+independent estimates — the roots ρ of (x − ρa)² = t² (se_x² + ρ² se_a²) — with t from Student's t
+at the Welch–Satterthwaite degrees of freedom of the two relative variances (floored: conservative).
+It is exact for normal estimates, needs no random numbers and is unbounded (reported as null) when
+A's own interval reaches 0.
+
+'*' only when that interval excludes 1 AND |ratio − 1| exceeds a minimum effect (default 1%,
+`min_effect`): with enough VM runs any shift becomes "significant", and one far below a percent is
+rarely what a reader is after. With R = 1 on either side there is no interval and no '*':
+run-to-run variation is unknown. docs/statistics.md has the method and its
+simulated false-positive rate and power. The ratio is taken in ns when the TSC rates differ
+(cycles of different clocks are not comparable), else in cycles.
+"""
+
+import math
+
+from tabulate import tabulate
+
+from .bundle import Bundle
+from exitlat.errors import ExitlatError
+from .report import fmt_cycles
+from .vmstats import (DEFAULT_MIN_EFFECT, RECOMMENDED_REPEAT, case_summaries, group_entries, label,
+                      stability_warnings, t975, welch_df)
+
+
+def _diff(what: str, a, b, name_a: str, name_b: str) -> str | None:
+    return None if a == b else f"{what} differs: {name_a}: {a!r} vs {name_b}: {b!r}"
+
+
+def _dict_diff(what: str, a: dict, b: dict, name_b: str) -> str | None:
+    keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    if not keys:
+        return None
+    shown = ", ".join(f"{k} {a.get(k)!r}→{b.get(k)!r}" for k in keys[:4])
+    return f"{what} differ in {name_b}: {shown}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def unfairness(a: Bundle, b: Bundle) -> list[str]:
+    """Every setup difference between bundle a (reference) and b, one line each."""
+    da, db = a.doc, b.doc
+    na, nb = a.name, b.name
+    ha, hb = da["host"], db["host"]
+    cpu_keys = ("vendor", "model_name", "family", "model", "stepping", "microcode", "smt")
+    out = [
+        _diff("CPU", {k: ha["cpu"].get(k) for k in cpu_keys}, {k: hb["cpu"].get(k) for k in cpu_keys}, na, nb),
+        _diff("TSC frequency", a.tsc_hz, b.tsc_hz, na, nb),
+        _diff("host kernel", ha["kernel"]["release"], hb["kernel"]["release"], na, nb),
+        _diff("host kernel cmdline", ha["kernel"].get("cmdline"), hb["kernel"].get("cmdline"), na, nb),
+        _diff("KVM module", ha["kvm"].get("module"), hb["kvm"].get("module"), na, nb),
+        _dict_diff("KVM parameters", ha["kvm"].get("parameters", {}), hb["kvm"].get("parameters", {}), nb),
+        _dict_diff("mitigations", ha.get("vulnerabilities", {}), hb.get("vulnerabilities", {}), nb),
+        _diff("isolation (isolated)", da["isolation"].get("isolated"), db["isolation"].get("isolated"), na, nb),
+        _diff("QEMU version", da["qemu"].get("version"), db["qemu"].get("version"), na, nb),
+        _diff("guest kernel", (da["guest"].get("kernel_release"), da["guest"].get("kernel_config_sha256")),
+              (db["guest"].get("kernel_release"), db["guest"].get("kernel_config_sha256")), na, nb),
+        _diff("busybox", da["guest"].get("busybox_version"), db["guest"].get("busybox_version"), na, nb),
+        _diff("accel", da["accel"], db["accel"], na, nb),
+    ]
+    return [w for w in out if w]
+
+
+def general_warnings(bundles: list[Bundle]) -> list[str]:
+    out = []
+    for b in bundles:
+        if b.banner:
+            out.append(f"{b.name}: {b.banner}")
+        if b.doc["status"]["state"] != "complete":
+            out.append(f"{b.name}: run INCOMPLETE: {b.doc['status']['reason']}")
+        if not b.doc["isolation"].get("isolated"):
+            out.append(f"{b.name}: measured core was NOT isolated")
+        failed = [e["key"] for e in b.doc["cases"] if e["verification"]["status"] == "failed"]
+        if failed:
+            out.append(f"{b.name}: exit path verification FAILED for {', '.join(failed)}")
+    return out
+
+
+METHOD = ("ratio = X's headline / A's headline (median of per-VM medians); CI95: Fieller interval "
+          "from both sides' VM-to-VM variation, Welch df")
+
+
+def parse_min_effect(text) -> float:
+    """The CLI's --min-effect: a fraction (0.01) or a percentage (1%); ExitlatError otherwise."""
+    if isinstance(text, (int, float)) and not isinstance(text, bool):
+        value = float(text)
+    else:
+        t = str(text).strip()
+        try:
+            value = float(t[:-1]) / 100 if t.endswith("%") else float(t)
+        except ValueError:
+            raise ExitlatError(f"--min-effect: expected a fraction such as 0.01 or a percentage such "
+                               f"as 1%, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise ExitlatError(f"--min-effect must be at least 0 and below 1 (100%), got {text!r}")
+    return value
+
+
+def fieller(a: float, se_a: float, b: float, se_b: float, t: float) -> list[float] | None:
+    """95% interval of b/a for independent estimates a, b with standard errors se_a, se_b (Fieller);
+    None when it is unbounded (a's own interval reaches 0)."""
+    va, vb = se_a * se_a, se_b * se_b
+    q = a * a - t * t * va
+    if a <= 0 or q <= 0:
+        return None
+    root = t * math.sqrt(vb * q + b * b * va)
+    return [(a * b - root) / q, (a * b + root) / q]
+
+
+def ratio_cell(ref: dict, x: dict, scale: float = 1.0, min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
+    """ratio, ratio_ci95, significant and a note for summary x against summary ref (combine_runs
+    dicts); scale multiplies the ratio (TSC rates: cycles of B over cycles of A in ns)."""
+    out = {"ratio": None, "ratio_ci95": None, "significant": False, "note": None}
+    a, b = ref["median"], x["median"]
+    if a is None or b is None or a <= 0:
+        return out
+    out["ratio"] = b / a * scale
+    lonely = [w for w, s in (("A", ref), ("this bundle", x)) if s["R"] < 2]
+    if lonely:
+        out["note"] = f"R=1 in {' and '.join(lonely)}: run-to-run variation unknown, no CI"
+        return out
+    ra, rb = ref["se"] / a, x["se"] / b
+    t = t975(welch_df(ra * ra, ref["R"], rb * rb, x["R"]))
+    ci = fieller(a, ref["se"], b, x["se"], t)
+    if ci is None:
+        out["note"] = "ratio CI unbounded: A's VM medians scatter too much"
+        return out
+    out["ratio_ci95"] = [ci[0] * scale, ci[1] * scale]
+    lo, hi = out["ratio_ci95"]
+    out["significant"] = (lo > 1.0 or hi < 1.0) and abs(out["ratio"] - 1.0) > min_effect
+    return out
+
+
+def _repeat_text(reps: list[int]) -> str:
+    reps = sorted(set(reps))
+    if not reps:
+        return ""
+    if reps == list(range(reps[0], reps[-1] + 1)):
+        return f" r{reps[0]}" if len(reps) == 1 else f" r{reps[0]}-{reps[-1]}"
+    return " r" + ",".join(str(r) for r in reps)
+
+
+def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
+    """Rows (one per case/baseline, pooled over repeats) × cells (one per bundle); see the module
+    docstring. Each cell: key (first entry), keys, R, n (samples over all runs), median (headline,
+    in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note."""
+    if len(bundles) < 2:
+        raise ExitlatError("compare needs at least two bundles")
+    if not min_effect >= 0:
+        raise ExitlatError(f"minimum effect must be >= 0, got {min_effect!r}")
+    hzs = [b.tsc_hz for b in bundles]
+    unit = "ns" if len(set(hzs)) > 1 and all(hzs) else "cycles"
+    sums = [{tuple(s["identity"]): s for s in case_summaries(b, min_effect)} for b in bundles]
+    order: list[tuple] = []
+    for b in bundles:
+        for ident, _ in group_entries(b.entries()):
+            if ident not in order:
+                order.append(ident)
+    rows = []
+    for ident in order:
+        cells = []
+        ref = sums[0].get(ident)
+        for i, b in enumerate(bundles):
+            s = sums[i].get(ident)
+            cell = {"key": None, "keys": [], "R": 0, "n": None, "median": None, "ci95": None,
+                    "spread": None, "rel_spread": None, "ratio": None, "ratio_ci95": None,
+                    "significant": None, "note": None}
+            if s is not None:
+                view = s["ns"] if unit == "ns" else s
+                cell.update(key=s["keys"][0], keys=s["keys"], R=s["R"], n=s["n"] or None,
+                            median=view["median"], ci95=view["ci95"], spread=view["spread"],
+                            rel_spread=s["rel_spread"], note=s["note"] if s["R"] < 2 else None)
+            if i > 0 and s is not None and ref is not None and s["median"] is not None:
+                scale = hzs[0] / hzs[i] if unit == "ns" else 1.0
+                cell.update(ratio_cell(ref, s, scale, min_effect))
+            cells.append(cell)
+        reps = [r for i in range(len(bundles)) if sums[i].get(ident) for r in sums[i][ident]["repeats"]]
+        rows.append({"entry": label(ident) + _repeat_text(reps), "cells": cells})
+    unfair = {b.name: unfairness(bundles[0], b) for b in bundles[1:]}
+    single = [b.name for i, b in enumerate(bundles) if any(s["R"] == 1 for s in sums[i].values())]
+    notes = []
+    if single:
+        notes.append(f"run-to-run variation unknown (R=1) in {', '.join(single)}: where a side has "
+                     f"one VM run there is no CI and no '*'; measure with --repeat {RECOMMENDED_REPEAT}")
+    stability = {b.name: stability_warnings(list(sums[i].values()), skip=("single_run",),
+                                                min_effect=min_effect)
+                 for i, b in enumerate(bundles)}
+    return {"unit": unit, "reference": bundles[0].name, "bundles": [b.name for b in bundles],
+            "min_effect": min_effect, "method": METHOD,
+            "tcg": [b.name for b in bundles if b.is_tcg],
+            "not_exit_timings": {b.name: b.banner for b in bundles if b.banner}, "rows": rows,
+            "notes": notes, "stability": stability,
+            "unfair": unfair, "warnings": general_warnings(bundles)}
+
+
+def _letter(i: int) -> str:
+    return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i] if i < 26 else str(i)
+
+
+def _median_text(c: dict) -> str:
+    if c["median"] is None:
+        return "-"
+    text = fmt_cycles(c["median"])
+    if c["R"] >= 2 and c["ci95"] is not None and c["median"]:
+        text += f" ±{100 * (c['ci95'][1] - c['median']) / c['median']:.1f}%"
+    return text + f" R={c['R']}"
+
+
+def _ratio_text(c: dict) -> str:
+    if c["ratio"] is None:
+        return "-"
+    if c["ratio_ci95"] is None:
+        return f"{c['ratio']:.3f} [no CI]"
+    mark = " *" if c["significant"] else ""
+    lo, hi = c["ratio_ci95"]
+    return f"{c['ratio']:.3f} [{lo:.3f}, {hi:.3f}]{mark}"
+
+
+def render_compare(res: dict) -> str:
+    names = res["bundles"]
+    out = []
+    banners = sorted(set(res.get("not_exit_timings", {}).values()))
+    for text in banners:
+        who = [n for n, t in res["not_exit_timings"].items() if t == text]
+        out += [f"*** {text} ({', '.join(who)}) ***"]
+    if banners:
+        out.append("")
+    for i, n in enumerate(names):
+        out.append(f"{_letter(i)}: {n}")
+    out.append("")
+    headers = ["entry", f"A median ({res['unit']})"]
+    headers += [f"{_letter(i)} median, {_letter(i)}/A [CI95]" for i in range(1, len(names))]
+    rows = []
+    for r in res["rows"]:
+        row = [r["entry"], _median_text(r["cells"][0])]
+        for c in r["cells"][1:]:
+            row.append("-" if c["median"] is None else f"{_median_text(c)}  {_ratio_text(c)}")
+        rows.append(row)
+    out.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    eff = 100 * res.get("min_effect", DEFAULT_MIN_EFFECT)
+    out += ["",
+            "median: median of the per-VM medians of R VM runs (±: its 95% CI across VM runs)",
+            "ratio = median / A's median; CI95 from both sides' VM-to-VM variation (Fieller)",
+            f"* = the ratio's CI95 excludes 1 and the difference exceeds {eff:g}% (the minimum effect)"]
+    if res["unit"] == "ns":
+        out.append("TSC frequencies differ: medians and ratios are in ns, not cycles")
+    lines = [f"note: {n}" for n in res.get("notes", [])]
+    lines += [f"stability: {name}: {w}" for name, ws in res.get("stability", {}).items() for w in ws]
+    lines += [f"unfair: {w}" for ws in res["unfair"].values() for w in ws]
+    lines += [f"warning: {w}" for w in res["warnings"]]
+    if lines:
+        out += [""] + lines
+    if banners:
+        out.append("")
+        out += [f"*** {text} ***" for text in banners]
+    return "\n".join(out)

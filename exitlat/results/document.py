@@ -1,0 +1,241 @@
+"""The bundle document of one `invoke bench` run, assembled in one place from what the VM runs
+recorded: per case its timed window (the samples, the statistics, KVM stats), its traced window
+(exit counts, verdict, the tracing overhead) and its cost net of the same-mode timer baseline.
+Statistics are computed here, before storage; exitlat.results.bundle only stores and checks them."""
+
+from __future__ import annotations
+
+import io
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from exitlat import __version__
+from .bundle import tsc_hz_of
+from exitlat.run.runrecord import VmResult, git_commit
+from .stats import summarize
+from exitlat.verify.verdicts import VerdictContext, baseline_verdict, combine, timed_verdict, traced_verdict
+from exitlat.run.windows import traced_key
+
+# The timer-only baseline that runs in the same mode as each case's timed window.
+SAME_MODE_BASELINE = {
+    "user": "baseline_timer",                         # cases 1, 2
+    "user→kernel (ioctl)": "baseline_module_call",    # cases 3, 4: the ioctl without the instruction
+    "kernel": "baseline_kernel_timer",                # cases 5, 6: kernel loop, IRQs off
+}
+BASELINE_FLOWS = {
+    "timer": "user", "nonexiting": "user", "syscall": "user→kernel",
+    "module_call": "user→kernel (ioctl)", "kernel_timer": "kernel", "kernel_nonexiting": "kernel",
+}
+EMULATED_HOST_NOTE = "emulated AMD-V host (nested under TCG): timings are not exit costs"
+
+
+def valid_samples(arr) -> tuple[np.ndarray, int]:
+    """The samples without the guest's 0 markers (the TSC went backwards: t1 < t0), and how many
+    were dropped. A 0 can never be a real round trip: the timer alone costs tens of cycles."""
+    a = np.asarray(arr, dtype=np.uint64)
+    bad = int(np.count_nonzero(a == 0))
+    return (a[a != 0] if bad else a), bad
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(arr, dtype="<u8"), allow_pickle=False)
+    return buf.getvalue()
+
+
+def tracing_overhead(timed_stats: dict | None, traced_stats: dict | None) -> dict | None:
+    """Median of the traced window against the untraced one: what tracing adds to each exit."""
+    if not timed_stats or not traced_stats or not timed_stats["median"]:
+        return None
+    a, b = float(timed_stats["median"]), float(traced_stats["median"])
+    return {"timed_median": a, "traced_median": b, "difference": b - a, "ratio": round(b / a, 6)}
+
+
+def net_cost(case_stats: dict | None, base_key: str, base_stats: dict | None) -> dict | None:
+    """median(case) − median(same-mode timer baseline), with a conservative 95 % interval from the
+    two medians' intervals ([lo_case − hi_base, hi_case − lo_base]): the exit's cost net of the timer."""
+    if not case_stats or not base_stats:
+        return None
+    (clo, chi), (blo, bhi) = case_stats["median_ci95"], base_stats["median_ci95"]
+    return {"baseline": base_key, "median": float(case_stats["median"]) - float(base_stats["median"]),
+            "ci95": [float(clo) - float(bhi), float(chi) - float(blo)]}
+
+
+class DocumentBuilder:
+    """Turns the VM runs of one bench into (bundle document, samples, extra files)."""
+
+    def __init__(self, opts, accel: str, specs, vendor: str, verify_iterations: int, hz: float | None):
+        self.o, self.accel, self.specs = opts, accel, specs
+        self.ctx = VerdictContext(vendor=vendor, port=opts.port)
+        self.viters = verify_iterations
+        self.hz = hz
+        self.host_tsc_hz: float | None = None      # the host's own TSC rate (set by build())
+        self.samples: dict = {}
+        self.files: dict = {}
+
+    # -- one entry ---------------------------------------------------------------------------
+    def _store(self, key: str, arr) -> tuple[int, dict | None, int]:
+        """Keep a timed window's valid samples under key; (count, stats, tsc_backwards)."""
+        if arr is None:
+            return 0, None, 0
+        good, bad = valid_samples(arr)
+        if good.size:
+            self.samples[key] = good
+        return int(good.size), (summarize(good, self.hz) if good.size else None), bad
+
+    def baseline(self, name: str, rep: int, res) -> dict | None:
+        gk = f"baseline_{name}"
+        if gk not in res.samples:
+            return None
+        key = f"{gk}-r{rep}"
+        n, stats, bad = self._store(key, res.samples[gk])
+        if self.accel != "kvm":
+            check = {"status": "not_applicable", "detail": "TCG: no VM exits to count"}
+        else:
+            check = baseline_verdict(res.timed.get(gk), self.o.iterations + self.o.warmup)
+        return {"key": key, "name": name, "flow": BASELINE_FLOWS[name], "iterations": n,
+                "samples_key": key, "repeat": rep, "stats": stats, "tsc_backwards": bad,
+                "exit_check": check}
+
+    def case(self, spec, rep: int, res, baselines: dict) -> dict:
+        key = f"{spec.key}-r{rep}"
+        got = res.samples.get(spec.key)
+        n, stats, bad = self._store(key, got)
+        timed = res.timed.get(spec.key)
+        traced = res.windows.get(spec.key)
+        traced_samples = res.samples.get(traced_key(spec.key))
+        tw = {"tracing": "unknown", "tracing_enabled": [], "kvm_stats": None}
+        if timed is not None:
+            tw = timed.to_dict()
+        vw = None
+        if got is None:
+            errs = [e.get("message", "") for e in res.errors if e.get("key") == spec.key]
+            ver = {"status": "skipped", "detail": "no samples" + (f": {errs[0]}" if errs else "")}
+            tw["verdict"] = dict(ver)
+        elif self.accel != "kvm":
+            ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
+            tw["verdict"] = dict(ver)
+        else:
+            tw["verdict"] = timed_verdict(spec, timed, self.o.iterations + self.o.warmup, self.ctx)
+            if not self.o.verify:
+                ver = {"status": "skipped", "detail": "--no-verify"}
+            else:
+                tv = traced_verdict(spec, traced, self.viters, self.ctx)
+                vw = self._traced_window(key, traced, traced_samples, tv)
+                ver = combine(tw["verdict"], tv)
+        base_key = SAME_MODE_BASELINE[spec.flow]
+        base = baselines.get(base_key)
+        overhead = tracing_overhead(stats, (vw or {}).get("stats"))
+        if vw is not None:
+            vw["decomposition"] = self._decomposition(spec, res, traced_samples, overhead, base)
+        return {"key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
+                "instruction": spec.instruction,
+                "msr": None if spec.msr is None else f"{spec.msr:#x}",
+                "port": self.o.port if spec.instruction == "outb" else None,
+                "timer": self.o.timer, "expected_path": spec.expected_path,
+                "verification": ver, "iterations": n, "warmup": self.o.warmup, "samples_key": key,
+                "stats": stats, "tsc_backwards": bad,
+                "timed_window": tw, "verification_window": vw,
+                "tracing_overhead_cycles": overhead,
+                "net_cycles": net_cost(stats, base["key"] if base else base_key,
+                                       base["stats"] if base else None)}
+
+    def _decomposition(self, spec, res, traced_arr, overhead, base) -> dict:
+        """Where the traced window's round trip goes (exitlat.verify.decompose); "not decomposed" with
+        the reason whenever the pairing cannot be trusted."""
+        from exitlat.verify.decompose import decompose
+
+        tl = getattr(res, "timelines", {}).get(spec.key)
+        why = None
+        if not hasattr(tl, "kinds"):
+            why, tl = (tl if isinstance(tl, str) else "no timeline recorded for the traced window"), None
+        good = valid_samples(traced_arr)[0] if traced_arr is not None else None
+        return decompose(tl, good, instruction=spec.instruction, expected_path=spec.expected_path,
+                         vendor=self.ctx.vendor,
+                         port=self.o.port if spec.instruction == "outb" else None,
+                         host_tsc_hz=self.host_tsc_hz, guest_tsc_khz=res.hello.get("tsc_khz"),
+                         tracing_overhead=overhead,
+                         baseline=({"key": base["key"], "median": base["stats"]["median"]}
+                                   if base and base.get("stats") else None),
+                         emulated=EMULATED_HOST_NOTE if self.o.emulated_host else None,
+                         unavailable=why)
+
+    def _traced_window(self, key: str, traced, arr, verdict: dict) -> dict:
+        out = {"iterations": self.viters, "backend": traced.backend if traced else None,
+               "kprobes": list(traced.kprobes) if traced else [],
+               "counts": traced.counts.to_dict() if traced and traced.counts is not None else None,
+               "kvm_stats": traced.kvm_stats if traced else None, "verdict": verdict,
+               "stats": None, "samples_file": None, "tsc_backwards": 0}
+        if arr is not None:
+            good, bad = valid_samples(arr)
+            out["tsc_backwards"] = bad
+            if good.size:
+                name = f"traced-{key}.npy"
+                self.files[name] = _npy_bytes(good)
+                out["samples_file"] = name
+                out["stats"] = summarize(good, self.hz)
+        return out
+
+    # -- the whole document -------------------------------------------------------------------
+    def build(self, argv, host, isolation, manifest, core, hk, results) -> tuple[dict, dict, dict]:
+        cases, baselines = [], []
+        self.host_tsc_hz = (host.get("tsc") or {}).get("hz")
+        incomplete = [r for r in results if r.status != "complete"]
+        first = results[0] if results else VmResult()
+        for rep, res in enumerate(results):
+            base_by_name = {}
+            for name in BASELINE_FLOWS:
+                b = self.baseline(name, rep, res)
+                if b is not None:
+                    baselines.append(b)
+                    base_by_name[f"baseline_{name}"] = b
+            cases += [self.case(s, rep, res, base_by_name) for s in self.specs]
+            self.files[f"console-r{rep}.log"] = res.console
+            if res.qemu_stderr:
+                self.files[f"qemu-stderr-r{rep}.log"] = res.qemu_stderr
+        status = {"state": "complete", "reason": None}
+        if incomplete:
+            status = {"state": "incomplete", "reason": incomplete[0].reason}
+        hello = first.hello
+        versions = manifest.get("versions", {})
+        if self.o.emulated_host:
+            host = dict(host, emulated=EMULATED_HOST_NOTE)
+        doc = {
+            "tool": {"name": "exitlat", "version": __version__, "commit": git_commit()},
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command_line": list(argv or sys.argv),
+            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items()},
+            "label": self.o.label,
+            "status": status,
+            "accel": self.accel,
+            "host": host,
+            "guest": {"kernel_release": hello.get("kernel") or versions.get("kernel_release"),
+                      "kernel_config_sha256": manifest.get("artifacts", {}).get("kernel.config"),
+                      "busybox_version": versions.get("busybox"),
+                      "tsc_khz": hello.get("tsc_khz"), "invariant_tsc": hello.get("invariant_tsc"),
+                      "cpu": hello.get("vendor"), "vcpu": hello.get("cpu")},
+            "qemu": {"version": first.qemu_version or versions.get("qemu"),
+                     "command_line": first.argv, "container": self.o.container},
+            "build_manifest": manifest,
+            "isolation": isolation,
+            "run": {"core": core, "housekeeping_core": hk, "tracing": first.tracing,
+                    "verify_iterations": self.viters, "exit_vendor": self.ctx.vendor,
+                    "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
+                    "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock,
+                    "debugcon_bytes": [r.debugcon_bytes for r in results],
+                    "timings": [r.timings for r in results],
+                    "guest_finished": [r.finished for r in results],
+                    "tsc_backwards": [r.tsc_backwards for r in results],
+                    "guest_errors": [e for r in results for e in r.errors]},
+            "cases": cases,
+            "baselines": baselines,
+        }
+        return doc, self.samples, self.files
+
+
+def document_hz(host: dict, hello: dict) -> float | None:
+    return tsc_hz_of({"host": host, "guest": {"tsc_khz": hello.get("tsc_khz")}})

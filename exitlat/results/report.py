@@ -1,0 +1,252 @@
+"""`invoke report`: one bundle as tables (cases, baselines) with a host/guest/QEMU summary and
+every warning a reader needs before trusting the numbers."""
+
+from tabulate import tabulate
+
+from .bundle import Bundle, banner_for
+from .vmstats import SUMMARY_HEADERS, case_summaries, stability_warnings, summary_rows
+
+
+def fmt_cycles(v) -> str:
+    if v is None:
+        return "-"
+    return f"{int(v):,}" if float(v).is_integer() else f"{v:,.1f}"
+
+
+def fmt_ns(v) -> str:
+    return "-" if v is None else f"{v:,.1f}"
+
+
+def fmt_ci(ci) -> str:
+    return "-" if not ci else f"[{fmt_cycles(ci[0])}, {fmt_cycles(ci[1])}]"
+
+
+def _item_problem(item) -> str | None:
+    """An isolation item that is not in its wanted state, as text (items come from doctor; only
+    their usual fields are read, anything else is ignored)."""
+    if not isinstance(item, dict):
+        return None
+    bad = item.get("ok") is False or str(item.get("status", "")).lower() in (
+        "warn", "warning", "fail", "failed", "bad", "not_tuned", "error")
+    if not bad:
+        return None
+    name = item.get("name") or item.get("id") or "?"
+    detail = item.get("detail") or item.get("message") or item.get("current") or ""
+    return f"{name}: {detail}" if detail else str(name)
+
+
+def warnings_for(doc: dict) -> list[str]:
+    out = []
+    if banner_for(doc):
+        out.append(banner_for(doc))
+    st = doc["status"]
+    if st["state"] != "complete":
+        out.append(f"run INCOMPLETE: {st['reason']}")
+    iso = doc.get("isolation") or {}
+    if not iso.get("isolated"):
+        out.append("measured core was NOT isolated (see `invoke doctor`)")
+    items = iso.get("items") or []
+    for item in items.values() if isinstance(items, dict) else items:
+        p = _item_problem(item)
+        if p:
+            out.append(f"isolation: {p}")
+    for e in doc["cases"]:
+        v = e["verification"]["status"]
+        if v == "failed":
+            out.append(f"{e['key']}: exit path verification FAILED"
+                       + (f" ({e['verification'].get('detail')})" if e['verification'].get('detail') else ""))
+        elif v == "unverified":
+            out.append(f"{e['key']}: exit path UNVERIFIED ({e['verification'].get('detail')})")
+        elif v == "skipped" and doc.get("accel") == "kvm":
+            out.append(f"{e['key']}: exit path not verified (skipped)")
+    for e in doc["baselines"]:
+        chk = e.get("exit_check") or {}
+        if chk.get("status") in ("failed", "unverified"):
+            out.append(f"{e['key']}: baseline exit check {chk['status'].upper()} ({chk.get('detail')})")
+    for e in doc["cases"] + doc["baselines"]:
+        if e.get("tsc_backwards"):
+            out.append(f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC went backwards")
+    for e in doc["cases"] + doc["baselines"]:
+        if e["stats"] is None:
+            out.append(f"{e['key']}: no samples")
+    if not (doc["host"].get("tsc") or {}).get("hz") and not doc["guest"].get("tsc_khz"):
+        out.append("TSC frequency unknown: no ns values")
+    if doc["guest"].get("invariant_tsc") is False:
+        out.append("guest reports no invariant TSC: cycle counts may not be comparable")
+    return out
+
+
+def _verified(v: dict) -> str:
+    s = v["status"]
+    if s == "unverified":
+        return "UNVERIFIED"
+    parts = []
+    for k, short in (("expected_reason_per_iter", "exit"), ("userspace_exits_per_iter", "user")):
+        if isinstance(v.get(k), (int, float)):
+            parts.append(f"{short} {v[k]:.2f}")
+    return f"{s} ({', '.join(parts)})" if parts and s in ("passed", "failed") else s
+
+
+def _ns(e, key):
+    ns = (e["stats"] or {}).get("ns")
+    return None if not ns else ns[key]
+
+
+def case_rows(doc: dict) -> list[list]:
+    rows = []
+    for e in doc["cases"]:
+        s = e["stats"] or {}
+        instr = e["instruction"] + (f" {e['msr']}" if e["msr"] else "") + (
+            f" {e['port']:#x}" if e["port"] is not None else "")
+        net = e.get("net_cycles") or {}
+        rows.append([e["key"], e["flow"], instr, e["expected_path"], _verified(e["verification"]),
+                     s.get("n", 0), fmt_cycles(s.get("median")), fmt_cycles(s.get("p99")),
+                     fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
+                     fmt_cycles(net.get("median")), fmt_overhead(e.get("tracing_overhead_cycles"))])
+    return rows
+
+
+CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median", "p99", "p99.9",
+                "median ns", "median CI95 (this VM)", "net", "tracing adds"]
+
+
+DECOMP_HEADERS = ["case", "exits", "guest (traced)", "KVM", "of it KVM_RUN", "QEMU",
+                  "remainder", "minus baseline", "tracing adds", "KVM p99", "QEMU p99"]
+
+
+def decomposition_rows(doc: dict) -> tuple[list[list], list[str]]:
+    """Where the cycles go, per case with a decomposition (traced-window medians, cycles), and
+    one line per case that was not decomposed, with the reason."""
+    from exitlat.verify.decompose import of_case
+
+    rows, notes = [], []
+    for e in doc["cases"]:
+        d = of_case(e)
+        if not d:
+            continue
+        if d["status"] != "ok":
+            rows.append([e["key"], "not decomposed"] + ["-"] * 9)
+            notes.append(f"{e['key']}: not decomposed: {d['reason']}")
+            continue
+
+        def med(k, q="median"):
+            return fmt_cycles((d.get(k) or {}).get(q))
+
+        over = d.get("tracing_overhead_cycles")
+        rows.append([e["key"], d["exits"], med("guest_round_trip_cycles"), med("kvm_cycles"),
+                     med("kvm_run_cycles"), med("qemu_cycles"), fmt_cycles(d["remainder_cycles"]),
+                     fmt_cycles(d.get("remainder_net_cycles")),
+                     "-" if over is None else f"{over:+,.0f}", med("kvm_cycles", "p99"),
+                     med("qemu_cycles", "p99")])
+    return rows, notes
+
+
+def fmt_overhead(o) -> str:
+    if not o:
+        return "-"
+    return f"{o['difference']:+,.0f} (x{o['ratio']:.2f})"
+
+
+def _exit_check(e: dict) -> str:
+    chk = e.get("exit_check")
+    if not chk:
+        return "-"
+    per = chk.get("exits_per_iter")
+    return chk["status"] + (f" ({per:.3f} exits/iter)" if isinstance(per, (int, float)) else "")
+
+
+def baseline_rows(doc: dict) -> list[list]:
+    return [[e["key"], e["flow"], (e["stats"] or {}).get("n", 0), fmt_cycles((e["stats"] or {}).get("median")),
+             fmt_cycles((e["stats"] or {}).get("p99")), fmt_ns(_ns(e, "median")),
+             fmt_ci((e["stats"] or {}).get("median_ci95")), _exit_check(e)] for e in doc["baselines"]]
+
+
+def summary_lines(b: Bundle) -> list[str]:
+    d = b.doc
+    h, g, q = d["host"], d["guest"], d["qemu"]
+    cpu = h["cpu"]
+    hz = b.tsc_hz
+    return [
+        f"bundle:  {b.name}  ({d['created_utc']}, exitlat {d['tool']['version']}"
+        f"{' ' + d['tool']['commit'][:12] if d['tool'].get('commit') else ''}, schema {d['schema_version']})",
+        f"status:  {d['status']['state']}" + (f" — {d['status']['reason']}" if d['status']['reason'] else ""),
+        f"host:    {h['hostname']}: {cpu.get('model_name')} (family {cpu.get('family')} model "
+        f"{cpu.get('model')} stepping {cpu.get('stepping')}, microcode {cpu.get('microcode')}, SMT "
+        f"{'on' if cpu.get('smt') else 'off' if cpu.get('smt') is False else '?'})",
+        f"TSC:     {hz / 1e9:.3f} GHz ({h['tsc'].get('source') if h['tsc'].get('hz') else 'guest tsc_khz'})"
+        if hz else "TSC:     unknown",
+        f"kernel:  {h['kernel']['release']}  cmdline: {h['kernel'].get('cmdline') or '?'}",
+        f"KVM:     {h['kvm'].get('module') or '?'} "
+        + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(h["kvm"].get("parameters", {}).items())
+                   if k.split(".", 1)[-1] in ("ept", "enable_apicv", "ple_gap", "npt", "avic", "halt_poll_ns")),
+        f"guest:   kernel {g.get('kernel_release')}, busybox {g.get('busybox_version')}, "
+        f"accel {d['accel'].upper()}",
+        f"QEMU:    {q.get('version')}",
+    ]
+
+
+def render_report(b: Bundle) -> str:
+    d = b.doc
+    out = []
+    banner = banner_for(d)
+    if banner:
+        out += [f"*** {banner} ***", ""]
+    out += summary_lines(b) + [""]
+    out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
+                        disable_numparse=True) if d["cases"] else "(no cases)")
+    drows, dnotes = decomposition_rows(d)
+    if drows:
+        out += ["", "where the cycles go (traced window; medians in cycles; docs/measuring.md):",
+                tabulate(drows, headers=DECOMP_HEADERS, tablefmt="simple", disable_numparse=True)]
+        out += dnotes
+    if d["baselines"]:
+        out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
+            "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
+            tablefmt="simple", disable_numparse=True)]
+    sums = case_summaries(b)
+    if any(x["R"] > 1 for x in sums):      # with one VM the table would only repeat the above
+        out += ["", "across VM runs (headline: median of the per-VM medians; CI95 from their spread):",
+                tabulate(summary_rows(sums), headers=SUMMARY_HEADERS, tablefmt="simple",
+                         disable_numparse=True)]
+    out.append("")
+    out.append("cycles are TSC ticks; median CI95 (this VM): order-statistic interval within one VM "
+               "run, blind to run-to-run variation; CI95 across VMs: see docs/statistics.md")
+    if any(e.get("net_cycles") for e in d["cases"]):
+        out.append("net: median minus the same-mode timer baseline (user: baseline_timer, ioctl: "
+                   "baseline_module_call, kernel: baseline_kernel_timer)")
+    if drows:
+        out.append("where the cycles go: KVM = kvm_exit -> kvm_entry minus QEMU (of it KVM_RUN: its "
+                   "return to QEMU and re-entry); QEMU = return of KVM_RUN -> its next call; "
+                   "remainder = guest median - KVM - QEMU: the VM exit and entry plus what tracing "
+                   "adds (compare 'tracing adds'); minus baseline: without the same-mode timer "
+                   "baseline")
+    if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
+        out.append("tracing adds: traced-window median minus timed-window median; the timed "
+                   "window, which gives every other number, ran with no tracing")
+    warns = [f"warning: {w}" for w in warnings_for(d)] + [f"stability: {w}" for w in stability_warnings(sums)]
+    if warns:
+        out += [""] + warns
+    if banner:
+        out += ["", f"*** {banner} ***"]
+    return "\n".join(out)
+
+
+def report_json(b: Bundle) -> dict:
+    d = b.doc
+    sums = case_summaries(b)
+    keep = ("key", "case", "repeat", "name", "flow", "instruction", "msr", "port", "timer",
+            "expected_path", "verification", "iterations", "warmup", "samples_file", "stats",
+            "timed_window", "verification_window", "tracing_overhead_cycles", "net_cycles",
+            "tsc_backwards", "exit_check")
+    return {
+        "bundle": b.name, "path": str(b.path), "schema_version": d["schema_version"],
+        "accel": d["accel"], "banner": banner_for(d),
+        "status": d["status"], "created_utc": d["created_utc"], "tsc_hz": b.tsc_hz,
+        "host": d["host"], "guest": d["guest"], "qemu": {"version": d["qemu"].get("version")},
+        "isolated": d["isolation"].get("isolated"),
+        "warnings": warnings_for(d),
+        "vm_summaries": sums,
+        "stability": stability_warnings(sums),
+        "cases": [{k: e[k] for k in keep if k in e} for e in d["cases"]],
+        "baselines": [{k: e[k] for k in keep if k in e} for e in d["baselines"]],
+    }

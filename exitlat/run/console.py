@@ -1,0 +1,66 @@
+"""The guest's serial console over QEMU's unix socket: read lines (all kept for the bundle's
+console.log), write the handshake's `go`."""
+
+import socket
+import time
+
+from exitlat.errors import ExitlatError
+
+
+class ConsoleClosed(Exception):
+    """QEMU closed the console: the VM is gone."""
+
+
+def connect_unix(path: str, timeout: float, what: str) -> socket.socket:
+    """Connect to a unix socket QEMU is about to create, waiting up to `timeout` for it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(path)
+            return sock
+        except (FileNotFoundError, ConnectionRefusedError):
+            sock.close()
+            if time.monotonic() > deadline:
+                raise ExitlatError(f"QEMU's {what} socket did not appear within {timeout:.0f} s") from None
+            time.sleep(0.05)
+
+
+class Console:
+    def __init__(self, path: str, timeout: float = 30.0):
+        self.sock = connect_unix(path, timeout, "console")
+        self.buffer = b""
+        self.transcript = bytearray()
+
+    def readline(self, timeout: float) -> str | None:
+        """One line without its newline, None on timeout; ConsoleClosed when QEMU is gone."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            self.sock.settimeout(min(left, 0.5))
+            try:
+                data = self.sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                raise ConsoleClosed()
+            self.transcript += data
+            self.buffer += data
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode(errors="replace").rstrip("\r")
+
+    def send(self, text: str) -> None:
+        try:
+            self.sock.sendall(text.encode())
+        except OSError:
+            raise ConsoleClosed() from None
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass

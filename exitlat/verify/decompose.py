@@ -1,0 +1,276 @@
+"""Where the cycles of one exit go: the traced window's guest-side round trip split into KVM's time,
+QEMU's time and the rest (the hardware VM exit and VM entry, plus what tracing adds).
+
+The host side comes from exitlat.verify.kvmtrace's timeline (ExitCounter(timeline=True)): in the traced
+window the instance's trace clock is the TSC (x86-tsc) and every kvm_exit of the vCPU thread is
+paired with its kvm_entry; a trip to QEMU in between is timed from the return of KVM_RUN
+(syscalls:sys_exit_ioctl) to its next call (sys_enter_ioctl with cmd KVM_RUN). Per exit, in host
+TSC ticks:
+
+    host = kvm_entry - kvm_exit        qemu = sys_enter_ioctl(KVM_RUN) - sys_exit_ioctl
+    kvm  = host - qemu                 kvm_run = (kvm_entry - kvm_userspace_exit) - qemu
+
+`kvm` is everything the host kernel did between the two tracepoints (the exit handler and, for a
+userspace exit, KVM_RUN's return and re-entry: `kvm_run`). The guest side is the traced window's
+own samples (same guest code as the timed window, same iterations as the host saw). With TSC
+scaling off, guest and host TSC tick at the same rate (checked: the host's TSC frequency against
+the guest's tsc_khz) and the guest's TSC offset cancels in differences, so the units agree. What
+is left,
+
+    remainder = median(guest round trip) - median(kvm) - median(qemu),
+
+is the VM exit and VM entry themselves, the host instructions between them and the tracepoints,
+the guest's timer reads, and the part of the tracing cost that falls outside the host intervals.
+The tracing overhead (traced median - timed median, document.tracing_overhead) is given beside it
+so the reader can judge how much of the remainder tracing may be; `remainder_net` also removes the
+same-mode timer baseline (the guest code around the exit, measured untraced).
+
+Medians do not add (the median of a sum is not the sum of the medians); with the narrow, unimodal
+distributions of a pinned core the difference is far below the spread. Nothing is guessed: a case
+whose events cannot be paired exactly (lost events, unparsed lines, a missing tracepoint, a
+non-TSC trace clock, TSC rates that differ, fewer pairs than iterations, host components larger
+than the guest round trip) is "not decomposed" with the first reason.
+
+`decompose()` is a pure function: the pairing result and the samples in, one dict out (stored in
+the bundle per case, in its traced window: `verification_window.decomposition`; `of_case()` reads
+it back).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from exitlat.results.stats import _percentile, as_cycles
+from .rules import ONE_TOLERANCE, STRAY_EVENTS, ZERO_TOLERANCE, expected_reasons
+
+STATUS_OK = "ok"
+STATUS_NOT = "not decomposed"
+TSC_RATE_TOLERANCE = 0.005      # |host TSC Hz / guest TSC Hz - 1|: calibration noise, not scaling
+HOST_METHOD = "kvm_exit -> kvm_entry (trace clock x86-tsc)"
+QEMU_METHOD = "sys_exit_ioctl -> sys_enter_ioctl(KVM_RUN) of the vCPU thread"
+KVM_RUN_METHOD = "kvm_userspace_exit -> kvm_entry, minus the QEMU time"
+NOT_TIMINGS = "these are NOT VM-exit timings"
+
+FIELDS = ("status", "reason", "clock", "exits", "method", "tsc", "guest_round_trip_cycles",
+          "host_cycles", "kvm_cycles", "qemu_cycles", "kvm_run_cycles", "remainder_cycles",
+          "baseline", "remainder_net_cycles", "tracing_overhead_cycles", "pairing", "note")
+
+
+def dist(values) -> dict | None:
+    """{median, p99, n} of non-negative cycle counts (the percentiles of exitlat.results.stats)."""
+    a = np.sort(as_cycles(np.asarray(values, dtype=np.int64)))
+    if a.size == 0:
+        return None
+    return {"median": _percentile(a, 50), "p99": _percentile(a, 99), "n": int(a.size)}
+
+
+def _empty(clock=None) -> dict:
+    out = dict.fromkeys(FIELDS)
+    out.update(status=STATUS_NOT, clock=clock)
+    return out
+
+
+def _tsc_check(host_tsc_hz, guest_tsc_khz) -> tuple[dict, str | None]:
+    tsc = {"host_khz": None if not host_tsc_hz else float(host_tsc_hz) / 1000.0,
+           "guest_khz": None if not guest_tsc_khz else float(guest_tsc_khz),
+           "relative_difference": None, "tolerance": TSC_RATE_TOLERANCE}
+    if not tsc["host_khz"] or not tsc["guest_khz"]:
+        which = " and ".join(w for w, v in (("host", tsc["host_khz"]), ("guest", tsc["guest_khz"]))
+                             if not v)
+        return tsc, (f"the {which} TSC frequency is unknown: cannot check that guest and host "
+                     "TSC tick at the same rate")
+    rel = tsc["host_khz"] / tsc["guest_khz"] - 1.0
+    tsc["relative_difference"] = round(rel, 9)
+    if abs(rel) > TSC_RATE_TOLERANCE:
+        return tsc, (f"host TSC {tsc['host_khz']:.0f} kHz and guest TSC {tsc['guest_khz']:.0f} kHz "
+                     "differ (TSC scaling?): host ticks are not guest ticks")
+    return tsc, None
+
+
+def _pairing_problem(paired) -> str | None:
+    """The first reason the timeline cannot be trusted at all, or None."""
+    ev = paired.events or {}
+    if paired.clock != "x86-tsc":
+        why = f"; {paired.note}" if paired.note else ""
+        return (f"trace clock is {paired.clock or 'unknown'}, not x86-tsc: host timestamps are not "
+                f"TSC cycles{why}")
+    if paired.non_tsc:
+        return (f"{paired.non_tsc} event lines carry seconds.microseconds timestamps, not TSC "
+                "counts")
+    if paired.lost:
+        return f"{paired.lost} trace events were lost: exits cannot all be paired"
+    if paired.unparsed:
+        return f"{paired.unparsed} trace lines did not parse"
+    missing = [m for m in paired.missing if m.split(" ")[0] in ("kvm_exit", "kvm_entry")]
+    if missing:
+        return f"tracepoint missing on this kernel: {', '.join(missing)}"
+    if not ev.get("kvm_exit"):
+        return ("no kvm_exit events: this KVM does not trace its exits (a software KVM such as "
+                "PVM, or KVM emulating the guest's code)")
+    if not ev.get("kvm_entry"):
+        return "no kvm_entry events: the exits cannot be paired with their re-entries"
+    if paired.unpaired_exits:
+        return (f"{paired.unpaired_exits} kvm_exit events had no kvm_entry before the next exit")
+    if paired.backwards:
+        return f"{paired.backwards} exits re-entered before they exited (timestamps went backwards)"
+    return None
+
+
+def _select(paired, reasons, port) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The exits of the case: (label, host, qemu, user, n paired), merged over kinds."""
+    from .kvmtrace import exit_kind
+
+    if port is not None:
+        wanted = [exit_kind(r, (port, "out")) for r in reasons]
+    else:
+        wanted = [k for k in paired.kinds if k.split(" ")[0] in reasons]
+    kinds = [paired.kinds[k] for k in wanted if k in paired.kinds]
+    label = ", ".join(wanted) if wanted else ", ".join(reasons)
+
+    def cat(name):
+        parts = [np.asarray(k[name], dtype=np.int64) for k in kinds]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    return label, cat("host"), cat("qemu"), cat("user"), sum(int(k["n"]) for k in kinds)
+
+
+def decompose(paired, guest_samples, *, instruction: str, expected_path: str, vendor: str,
+              port: int | None = None, host_tsc_hz=None, guest_tsc_khz=None,
+              tracing_overhead: dict | None = None, baseline: dict | None = None,
+              emulated: str | None = None, unavailable: str | None = None) -> dict:
+    """One case's decomposition (module docstring).
+
+    paired:        kvmtrace.PairedExits of the traced window, or None (then `unavailable` says why).
+    guest_samples: the traced window's valid guest samples (cycles).
+    instruction, expected_path, vendor, port: the case (port only for outb).
+    host_tsc_hz, guest_tsc_khz: the host's TSC rate (bundle host.tsc.hz) and the guest's
+                   (guest.tsc_khz), to check that guest and host cycles are the same unit.
+    tracing_overhead: document.tracing_overhead() of the case (traced vs timed median).
+    baseline:      {"key", "median"} of the same-mode timer baseline, or None.
+    emulated:      the host's `emulated` note (the selftest's emulated AMD-V host): the result is
+                   computed the same way and labelled as meaningless.
+    """
+    out = _empty(paired.clock if paired is not None else None)
+    out["method"] = {"host": HOST_METHOD, "qemu": QEMU_METHOD if expected_path == "qemu" else None,
+                     "kvm_run": KVM_RUN_METHOD if expected_path == "qemu" else None}
+    if tracing_overhead:
+        out["tracing_overhead_cycles"] = float(tracing_overhead["difference"])
+    if baseline and baseline.get("median") is not None:
+        out["baseline"] = {"key": baseline.get("key"), "median": float(baseline["median"])}
+    if emulated:
+        out["note"] = f"{emulated} — {NOT_TIMINGS}"
+    g = as_cycles(np.asarray(guest_samples if guest_samples is not None else [], dtype=np.uint64))
+    g = g[g != 0]
+    out["guest_round_trip_cycles"] = dist(g) if g.size else None
+
+    def refuse(reason: str) -> dict:
+        out["status"], out["reason"] = STATUS_NOT, reason
+        return out
+
+    if paired is None:
+        return refuse(unavailable or "no traced window")
+    out["pairing"] = paired.summary()
+    problem = _pairing_problem(paired)
+    if problem:
+        return refuse(problem)
+    if not g.size:
+        return refuse("the traced window has no guest samples")
+    out["tsc"], problem = _tsc_check(host_tsc_hz, guest_tsc_khz)
+    if problem:
+        return refuse(problem)
+
+    reasons = expected_reasons(instruction, vendor)
+    label, host, qemu, user, n_paired = _select(paired, reasons,
+                                                port if expected_path == "qemu" else None)
+    out["exits"] = label
+    n = int(g.size)
+    lo, hi = (1 - ONE_TOLERANCE) * n, (1 + ONE_TOLERANCE) * n + STRAY_EVENTS
+    if not lo <= n_paired <= hi:
+        return refuse(f"{n_paired} paired {label} exits for {n} guest samples (need "
+                      f"{lo:.0f}–{hi:.0f})")
+    if expected_path == "qemu":
+        if not paired.syscalls:
+            return refuse("no syscalls:sys_enter_ioctl/sys_exit_ioctl events "
+                          "(CONFIG_FTRACE_SYSCALLS): QEMU's time cannot be told from KVM_RUN's "
+                          "return and re-entry")
+        stayed = int(np.count_nonzero(user < 0))
+        if stayed:
+            return refuse(f"{stayed} {label} exits did not go to user space")
+        broken = int(np.count_nonzero(qemu < 0))
+        if broken:
+            return refuse(f"{broken} {label} exits went to user space without a complete "
+                          "sys_exit_ioctl -> sys_enter_ioctl(KVM_RUN) pair")
+        kvm = host - qemu
+        kvm_run = user - qemu
+        if (kvm < 0).any() or (kvm_run < 0).any():
+            return refuse("QEMU's time exceeds an exit's host time: the events are out of order")
+        out["qemu_cycles"] = dist(qemu)
+        out["kvm_run_cycles"] = dist(kvm_run)
+    else:
+        went = qemu != 0
+        unmeasured = int(np.count_nonzero(qemu < 0))
+        if int(np.count_nonzero(went)) > ZERO_TOLERANCE * n + STRAY_EVENTS:
+            return refuse(f"{int(np.count_nonzero(went))} {label} exits went to user space: not "
+                          "an in-KVM path")
+        keep = qemu >= 0
+        kvm = host[keep] - qemu[keep]              # a rare trip to QEMU (a signal) is not KVM's
+        host = host[keep]
+        if (kvm < 0).any():
+            return refuse("QEMU's time exceeds an exit's host time: the events are out of order")
+        if unmeasured:
+            note = (f"{unmeasured} exits that went to user space without a measurable QEMU time "
+                    "left out")
+            out["note"] = f"{out['note']}; {note}" if out["note"] else note
+    if not kvm.size:
+        return refuse(f"no paired {label} exits")
+    out["host_cycles"] = dist(host)
+    out["kvm_cycles"] = dist(kvm)
+    gmed = out["guest_round_trip_cycles"]["median"]
+    parts = out["kvm_cycles"]["median"] + (out["qemu_cycles"]["median"] if out["qemu_cycles"] else 0)
+    if parts > gmed:
+        what = "KVM + QEMU" if out["qemu_cycles"] else "KVM"
+        for k in ("host_cycles", "kvm_cycles", "qemu_cycles", "kvm_run_cycles"):
+            out[k] = None
+        return refuse(f"the host-side median ({what} {parts:,.0f} cycles) exceeds the guest round "
+                      f"trip ({gmed:,.0f}): host and guest cycles do not match")
+    out["remainder_cycles"] = float(gmed - parts)
+    if out["baseline"]:
+        out["remainder_net_cycles"] = out["remainder_cycles"] - out["baseline"]["median"]
+    out["status"], out["reason"] = STATUS_OK, None
+    return out
+
+
+def of_case(entry: dict) -> dict | None:
+    """The decomposition a bundle's case entry carries: in its traced window
+    (`verification_window.decomposition`), None when there is none (TCG, --no-verify, a bundle
+    written before decompositions existed)."""
+    vw = entry.get("verification_window")
+    return vw.get("decomposition") if isinstance(vw, dict) else None
+
+
+def components(d: dict) -> list[tuple[str, float]]:
+    """The stacked parts of one decomposition (status ok), bottom to top, in cycles; they add up
+    to the traced window's guest median (for plots and tables)."""
+    if not d or d.get("status") != STATUS_OK:
+        return []
+    parts = []
+    rem = d["remainder_cycles"]
+    if d.get("baseline") and d.get("remainder_net_cycles") is not None \
+            and 0 <= d["baseline"]["median"] <= rem:
+        parts.append(("guest code (same-mode baseline)", d["baseline"]["median"]))
+        parts.append(("VM exit + entry, tracing", d["remainder_net_cycles"]))
+    else:
+        parts.append(("VM exit + entry, guest code, tracing", rem))
+    if d.get("kvm_run_cycles"):
+        kvm_run = d["kvm_run_cycles"]["median"]
+        handler = d["kvm_cycles"]["median"] - kvm_run
+        if handler >= 0:
+            parts.append(("KVM handler", handler))
+            parts.append(("KVM_RUN return + re-entry", kvm_run))
+        else:
+            parts.append(("KVM", d["kvm_cycles"]["median"]))
+    else:
+        parts.append(("KVM", d["kvm_cycles"]["median"]))
+    if d.get("qemu_cycles"):
+        parts.append(("QEMU", d["qemu_cycles"]["median"]))
+    return parts

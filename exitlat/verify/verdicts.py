@@ -1,0 +1,72 @@
+"""One verdict per window, and one per case from its two windows (docs/verification.md).
+
+The rules themselves live in exitlat.verify.rules; this module feeds them what each window recorded and
+adds what only the run knows: whether tracing was provably off during a timed window, and whether
+a traced window was recorded at all. Verdicts are ordered failed > unverified > passed: a case is
+only "passed" when both of its windows are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ORDER = {"failed": 3, "unverified": 2, "passed": 1}
+
+
+@dataclass(frozen=True)
+class VerdictContext:
+    vendor: str          # "intel", "amd" or "unknown": which exit-reason names to expect
+    port: int            # the S port
+
+
+def _port(spec, ctx: VerdictContext) -> int | None:
+    return ctx.port if spec.instruction == "outb" else None
+
+
+def _with_tracing(v: dict, timed) -> dict:
+    """A timed window whose freedom from tracing is unknown is unverified; one with tracing on fails."""
+    problem = timed.tracing_problem() if timed is not None else "no timed window recorded"
+    if problem is None:
+        return v
+    status = "unverified" if timed is not None and timed.tracing == "unknown" else "failed"
+    if ORDER[status] > ORDER.get(v["status"], 0):
+        v = dict(v, status=status)
+    v["detail"] = f"{v['detail']}; {problem}"
+    return v
+
+
+def timed_verdict(spec, timed, n: int, ctx: VerdictContext) -> dict:
+    """The timed window, from KVM's binary stats alone (nothing traced it)."""
+    from .rules import verify_timed_window
+
+    v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
+                            spec.instruction)
+    return _with_tracing(v, timed)
+
+
+def baseline_verdict(timed, n: int) -> dict:
+    """A baseline must not exit: ≈0 exits per iteration is the proof that the timer never exits."""
+    from .rules import verify_baseline
+
+    return _with_tracing(verify_baseline(timed.kvm_stats if timed else None, n), timed)
+
+
+def traced_verdict(spec, traced, n: int, ctx: VerdictContext) -> dict:
+    """The traced window: exit reasons, userspace exits, port writes, fastpath probes, and the
+    agreement of KVM's stats with the trace."""
+    from .rules import verify_case
+
+    if traced is None or traced.counts is None:
+        why = (traced.error if traced is not None and traced.error else "no traced window recorded")
+        return {"status": "failed", "detail": f"failed: {why}"}
+    return verify_case(traced.counts, n, spec.expected_path, spec.instruction, _port(spec, ctx),
+                       ctx.vendor, kvm_stats=traced.kvm_stats)
+
+
+def combine(timed: dict, traced: dict) -> dict:
+    """The case's verdict: the worse of its two windows, with both details."""
+    worst = max((timed, traced), key=lambda v: ORDER.get(v["status"], 0))
+    out = {k: v for k, v in traced.items() if k not in ("status", "detail")}
+    out["status"] = worst["status"]
+    out["detail"] = f"timed window: {timed['detail']} | traced window: {traced['detail']}"
+    return out
