@@ -87,7 +87,7 @@ def case_specs(cases, instr: str = "cpuid", port: int = 0xE9, msr: int | None = 
     `fastpath`: whether WRMSR TSC_DEADLINE can take KVM's fastpath here (tsc_deadline_fastpath);
     where it cannot, case 5 still runs it and expects the normal in-kernel handler."""
     if instr not in F_INSTRUCTIONS:
-        raise ExitlatError(f"unknown instruction {instr!r}; choose one of {', '.join(F_INSTRUCTIONS)}")
+        raise ExitlatError(f"unknown instruction {instr!r} (--instr); choose one of {', '.join(F_INSTRUCTIONS)}")
     check_port(port)
     if msr is not None and not 0 <= msr <= 0xFFFFFFFF:
         raise ExitlatError(f"MSR index must be a 32-bit number, got {msr!r}")

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exitlat.results.bundle import SUMS, write_bundle
+from exitlat.results.bundle import SUMS, tsc_hz_of, write_bundle
+from exitlat.results.stats import summarize
 
 
 def make_bundle(root: Path, name: str = "A", seed: int = 1, scale: float = 1.0,
@@ -18,7 +19,19 @@ def make_bundle(root: Path, name: str = "A", seed: int = 1, scale: float = 1.0,
         edit(doc)
     samples = example_samples(doc, seed=seed, scale=scale)
     files = {"console-r0.log": b"EXITLAT-INIT-READY\n"} if files is None else files
-    return write_bundle(Path(root), doc, samples, files, name=name)
+    return write_bundle(Path(root), with_stats(doc, samples), samples, files, name=name)
+
+
+def with_stats(doc: dict, samples: dict) -> dict:
+    """A copy of doc whose entries carry the statistics of their samples, as exitlat.results.document
+    computes them before storage (entries without samples are left without)."""
+    doc = copy.deepcopy(doc)
+    hz = tsc_hz_of(doc)
+    for e in doc["cases"] + doc["baselines"]:
+        arr = samples.get(e["samples_key"])
+        if arr is not None and len(arr):
+            e["stats"] = summarize(np.asarray(arr, dtype=np.uint64), hz)
+    return doc
 
 
 def reseal(bundle: Path) -> None:

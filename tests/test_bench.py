@@ -3,15 +3,18 @@ incomplete run assembles (every requested case listed, real schema, real files).
 
 import numpy as np
 
-from exitlat.run.bench import BenchOptions, VmResult, VmRun, trace_buffer_kb
+from exitlat.run.plan import BenchOptions, make_plan
+from exitlat.run.runrecord import VmResult
+from exitlat.run.vm import VmRun, trace_buffer_kb
 from exitlat.results.bundle import load_bundle, write_bundle
-from exitlat.cases import case_specs
 from exitlat.results.document import DocumentBuilder
-from exitlat.run.guestio import GuestPlan
 from exitlat.host.facts import collect_host
 from exitlat.verify.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
 from exitlat.progress import Progress
 from exitlat.run.windows import TimedWindow, TracedWindow
+
+
+INTEL = {"cpu": {"vendor": "GenuineIntel"}}
 
 
 def window(exits=None, userspace=None, pio=None):
@@ -20,9 +23,10 @@ def window(exits=None, userspace=None, pio=None):
 
 
 def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
-    o = BenchOptions(cases=[1, 2], iterations=10000, warmup=1000)
-    vm = VmRun(o, None, "kvm", 1, 0, GuestPlan(cases=[1, 2], vendor="intel", verify_iterations=5000),
-               case_specs([1, 2], "cpuid", 0xE9), Progress(), {})
+    o = BenchOptions(cases=[1, 2], iterations=10000, warmup=1000, verify_iterations=5000)
+    plan = make_plan(o, INTEL, "kvm")
+    assert plan.guest.vendor == "intel" and plan.guest.verify_iterations == 5000
+    vm = VmRun(plan, None, 1, 0, Progress(), {})
     quiet = dict(tracing_before=[], tracing_after=[])
     vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2}, **quiet)
     vm.result.timed["case2"] = TimedWindow(kvm_stats={"exits": 11010, "io_exits": 11008}, **quiet)
@@ -63,13 +67,12 @@ def test_trace_buffer_holds_a_case_within_bounds():
 
 def test_incomplete_run_lists_every_case_and_writes_a_valid_bundle(tmp_path):
     o = BenchOptions(cases=[1, 2, 5], iterations=100, warmup=0, accel="tcg", container=False)
-    specs = case_specs(o.cases, o.instr, o.port)
     res = VmResult(status="incomplete", reason="guest reported an error: boom",
                    samples={"case2": np.arange(1, 101, dtype=np.uint64)},
                    errors=[{"event": "error", "key": "case1", "message": "boom"}],
                    console=b"EXITLAT {}\n")
     state = {"core": 1, "items": [], "isolated": False}
-    doc, samples, files = DocumentBuilder(o, "tcg", specs, "intel", 0, 2e9).build(
+    doc, samples, files = DocumentBuilder(make_plan(o, INTEL, "tcg"), 2e9).build(
         ["invoke", "bench"], collect_host(with_docker=False), state,
         {"versions": {}, "artifacts": {}}, 1, 0, [res])
     b = load_bundle(write_bundle(tmp_path, doc, samples, files))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle, reseal, tree
-from bundle_fixtures import example_doc, example_samples
+from bundle_fixtures import example_doc, example_samples, with_stats
 from exitlat.results.bundle import (SCHEMA_VERSION, load_bundle,
                             recheck_stats, write_bundle)
 from exitlat.errors import ExitlatError
@@ -25,7 +25,7 @@ def one_line_error(fn, *args, match: str):
 def test_round_trip(tmp_path):
     doc = example_doc(repeats=2)
     samples = example_samples(doc)
-    p = write_bundle(tmp_path, doc, samples, {"console-r0.log": b"log\n", "qemu-cmdline.txt": "qemu -accel kvm"})
+    p = write_bundle(tmp_path, with_stats(doc, samples), samples, {"console-r0.log": b"log\n", "qemu-cmdline.txt": "qemu -accel kvm"})
     assert re.fullmatch(r"\d{8}T\d{6}Z-bench01-[0-9a-f]{6}", p.name)
     assert sorted(os.listdir(tmp_path)) == [p.name]            # no temp folder left
     b = load_bundle(p)
@@ -68,14 +68,16 @@ def test_incomplete_bundle_with_missing_samples(tmp_path):
     samples = example_samples(doc)
     del samples["case2-r0"]
     samples["case1-r0"] = samples["case1-r0"][:17]
-    b = load_bundle(write_bundle(tmp_path, doc, samples, {}))
+    b = load_bundle(write_bundle(tmp_path, with_stats(doc, samples), samples, {}))
     c1, c2 = b.doc["cases"]
     assert c1["stats"]["n"] == 17 and c2["stats"] is None and c2["samples_file"] is None
     assert len(b.samples("case2-r0")) == 0
     doc["status"] = {"state": "complete", "reason": None}
-    one_line_error(write_bundle, tmp_path, doc, samples, {}, match="no samples but the run is marked complete")
+    one_line_error(write_bundle, tmp_path, with_stats(doc, samples), samples, {},
+                   match="no samples but the run is marked complete")
     doc["status"] = {"state": "incomplete", "reason": ""}
-    one_line_error(write_bundle, tmp_path, doc, samples, {}, match="schema violation at status/reason")
+    one_line_error(write_bundle, tmp_path, with_stats(doc, samples), samples, {},
+                   match="schema violation at status/reason")
 
 
 def test_write_refuses_unreferenced_or_bad_samples(tmp_path):
@@ -84,7 +86,10 @@ def test_write_refuses_unreferenced_or_bad_samples(tmp_path):
     one_line_error(write_bundle, tmp_path, doc, {**s, "stray": np.arange(3)}, {}, match="not referenced.*stray")
     one_line_error(write_bundle, tmp_path, doc, {"case1-r0": np.array([1.5, 2.0])}, {}, match="integer")
     one_line_error(write_bundle, tmp_path, doc, {"case1-r0": np.array([1, -1])}, {}, match="negative")
-    assert os.listdir(tmp_path) == []
+    # statistics are computed before storage: the storage layer refuses an entry without them
+    one_line_error(write_bundle, tmp_path, doc, s, {}, match="no statistics")
+    write_bundle(tmp_path, with_stats(doc, s), s, {})
+    assert len(os.listdir(tmp_path)) == 1
 
 
 # -- refusing bad bundles -----------------------------------------------------------------------

@@ -470,9 +470,9 @@ def _document_has_decomposition() -> bool:
                     "decomposition yet (the lead's patch)")
 @pytest.mark.parametrize("emulated", [False, True])
 def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulated):
-    from exitlat.run.bench import BenchOptions, VmResult
+    from exitlat.run.plan import BenchOptions, make_plan
+    from exitlat.run.runrecord import VmResult
     from exitlat.results.bundle import load_bundle, write_bundle
-    from exitlat.cases import case_specs
     from exitlat.results.document import DocumentBuilder
     from exitlat.host.facts import collect_host
     from exitlat.results.plot import plot_bundle
@@ -482,7 +482,8 @@ def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulate
     n = 300
     o = BenchOptions(cases=[1, 2], iterations=n, warmup=0, accel="kvm", container=False,
                      verify_iterations=n, emulated_host=emulated)
-    specs = case_specs(o.cases, o.instr, o.port)
+    plan = make_plan(o, {"cpu": {"vendor": "GenuineIntel"}}, "kvm")
+    specs = plan.specs
     quiet = dict(tracing_before=[], tracing_after=[])
     res = VmResult(hello={"tsc_khz": KHZ, "kernel": "6.12"}, console=b"x\n")
     rng = np.random.default_rng(1)
@@ -499,7 +500,7 @@ def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulate
     res.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 0, "io_exits": 0}, **quiet)
     host = collect_host(with_docker=False)
     host["tsc"] = {"hz": HZ, "source": "test"}
-    doc, samples, files = DocumentBuilder(o, "kvm", specs, "intel", n, HZ).build(
+    doc, samples, files = DocumentBuilder(plan, HZ).build(
         ["invoke", "bench"], host, {"isolated": True, "items": []}, {"versions": {}, "artifacts": {}},
         1, 0, [res])
     b = load_bundle(write_bundle(tmp_path, doc, samples, files))     # the schema accepts it

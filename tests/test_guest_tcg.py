@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exitlat.run.bench import BenchOptions, VmRun
+from exitlat.run.plan import BenchOptions, RunPlan
+from exitlat.run.vm import VmRun
 from exitlat.build.builder import find_build
 from exitlat.cases import case_specs
 from exitlat.run.guestio import GuestPlan, parse_console_line
@@ -32,7 +33,8 @@ def run_plan(build: Path, plan: GuestPlan, **opts):
                      instr=plan.instr, port=plan.port, timer=plan.timer, accel="tcg",
                      container=False, debugcon="file", baselines=plan.baselines, **opts)
     specs = case_specs(plan.cases, plan.instr, plan.port) if plan.instr != "bogus" else []
-    return VmRun(o, build, "tcg", 0, 0, plan, specs, Progress(), load_pins().base).run()
+    run = RunPlan(o, "tcg", 1, "unknown", tuple(specs), plan.verify_iterations, plan)
+    return VmRun(run, build, 0, 0, Progress(), load_pins().base).run()
 
 
 def console_events(r) -> list[dict]:

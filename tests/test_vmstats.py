@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from bundle_fixtures import example_doc, example_samples, make_bundle
+from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
 from exitlat.results.bundle import load_bundle, write_bundle
 from exitlat.results.stats import summarize
 from exitlat.results.vmstats import (QUANTUM, RECOMMENDED_REPEAT, SPREAD_WARN_KVM, case_summaries,
@@ -127,7 +127,7 @@ def test_summarize_runs_from_raw_samples_matches_the_bundle(tmp_path):
     raw = summarize_runs(per_vm, 2e9)
     assert raw["R"] == 4 and len(raw["vm_stats"]) == 4
     assert raw["vm_stats"][0] == summarize(per_vm[0], 2e9)
-    b = load_bundle(write_bundle(tmp_path, doc, samples, {}, name="A"))
+    b = load_bundle(write_bundle(tmp_path, with_stats(doc, samples), samples, {}, name="A"))
     (s,) = case_summaries(b)
     assert s["entry"] == "case1 cpuid rdtscp" and s["keys"] == [f"case1-r{r}" for r in range(4)]
     assert s["kind"] == "case" and s["case"] == 1 and s["repeats"] == [0, 1, 2, 3]
@@ -152,7 +152,7 @@ def test_tcg_bundle_uses_loose_thresholds(tmp_path):
     samples = example_samples(doc, seed=1)
     for r, f in enumerate((1.0, 1.05, 0.97)):            # 8% spread: noisy, but TCG
         samples[f"case1-r{r}"] = np.rint(samples[f"case1-r{r}"] * f).astype(np.uint64)
-    (s,) = case_summaries(load_bundle(write_bundle(tmp_path, doc, samples, {}, name="T")))
+    (s,) = case_summaries(load_bundle(write_bundle(tmp_path, with_stats(doc, samples), samples, {}, name="T")))
     assert s["rel_spread"] > 0.05 and s["warnings"] == []
 
 

@@ -128,16 +128,20 @@ def _as_samples(key: str, arr) -> np.ndarray:
 
 
 def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:
-    """Attach stats and samples_file to every case and baseline; return the arrays to store."""
+    """Point every case and baseline at its samples file; return the arrays to store. The
+    statistics come with the document (exitlat.results.document computes them): storage only
+    stores, and load_bundle()/`validate` recompute them from the stored samples."""
     incomplete = doc.get("status", {}).get("state") == "incomplete"
-    hz = tsc_hz_of(doc)
+    keys = [e.get("samples_key") for e in entries(doc)]
+    unused = sorted(set(samples) - set(keys))
+    if unused:
+        raise ExitlatError(f"samples not referenced by any case or baseline: {', '.join(unused)}")
     store: dict[str, np.ndarray] = {}
     seen_keys = set()
-    for e in entries(doc):
-        key = e.get("samples_key")
+    for e, key in zip(entries(doc), keys):
         if not isinstance(key, str) or not _FILE_RE.match(key):
             raise ExitlatError(f"entry {e.get('key')!r}: bad samples_key {key!r}")
-        if key in store or key in seen_keys:
+        if key in seen_keys:
             raise ExitlatError(f"samples_key {key!r} is used by more than one entry")
         seen_keys.add(key)
         arr = samples.get(key)
@@ -147,13 +151,11 @@ def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:
                 raise ExitlatError(f"entry {e.get('key')!r} has no samples but the run is marked complete")
             e["samples_file"], e["stats"] = None, None
             continue
+        if e.get("stats") is None:
+            raise ExitlatError(f"entry {e.get('key')!r} has samples but no statistics (they are "
+                               "computed before storage, by exitlat.results.document)")
         e["samples_file"] = f"{SAMPLES_DIR}/{key}.npy"
-        if e.get("stats") is None:     # callers normally bring them (exitlat.results.document)
-            e["stats"] = summarize(arr, hz)
         store[key] = arr
-    unused = sorted(set(samples) - seen_keys)
-    if unused:
-        raise ExitlatError(f"samples not referenced by any case or baseline: {', '.join(unused)}")
     return store
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import sys
 import time
-from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 
@@ -68,10 +66,10 @@ def net_cost(case_stats: dict | None, base_key: str, base_stats: dict | None) ->
 class DocumentBuilder:
     """Turns the VM runs of one bench into (bundle document, samples, extra files)."""
 
-    def __init__(self, opts, accel: str, specs, vendor: str, verify_iterations: int, hz: float | None):
-        self.o, self.accel, self.specs = opts, accel, specs
-        self.ctx = VerdictContext(vendor=vendor, port=opts.port)
-        self.viters = verify_iterations
+    def __init__(self, plan, hz: float | None):
+        self.plan, self.o, self.accel, self.specs = plan, plan.options, plan.accel, plan.specs
+        self.ctx = plan.verdict_context()
+        self.viters = plan.verify_iterations
         self.hz = hz
         self.host_tsc_hz: float | None = None      # the host's own TSC rate (set by build())
         self.samples: dict = {}
@@ -96,7 +94,7 @@ class DocumentBuilder:
         if self.accel != "kvm":
             check = {"status": "not_applicable", "detail": "TCG: no VM exits to count"}
         else:
-            check = baseline_verdict(res.timed.get(gk), self.o.iterations + self.o.warmup)
+            check = baseline_verdict(res.timed.get(gk), self.plan.n_timed)
         return {"key": key, "name": name, "flow": BASELINE_FLOWS[name], "iterations": n,
                 "samples_key": key, "repeat": rep, "stats": stats, "tsc_backwards": bad,
                 "exit_check": check}
@@ -120,7 +118,7 @@ class DocumentBuilder:
             ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
             tw["verdict"] = dict(ver)
         else:
-            tw["verdict"] = timed_verdict(spec, timed, self.o.iterations + self.o.warmup, self.ctx)
+            tw["verdict"] = timed_verdict(spec, timed, self.plan.n_timed, self.ctx)
             if not self.o.verify:
                 ver = {"status": "skipped", "detail": "--no-verify"}
             else:
@@ -208,7 +206,7 @@ class DocumentBuilder:
             "tool": {"name": "exitlat", "version": __version__, "commit": git_commit()},
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command_line": list(argv or sys.argv),
-            "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.o).items()},
+            "options": self.plan.options_doc(),
             "label": self.o.label,
             "status": status,
             "accel": self.accel,

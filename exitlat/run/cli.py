@@ -3,7 +3,8 @@
 import sys
 from pathlib import Path
 
-from .bench import BenchOptions, parse_int, run_bench
+from .bench import run_bench
+from .plan import BenchOptions, parse_int
 from exitlat.errors import CheckFailed, ExitlatError
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from exitlat.cases import F_INSTRUCTIONS, case_specs
+from exitlat.cases import check_port
 from exitlat.errors import ExitlatError
 
 MAX_ITERATIONS = 50_000_000
@@ -61,11 +61,9 @@ class GuestPlan:
             raise ExitlatError("no case to run; valid cases: 1-6")
         if len(set(self.cases)) != len(self.cases):
             raise ExitlatError(f"a case is listed twice: {self.cases}")
-        if self.instr not in F_INSTRUCTIONS:
-            raise ExitlatError(f"unknown instruction {self.instr!r}; choose one of {', '.join(F_INSTRUCTIONS)}")
-        case_specs(self.cases, self.instr, self.port, self.msr)
+        check_port(self.port)
         if self.timer not in TIMERS:
-            raise ExitlatError(f"unknown timer {self.timer!r}; choose rdtscp or lfence")
+            raise ExitlatError(f"unknown --timer {self.timer!r}; choose rdtscp or lfence")
         if not 1 <= self.iterations <= MAX_ITERATIONS:
             raise ExitlatError(f"iterations must be between 1 and {MAX_ITERATIONS:,}, got {self.iterations}")
         if not 0 <= self.warmup <= MAX_ITERATIONS:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from exitlat.run.bench import parse_int
+from exitlat.run.plan import parse_int
 from exitlat.errors import CheckFailed, ExitlatError
 from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
@@ -263,7 +263,7 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
         raise ExitlatError(f"--capture {capture_dir}: folder exists and is not empty")
     check_machine()
 
-    from exitlat.run.bench import ensure_build
+    from exitlat.run.placement import ensure_build
     from exitlat.results.bundle import load_bundle
     from exitlat.build.pins import load_pins
     from exitlat.run.qemu import qemu_binary

@@ -1,0 +1,128 @@
+"""One bench run, planned once.
+
+`BenchOptions` is what the user asked for. `make_plan()` checks it once and derives, with the host's
+facts and the chosen accelerator, a `RunPlan`: the cases with the path each must take, how exits
+are named on this host, how many VM runs and traced iterations. Everything downstream reads the
+plan: the guest's command line (`RunPlan.guest`), the verifier's expectations (`specs`,
+`verdict_context()`), the VM runs, and the bundle's `options` (`options_doc()`)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from exitlat.cases import CaseSpec, case_specs, tsc_deadline_fastpath
+from exitlat.errors import ExitlatError
+from exitlat.results.vmstats import RECOMMENDED_REPEAT
+from exitlat.verify.verdicts import VerdictContext
+
+from .guestio import GuestPlan
+
+DEBUGCONS = ("auto", "file", "null")
+TRACING_BACKENDS = ("auto", "hist", "stream")
+DEFAULT_VERIFY_ITERATIONS = 10_000
+
+
+@dataclass
+class BenchOptions:
+    """The options of `invoke bench`, as given (exitlat.run.cli parses the strings)."""
+    cases: list[int]
+    iterations: int = 10000
+    warmup: int = 1000
+    instr: str = "cpuid"
+    port: int = 0xE9
+    timer: str = "rdtscp"
+    core: int | None = None
+    accel: str = "auto"
+    repeat: int | None = None      # None: RECOMMENDED_REPEAT under KVM, 1 under TCG
+    label: str | None = None
+    output: Path | None = None
+    container: bool = True
+    verify: bool = True
+    require_isolation: bool = False
+    debugcon: str = "auto"
+    baselines: bool = True
+    boot_timeout: float | None = None
+    build: Path | None = None               # a build folder to use instead of the current inputs'
+    tracing: str = "auto"                   # verification backend: auto, hist or stream
+    verify_iterations: int | None = None    # traced window per case (None: min(iterations, 10000))
+    emulated_host: bool = False             # set by selftest: the host is an emulated AMD-V machine
+
+
+def parse_int(text, what: str, lo: int, hi: int) -> int:
+    try:
+        v = int(str(text), 0)
+    except ValueError:
+        raise ExitlatError(f"{what} must be an integer, got {text!r}") from None
+    if not lo <= v <= hi:
+        raise ExitlatError(f"{what} must be between {lo} and {hi}, got {v}")
+    return v
+
+
+def _one_of(value, choices, option: str) -> None:
+    if value not in choices:
+        raise ExitlatError(f"unknown {option} {value!r}; choose {', '.join(choices)}")
+
+
+def check_options(o: BenchOptions) -> None:
+    """The options that no later step checks: how the run is verified and where its build is.
+    --accel is checked by choose_accel(), the cases, instruction and port by case_specs(), the
+    guest's numbers by GuestPlan.validate()."""
+    _one_of(o.debugcon, DEBUGCONS, "--debugcon")
+    _one_of(o.tracing, TRACING_BACKENDS, "--tracing")
+    if o.build is not None and not (Path(o.build) / "manifest.json").is_file():
+        raise ExitlatError(f"--build {o.build}: not a finished build folder (no manifest.json)")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    options: BenchOptions
+    accel: str                         # kvm or tcg, as chosen for this host
+    repeat: int                        # VM runs
+    vendor: str                        # how this host names exits: intel, amd or unknown
+    specs: tuple[CaseSpec, ...]        # the cases, each with the path it must take here
+    verify_iterations: int             # each case's traced window; 0: none
+    guest: GuestPlan                   # what the guest runs (its kernel command line)
+
+    @property
+    def n_timed(self) -> int:
+        """Iterations of a timed window, warm-up included (what KVM's stats count)."""
+        return self.options.iterations + self.options.warmup
+
+    @property
+    def verifying(self) -> bool:
+        return self.accel == "kvm" and self.options.verify
+
+    def verdict_context(self) -> VerdictContext:
+        return VerdictContext(vendor=self.vendor, port=self.options.port)
+
+    def options_doc(self) -> dict:
+        """The bundle's `options`: every option as given, --repeat as resolved."""
+        o = replace(self.options, repeat=self.repeat)
+        return {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(o).items()}
+
+
+def traced_iterations(o: BenchOptions, accel: str) -> int:
+    """Iterations of each case's traced window: none under TCG or --no-verify."""
+    if accel != "kvm" or not o.verify:
+        return 0
+    if o.verify_iterations is not None:
+        return o.verify_iterations
+    return min(o.iterations, DEFAULT_VERIFY_ITERATIONS)
+
+
+def make_plan(o: BenchOptions, host: dict, accel: str) -> RunPlan:
+    """The one place a run's options are checked and everything about the run is derived."""
+    from exitlat.verify.rules import exit_vendor
+
+    check_options(o)
+    specs = case_specs(o.cases, o.instr, o.port, fastpath=tsc_deadline_fastpath(host))
+    vendor = exit_vendor((host.get("cpu") or {}).get("vendor") or "")
+    viters = traced_iterations(o, accel)
+    guest = GuestPlan(cases=list(o.cases), instr=o.instr, port=o.port, timer=o.timer,
+                      iterations=o.iterations, warmup=o.warmup, baselines=o.baselines,
+                      handshake=True, vendor=None if vendor == "unknown" else vendor,
+                      verify_iterations=viters)
+    guest.validate()
+    repeat = o.repeat if o.repeat is not None else (RECOMMENDED_REPEAT if accel == "kvm" else 1)
+    return RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest)
