@@ -100,7 +100,7 @@ def _path(value, option: str, kind: str):
 @cli
 def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     """Build the guest kernel, initramfs, probes and QEMU in Docker (cached by input hash)."""
-    from exitlat.build.builder import cli_build
+    from exitlat.build.cli import cli_build
 
     return cli_build(mirror=_path(mirror, "--mirror", "dir"), pins=_path(pins, "--pins", "file"),
                      verify_reproducible=verify_reproducible, force=force)

@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exitlat.build.builder import STAGES, Builder  # noqa: E402
+from exitlat.build.builder import Builder  # noqa: E402
+from exitlat.build.stages import STAGES  # noqa: E402
 from exitlat.paths import build_root  # noqa: E402
 from exitlat.build.pins import load_pins  # noqa: E402
 from exitlat.progress import Progress  # noqa: E402

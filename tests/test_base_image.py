@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 SCRIPT = r"""
 import json, sys
-from exitlat.build.images import docker_client, ensure_base_image
+from exitlat.build.baseimage import ensure_base_image
+from exitlat.build.images import docker_client
 from exitlat.build.pins import load_pins
 base = dict(load_pins().base, digest=None)      # as where no registry answers
 tag = ensure_base_image(docker_client(), base, lambda m: print(m, flush=True), tag=sys.argv[1])

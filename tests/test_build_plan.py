@@ -6,7 +6,9 @@ import time
 
 import pytest
 
-from exitlat.build.builder import STAGES, Builder, _cpu_seconds, compare_builds, make_plan
+from exitlat.build.builder import Builder, _cpu_seconds
+from exitlat.build.cli import compare_builds
+from exitlat.build.stages import STAGES, plan_build
 from exitlat.errors import ExitlatError
 from exitlat.paths import REPO_ROOT
 from exitlat.build.pins import load_pins
@@ -36,60 +38,60 @@ def changed(before, after):
 
 def test_plan_is_stable(tree):
     pins = load_pins()
-    assert make_plan(pins, tree).stage_hashes == make_plan(pins, tree).stage_hashes
+    assert plan_build(pins, tree).stage_hashes == plan_build(pins, tree).stage_hashes
 
 
 def test_init_change_rebuilds_only_initramfs(tree):
     pins = load_pins()
-    before = make_plan(pins, tree)
+    before = plan_build(pins, tree)
     (tree / "guest/init").write_text((tree / "guest/init").read_text() + "\n# changed\n")
-    after = make_plan(pins, tree)
+    after = plan_build(pins, tree)
     assert changed(before, after) == {"initramfs"}
     assert before.build_hash != after.build_hash
 
 
 def test_kernel_config_change_rebuilds_kernel_and_its_dependents(tree):
     pins = load_pins()
-    before = make_plan(pins, tree)
+    before = plan_build(pins, tree)
     with open(tree / "kernel/exitlat.config", "a") as f:
         f.write("CONFIG_HZ_1000=y\n")
-    assert changed(before, make_plan(pins, tree)) == {"kernel", "initramfs"}
+    assert changed(before, plan_build(pins, tree)) == {"kernel", "initramfs"}
 
 
 def test_qemu_args_change_rebuilds_only_qemu(tree):
     pins = load_pins()
-    before = make_plan(pins, tree)
+    before = plan_build(pins, tree)
     with open(tree / "qemu/configure.args", "a") as f:
         f.write("--enable-debug-info\n")
-    assert changed(before, make_plan(pins, tree)) == {"qemu"}
+    assert changed(before, plan_build(pins, tree)) == {"qemu"}
 
 
 def test_qemu_device_list_change_rebuilds_only_qemu(tree):
     pins = load_pins()
-    before = make_plan(pins, tree)
+    before = plan_build(pins, tree)
     with open(tree / "qemu/devices-x86_64.mak", "a") as f:
         f.write("CONFIG_VIRTIO_RNG=y\n")
-    assert changed(before, make_plan(pins, tree)) == {"qemu"}
+    assert changed(before, plan_build(pins, tree)) == {"qemu"}
 
 
 def test_base_pin_change_rebuilds_everything(tree):
     pins = load_pins()
     base = dict(pins.raw["base"], digest=None)
     other = type(pins)(pins.path, dict(pins.raw, base=base))
-    assert changed(make_plan(pins, tree), make_plan(other, tree)) == {s.name for s in STAGES}
+    assert changed(plan_build(pins, tree), plan_build(other, tree)) == {s.name for s in STAGES}
 
 
 def test_toolchain_pin_change_rebuilds_everything(tree, tmp_path):
     pins = load_pins()
     raw = dict(pins.raw, toolchain=dict(pins.raw["toolchain"], make="4.3-4.2"))
     other = type(pins)(pins.path, raw)
-    assert changed(make_plan(pins, tree), make_plan(other, tree)) == {s.name for s in STAGES}
+    assert changed(plan_build(pins, tree), plan_build(other, tree)) == {s.name for s in STAGES}
 
 
 def test_missing_input_is_a_clear_error(tree):
     (tree / "guest/build-busybox.sh").unlink()
     with pytest.raises(ExitlatError, match="build input missing: guest/build-busybox.sh"):
-        make_plan(load_pins(), tree)
+        plan_build(load_pins(), tree)
 
 
 def test_compare_builds_lists_differences(tmp_path):

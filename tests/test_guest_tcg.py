@@ -10,7 +10,7 @@ import pytest
 
 from exitlat.run.plan import BenchOptions, RunPlan
 from exitlat.run.vm import VmRun
-from exitlat.build.builder import find_build
+from exitlat.build.stages import find_build
 from exitlat.cases import case_specs
 from exitlat.run.guestio import GuestPlan, parse_console_line
 from exitlat.build.pins import load_pins

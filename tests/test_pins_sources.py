@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitlat.build import images
+from exitlat.build import baseimage, debs
 from exitlat.errors import ExitlatError
 from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.build.sources import ChecksumMismatch, SourceFetcher
@@ -172,7 +172,7 @@ def test_missing_mirror_is_a_file(tmp_path, tiny):
 
 def test_base_packages_are_pinned():
     base = load_pins().base
-    tool, required, rest = images.bootstrap_pins(base)
+    tool, required, rest = baseimage.bootstrap_pins(base)
     names = {n for n, _ in required}
     # debootstrap's minbase for bookworm: Priority required, usr-is-merged, apt and what it needs.
     assert {"apt", "dpkg", "libc6", "base-files", "usr-is-merged", "debian-archive-keyring"} <= names
@@ -230,18 +230,18 @@ def make_deb(path: Path, control: str, data_members) -> Path:
 def test_deb_reading(tmp_path):
     deb = make_deb(tmp_path / "p_1_all.deb", "Package: p\nVersion: 1\nDepends: a (>= 2) | b, c:any\n",
                    [("./usr/", None), ("./usr/x", b"x")])
-    stanza = images.parse_stanzas(images.deb_control(deb))[0]
-    assert stanza["Package"] == "p" and images.dep_names(stanza) == ["a", "c"]
-    with images.deb_data(deb) as tar:
+    stanza = debs.parse_stanzas(debs.deb_control(deb))[0]
+    assert stanza["Package"] == "p" and debs.dep_names(stanza) == ["a", "c"]
+    with debs.deb_data(deb) as tar:
         assert [m.name for m in tar] == ["./usr", "./usr/x"]
     bad = tmp_path / "bad.deb"
     bad.write_bytes(b"not an ar archive")
     with pytest.raises(ExitlatError, match="not a Debian package"):
-        images.deb_control(bad)
+        debs.deb_control(bad)
 
 
 def test_resolve_minbase_as_debootstrap():
-    index = images.parse_stanzas(
+    index = debs.parse_stanzas(
         "Package: base-files\nPriority: required\nDepends: libc6\n\n"
         "Package: libc6\nPriority: optional\nDepends: libgcc-s1 | libgcc1, virtual-thing\n\n"
         "Package: libgcc-s1\nPriority: optional\n\n"
@@ -250,17 +250,17 @@ def test_resolve_minbase_as_debootstrap():
         "Package: apt\nPriority: important\nDepends: libc6, gpgv\n\n"
         "Package: gpgv\nPriority: important\n\n"
         "Package: unrelated\nPriority: optional\n")
-    required, base = images.resolve_minbase(index)
+    required, base = debs.resolve_minbase(index)
     assert required == ["base-files", "libc6", "libgcc-s1", "usr-is-merged"]
     assert base == ["apt", "gpgv"]
 
 
 def test_usr_merge_paths():
-    assert images._usr_merged("./bin/sh") == "usr/bin/sh"
-    assert images._usr_merged("./lib64/ld-linux-x86-64.so.2") == "usr/lib64/ld-linux-x86-64.so.2"
-    assert images._usr_merged("./usr/bin/x") == "usr/bin/x"
-    assert images._usr_merged("./etc/") == "etc"
-    assert images._usr_merged("./library/x") == "library/x"
+    assert baseimage._usr_merged("./bin/sh") == "usr/bin/sh"
+    assert baseimage._usr_merged("./lib64/ld-linux-x86-64.so.2") == "usr/lib64/ld-linux-x86-64.so.2"
+    assert baseimage._usr_merged("./usr/bin/x") == "usr/bin/x"
+    assert baseimage._usr_merged("./etc/") == "etc"
+    assert baseimage._usr_merged("./library/x") == "library/x"
 
 
 def test_first_stage_layout(tmp_path):
@@ -288,7 +288,7 @@ def test_first_stage_layout(tmp_path):
     base = {"debootstrap": {"suite": "bookworm", "variant": "minbase",
                             "mirror": "http://deb.debian.org/debian"}}
     out = tmp_path / "stage1.tar"
-    images._first_stage(out, base, tool, [("a", pin("a", a.name), a), ("b", pin("b", b.name), b)], [])
+    baseimage._first_stage(out, base, tool, [("a", pin("a", a.name), a), ("b", pin("b", b.name), b)], [])
     with tarfile.open(out) as tar:
         names = tar.getnames()
         assert len(names) == len(set(names)), "no name twice"
@@ -309,7 +309,7 @@ def test_first_stage_layout(tmp_path):
         assert "a /var/cache/apt/archives/a_1_amd64.deb" in read("debootstrap/debpaths")
         assert "var/cache/apt/archives/b_1_amd64.deb" in m
         index = read("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages")
-        stanzas = images.parse_stanzas(index)
+        stanzas = debs.parse_stanzas(index)
         assert [s["Package"] for s in stanzas] == ["a", "b"]
         assert stanzas[0]["Filename"] == "pool/main/a/a/a_1_amd64.deb"
         assert read("var/lib/dpkg/status") == ""
@@ -317,7 +317,7 @@ def test_first_stage_layout(tmp_path):
 
 
 def test_export_filter():
-    keep = images._keep
+    keep = baseimage._keep
     assert not keep(".dockerenv") and not keep("etc/resolv.conf") and not keep("debootstrap/functions")
     assert not keep("var/cache/apt/archives/apt_2.6.1_amd64.deb")
     assert not keep("var/lib/apt/lists/deb.debian.org_debian_dists_bookworm_main_binary-amd64_Packages")

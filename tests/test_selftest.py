@@ -171,14 +171,14 @@ def test_pins_without_the_section_load_but_selftest_says_so(tmp_path):
 def test_build_does_not_read_the_emulated_host_inputs(tmp_path):
     """`invoke build` fetches only its stages' sources: the L1 kernel is not one of them, and the
     build hash does not change with the emulated_host section."""
-    from exitlat.build.builder import STAGES, make_plan
+    from exitlat.build.stages import STAGES, plan_build
 
     used = {name for st in STAGES for name in st.sources}
     assert all(s.name in used for s in load_pins().sources())
     assert not any("emulated" in n for n in used)
     other = load_pins(_pins_with(tmp_path, lambda r: r["emulated_host"]["kernel"].__setitem__(
         "sha256", "0" * 64)))
-    assert make_plan(other).build_hash == make_plan(load_pins()).build_hash
+    assert plan_build(other).build_hash == plan_build(load_pins()).build_hash
 
 
 # --- the per-run archive, /init, the command line ---------------------------------------------------

@@ -1,121 +1,27 @@
-"""`invoke build`: the pinned inputs → Docker stages → a content-addressed build folder.
-
-Each stage (kernel, busybox, initramfs, qemu) runs one script from this repository inside the
-builder image. A stage's folder is named by the hash of everything it reads (its script and files,
-the pinned sources, the stages it uses, the builder image's recipe), so changing one input rebuilds
-only what depends on it. Every folder is made under a temporary name and renamed when complete.
+"""`invoke build`: runs the stages (exitlat.build.stages) in Docker, overlapping them where they do
+not depend on each other, and assembles the content-addressed build folder with its manifest.
+Every folder is made under a temporary name and renamed when complete.
 """
 
 import errno
-import hashlib
 import json
 import os
 import shutil
 import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from exitlat import __version__
 from exitlat.errors import ExitlatError
-from .images import (build_image, docker_client, ensure_base_image, image_origin, image_packages,
-                     short_hash, unpack_image_tree)
 from exitlat.paths import REPO_ROOT, build_root
-from .pins import Pins, load_pins
 from exitlat.progress import Progress, fmt_duration
+
+from .baseimage import ensure_base_image
+from .images import build_image, docker_client, image_origin, image_packages, unpack_image_tree
+from .pins import Pins, load_pins
 from .sources import SourceFetcher, sha256_file
-
-BUILD_FORMAT = 1
-# Files copied from stage outputs into the final build folder: (stage, path in its out/).
-ARTIFACTS = [
-    ("kernel", "bzImage"), ("kernel", "kernel.config"), ("kernel", "kernel.release"),
-    ("busybox", "busybox"), ("busybox", "busybox.version"),
-    ("initramfs", "initramfs.cpio.gz"), ("initramfs", "initramfs.list"),
-    ("initramfs", "exitlat-probe"), ("initramfs", "exitlat.ko"),
-    ("qemu", "qemu"), ("qemu", "qemu.version"),
-]
-
-
-@dataclass(frozen=True)
-class Stage:
-    name: str
-    script: str                    # run as `bash /repo/<script>` in the builder image
-    files: tuple[str, ...]         # repository paths (files or folders) the stage reads
-    sources: dict = field(default_factory=dict)   # pin name -> name under /sources
-    deps: tuple[str, ...] = ()     # stages whose outputs it mounts
-    keeps_tree: bool = False       # the kernel keeps its tree for the module build
-
-
-STAGES = [
-    Stage("kernel", "kernel/build.sh", ("kernel",), {"linux": "linux.tar"}, keeps_tree=True),
-    Stage("busybox", "guest/build-busybox.sh", ("guest/build-busybox.sh", "guest/busybox.config"),
-          {"busybox": "busybox.tar"}),
-    Stage("initramfs", "guest/build-initramfs.sh",
-          ("guest/build-initramfs.sh", "guest/init", "guest/probe", "guest/module"),
-          deps=("kernel", "busybox")),
-    Stage("qemu", "qemu/build.sh", ("qemu",),
-          {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb",
-           "meson-wheel": "meson-1.5.0-py3-none-any.whl",
-           "pycotap-wheel": "pycotap-1.3.1-py3-none-any.whl"}),
-]
-
-
-def _hash_paths(paths, root: Path = REPO_ROOT) -> str:
-    """sha256 over the names, modes and contents of files (folders walked in sorted order)."""
-    h = hashlib.sha256()
-    for rel in paths:
-        p = root / rel
-        if not p.exists():
-            raise ExitlatError(f"build input missing: {rel}")
-        files = sorted(x for x in p.rglob("*") if x.is_file()) if p.is_dir() else [p]
-        for f in files:
-            if "__pycache__" in f.parts or f.name.startswith(".") or _is_build_product(f):
-                continue
-            h.update(str(f.relative_to(root)).encode() + b"\0")
-            h.update(b"x" if os.access(f, os.X_OK) else b"-")
-            h.update(f.read_bytes() + b"\0")
-    return h.hexdigest()
-
-
-def _is_build_product(f: Path) -> bool:
-    return f.suffix in {".o", ".ko", ".mod", ".cmd", ".symvers", ".order"} or f.name in {
-        "exitlat-probe", "exitlat.mod.c"}
-
-
-@dataclass
-class Plan:
-    """Every stage's hash, computed from the inputs alone (no Docker, no network)."""
-    pins: Pins
-    builder_key: str
-    stage_hashes: dict[str, str]
-
-    @property
-    def build_hash(self) -> str:
-        return short_hash(BUILD_FORMAT, self.builder_key, self.stage_hashes)
-
-
-def builder_packages(pins: Pins) -> str:
-    return " ".join(f"{name}={ver}" for name, ver in sorted(pins.toolchain.items()))
-
-
-def make_plan(pins: Pins, root: Path = REPO_ROOT) -> Plan:
-    dockerfile = (root / "docker/builder.Dockerfile").read_bytes()
-    builder_key = short_hash(dockerfile, pins.base, builder_packages(pins))
-    hashes: dict[str, str] = {}
-    for st in STAGES:
-        srcs = {n: pins.source(n).sha256 for n in sorted(st.sources)}
-        deps = {d: hashes[d] for d in st.deps}
-        hashes[st.name] = short_hash(st.name, st.script, _hash_paths((st.script, *st.files), root),
-                                     srcs, deps, builder_key, pins.source_date_epoch)
-    return Plan(pins, builder_key, hashes)
-
-
-def find_build(pins_path=None) -> Path | None:
-    """The finished build folder for the current inputs, or None."""
-    plan = make_plan(load_pins(pins_path))
-    folder = build_root() / plan.build_hash
-    return folder if (folder / "manifest.json").is_file() else None
+from .stages import ARTIFACTS, BUILD_FORMAT, STAGES, Stage, base_tag_of, builder_packages, plan_build
 
 
 class Builder:
@@ -124,7 +30,7 @@ class Builder:
         self.root = root
         self.mirror = mirror
         self.progress = progress or Progress()
-        self.plan = make_plan(pins)
+        self.plan = plan_build(pins)
         self.stages_dir = root / "stages"
         self.logs_dir = root / "logs"
         self.client = None
@@ -477,31 +383,12 @@ def _cpu_seconds(tail: list[str]) -> float | None:
     return None
 
 
-def base_tag_of(pins: Pins) -> str:
-    from .images import base_tag
-
-    return base_tag(pins.base)
-
-
 def _config_lines(path: Path) -> list[str]:
     return [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
 
 
 def _read(p: Path) -> str | None:
     return p.read_text().strip() if p.is_file() else None
-
-
-def artifact_hashes(folder: Path) -> dict[str, str]:
-    out = {}
-    for f in sorted(folder.rglob("*")):
-        if f.is_file() and not f.is_symlink() and f.name != "manifest.json":
-            out[str(f.relative_to(folder))] = sha256_file(f)
-    return out
-
-
-def compare_builds(a: Path, b: Path) -> list[str]:
-    ha, hb = artifact_hashes(a), artifact_hashes(b)
-    return sorted(k for k in set(ha) | set(hb) if ha.get(k) != hb.get(k))
 
 
 def build(pins_path=None, mirror=None, force=False, root: Path | None = None,
@@ -518,23 +405,9 @@ def build(pins_path=None, mirror=None, force=False, root: Path | None = None,
     return folder, timings
 
 
-def cli_build(mirror=None, pins=None, verify_reproducible=False, force=False) -> int:
-    t0 = time.monotonic()
-    folder, _ = build(pins, mirror, force)
-    print(folder)
-    if not verify_reproducible:
-        return 0
-    progress = Progress()
-    alt_root = build_root().parent / f"{build_root().name}-verify"
-    shutil.rmtree(alt_root, ignore_errors=True)
-    progress.say(f"--verify-reproducible: building again from scratch in {alt_root}")
-    other, _ = build(pins, mirror, force=True, root=alt_root, progress=progress)
-    diff = compare_builds(folder, other)
-    if diff:
-        for d in diff:
-            print(f"DIFFERS: {d}")
-        print(f"not reproducible: {len(diff)} artifact(s) differ ({fmt_duration(time.monotonic() - t0)})")
-        return 1
-    print(f"reproducible: all {len(artifact_hashes(folder))} artifacts identical")
-    shutil.rmtree(alt_root, ignore_errors=True)
-    return 0
+def artifact_hashes(folder: Path) -> dict[str, str]:
+    out = {}
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and not f.is_symlink() and f.name != "manifest.json":
+            out[str(f.relative_to(folder))] = sha256_file(f)
+    return out

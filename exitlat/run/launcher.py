@@ -7,7 +7,8 @@ import time
 from pathlib import Path
 
 from exitlat.errors import ExitlatError
-from exitlat.build.images import build_image, docker_client, ensure_base_image, short_hash
+from exitlat.build.baseimage import ensure_base_image
+from exitlat.build.images import build_image, docker_client, short_hash
 from exitlat.paths import REPO_ROOT
 
 

@@ -48,7 +48,8 @@ def resolve_cores(core: int | None, progress: Progress) -> tuple[int, int, dict]
 
 
 def ensure_build(progress: Progress) -> Path:
-    from exitlat.build.builder import build, find_build
+    from exitlat.build.builder import build
+    from exitlat.build.stages import find_build
 
     folder = find_build()
     if folder is None:

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from exitlat.errors import ExitlatError
-from exitlat.build.images import (DOCKER_DIR, ChunkReader, build_image, docker_client, ensure_base_image,
+from exitlat.build.images import (DOCKER_DIR, ChunkReader, build_image, docker_client,
                       short_hash)
+from exitlat.build.baseimage import ensure_base_image
 from exitlat.paths import build_root
 from exitlat.build.pins import Pins, load_pins
 from exitlat.progress import Progress, fmt_duration
@@ -108,7 +109,7 @@ class _LogTee:
 def _deb_data_members(deb: Path):
     """Stream the members of a Debian binary package's data.tar.*: yields (TarInfo, file object
     or None), in one pass (the .deb reader the base image uses)."""
-    from exitlat.build.images import deb_data
+    from exitlat.build.debs import deb_data
 
     with deb_data(deb) as tar:
         for m in tar:
