@@ -16,7 +16,9 @@ from exitlat.host.facts import cpu_info
 from exitlat.verify.kvmtrace import (FASTPATH_SYMBOLS, ExitCounter, fastpath_symbols, find_tracefs,
                               kprobes_available, probe_group, tracing_available)
 from microvm import MicroVM, kvm_usable, run_microvm_phases
-from exitlat.verify.rules import exit_vendor, verify_case, verify_timed_window
+from exitlat.verify.rules import exit_vendor
+from exitlat.verify.timed import verify_timed_window
+from exitlat.verify.traced import verify_case
 
 pytestmark = pytest.mark.kvm
 

@@ -8,8 +8,9 @@ import pytest
 from exitlat.errors import ExitlatError
 from exitlat.verify.kvmtrace import ExitCounts, parse_trace_text
 from exitlat.verify.rules import (AGREE_TOLERANCE, STATS_STRAY_EVENTS, STRAY_EVENTS, ZERO_TOLERANCE,
-                            exit_vendor, expected_reasons, verify_baseline, verify_case,
-                            verify_timed_window)
+                                  exit_vendor, expected_reasons)
+from exitlat.verify.timed import verify_baseline, verify_timed_window
+from exitlat.verify.traced import verify_case
 
 N = 11000
 SEL = 1100            # the selftest: 1000 iterations + 100 warm-up per window

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from exitlat.errors import ExitlatError
 from exitlat.verify.kvmtrace import ExitCounts, parse_trace_text
-from exitlat.verify.rules import verify_case
+from exitlat.verify.traced import verify_case
 
 # One trace_pipe line cut off in the middle of its event name, as a torn read would leave it.
 TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"

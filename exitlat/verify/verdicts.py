@@ -37,7 +37,7 @@ def _with_tracing(v: dict, timed) -> dict:
 
 def timed_verdict(spec, timed, n: int, ctx: VerdictContext) -> dict:
     """The timed window, from KVM's binary stats alone (nothing traced it)."""
-    from .rules import verify_timed_window
+    from .timed import verify_timed_window
 
     v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
                             spec.instruction)
@@ -46,7 +46,7 @@ def timed_verdict(spec, timed, n: int, ctx: VerdictContext) -> dict:
 
 def baseline_verdict(timed, n: int) -> dict:
     """A baseline must not exit: ≈0 exits per iteration is the proof that the timer never exits."""
-    from .rules import verify_baseline
+    from .timed import verify_baseline
 
     return _with_tracing(verify_baseline(timed.kvm_stats if timed else None, n), timed)
 
@@ -54,7 +54,7 @@ def baseline_verdict(timed, n: int) -> dict:
 def traced_verdict(spec, traced, n: int, ctx: VerdictContext) -> dict:
     """The traced window: exit reasons, userspace exits, port writes, fastpath probes, and the
     agreement of KVM's stats with the trace."""
-    from .rules import verify_case
+    from .traced import verify_case
 
     if traced is None or traced.counts is None:
         why = (traced.error if traced is not None and traced.error else "no traced window recorded")
