@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from exitlat.results.bundle import SUMS, tsc_hz_of, write_bundle
+from exitlat.results.bundledoc import SUMS, tsc_hz_of
+from exitlat.results.bundlewrite import write_bundle
 from exitlat.results.stats import summarize
 
 

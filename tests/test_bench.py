@@ -6,7 +6,8 @@ import numpy as np
 from exitlat.run.plan import BenchOptions, make_plan
 from exitlat.run.runrecord import VmResult
 from exitlat.run.vm import VmRun, trace_buffer_kb
-from exitlat.results.bundle import load_bundle, write_bundle
+from exitlat.results.bundle import load_bundle
+from exitlat.results.bundlewrite import write_bundle
 from exitlat.results.document import DocumentBuilder
 from exitlat.host.facts import collect_host
 from exitlat.verify.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts

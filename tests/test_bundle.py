@@ -9,8 +9,9 @@ import pytest
 
 from bundle_fixtures import edit_json, make_bundle, reseal, tree
 from bundle_fixtures import example_doc, example_samples, with_stats
-from exitlat.results.bundle import (SCHEMA_VERSION, load_bundle,
-                            recheck_stats, write_bundle)
+from exitlat.results.bundle import load_bundle, recheck_stats
+from exitlat.results.bundledoc import SCHEMA_VERSION
+from exitlat.results.bundlewrite import write_bundle
 from exitlat.errors import ExitlatError
 
 

@@ -472,7 +472,8 @@ def _document_has_decomposition() -> bool:
 def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulated):
     from exitlat.run.plan import BenchOptions, make_plan
     from exitlat.run.runrecord import VmResult
-    from exitlat.results.bundle import load_bundle, write_bundle
+    from exitlat.results.bundle import load_bundle
+    from exitlat.results.bundlewrite import write_bundle
     from exitlat.results.document import DocumentBuilder
     from exitlat.host.facts import collect_host
     from exitlat.results.plot import plot_bundle

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
-from exitlat.results.bundle import load_bundle, write_bundle
+from exitlat.results.bundle import load_bundle
+from exitlat.results.bundlewrite import write_bundle
 from exitlat.results.stats import summarize
 from exitlat.results.vmstats import (QUANTUM, RECOMMENDED_REPEAT, SPREAD_WARN_KVM, case_summaries,
                              combine_runs, median_factor, repeats_needed, stability_warnings,

@@ -2,7 +2,7 @@
 
 Export: entries sorted, owner 0:0, fixed modes, mtime 0, gzip header without name or time, so the
 same bundle always gives the same bytes. Import: pass 1 streams the archive and runs every bundle
-check (bundle.check_files) on hashes and headers, holding only bundle.json/SHA256SUMS in memory;
+check (bundlecheck.check_files) on hashes and headers, holding only bundle.json/SHA256SUMS in memory;
 only then pass 2 extracts into a hidden temporary folder next to the results, re-checks it, and
 renames it into place. A bad archive never leaves anything behind.
 """
@@ -14,7 +14,9 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from .bundle import NAME_RE, FileInfo, _check_rel, check_files, load_bundle, read_info
+from .bundle import load_bundle
+from .bundlecheck import FileInfo, check_files, check_rel, read_info
+from .bundledoc import NAME_RE
 from exitlat.errors import ExitlatError
 
 
@@ -101,7 +103,7 @@ def _split(archive: Path, m: tarfile.TarInfo, top: list) -> str | None:
         return None
     if not rel:
         raise ExitlatError(f"{archive}: {name!r} is a file, not a bundle folder")
-    _check_rel(rel)
+    check_rel(rel)
     return rel
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from exitlat import __version__
-from .bundle import tsc_hz_of
+from .bundledoc import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
 from .stats import summarize
 from exitlat.verify.verdicts import VerdictContext, baseline_verdict, combine, timed_verdict, traced_verdict

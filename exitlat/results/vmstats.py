@@ -232,7 +232,7 @@ def _doc_of(bundle_or_doc) -> dict:
 
 def is_loose(doc: dict) -> bool:
     """TCG or an emulated host: timings that are not exit costs get the loose thresholds."""
-    from .bundle import banner_for
+    from .bundledoc import banner_for
     return banner_for(doc) is not None
 
 
@@ -243,7 +243,7 @@ def case_summaries(bundle_or_doc, min_effect: float = DEFAULT_MIN_EFFECT) -> lis
     baseline_timer), identity (what the pooled entries share), kind (case|baseline), case,
     instruction, msr, timer and flow for a case, name for a baseline, keys (the entries pooled, by
     repeat), repeats."""
-    from .bundle import entries, tsc_hz_of
+    from .bundledoc import entries, tsc_hz_of
 
     doc = _doc_of(bundle_or_doc)
     hz = tsc_hz_of(doc)

@@ -20,7 +20,7 @@ from .vm import VmRun
 def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     from exitlat.build.pins import load_pins
     from exitlat.host.facts import collect_host
-    from exitlat.results.bundle import write_bundle
+    from exitlat.results.bundlewrite import write_bundle
     from exitlat.results.document import DocumentBuilder, document_hz
 
     progress = Progress()

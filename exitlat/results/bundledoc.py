@@ -1,0 +1,98 @@
+"""The bundle document: its format constants, its schema check, its JSON encoding, and the facts
+every reader takes from it (the TSC rate, the entries, the banner above its numbers)."""
+
+import json
+import re
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import numpy as np
+
+from exitlat.errors import ExitlatError
+SCHEMA_VERSION = 2
+
+
+READABLE_VERSIONS = (1, 2)   # v1: one traced window per case (before timed/traced windows)
+
+
+BUNDLE_JSON = "bundle.json"
+
+
+SUMS = "SHA256SUMS"
+
+
+SAMPLES_DIR = "samples"
+
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+
+
+FILE_RE = NAME_RE           # sample keys and extra file names: the same rule as bundle names
+
+
+TCG_BANNER = "TCG: software emulation — these are NOT VM-exit timings"
+
+
+def banner_for(doc: dict) -> str | None:
+    """The line that must stand above any number of this bundle (TCG, or an emulated KVM host such
+    as the selftest's), or None for a measurement on a real VMX/SVM host."""
+    if doc.get("accel") == "tcg":
+        return TCG_BANNER
+    emulated = (doc.get("host") or {}).get("emulated")
+    if emulated:
+        return f"{emulated} (NOT VM-exit timings)"
+    return None
+
+
+def schema() -> dict:
+    return json.loads(resources.files("exitlat.schemas").joinpath("bundle.schema.json").read_text())
+
+
+def _where(err: jsonschema.ValidationError) -> str:
+    return "/".join(str(p) for p in err.absolute_path) or "(top level)"
+
+
+def validate_doc(doc: dict, what: str = BUNDLE_JSON) -> None:
+    """Schema check with one line naming the first (deepest-path-first) problem."""
+    validator = jsonschema.Draft202012Validator(schema())
+    errors = sorted(validator.iter_errors(doc), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        msg = err.message if len(err.message) <= 200 else err.message[:200] + "..."
+        raise ExitlatError(f"{what}: schema violation at {_where(err)}: {msg}")
+
+
+def _json_default(o):
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.bool_):
+        return bool(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"{type(o).__name__} is not JSON serializable")
+
+
+def dump_doc(doc: dict) -> bytes:
+    try:
+        text = json.dumps(doc, indent=2, ensure_ascii=False, allow_nan=False, default=_json_default)
+    except (TypeError, ValueError) as err:
+        raise ExitlatError(f"bundle document cannot be stored as JSON: {err}") from None
+    return (text + "\n").encode()
+
+
+def tsc_hz_of(doc: dict) -> float | None:
+    """The TSC rate used for ns: the host's, else the one the guest kernel reported."""
+    hz = (doc.get("host") or {}).get("tsc", {}).get("hz")
+    if hz:
+        return float(hz)
+    khz = (doc.get("guest") or {}).get("tsc_khz")
+    return float(khz) * 1000.0 if khz else None
+
+
+def entries(doc: dict) -> list[dict]:
+    return list(doc.get("cases", [])) + list(doc.get("baselines", []))
