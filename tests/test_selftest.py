@@ -32,7 +32,7 @@ from exitlat.verify.kvmtrace import ExitCounts, parse_hist, parse_trace_text
 from exitlat.paths import REPO_ROOT
 from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.progress import Progress
-from exitlat.selftest import controls, host, inner
+from exitlat.selftest import controls, host, inner, l1disk
 from exitlat.selftest.cli import evaluate, parse_runs, render_text, selftest_main
 from exitlat.selftest.cpio import CpioWriter, files_in, read_names
 from exitlat.selftest.image import extract_kernel, image_key
@@ -198,8 +198,8 @@ def _fake_build(tmp_path: Path) -> Path:
 def test_run_archive_carries_init_package_pins_and_build(tmp_path):
     build = _fake_build(tmp_path)
     out = io.BytesIO()
-    cfg = {"build": host.l1_build_path(build), "runs": []}
-    size = host.write_run_archive(out, build, ["usr/lib/modules/r/kvm.ko", "usr/lib/modules/r/kvm-amd.ko"], cfg)
+    cfg = {"build": l1disk.l1_build_path(build), "runs": []}
+    size = l1disk.write_run_archive(out, build, ["usr/lib/modules/r/kvm.ko", "usr/lib/modules/r/kvm-amd.ko"], cfg)
     entries = read_names(out.getvalue())
     files = files_in(entries)
     modes = {n: m for n, m, _ in entries}
@@ -216,7 +216,7 @@ def test_run_archive_carries_init_package_pins_and_build(tmp_path):
 
 
 def test_init_script_loads_modules_in_order_and_is_valid_sh(tmp_path):
-    text = host.render_init(["usr/lib/modules/r/irqbypass.ko", "usr/lib/modules/r/kvm.ko",
+    text = l1disk.render_init(["usr/lib/modules/r/irqbypass.ko", "usr/lib/modules/r/kvm.ko",
                              "usr/lib/modules/r/kvm-amd.ko"])
     assert text.index("irqbypass.ko") < text.index("/kvm.ko") < text.index("kvm-amd.ko")
     for needle in ("mount -t tracefs", "mount -t proc", "mount -t devtmpfs",
@@ -251,14 +251,14 @@ def test_output_disk_roundtrip(tmp_path, monkeypatch):
     with open(disk, "wb") as f:
         f.truncate(1 << 20)
     inner.write_disk(src, disk)
-    names = host.read_output_disk(disk, tmp_path / "dst")
+    names = l1disk.read_output_disk(disk, tmp_path / "dst")
     assert sorted(names) == ["bundles/b.tar.gz", "summary.json"]
     assert (tmp_path / "dst/bundles/b.tar.gz").read_bytes() == (src / "bundles/b.tar.gz").read_bytes()
     blank = tmp_path / "blank.img"
     blank.write_bytes(b"\0" * 4096)
     with pytest.raises(ExitlatError, match="wrote nothing"):
-        host.read_output_disk(blank, tmp_path / "d2")
-    assert inner.DISK_MAGIC == host.DISK_MAGIC
+        l1disk.read_output_disk(blank, tmp_path / "d2")
+    assert inner.DISK_MAGIC == l1disk.DISK_MAGIC
 
 
 def test_console_markers():

@@ -267,7 +267,8 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
     from exitlat.results.bundle import load_bundle
     from exitlat.build.pins import load_pins
     from exitlat.run.qemu import qemu_binary
-    from .host import L1Boot, Timeouts, console_log_path, l1_build_path
+    from .host import L1Boot, Timeouts, console_log_path
+    from .l1disk import l1_build_path
     from .image import ensure_l1_image
 
     progress = Progress()

@@ -19,9 +19,9 @@ import time
 import traceback
 from pathlib import Path
 
-MARK = "exitlat-l1:"
+from .protocol import DISK_MAGIC, MARK
+
 OUT = Path("/tmp/selftest-out")
-DISK_MAGIC = b"EXITLAT-L1-OUT\0\0"      # same as host.DISK_MAGIC (this module stays import-light)
 
 # The selftest's runs: every case with CPUID under each tracing backend, and every other
 # instruction where the guest accepts it (docs/measuring.md). (name, instruction, cases, backend)
