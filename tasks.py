@@ -10,6 +10,7 @@ import sys
 from invoke import Exit, task
 
 from exitlat.errors import ExitlatError
+from exitlat.results.taskargs import KeepHelpTask, spill_positionals
 
 
 def cli(fn):
@@ -226,39 +227,60 @@ def results(c, root=None):
     return results_main(root=root)
 
 
-@task(help={"bundle": "bundle folder, or a bundle name under results/",
-            "json": "print the report as JSON"})
+@task(klass=KeepHelpTask, help={
+    "bundle": "bundle folder, or a bundle name under results/",
+    "json": "print the report as JSON",
+    "html": "also write the report as one self-contained HTML page to this file (its folder must "
+            "exist; replaced if present; '-': stdout instead of the report)"})
 @cli
-def report(c, bundle, json=False):
+def report(c, bundle, json=False, html=None):
     """Show one bundle: cases, paths, medians, CIs, warnings."""
     from exitlat.results.cli import report_main
 
-    return report_main(bundle, as_json=json)
+    html = html if html == "-" else _path(html, "--html", "outfile")
+
+    return report_main(bundle, as_json=json, html=html)
 
 
-@task(positional=["a", "b"], iterable=["more"], help={
+@task(klass=KeepHelpTask, positional=["a", "b"], iterable=["more"], help={
     "a": "reference bundle (path, or name under results/)",
-    "b": "bundle to compare with A (B,C,... for several)",
-    "more": "further bundles (repeatable)",
+    "b": "bundle to compare with A; further bundles may follow (invoke compare A B C ...)",
+    "more": "further bundles (repeatable; the same as more positional bundles)",
     "json": "print the comparison as JSON",
-    "min_effect": "smallest difference marked * (a fraction or a percentage; default 1%)"})
+    "min_effect": "smallest difference marked * (a fraction or a percentage; default 1%)",
+    "html": "also write the comparison as one self-contained HTML page to this file (its folder "
+            "must exist; replaced if present; '-': stdout instead of the table)",
+    "csv": "also write the comparison as CSV, one row per entry and bundle, to this file "
+           "('-': stdout instead of the table)"})
 @cli
-def compare(c, a, b=None, more=None, json=False, min_effect=None):
+def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv=None):
     """Compare bundles: headline medians over VM runs, ratios with CIs, unfair setups."""
     from exitlat.results.cli import compare_main, split_bundle_args
 
-    return compare_main(split_bundle_args(a, b, more), as_json=json, min_effect=min_effect)
+    html = html if html == "-" else _path(html, "--html", "outfile")
+    csv = csv if csv == "-" else _path(csv, "--csv", "outfile")
+
+    return compare_main(split_bundle_args(a, b, more), as_json=json, min_effect=min_effect,
+                        html=html, csv=csv)
 
 
-@task(help={"bundle": "bundle folder or name", "output": "archive file (default: ./<bundle>.tar.gz)"})
+@task(klass=KeepHelpTask, iterable=["bundle"], help={
+    "bundle": "bundle folder or name (repeatable; usually given positionally: invoke export B). "
+              "csv without one: every bundle under the results folder",
+    "format": "tar.gz (default: one bundle as an archive) or csv (one table of every case of "
+              "the bundles; docs/bundles.md)",
+    "output": "file to write (default: ./<bundle>.tar.gz, or ./results.csv; csv: '-' for stdout)",
+    "root": "results folder where bundle names are looked up and csv finds every bundle "
+            "(default: results/)"})
 @cli
-def export(c, bundle, output=None):
-    """Write a bundle as one deterministic .tar.gz."""
+def export(c, bundle=None, format="tar.gz", output=None, root=None):
+    """Write a bundle as one deterministic .tar.gz, or bundles' cases as one CSV table."""
     from exitlat.results.cli import export_main
 
-    output = _path(output, "--output", "outfile")
+    output = output if output == "-" else _path(output, "--output", "outfile")
+    root = _path(root, "--root", "dir")
 
-    return export_main(bundle, output=output)
+    return export_main(bundle, output=output, fmt=format, root=root)
 
 
 @task(name="import", help={"file": "a .tar.gz made by `invoke export`",
@@ -292,3 +314,9 @@ def plot(c, bundle, format="png", output=None):
     output = _path(output, "--output", "outdir")
 
     return plot_main(bundle, fmt=format, output=output)
+
+
+# Invoke has no variadic positional arguments: the extra bundles of `invoke compare A B C …` and
+# the bundles of `invoke export [B …]` become --more / --bundle before Invoke parses the tasks'
+# arguments (exitlat/results/taskargs.py).
+spill_positionals(__name__, {"compare": ("more", 2), "export": ("bundle", 0)})

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bundle_fixtures import example_doc, example_samples, make_bundle
+from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
 from exitlat.results.bundle import TCG_BANNER, load_bundle, write_bundle
 from exitlat.results.compare import compare, fieller, ratio_cell, render_compare
 from exitlat.results.vmstats import combine_runs
@@ -24,7 +24,7 @@ def vm_bundle(root, name, seed, vm_sd=0.01, scale=1.0, repeats=3, **kw):
     rng = np.random.default_rng(seed + 10_000)
     for k in sorted(samples):
         samples[k] = np.rint(samples[k] * rng.normal(1.0, vm_sd)).astype(np.uint64)
-    return load_bundle(write_bundle(Path(root), doc, samples, {"console-r0.log": b""}, name=name))
+    return load_bundle(write_bundle(Path(root), with_stats(doc, samples), samples, {"console-r0.log": b""}, name=name))
 
 
 def significant(res, col=1):
@@ -192,3 +192,63 @@ def test_parse_min_effect():
     for bad in ("x", "-1%", "150%", "1.5", True):
         with pytest.raises(ExitlatError):
             parse_min_effect(bad)
+
+
+def _host(i):
+    def edit(d):
+        d["host"]["hostname"] = f"node{i:02d}.rack{i // 10}.example.net"
+        if i % 3 == 1:
+            d["host"]["cpu"].update(vendor="AuthenticAMD", model_name="AMD EPYC 7763 64-Core Processor")
+    return edit
+
+
+def test_fifty_bundles_one_table_in_linear_time(tmp_path, monkeypatch):
+    import exitlat.results.compare as cmp
+
+    bundles = [load_bundle(make_bundle(tmp_path, f"S{i:02d}", seed=i, scale=1 + 0.003 * i, cases=(1, 2),
+                                       baselines=False, repeats=2, iterations=300, edit=_host(i)))
+               for i in range(50)]
+    calls = {"unfairness": 0, "case_summaries": 0}
+    for name in calls:
+        real = getattr(cmp, name)
+
+        def counted(*a, _real=real, _name=name, **kw):
+            calls[_name] += 1
+            return _real(*a, **kw)
+        monkeypatch.setattr(cmp, name, counted)
+    res = compare(bundles)
+    assert calls == {"unfairness": 49, "case_summaries": 50}          # each bundle once, against A only
+    assert [c["letter"] for c in res["columns"][24:28]] == ["Y", "Z", "AA", "AB"]
+    assert res["columns"][1]["cpu"] == "AMD EPYC 7763" and res["columns"][0]["cpu"] == "Intel Xeon Gold 6338"
+    assert len(res["rows"]) == 2 and all(len(r["cells"]) == 50 for r in res["rows"])
+    text = render_compare(res)
+    assert "A median (cycles)" not in text                            # not 50 columns wide
+    lines = text.splitlines()
+    block = lines[lines.index("case1 cpuid rdtscp r0-1") + 1:]
+    assert block[0].split()[:2] == ["host", "CPU"]
+    for i in (0, 1, 27, 49):
+        row = next(x for x in block if x.startswith(f"{res['columns'][i]['letter']} "))
+        assert f"node{i:02d}.rack" in row and res["columns"][i]["cpu"] in row
+    far = next(x for x in block if x.startswith("AX "))                # 15% slower than A
+    assert far.rstrip().endswith("*")
+    table_lines = [x for x in lines if x[:1].isupper() and "rack" in x]
+    assert max(map(len, table_lines)) < 140
+    assert sum(1 for x in lines if x.startswith("unfair: CPU differs in")) == 17
+    json.dumps(res, allow_nan=False)
+
+
+def test_compare_cli_takes_bundles_positionally(tmp_path):
+    from test_report import invoke
+
+    res_dir = tmp_path / "results"
+    for i, name in enumerate("ABCD"):
+        make_bundle(res_dir, name, cases=(1,), baselines=False, seed=i + 1, edit=_host(i))
+    r = invoke("compare", "--json", "A", "B", "C", "D", "--min-effect", "2%", results=res_dir)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["bundles"] == ["A", "B", "C", "D"] and out["min_effect"] == 0.02
+    assert [c["host"] for c in out["columns"]] == [f"node0{i}.rack0.example.net" for i in range(4)]
+    r = invoke("compare", "A", "B", "C", "D", results=res_dir)          # more than 3: one block per entry
+    assert r.returncode == 0 and "D   node03.rack0.example.net" in r.stdout, r.stdout
+    r = invoke("compare", "A", results=res_dir)
+    assert r.returncode != 0

@@ -144,3 +144,15 @@ def test_plot_files(tmp_path, fmt, magic):
         assert "cycles" in svg and "ns" in svg and "NOT VM-exit timings" in svg
     assert TCG_BANNER in r.stdout
     load_bundle(p)                                    # plotting did not touch the bundle
+
+
+def test_report_html_beside_json(tmp_path):
+    res_dir = tmp_path / "results"
+    make_bundle(res_dir, "A", cases=(1, 2), baselines=False, accel="tcg")
+    page = tmp_path / "a.html"
+    r = invoke("report", "A", "--json", "--html", str(page), results=res_dir)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["banner"] == TCG_BANNER                # stdout stays JSON
+    html = page.read_text()
+    assert html.startswith("<!DOCTYPE html>") and f"⚠ {TCG_BANNER}" in html and "case2-r0" in html
+    load_bundle(res_dir / "A")                                        # the bundle is untouched

@@ -3,6 +3,7 @@ strings in, text on stdout, 0 returned; problems raise ExitlatError (one line, n
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from tabulate import tabulate
@@ -52,14 +53,42 @@ def results_main(root=None) -> int:
     return 0
 
 
-def report_main(bundle, as_json=False) -> int:
+def _stdout_users(as_json: bool, **files) -> bool:
+    """Whether a file option is '-' (stdout); refuses two things on stdout at once."""
+    users = [f"--{k}" for k, v in files.items() if v is not None and str(v) == "-"]
+    if as_json:
+        users.append("--json")
+    if len(users) > 1:
+        raise ExitlatError(f"{' and '.join(users)} would all write to stdout: give one a file")
+    return any(v is not None and str(v) == "-" for v in files.values())
+
+
+def _write_view(output, text: str, bundles: list[Bundle], what: str | None) -> None:
+    """Write an HTML page or CSV table (never into a bundle: it is sealed by its SHA256SUMS) and
+    say where on stderr (`what`), so that stdout stays the report, the JSON or the CSV itself."""
+    from .csvexport import write_text
+
+    if str(output) != "-":
+        out = Path(output).resolve()
+        for b in bundles:
+            if out.is_relative_to(b.path.resolve()):
+                raise ExitlatError(f"{output}: cannot write inside bundle {b.name} (sealed by SHA256SUMS)")
+    path = write_text(output, text)
+    if path is not None and what:
+        print(f"{what}: {path}", file=sys.stderr)
+
+
+def report_main(bundle, as_json=False, html=None) -> int:
     from .report import render_report, report_json
 
+    taken = _stdout_users(as_json, html=html)
     b = _load(bundle)
-    if as_json:
-        _print_json(report_json(b))
-    else:
-        print(render_report(b))
+    if html:
+        from .html import render_page
+
+        _write_view(html, render_page([b]), [b], "html")
+    if not taken:                      # the page went to stdout: nothing else may
+        _print_json(report_json(b)) if as_json else print(render_report(b))
     return 0
 
 
@@ -74,26 +103,75 @@ def split_bundle_args(*args) -> list[str]:
     return out
 
 
-def compare_main(bundles: list[str], as_json=False, min_effect=None) -> int:
+def compare_main(bundles: list[str], as_json=False, min_effect=None, html=None, csv=None) -> int:
     from .compare import DEFAULT_MIN_EFFECT, compare, parse_min_effect, render_compare
 
     if len(bundles) < 2:
-        raise ExitlatError("compare needs at least two bundles (e.g. invoke compare A B --more C)")
+        raise ExitlatError("compare needs at least two bundles (e.g. invoke compare A B C)")
     eff = DEFAULT_MIN_EFFECT if min_effect is None else parse_min_effect(min_effect)
-    res = compare([_load(x) for x in bundles], min_effect=eff)
-    if as_json:
-        _print_json(res)
-    else:
-        print(render_compare(res))
+    taken = _stdout_users(as_json, html=html, csv=csv)
+    loaded = [_load(x) for x in bundles]
+    res = compare(loaded, min_effect=eff)
+    if html:
+        from .html import render_page
+
+        _write_view(html, render_page(loaded, eff), loaded, "html")
+    if csv:
+        from .csvexport import COMPARE_COLUMNS, compare_rows, csv_text
+
+        _write_view(csv, csv_text(COMPARE_COLUMNS, compare_rows(res)), loaded, "csv")
+    if not taken:
+        _print_json(res) if as_json else print(render_compare(res))
     return 0
 
 
-def export_main(bundle, output=None) -> int:
-    from .archive import export_bundle
+EXPORT_FORMATS = ("tar.gz", "csv")
 
-    path = resolve_bundle(bundle)
-    out = Path(output) if output else Path(os.getcwd()) / f"{path.name}.tar.gz"
-    print(export_bundle(path, out))
+
+def _scan(root: Path) -> list[Bundle]:
+    """Every valid bundle under root; a broken one is skipped with a warning on stderr (one bad
+    folder must not hide a fleet's results, and `invoke results` lists it as invalid too)."""
+    if not root.is_dir():
+        raise ExitlatError(f"no results folder {root}")
+    out = []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        try:
+            out.append(load_bundle(p))
+        except ExitlatError as err:
+            print(f"warning: skipped {p.name}: {err}", file=sys.stderr)
+    if not out:
+        raise ExitlatError(f"no valid bundle in {root}")
+    return out
+
+
+def export_main(bundles=None, output=None, fmt="tar.gz", root=None) -> int:
+    """tar.gz: one bundle as a deterministic archive. csv: one table of every case of the given
+    bundles (all under the results folder when none is given)."""
+    bundles = list(bundles or [])
+    root = Path(root) if root else None
+    if fmt not in EXPORT_FORMATS:
+        raise ExitlatError(f"unknown export format {fmt!r}: use tar.gz (one bundle, the default) or csv")
+    if fmt == "tar.gz":
+        from .archive import export_bundle
+
+        if len(bundles) != 1:
+            raise ExitlatError(f"export --format tar.gz takes exactly one bundle, got {len(bundles)} "
+                               "(--format csv takes several)")
+        path = resolve_bundle(bundles[0], root)
+        out = Path(output) if output else Path(os.getcwd()) / f"{path.name}.tar.gz"
+        print(export_bundle(path, out))
+        return 0
+    from .csvexport import EXPORT_COLUMNS, case_rows, csv_text
+
+    loaded = [load_bundle(resolve_bundle(x, root)) for x in bundles] if bundles else \
+        _scan(root or results_root())
+    rows = [r for b in loaded for r in case_rows(b)]
+    out = output or Path(os.getcwd()) / "results.csv"
+    _write_view(out, csv_text(EXPORT_COLUMNS, rows), loaded, None)
+    if str(out) != "-":
+        print(out)
     return 0
 
 

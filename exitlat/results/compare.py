@@ -25,6 +25,7 @@ from tabulate import tabulate
 
 from .bundle import Bundle
 from exitlat.errors import ExitlatError
+from .meta import column, letter
 from .report import fmt_cycles
 from .vmstats import (DEFAULT_MIN_EFFECT, RECOMMENDED_REPEAT, case_summaries, group_entries, label,
                       stability_warnings, t975, welch_df)
@@ -42,6 +43,14 @@ def _dict_diff(what: str, a: dict, b: dict, name_b: str) -> str | None:
     return f"{what} differ in {name_b}: {shown}" + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
 
 
+def _fields_diff(what: str, a: dict, b: dict, keys: tuple, name_b: str) -> str | None:
+    """Only the fields that differ: a line a reader can take in (CPU: microcode, model name)."""
+    diff = [k for k in keys if a.get(k) != b.get(k)]
+    if not diff:
+        return None
+    return f"{what} differs in {name_b}: " + ", ".join(f"{k} {a.get(k)!r}→{b.get(k)!r}" for k in diff)
+
+
 def unfairness(a: Bundle, b: Bundle) -> list[str]:
     """Every setup difference between bundle a (reference) and b, one line each."""
     da, db = a.doc, b.doc
@@ -49,7 +58,7 @@ def unfairness(a: Bundle, b: Bundle) -> list[str]:
     ha, hb = da["host"], db["host"]
     cpu_keys = ("vendor", "model_name", "family", "model", "stepping", "microcode", "smt")
     out = [
-        _diff("CPU", {k: ha["cpu"].get(k) for k in cpu_keys}, {k: hb["cpu"].get(k) for k in cpu_keys}, na, nb),
+        _fields_diff("CPU", ha["cpu"], hb["cpu"], cpu_keys, nb),
         _diff("TSC frequency", a.tsc_hz, b.tsc_hz, na, nb),
         _diff("host kernel", ha["kernel"]["release"], hb["kernel"]["release"], na, nb),
         _diff("host kernel cmdline", ha["kernel"].get("cmdline"), hb["kernel"].get("cmdline"), na, nb),
@@ -145,22 +154,21 @@ def _repeat_text(reps: list[int]) -> str:
     return " r" + ",".join(str(r) for r in reps)
 
 
-def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
-    """Rows (one per case/baseline, pooled over repeats) × cells (one per bundle); see the module
-    docstring. Each cell: key (first entry), keys, R, n (samples over all runs), median (headline,
-    in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note."""
-    if len(bundles) < 2:
-        raise ExitlatError("compare needs at least two bundles")
+def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
+    """compare()'s rows and columns for one or more bundles (the HTML report of one bundle uses
+    it too: cells without ratios). Linear in the number of bundles: each is summarised once and
+    compared with the first only."""
+    if not bundles:
+        raise ExitlatError("nothing to compare: no bundle")
     if not min_effect >= 0:
         raise ExitlatError(f"minimum effect must be >= 0, got {min_effect!r}")
     hzs = [b.tsc_hz for b in bundles]
     unit = "ns" if len(set(hzs)) > 1 and all(hzs) else "cycles"
     sums = [{tuple(s["identity"]): s for s in case_summaries(b, min_effect)} for b in bundles]
-    order: list[tuple] = []
+    order: dict[tuple, None] = {}          # identities in order of first appearance
     for b in bundles:
         for ident, _ in group_entries(b.entries()):
-            if ident not in order:
-                order.append(ident)
+            order.setdefault(ident, None)
     rows = []
     for ident in order:
         cells = []
@@ -180,17 +188,19 @@ def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> di
                 cell.update(ratio_cell(ref, s, scale, min_effect))
             cells.append(cell)
         reps = [r for i in range(len(bundles)) if sums[i].get(ident) for r in sums[i][ident]["repeats"]]
-        rows.append({"entry": label(ident) + _repeat_text(reps), "cells": cells})
+        rows.append({"entry": label(ident) + _repeat_text(reps), "identity": list(ident),
+                     "cells": cells})
     unfair = {b.name: unfairness(bundles[0], b) for b in bundles[1:]}
     single = [b.name for i, b in enumerate(bundles) if any(s["R"] == 1 for s in sums[i].values())]
     notes = []
-    if single:
+    if single and len(bundles) > 1:
         notes.append(f"run-to-run variation unknown (R=1) in {', '.join(single)}: where a side has "
                      f"one VM run there is no CI and no '*'; measure with --repeat {RECOMMENDED_REPEAT}")
     stability = {b.name: stability_warnings(list(sums[i].values()), skip=("single_run",),
                                                 min_effect=min_effect)
                  for i, b in enumerate(bundles)}
     return {"unit": unit, "reference": bundles[0].name, "bundles": [b.name for b in bundles],
+            "columns": [column(b, i) for i, b in enumerate(bundles)],
             "min_effect": min_effect, "method": METHOD,
             "tcg": [b.name for b in bundles if b.is_tcg],
             "not_exit_timings": {b.name: b.banner for b in bundles if b.banner}, "rows": rows,
@@ -198,8 +208,14 @@ def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> di
             "unfair": unfair, "warnings": general_warnings(bundles)}
 
 
-def _letter(i: int) -> str:
-    return "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[i] if i < 26 else str(i)
+def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
+    """Rows (one per case/baseline, pooled over repeats) × cells (one per bundle); see the module
+    docstring. Each cell: key (first entry), keys, R, n (samples over all runs), median (headline,
+    in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note. `columns` names
+    each bundle (letter, host, CPU model: exitlat.results.meta.column)."""
+    if len(bundles) < 2:
+        raise ExitlatError("compare needs at least two bundles")
+    return comparison(bundles, min_effect)
 
 
 def _median_text(c: dict) -> str:
@@ -221,8 +237,49 @@ def _ratio_text(c: dict) -> str:
     return f"{c['ratio']:.3f} [{lo:.3f}, {hi:.3f}]{mark}"
 
 
-def render_compare(res: dict) -> str:
+WIDE_MAX = 3   # up to this many bundles one column each; more: one block of rows per entry
+
+
+def _wide_table(res: dict) -> str:
+    headers = ["entry", f"A median ({res['unit']})"]
+    headers += [f"{letter(i)} median, {letter(i)}/A [CI95]" for i in range(1, len(res["bundles"]))]
+    rows = []
+    for r in res["rows"]:
+        row = [r["entry"], _median_text(r["cells"][0])]
+        for c in r["cells"][1:]:
+            row.append("-" if c["median"] is None else f"{_median_text(c)}  {_ratio_text(c)}")
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)
+
+
+def _long_tables(res: dict, cols: list[dict]) -> list[str]:
+    """Many bundles: per entry one row per bundle (what a terminal can show for 50 servers)."""
+    out = []
+    headers = ["", "host", "CPU", f"median ({res['unit']})", "±CI95", "R", "ratio to A",
+               "ratio CI95"]
+    for r in res["rows"]:
+        rows = []
+        for col, c in zip(cols, r["cells"]):
+            ci = "-"
+            if c["R"] >= 2 and c["ci95"] is not None and c["median"]:
+                ci = f"±{100 * (c['ci95'][1] - c['median']) / c['median']:.1f}%"
+            ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
+            rci = "-" if c["ratio"] is None else "no CI" if c["ratio_ci95"] is None else \
+                f"[{c['ratio_ci95'][0]:.3f}, {c['ratio_ci95'][1]:.3f}]" + (" *" if c["significant"] else "")
+            rows.append([col["letter"], col["host"], col["cpu"],
+                         "-" if c["median"] is None else fmt_cycles(c["median"]), ci,
+                         c["R"] or "-", ratio, rci])
+        out += ["", r["entry"],
+                tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
+    return out
+
+
+def render_compare(res: dict, layout: str = "auto") -> str:
+    """The comparison as text. layout: wide (one column per bundle), long (per entry one row per
+    bundle) or auto (wide up to WIDE_MAX bundles)."""
     names = res["bundles"]
+    cols = res.get("columns") or [{"letter": letter(i), "bundle": n, "host": "?", "cpu": "?",
+                                   "accel": "?"} for i, n in enumerate(names)]
     out = []
     banners = sorted(set(res.get("not_exit_timings", {}).values()))
     for text in banners:
@@ -230,18 +287,13 @@ def render_compare(res: dict) -> str:
         out += [f"*** {text} ({', '.join(who)}) ***"]
     if banners:
         out.append("")
-    for i, n in enumerate(names):
-        out.append(f"{_letter(i)}: {n}")
-    out.append("")
-    headers = ["entry", f"A median ({res['unit']})"]
-    headers += [f"{_letter(i)} median, {_letter(i)}/A [CI95]" for i in range(1, len(names))]
-    rows = []
-    for r in res["rows"]:
-        row = [r["entry"], _median_text(r["cells"][0])]
-        for c in r["cells"][1:]:
-            row.append("-" if c["median"] is None else f"{_median_text(c)}  {_ratio_text(c)}")
-        rows.append(row)
-    out.append(tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True))
+    for c in cols:
+        out.append(f"{c['letter']}: {c['bundle']}  ({c['host']}, {c['cpu']}, {str(c['accel']).upper()})")
+    wide = layout == "wide" or (layout == "auto" and len(names) <= WIDE_MAX)
+    if wide:
+        out += ["", _wide_table(res)]
+    else:
+        out += _long_tables(res, cols)
     eff = 100 * res.get("min_effect", DEFAULT_MIN_EFFECT)
     out += ["",
             "median: median of the per-VM medians of R VM runs (±: its 95% CI across VM runs)",

@@ -76,7 +76,8 @@ def warnings_for(doc: dict) -> list[str]:
     return out
 
 
-def _verified(v: dict) -> str:
+def verified_text(v: dict) -> str:
+    """A verification verdict in a few words: status, per-iteration exits where known."""
     s = v["status"]
     if s == "unverified":
         return "UNVERIFIED"
@@ -99,7 +100,7 @@ def case_rows(doc: dict) -> list[list]:
         instr = e["instruction"] + (f" {e['msr']}" if e["msr"] else "") + (
             f" {e['port']:#x}" if e["port"] is not None else "")
         net = e.get("net_cycles") or {}
-        rows.append([e["key"], e["flow"], instr, e["expected_path"], _verified(e["verification"]),
+        rows.append([e["key"], e["flow"], instr, e["expected_path"], verified_text(e["verification"]),
                      s.get("n", 0), fmt_cycles(s.get("median")), fmt_cycles(s.get("p99")),
                      fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
                      fmt_cycles(net.get("median")), fmt_overhead(e.get("tracing_overhead_cycles"))])
