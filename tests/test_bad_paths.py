@@ -87,6 +87,23 @@ def test_bench_build(paths, which, needle):
     one_line(invoke("bench", "--case", "1", "--accel", "tcg", "--build", paths[which]), "--build", needle)
 
 
+@pytest.mark.slow
+def test_bench_build_given_as_a_relative_path(paths):
+    """A --build folder given relative to the working directory runs (the runtime container mounts
+    the build folder: a relative path once failed there with Docker's "mount path must be absolute")."""
+    from exitlat.build.stages import find_build
+
+    build = find_build()
+    if build is None:
+        from exitlat.build.builder import build as do_build
+        build, _ = do_build()
+    rel = os.path.relpath(build, REPO_ROOT)
+    res = invoke("bench", "--case", "1", "--accel", "tcg", "--iterations", "50", "--warmup", "0",
+                 "--no-baselines", "--build", rel, "--output", paths["dir"], timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert len(list(paths["dir"].iterdir())) == 1
+
+
 def test_output_check_leaves_nothing_behind(paths):
     """A missing --output folder is made to check it can be written, then removed again when the
     run stops for another reason."""

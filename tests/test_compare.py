@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
-from exitlat.results.bundle import TCG_BANNER, load_bundle, write_bundle
+from exitlat.results.bundle import load_bundle
+from exitlat.results.bundledoc import TCG_BANNER
+from exitlat.results.bundlewrite import write_bundle
 from exitlat.results.compare import compare, fieller, ratio_cell, render_compare
 from exitlat.results.vmstats import combine_runs
 

@@ -209,7 +209,7 @@ def test_incomplete_and_schema_1_bundles(tmp_path):
     import shutil
 
     from bundle_fixtures import example_doc, example_samples, with_stats
-    from exitlat.results.bundle import write_bundle
+    from exitlat.results.bundlewrite import write_bundle
     from exitlat.results.html import render_page
 
     doc = example_doc(cases=(1, 2), baselines=False)

@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from bundle_fixtures import make_bundle
-from exitlat.results.bundle import TCG_BANNER, load_bundle
+from exitlat.results.bundle import load_bundle
+from exitlat.results.bundledoc import TCG_BANNER
 from exitlat.results.compare import compare
 from exitlat.results.html import render_page
 

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle
-from exitlat.results.bundle import SCHEMA_VERSION, TCG_BANNER, load_bundle
+from exitlat.results.bundle import load_bundle
+from exitlat.results.bundledoc import SCHEMA_VERSION, TCG_BANNER
 from exitlat.results.compare import compare, render_compare
 from exitlat.results.report import fmt_cycles, render_report, report_json
 

@@ -19,9 +19,6 @@ from .bundlecheck import check_files, scan_folder
 from .bundledoc import NAME_RE, banner_for, dump_doc, entries, tsc_hz_of
 from .stats import summarize
 
-from .bundledoc import SCHEMA_VERSION, TCG_BANNER  # noqa: F401,E402  TEMP until importers move
-from .bundlewrite import write_bundle  # noqa: F401,E402  TEMP
-
 
 class Bundle:
     """A checked bundle: .doc (bundle.json), .path, .samples(key)."""

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .bundle import TCG_BANNER, Bundle, load_bundle, recheck_stats, resolve_bundle
+from .bundle import Bundle, load_bundle, recheck_stats, resolve_bundle
+from .bundledoc import TCG_BANNER
 from exitlat.errors import ExitlatError
 from exitlat.paths import results_root
 

@@ -3,7 +3,8 @@ every warning a reader needs before trusting the numbers."""
 
 from tabulate import tabulate
 
-from .bundle import Bundle, banner_for
+from .bundle import Bundle
+from .bundledoc import banner_for
 from .vmstats import SUMMARY_HEADERS, case_summaries, stability_warnings, summary_rows
 
 

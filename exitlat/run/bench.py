@@ -44,7 +44,8 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
         ok, why = tracing_available()
         if not ok:
             raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
-    build = Path(opts.build) if opts.build else ensure_build(progress)
+    # absolute: the runtime container mounts it at the same path
+    build = Path(opts.build).resolve() if opts.build else ensure_build(progress)
     manifest = json.loads((build / "manifest.json").read_text())
     progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
                  f"core {core} (housekeeping {hk}), {plan.repeat} VM(s), "
