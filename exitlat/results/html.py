@@ -107,7 +107,7 @@ def _verdict(bundles: list[Bundle], cols: list[dict], colors: list[str]) -> str:
             lines.append(f"<div class=vline>{head}</div>")
             continue
         items = "".join(f"<li>{esc(w)}</li>" for w in warns)
-        opened = " open" if len(bundles) <= 3 else ""      # many bundles: one line each
+        opened = " open" if len(bundles) == 1 else ""      # several bundles: one line each
         lines.append(f"<details class=vline{opened}><summary>{head} <span class=muted>"
                      f"{len(warns)} warning{'s' if len(warns) > 1 else ''}</span></summary>"
                      f'<ul class="warn-list">{items}</ul></details>')
@@ -119,14 +119,15 @@ def _verdict(bundles: list[Bundle], cols: list[dict], colors: list[str]) -> str:
 
 
 def _bundles_table(bundles: list[Bundle], cols: list[dict], colors: list[str]) -> str:
-    head = ["", "bundle", "host", "CPU model", "accel", "created (UTC)", "status", "VM runs"]
+    head = ["", "bundle", "host", "CPU model", "label", "accel", "created (UTC)", "status", "VM runs"]
     out = ["<div class=scroll><table><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
     for b, col, color in zip(bundles, cols, colors):
         reps = sorted({e.get("repeat", 0) for e in b.doc["cases"]})
         out.append("<tr>" + "".join([
             f"<td class=lab>{swatch(col, color, with_host=False)}</td>",
             f"<td class=txt>{esc(b.name)}</td>", f"<td class=txt>{esc(col['host'])}</td>",
-            f"<td class=txt>{esc(col['cpu_model'])}</td>", f"<td class=txt>{esc(b.doc['accel'].upper())}</td>",
+            f"<td class=txt>{esc(col['cpu_model'])}</td>", f"<td class=txt>{esc(b.doc.get('label') or '')}</td>",
+            f"<td class=txt>{esc(b.doc['accel'].upper())}</td>",
             f"<td class=txt>{esc(b.doc['created_utc'])}</td>",
             f"<td class=txt>{esc(b.doc['status']['state'])}</td>", f"<td>{len(reps)}</td>"]) + "</tr>")
     out.append("</table></div>")

@@ -178,8 +178,7 @@ def case_section(i: int, row: dict, bundles: list[Bundle], cols: list[dict], col
     series = [{"label": f"{col['letter']} {short(col['host'])}", "color": color, "bundle": b,
                "keys": c["keys"], "scale": s, "median": c["median"]}
               for b, col, color, c, s in zip(bundles, cols, colors, row["cells"], scale) if c["keys"]]
-    flagged = [f"{col['letter']}: {b.banner}" for b, col in zip(bundles, cols) if b.banner]
-    svg = case_figure(series, unit, salt=f"case{i}", warning="; ".join(flagged) or None)
+    svg = case_figure(series, unit, salt=f"case{i}", warning=_figure_warning(bundles, cols))
     few = sum(len(c["keys"]) for c in row["cells"]) <= 12
     return "\n".join([
         f'<section class=case id="case-{i}"><h2>{esc(row["entry"])}</h2>',
@@ -188,3 +187,21 @@ def case_section(i: int, row: dict, bundles: list[Bundle], cols: list[dict], col
         f'<div class=fig>{svg}</div>',
         f"<details{' open' if few else ''}><summary>VM runs (within-VM statistics, cycles)</summary>",
         runs_table(row, bundles, cols, colors), "</details></section>"])
+
+
+def _figure_warning(bundles, cols) -> str | None:
+    """The banner line a figure carries (so that it stays with a copied picture): each distinct
+    banner once, with the letters of the bundles it stands for, short enough for one line."""
+    by_banner: dict[str, list[str]] = {}
+    for b, col in zip(bundles, cols):
+        if b.banner:
+            by_banner.setdefault(b.banner, []).append(col["letter"])
+    if not by_banner:
+        return None
+    parts = []
+    for banner, letters in by_banner.items():
+        who = letters[0] if len(letters) == 1 else (
+            "all" if len(letters) == len(bundles) else f"{letters[0]}–{letters[-1]}"
+            if len(letters) > 3 else ", ".join(letters))
+        parts.append(f"{who}: {banner}")
+    return "; ".join(parts)
