@@ -17,6 +17,7 @@ from pathlib import Path
 from .bundle import load_bundle
 from .bundlecheck import FileInfo, check_files, check_rel, read_info
 from .bundledoc import NAME_RE
+from .bundlewrite import new_bundle_folder
 from exitlat.errors import ExitlatError
 
 
@@ -148,23 +149,12 @@ def import_bundle(archive: Path, results_root: Path) -> Path:
         raise ExitlatError(f"bundle {final} already exists; refusing to overwrite it")
     Path(results_root).mkdir(parents=True, exist_ok=True)
     tmp = Path(results_root) / f".tmp-import-{name}"
-    try:
-        tmp.mkdir()
-    except FileExistsError:
-        raise ExitlatError(f"{tmp} exists (another import running, or a crashed one: remove it)") from None
-    try:
-        (tmp / "samples").mkdir()
+    with new_bundle_folder(final, tmp, "another import running") as folder:
         top: list = []
         for m, f in _members(archive):       # pass 2: same archive, now known to be good
             rel = _split(archive, m, top)
             if rel is not None:
-                with open(tmp / rel, "xb") as out:
+                with open(folder / rel, "xb") as out:
                     shutil.copyfileobj(f, out, 1 << 20)
-        load_bundle(tmp)                      # the file could have changed since pass 1
-        if final.exists():
-            raise ExitlatError(f"bundle {final} appeared while importing; refusing to overwrite it")
-        os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        load_bundle(folder)                   # the file could have changed since pass 1
     return final

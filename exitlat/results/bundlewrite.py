@@ -10,6 +10,7 @@ import secrets
 import shutil
 import socket
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -109,22 +110,31 @@ def write_bundle(results_root: Path, doc: dict, samples: dict, files: dict,
     if final.exists():
         raise ExitlatError(f"bundle {final} already exists; refusing to overwrite it")
     results_root.mkdir(parents=True, exist_ok=True)
+    with new_bundle_folder(final, tmp, "another writer") as folder:
+        for key, arr in store.items():
+            np.save(folder / SAMPLES_DIR / f"{key}.npy", arr, allow_pickle=False)
+        for fname, data in files.items():
+            _write_file(folder / fname, data)
+        (folder / BUNDLE_JSON).write_bytes(blob)
+        _write_sums(folder)                  # last: it covers every file above
+    return final
+
+
+@contextmanager
+def new_bundle_folder(final: Path, tmp: Path, who: str):
+    """An empty temporary folder (with samples/) for a bundle, renamed to `final` when the block
+    ends without error and removed otherwise: a bundle is complete or absent, and never replaces
+    one that appeared meanwhile. `who`: what else could be using `tmp`, for the error."""
     try:
         tmp.mkdir()
     except FileExistsError:
-        raise ExitlatError(f"{tmp} exists (another writer, or a crashed one: remove it)") from None
+        raise ExitlatError(f"{tmp} exists ({who}, or a crashed one: remove it)") from None
     try:
         (tmp / SAMPLES_DIR).mkdir()
-        for key, arr in store.items():
-            np.save(tmp / SAMPLES_DIR / f"{key}.npy", arr, allow_pickle=False)
-        for fname, data in files.items():
-            _write_file(tmp / fname, data)
-        (tmp / BUNDLE_JSON).write_bytes(blob)
-        _write_sums(tmp)                  # last: it covers every file above
+        yield tmp
         if final.exists():
-            raise ExitlatError(f"bundle {final} appeared while writing; refusing to overwrite it")
+            raise ExitlatError(f"bundle {final} appeared meanwhile; refusing to overwrite it")
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return final
