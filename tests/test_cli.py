@@ -29,8 +29,9 @@ def test_every_task_has_help():
     tasks = [t["name"] for t in listing["tasks"]]
     assert {"build", "bench", "doctor", "isolate"} <= set(tasks)
     for t in tasks:
-        res = invoke("--help", t)
-        assert res.returncode == 0 and "Usage:" in res.stdout, t
+        for args in (("--help", t), (t, "--help")):     # both forms, also for tasks with positionals
+            res = invoke(*args)
+            assert res.returncode == 0 and "Usage:" in res.stdout, (args, res.stderr)
 
 
 @pytest.mark.parametrize("bad", ["0", "7", "3-1", "a", "", "1,,2"])

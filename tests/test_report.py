@@ -98,9 +98,12 @@ def test_cli_tasks(tmp_path):
     res_dir = tmp_path / "results"
     make_bundle(res_dir, "A", cases=(1, 2), baselines=False)
     make_bundle(res_dir, "B", cases=(1, 2), baselines=False, seed=3, scale=1.2)
-    (res_dir / "junk").mkdir()
+    (res_dir / "junk").mkdir()                 # not a bundle at all (e.g. results/fleet/)
+    (res_dir / "broken").mkdir()               # a bundle, damaged
+    (res_dir / "broken" / "bundle.json").write_text("{")
     r = invoke("results", results=res_dir)
-    assert r.returncode == 0 and "A " in r.stdout and "B " in r.stdout and "invalid: junk" in r.stdout
+    assert r.returncode == 0 and "A " in r.stdout and "B " in r.stdout
+    assert "invalid: broken" in r.stdout and "not bundles (no bundle.json): junk/" in r.stdout
     r = invoke("report", "A", "--json", results=res_dir)
     assert r.returncode == 0 and json.loads(r.stdout)["bundle"] == "A"
     r = invoke("compare", "A", "B", results=res_dir)

@@ -28,9 +28,12 @@ def results_main(root=None) -> int:
     if not root.is_dir():
         print(f"no results folder ({root})")
         return 0
-    rows, broken = [], []
+    rows, broken, others = [], [], []
     for p in sorted(root.iterdir()):
         if p.name.startswith(".") or not p.is_dir():
+            continue
+        if not (p / "bundle.json").exists() and not (p / "SHA256SUMS").exists():
+            others.append(p.name + "/")      # e.g. the fleet playbook's results/fleet/
             continue
         try:
             b = load_bundle(p)
@@ -51,6 +54,8 @@ def results_main(root=None) -> int:
         print(f"(TCG) {TCG_BANNER}")
     for line in broken:
         print(line)
+    if others:
+        print(f"not bundles (no bundle.json): {', '.join(others)}")
     return 0
 
 

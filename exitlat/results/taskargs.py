@@ -28,6 +28,18 @@ def _value_flags(context) -> set[str]:
     return {name for name, arg in context.flags.items() if arg.takes_value and not arg.optional}
 
 
+def _help_request(tokens: list[str], contexts: dict) -> str | None:
+    """`invoke TASK … --help`: the task's name. Invoke would take --help for a missing positional
+    argument of TASK ("no bundle '--help'"); spill_positionals() turns it into `--help TASK`."""
+    for i, tok in enumerate(tokens):
+        if tok == "--":
+            return None
+        if tok in ("--help", "-h"):
+            names = [t for t in tokens[:i] if t in contexts]
+            return names[-1] if names else None
+    return None
+
+
 def rewrite(tokens: list[str], contexts: dict, core, variadic: dict[str, tuple[str, int]]) -> list[str]:
     """tokens: the words after Invoke's core options (the task names and their arguments);
     contexts: task name (and alias) -> Invoke ParserContext; core: the core ParserContext;
@@ -82,4 +94,9 @@ def spill_positionals(module_name: str, variadic: dict[str, tuple[str, int]]) ->
     for c in Collection.from_module(sys.modules[module_name]).to_contexts():
         for n in (c.name, *c.aliases):
             contexts[n] = c
+    help_for = _help_request(tokens, contexts)
+    if help_for:            # as if `invoke --help TASK` had been typed (Invoke prints the help)
+        core[0].args["help"].value = help_for
+        tokens[:] = []
+        return
     tokens[:] = rewrite(tokens, contexts, getattr(program, "initial_context", None), variadic)
