@@ -13,16 +13,9 @@
  *   LOOP    the kernel-timed loop of cases 5 and 6, and of the kernel
  *           baselines (EXITLAT_I_NONE: the timer only; EXITLAT_I_NOP).
  *
- * Kernel-timed loops run in batches (default 1000 iterations).  Each batch
- * runs with preemption and local interrupts off, so no tick, IRQ or
- * reschedule lands inside a timed window; between batches interrupts are
- * re-enabled, the batch is copied to user memory and cond_resched() runs.
- * Trade-off: a bigger batch means fewer batch boundaries (each one a chance
- * for a pending interrupt to be delivered, cache/TLB disturbance for the next
- * few samples) but a longer irq-off stretch: 1000 QEMU round trips of ~10 us
- * is ~10 ms without interrupts, harmless for a benchmark guest (RCU stall
- * warnings start at 21 s) but it delays the guest's timer tick.  NMIs are
- * not blocked.  Warm-up iterations use the same batches and are discarded.
+ * Reading order: the instructions (EL_INSTRUCTIONS, one row each), the
+ * kernel-mode timing harness (irq-off batches; its comment is the module's
+ * methodology), then the ioctls.
  *
  * Concurrency on one open file: CONFIG and LOOP hold the file's mutex, so a
  * CONFIG cannot free or resize the batch buffer under a running LOOP and two
@@ -66,11 +59,12 @@ struct exitlat_state {
  * validation and read with one READ_ONCE: bits 0-7 instr, 8 amd, 9 valid,
  * 16-31 port, 32-63 msr.
  */
+#define EL_ONCE_AMD	(1ULL << 8)
 #define EL_ONCE_VALID	(1ULL << 9)
 
 static u64 el_once_word(const struct exitlat_config *cfg)
 {
-	return (cfg->instr & 0xff) | ((u64)!!cfg->amd << 8) | EL_ONCE_VALID |
+	return (cfg->instr & 0xff) | (cfg->amd ? EL_ONCE_AMD : 0) | EL_ONCE_VALID |
 	       ((u64)(cfg->port & 0xffff) << 16) | ((u64)cfg->msr << 32);
 }
 
@@ -120,11 +114,198 @@ static bool el_msr_passthrough(u32 msr)
 	       (msr >= 0xc0000100 && msr <= 0xc0000102); /* FS/GS/KERNEL_GS base */
 }
 
+/* ---- pre-flight checks, run once by CONFIG: 0 or -errno ------------------ */
+
+static int el_check_hypercall(const struct exitlat_config *cfg)
+{
+	long rax;
+
+	/* Under TCG (or another hypervisor) it may #UD. */
+	return el_hypercall_safe(cfg->amd, &rax) ? -ENOEXEC : 0;
+}
+
+static int el_check_rdmsr(const struct exitlat_config *cfg)
+{
+	u64 val;
+
+	if (el_msr_passthrough(cfg->msr))
+		return -EPERM;
+	return rdmsrl_safe(cfg->msr, &val) ? -EIO : 0;
+}
+
+static int el_check_tsc_deadline(const struct exitlat_config *cfg)
+{
+	u64 val;
+
+	if (!boot_cpu_has(X86_FEATURE_TSC_DEADLINE_TIMER))
+		return -EOPNOTSUPP;
+	return rdmsrl_safe(MSR_EXITLAT_TSC_DEADLINE, &val) ? -EIO : 0;
+}
+
+/* ---- the instructions ----------------------------------------------------- */
+
+/*
+ * The instructions the module runs, one row each:
+ *
+ *   X(id, name, pre-flight, ONCE, STATEMENT)
+ *
+ *   id          EXITLAT_I_* (exitlat_uapi.h)
+ *   pre-flight  run once by CONFIG before it accepts the instruction (NULL:
+ *               nothing to check)
+ *   ONCE        whether ONCE may run it (false: LOOP only)
+ *   STATEMENT   what one iteration executes, on the locals msr, port, far,
+ *               rax and amd (see the harness below)
+ *
+ * The list is expanded three times: into the harness's loop functions
+ * (el_batch_<name>), the table el_instrs[] that CONFIG and LOOP index, and
+ * the cases of ONCE's switch.  Adding an exit kind: its EXITLAT_I_* id, one
+ * row here, one in the probe's f_instrs[] (exitlat-probe.c), one in
+ * exitlat/instructions.py.
+ */
+#define EL_INSTRUCTIONS(X)								\
+	X(EXITLAT_I_NONE,   none,   NULL,               true, barrier())		\
+	X(EXITLAT_I_NOP,    nop,    NULL,               true, asm volatile("nop"))	\
+	X(EXITLAT_I_CPUID,  cpuid,  NULL,               true, exitlat_cpuid0())		\
+	X(EXITLAT_I_VMCALL, vmcall, el_check_hypercall, true,				\
+	  rax = amd ? exitlat_vmmcall() : exitlat_vmcall())				\
+	X(EXITLAT_I_RDMSR,  rdmsr,  el_check_rdmsr,     true, el_rdmsr(msr))		\
+	/* loop only: docs/probes.md, "wrmsr_tsc_deadline" */				\
+	X(EXITLAT_I_WRMSR_TSC_DEADLINE, wrmsr_tsc_deadline, el_check_tsc_deadline, false, \
+	  el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, far))					\
+	X(EXITLAT_I_OUTB,   outb,   NULL,               true, exitlat_outb(port, '.'))
+
+/* ---- the kernel-mode timing harness --------------------------------------- */
+
+/*
+ * How the module times cases 5-6 and the kernel baselines (the timer
+ * sequences, RDTSCP;LFENCE for t0 and RDTSCP for t1 or LFENCE;RDTSC;LFENCE
+ * for both, and the 0 stored for a TSC that did not advance, are
+ * EXITLAT_TIMED_LOOP's, in exitlat_uapi.h):
+ *
+ * - Batches (exitlat.batch, default 1000 iterations).  Each batch runs with
+ *   preemption and local interrupts off, so no tick, IRQ or reschedule lands
+ *   inside a timed window; between batches interrupts are re-enabled, the
+ *   batch is copied to user memory and cond_resched() runs.  Trade-off: a
+ *   bigger batch means fewer batch boundaries (each one a chance for a
+ *   pending interrupt to be delivered, cache/TLB disturbance for the next few
+ *   samples) but a longer irq-off stretch: 1000 QEMU round trips of ~10 us is
+ *   ~10 ms without interrupts, harmless for a benchmark guest (RCU stall
+ *   warnings start at 21 s) but it delays the guest's timer tick.  NMIs are
+ *   not blocked.  Warm-up iterations run through the same batches and are
+ *   discarded; a batch never mixes warm-up and kept iterations.
+ * - EL_BATCH_FN defines el_batch_<name>(), the tight loop of one row: one
+ *   EXITLAT_TIMED_LOOP around STATEMENT per (timer, vendor), picked by
+ *   branches before the loop.  STATEMENT is pasted between the two timer
+ *   reads, so a window holds t0, the statement, t1 and nothing else.
+ *   el_batch() calls the row's function through el_instrs[], once per batch,
+ *   before the first t0 and after the last t1: no call, indirect branch or
+ *   switch of the harness runs inside a window (an indirect call there would
+ *   add its cost, and a prediction that can miss, to every sample).
+ * - STATEMENT works on plain locals: msr, port, far, which each loop
+ *   instance reads from struct el_window before its loop (a window loads no
+ *   global and chases no pointer; READ_ONCE gives each instance its own copy,
+ *   so each gets the register that suits its loop: RDMSR's keeps the index
+ *   in ECX across iterations under the lfence timer, instead of copying it
+ *   there inside every window), rax (returned after the loop) and amd, a
+ *   constant in each instance, so `amd ? VMMCALL : VMCALL` is decided at
+ *   compile time.
+ * - WRMSR IA32_TSC_DEADLINE: the guest's own clockevent uses this MSR.  The
+ *   batch saves the armed deadline (0 = none), writes one far in the future
+ *   in every iteration (~2^40 cycles, minutes away: it never fires, KVM keeps
+ *   it armed in the VMX preemption timer), then restores the saved value: if
+ *   it already passed, the timer interrupt fires at once when interrupts are
+ *   back on, so no tick is lost.  Two extra (untimed) exits per batch.
+ */
+
+/* What a batch needs. */
+struct el_window {
+	u32 msr;	/* RDMSR index */
+	u16 port;	/* OUTB port */
+	u64 far;	/* WRMSR TSC_DEADLINE: a deadline far in the future */
+	u32 timer;	/* EXITLAT_T_* */
+	bool amd;	/* VMMCALL instead of VMCALL */
+};
+
+/* n timed iterations into buf[0..n); returns RAX after the last VMCALL. */
+typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
+
+/* One loop instance, with its own copies of the inputs (see above). */
+#define EL_TIMED_LOOP(T0, T1, AMD, STATEMENT)					\
+	do {									\
+		const u32 msr = READ_ONCE(in->msr);				\
+		const u16 port = READ_ONCE(in->port);				\
+		const u64 far = READ_ONCE(in->far);				\
+		const bool amd = (AMD);						\
+										\
+		(void)msr;							\
+		(void)port;							\
+		(void)far;							\
+		(void)amd;							\
+		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
+	} while (0)
+
+#define EL_BATCH_FN(id, name, check, once, STATEMENT)				\
+	static long el_batch_##name(const struct el_window *in, u64 *buf, u64 n) \
+	{									\
+		long rax = 0;							\
+										\
+		if (in->timer == EXITLAT_T_LFENCE && in->amd)			\
+			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
+				      exitlat_rdtsc_fenced, true, STATEMENT);	\
+		else if (in->timer == EXITLAT_T_LFENCE)				\
+			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
+				      exitlat_rdtsc_fenced, false, STATEMENT);	\
+		else if (in->amd)						\
+			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
+				      exitlat_rdtscp, true, STATEMENT);		\
+		else								\
+			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
+				      exitlat_rdtscp, false, STATEMENT);	\
+		return rax;							\
+	}
+EL_INSTRUCTIONS(EL_BATCH_FN)
+
+/* The table CONFIG and LOOP index by EXITLAT_I_*. */
+static const struct el_instr {
+	int (*check)(const struct exitlat_config *cfg);	/* NULL: none */
+	el_batch_fn *batch;
+} el_instrs[] = {
+#define EL_ROW(id, name, check, once, STATEMENT) [id] = { check, el_batch_##name },
+	EL_INSTRUCTIONS(EL_ROW)
+#undef EL_ROW
+};
+
+/* One batch of n iterations, preemption and IRQs off. */
+static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
+{
+	struct el_window w = {
+		.msr = cfg->msr, .port = cfg->port, .timer = cfg->timer, .amd = cfg->amd,
+	};
+	const bool deadline = cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE;
+	unsigned long flags;
+	u64 saved = 0;
+	long rax;
+
+	preempt_disable();
+	local_irq_save(flags);
+	if (deadline) {
+		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
+		w.far = rdtsc() + (1ULL << 40);
+	}
+	rax = el_instrs[cfg->instr].batch(&w, buf, n);
+	if (deadline)
+		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
+	local_irq_restore(flags);
+	preempt_enable();
+	return rax;
+}
+
+/* ---- the ioctls ----------------------------------------------------------- */
+
 static long el_config(struct exitlat_state *st, struct exitlat_config __user *uarg)
 {
 	struct exitlat_config cfg;
-	long rax;
-	u64 val;
+	int err;
 
 	if (copy_from_user(&cfg, uarg, sizeof(cfg)))
 		return -EFAULT;
@@ -136,32 +317,12 @@ static long el_config(struct exitlat_state *st, struct exitlat_config __user *ua
 		return -E2BIG;
 	if (cfg.timer == EXITLAT_T_RDTSCP && !boot_cpu_has(X86_FEATURE_RDTSCP))
 		return -EOPNOTSUPP;
-
-	switch (cfg.instr) {
-	case EXITLAT_I_NONE:
-	case EXITLAT_I_NOP:
-	case EXITLAT_I_CPUID:
-	case EXITLAT_I_OUTB:
-		break;
-	case EXITLAT_I_VMCALL:
-		/* Pre-flight: under TCG (or another hypervisor) it may #UD. */
-		if (el_hypercall_safe(cfg.amd, &rax))
-			return -ENOEXEC;
-		break;
-	case EXITLAT_I_RDMSR:
-		if (el_msr_passthrough(cfg.msr))
-			return -EPERM;
-		if (rdmsrl_safe(cfg.msr, &val))
-			return -EIO;
-		break;
-	case EXITLAT_I_WRMSR_TSC_DEADLINE:
-		if (!boot_cpu_has(X86_FEATURE_TSC_DEADLINE_TIMER))
-			return -EOPNOTSUPP;
-		if (rdmsrl_safe(MSR_EXITLAT_TSC_DEADLINE, &val))
-			return -EIO;
-		break;
-	default:
+	if (cfg.instr >= ARRAY_SIZE(el_instrs) || !el_instrs[cfg.instr].batch)
 		return -EINVAL;
+	if (el_instrs[cfg.instr].check) {
+		err = el_instrs[cfg.instr].check(&cfg);
+		if (err)
+			return err;
 	}
 
 	/* Called with st->lock held: no LOOP is using the batch buffer. */
@@ -180,109 +341,35 @@ static long el_config(struct exitlat_state *st, struct exitlat_config __user *ua
 
 /*
  * Cases 3/4 and baseline_module_call: one instruction, nothing else.  Runs
- * inside the user-timed window, hence no lock (see top): one READ_ONCE.
+ * inside the user-timed window, hence no lock (see top): one READ_ONCE, then
+ * a switch whose cases are the rows' statements inline (no call through the
+ * table: the probe times this whole ioctl).
  */
 static long el_once(struct exitlat_state *st)
 {
 	const u64 w = READ_ONCE(st->once);
-
-	if (!(w & EL_ONCE_VALID))
-		return -ENXIO;
-	switch (w & 0xff) {
-	case EXITLAT_I_NONE:
-		return 0;
-	case EXITLAT_I_NOP:
-		asm volatile("nop");
-		return 0;
-	case EXITLAT_I_CPUID:
-		exitlat_cpuid0();
-		return 0;
-	case EXITLAT_I_VMCALL:
-		/* RAX (-KVM_ENOSYS) is dropped: an ioctl result in -4095..-1 reads as an error. */
-		if (w & (1ULL << 8))
-			exitlat_vmmcall();
-		else
-			exitlat_vmcall();
-		return 0;
-	case EXITLAT_I_RDMSR:
-		el_rdmsr(w >> 32);
-		return 0;
-	case EXITLAT_I_OUTB:
-		exitlat_outb((w >> 16) & 0xffff, '.');
-		return 0;
-	default:
-		/* WRMSR TSC_DEADLINE: loop only (see docs/probes.md). */
-		return -EINVAL;
-	}
-}
-
-/*
- * One batch of n iterations with IRQs off.  One loop per (instruction, timer)
- * pair so no switch runs inside a timed window; msr, port and far are locals.
- */
-#define EL_BATCH_FOR_TIMER(T0, T1)					\
-	do {								\
-		switch (cfg->instr) {					\
-		case EXITLAT_I_CPUID:					\
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1, exitlat_cpuid0()); \
-			break;						\
-		case EXITLAT_I_VMCALL:					\
-			if (cfg->amd)					\
-				EXITLAT_TIMED_LOOP(buf, n, T0, T1, rax = exitlat_vmmcall()); \
-			else						\
-				EXITLAT_TIMED_LOOP(buf, n, T0, T1, rax = exitlat_vmcall()); \
-			break;						\
-		case EXITLAT_I_RDMSR:					\
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1, el_rdmsr(msr)); \
-			break;						\
-		case EXITLAT_I_WRMSR_TSC_DEADLINE:			\
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1,		\
-				el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, far)); \
-			break;						\
-		case EXITLAT_I_OUTB:					\
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1, exitlat_outb(port, '.')); \
-			break;						\
-		case EXITLAT_I_NOP:	/* baseline_kernel_nonexiting */ \
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1, asm volatile("nop")); \
-			break;						\
-		default:		/* baseline_kernel_timer */	\
-			EXITLAT_TIMED_LOOP(buf, n, T0, T1, barrier());	\
-			break;						\
-		}							\
-	} while (0)
-
-static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
-{
-	unsigned long flags;
-	u64 saved = 0, far = 0;
-	u32 msr = cfg->msr;
-	u16 port = cfg->port;
+	const u32 msr = w >> 32;
+	const u16 port = (w >> 16) & 0xffff;
+	const bool amd = w & EL_ONCE_AMD;
+	const u64 far = 0;	/* only the loop-only TSC_DEADLINE row names it */
 	long rax = 0;
 
-	preempt_disable();
-	local_irq_save(flags);
-	if (cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE) {
-		/*
-		 * The guest's own clockevent uses this MSR.  Save the armed
-		 * deadline (0 = none), write one far in the future (~2^40
-		 * cycles, minutes away: it never fires, KVM keeps it armed in
-		 * the VMX preemption timer), then restore the saved value: if
-		 * it already passed, the timer interrupt fires at once when
-		 * interrupts are back on, so no tick is lost.  Two extra
-		 * (untimed) exits per batch.
-		 */
-		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
-		far = rdtsc() + (1ULL << 40);
+	(void)rax;
+	if (!(w & EL_ONCE_VALID))
+		return -ENXIO;
+	/* RAX (-KVM_ENOSYS) is dropped: an ioctl result in -4095..-1 reads as an error. */
+	switch (w & 0xff) {
+#define EL_ONCE_CASE(id, name, check, once, STATEMENT)				\
+	case id:								\
+		if (!(once))							\
+			return -EINVAL;						\
+		STATEMENT;							\
+		return 0;
+	EL_INSTRUCTIONS(EL_ONCE_CASE)
+#undef EL_ONCE_CASE
+	default:
+		return -EINVAL;
 	}
-	if (cfg->timer == EXITLAT_T_LFENCE)
-		EL_BATCH_FOR_TIMER(exitlat_rdtsc_fenced, exitlat_rdtsc_fenced);
-	else
-		EL_BATCH_FOR_TIMER(exitlat_rdtscp_lfence, exitlat_rdtscp);
-	if (cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE)
-		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
-	local_irq_restore(flags);
-	preempt_enable();
-	return rax;
 }
 
 static long el_loop(struct exitlat_state *st, struct exitlat_loop __user *uarg)

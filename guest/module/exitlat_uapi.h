@@ -32,8 +32,10 @@
  *
  * Inside a window there is only the body and the timer reads: no load of a
  * global (callers copy port, file descriptor, counts into locals first), no
- * branch (one loop instance per instruction and timer), no page fault (the
- * sample buffers are pre-faulted).
+ * branch and no call of the harness (one loop instance per statement, timer
+ * and vendor, selected before the loop: WINDOW in exitlat-probe.c,
+ * EL_BATCH_FN in exitlat_mod.c, each with its harness's own methodology
+ * comment), no page fault (the sample buffers are pre-faulted).
  *
  * A sample of 0 marks an invalid iteration: the TSC did not advance or went
  * backwards (t1 <= t0), which must never be stored as a huge unsigned delta.

@@ -8,9 +8,13 @@
  * memory, reports short "EXITLAT {json}" lines on the console and, after all
  * timed loops, writes the samples to a raw disk (/dev/vda).
  *
- * Cases 1-2 run here; 3-6 go through /dev/exitlat (exitlat.ko).  The timing
- * primitives and the timed loop live in ../module/exitlat_uapi.h, shared with
- * the module, and carry the methodology comment.
+ * Cases 1-2 run here; 3-6 go through /dev/exitlat (exitlat.ko).  The timer
+ * reads and the timed loop live in ../module/exitlat_uapi.h, shared with the
+ * module, and carry the methodology comment; this file's user-mode harness
+ * (WINDOW, user_run) adds how a window is instantiated and warmed up.
+ *
+ * Reading order: the harness, then the tables (what each window executes,
+ * the instructions, the cases, the baselines), then plan, events, run_key().
  *
  * Options (tests only): --cmdline STR (instead of /proc/cmdline),
  * --out PATH (instead of /dev/vda), --console PATH (instead of /dev/console).
@@ -23,6 +27,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,15 +51,184 @@
 #define HEADER_SIZE	4096
 #define ALIGN_4K(x)	(((x) + 4095) & ~4095ULL)
 #define MAX_KEYS	18	/* 6 baselines + 6 cases + 6 traced windows */
+#define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
+
+/* ---- the user-mode timing harness ---------------------------------------- */
+
+/*
+ * How the probe times a window (the timer sequences themselves, RDTSCP;LFENCE
+ * for t0 and RDTSCP for t1 or LFENCE;RDTSC;LFENCE for both, and the 0 stored
+ * for a TSC that did not advance, are EXITLAT_TIMED_LOOP's, in
+ * exitlat_uapi.h):
+ *
+ * - WINDOW(name, STATEMENT) defines window_<name>(), the tight loop: one
+ *   EXITLAT_TIMED_LOOP around STATEMENT per (timer, vendor), picked by
+ *   branches before the loop.  STATEMENT is pasted between the two timer
+ *   reads, so a window holds t0, the statement, t1 and nothing else: no call
+ *   and no branch of the harness.  The tables below select a window function
+ *   by pointer; that indirect call happens once per loop, before the first
+ *   t0 and after the last t1.  (Calling a per-iteration function through a
+ *   pointer inside t0..t1 would add the call, and a branch prediction that
+ *   can miss, to every sample.)
+ * - STATEMENT works on plain locals: fd, port (copied from struct window
+ *   before the loop: a window loads no global and chases no pointer), rax,
+ *   bad (returned after it) and amd, a constant in each instance, so
+ *   `amd ? VMMCALL : VMCALL` is decided at compile time.
+ * - user_run() runs a key: warm-up iterations through the very same window
+ *   function into the same buffer (overwritten afterwards), in runs of at
+ *   most `iters`, then the kept iterations.
+ * Cases 5-6 and the kernel baselines are timed by the module's harness
+ * instead (exitlat_mod.c, irq-off batches); run_key() only starts it.
+ */
+
+/* What a window needs. */
+struct window {
+	int fd;			/* /dev/exitlat, for the ONCE ioctl */
+	uint16_t port;		/* exitlat.port, for OUTB */
+	int timer;		/* EXITLAT_T_*: which timer pair */
+	bool amd;		/* VMMCALL instead of VMCALL */
+};
+
+/* What it hands back (returned, so no pointer stays live across the loop). */
+struct result {
+	long rax;		/* RAX after the last VMCALL */
+	int bad;		/* OR of the ONCE ioctl results */
+};
+
+/* n timed iterations of one window into buf[0..n). */
+typedef struct result window_fn(const struct window *in, uint64_t *buf, uint64_t n);
+
+/* One loop instance, with its own copies of the inputs. */
+#define TIMED_LOOP(T0, T1, AMD, STATEMENT)					\
+	do {									\
+		const int fd = in->fd;						\
+		const uint16_t port = in->port;					\
+		const bool amd = (AMD);						\
+										\
+		(void)fd;							\
+		(void)port;							\
+		(void)amd;							\
+		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
+	} while (0)
+
+#define WINDOW(name, STATEMENT)							\
+	static struct result window_##name(const struct window *in,		\
+					   uint64_t *buf, uint64_t n)		\
+	{									\
+		long rax = 0;							\
+		int bad = 0;							\
+										\
+		if (in->timer == EXITLAT_T_LFENCE && in->amd)			\
+			TIMED_LOOP(exitlat_rdtsc_fenced,			\
+				   exitlat_rdtsc_fenced, true, STATEMENT);	\
+		else if (in->timer == EXITLAT_T_LFENCE)				\
+			TIMED_LOOP(exitlat_rdtsc_fenced,			\
+				   exitlat_rdtsc_fenced, false, STATEMENT);	\
+		else if (in->amd)						\
+			TIMED_LOOP(exitlat_rdtscp_lfence,			\
+				   exitlat_rdtscp, true, STATEMENT);		\
+		else								\
+			TIMED_LOOP(exitlat_rdtscp_lfence,			\
+				   exitlat_rdtscp, false, STATEMENT);		\
+		return (struct result){ .rax = rax, .bad = bad };		\
+	}
+
+static struct result user_run(window_fn *window, const struct window *w, uint64_t *buf,
+			      uint64_t iters, uint64_t warm)
+{
+	struct result last;
+	int bad = 0;
+
+	while (warm) {
+		const uint64_t n = warm < iters ? warm : iters;
+
+		bad |= window(w, buf, n).bad;
+		warm -= n;
+	}
+	last = window(w, buf, iters);
+	last.bad |= bad;
+	return last;
+}
+
+/* ---- what runs: the tables ----------------------------------------------- */
+
+/* What each user window executes between t0 and t1. */
+WINDOW(nothing,     (void)0)
+WINDOW(nop,         asm volatile("nop"))	/* docs/probes.md: why nop */
+WINDOW(getppid,     syscall(SYS_getppid))
+WINDOW(module_once, bad |= ioctl(fd, EXITLAT_IOC_ONCE))
+WINDOW(cpuid,       exitlat_cpuid0())
+WINDOW(hypercall,   rax = amd ? exitlat_vmmcall() : exitlat_vmcall())
+WINDOW(outb,        exitlat_outb(port, '.'))
+
+/* Where an instruction runs, and who times it. */
+enum where {
+	USER,	/* the probe executes and times it (cases 1, 2) */
+	ONCE,	/* the probe times ioctl(ONCE), the module executes it once (3, 4) */
+	LOOP,	/* the module executes and times it, irq-off batches (5, 6) */
+};
+
+/*
+ * An instruction (or what a baseline runs in its place) and what each place
+ * needs to run it.  Adding an exit kind: its EXITLAT_I_* id, a row in
+ * f_instrs[] below (and a WINDOW line above if CPL 3 can run it), a row in
+ * exitlat_mod.c's EL_INSTRUCTIONS, a row in exitlat/instructions.py.
+ */
+struct instr {
+	const char *name;
+	window_fn *user;	/* its user window; NULL: CPL 3 cannot run it */
+	int module;		/* EXITLAT_I_* for ONCE and LOOP; -1: none */
+	unsigned cases;		/* bit c: case c may run it */
+	const char *why_not;	/* why the F cases it leaves out cannot */
+	const char *ud;		/* it may #UD at CPL 3: why (pre-flighted once) */
+	bool rax;		/* its RAX goes in done (USER and LOOP) */
+};
+#define C(c)		(1u << (c))
+#define F_CASES		(C(1) | C(3) | C(5))
+
+/* F: the instructions exitlat.instr names, one row each; the first is the default. */
+static const struct instr f_instrs[] = {
+	{ .name = "cpuid", .user = window_cpuid, .module = EXITLAT_I_CPUID, .cases = F_CASES },
+	{ .name = "vmcall", .user = window_hypercall, .module = EXITLAT_I_VMCALL, .cases = F_CASES,
+	  .ud = "VMCALL/VMMCALL raised #UD (not running under KVM? TCG does not implement it)",
+	  .rax = true },
+	{ .name = "rdmsr", .module = EXITLAT_I_RDMSR, .cases = C(3) | C(5),
+	  .why_not = "RDMSR at CPL 3 raises #GP inside the guest without a VM exit (use case 3 or 5)" },
+	{ .name = "wrmsr_tsc_deadline", .module = EXITLAT_I_WRMSR_TSC_DEADLINE, .cases = C(5),
+	  .why_not = "it needs CPL 0 and the guest timer restored around it, which only the kernel "
+		     "loop (case 5) does" },
+};
+
+/* S, and what the baselines run instead of an instruction that exits. */
+static const struct instr S_OUTB = {
+	.name = "outb", .user = window_outb, .module = EXITLAT_I_OUTB, .cases = C(2) | C(4) | C(6),
+};
+static const struct instr NOTHING = { .name = "nothing", .user = window_nothing, .module = EXITLAT_I_NONE };
+static const struct instr NOP = { .name = "nop", .user = window_nop, .module = EXITLAT_I_NOP };
+static const struct instr GETPPID = { .name = "getppid", .user = window_getppid, .module = -1 };
+
+/* Case c: F (exitlat.instr) or S, in one of the three places (docs/probes.md). */
+static const struct { bool s; enum where where; } cases[7] = {
+	[1] = { false, USER }, [2] = { true, USER },
+	[3] = { false, ONCE }, [4] = { true, ONCE },
+	[5] = { false, LOOP }, [6] = { true, LOOP },
+};
+
+/* The baselines, in run order (exitlat/run/guestio.py BASELINE_KEYS). */
+static const struct { const char *key; const struct instr *instr; enum where where; } baselines[] = {
+	{ "baseline_timer",		&NOTHING, USER },
+	{ "baseline_nonexiting",	&NOP,     USER },
+	{ "baseline_syscall",		&GETPPID, USER },
+	{ "baseline_module_call",	&NOTHING, ONCE },
+	{ "baseline_kernel_timer",	&NOTHING, LOOP },
+	{ "baseline_kernel_nonexiting",	&NOP,     LOOP },
+};
 
 /* ---- plan ---------------------------------------------------------------- */
 
-enum instr { I_CPUID, I_VMCALL, I_RDMSR, I_WRMSR_TSC_DEADLINE };
-static const char *const instr_names[] = { "cpuid", "vmcall", "rdmsr", "wrmsr_tsc_deadline" };
-
 struct plan {
 	int cases[6], ncases;
-	enum instr instr;
+	const struct instr *f;	/* exitlat.instr */
 	unsigned port, msr;
 	int timer;		/* EXITLAT_T_* */
 	uint64_t iters, warmup;
@@ -69,16 +243,17 @@ struct plan {
  */
 struct key {
 	char name[32];
-	int kind;		/* 1..6 = case, else one of K_* */
+	const struct instr *instr;
+	enum where where;
+	bool skip;		/* set up failed (ioperm): no window */
 	uint64_t iters, warmup;	/* kept iterations (samples) and warm-up */
 	int of;			/* traced window: index of its case's key, else -1 */
 	uint64_t *buf;
 	int ok;
 };
-enum { K_TIMER = 100, K_NONEXITING, K_SYSCALL, K_MODULE_CALL, K_KTIMER, K_KNONEXITING };
 
 static struct plan P = {
-	.instr = I_CPUID, .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
+	.f = &f_instrs[0], .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
 	.iters = 0, .warmup = 1000, .baselines = 1, .handshake = 0,
 	.batch = EXITLAT_BATCH_DEFAULT, .handshake_timeout = 60,
 };
@@ -145,7 +320,7 @@ static void emit_key_event(const char *event, const char *key, const char *extra
 	emit(json);
 }
 
-static void finish(const char *extra)
+static __attribute__((noreturn)) void finish(const char *extra)
 {
 	char json[256];
 
@@ -155,7 +330,7 @@ static void finish(const char *extra)
 	exit(nerrors ? 1 : 0);
 }
 
-static void plan_error(const char *fmt, ...)
+static __attribute__((noreturn, format(printf, 1, 2))) void plan_error(const char *fmt, ...)
 {
 	char msg[400];
 	va_list ap;
@@ -207,6 +382,20 @@ static void parse_cases(const char *v)
 		plan_error("exitlat.cases is empty (valid cases: 1-6)");
 }
 
+/* An F instruction by name, from f_instrs[]. */
+static const struct instr *parse_f_instr(const char *name)
+{
+	char valid[256] = "";
+
+	for (size_t i = 0; i < ARRAY_SIZE(f_instrs); i++) {
+		if (!strcmp(name, f_instrs[i].name))
+			return &f_instrs[i];
+		snprintf(valid + strlen(valid), sizeof(valid) - strlen(valid), "%s%s",
+			 i ? ", " : "", f_instrs[i].name);
+	}
+	plan_error("unknown instruction '%s' (valid: %s)", name, valid);
+}
+
 static void parse_plan(char *cmdline)
 {
 	char *tok, *save;
@@ -226,12 +415,7 @@ static void parse_plan(char *cmdline)
 			parse_cases(v);
 			have_cases = 1;
 		} else if (!strcmp(k, "instr")) {
-			unsigned i;
-			for (i = 0; i < 4 && strcmp(v, instr_names[i]); i++)
-				;
-			if (i == 4)
-				plan_error("unknown instruction '%s' (valid: cpuid, vmcall, rdmsr, wrmsr_tsc_deadline)", v);
-			P.instr = i;
+			P.f = parse_f_instr(v);
 		} else if (!strcmp(k, "port")) {
 			P.port = parse_num(k, v, 0, 0xffff);
 		} else if (!strcmp(k, "timer")) {
@@ -275,14 +459,12 @@ static void parse_plan(char *cmdline)
 		plan_error("no exitlat.iters on the kernel command line");
 	for (int i = 0; i < P.ncases; i++) {
 		int c = P.cases[i];
-		/* F runs in cases 1, 3, 5; S (outb) in 2, 4, 6. */
-		if (c == 1 && P.instr == I_RDMSR)
-			plan_error("case 1 cannot use rdmsr: RDMSR at CPL 3 raises #GP inside the guest without a VM exit (use case 3 or 5)");
-		if ((c == 1 || c == 3) && P.instr == I_WRMSR_TSC_DEADLINE)
-			plan_error("case %d cannot use wrmsr_tsc_deadline: it needs CPL 0 and the guest timer restored around it, which only the kernel loop (case 5) does", c);
+
+		if (!cases[c].s && !(P.f->cases & C(c)))
+			plan_error("case %d cannot use %s: %s", c, P.f->name, P.f->why_not);
 	}
-	if (P.instr == I_RDMSR && ((P.msr >= 0x174 && P.msr <= 0x176) ||
-				   (P.msr >= 0xc0000100 && P.msr <= 0xc0000102)))
+	if (P.f->module == EXITLAT_I_RDMSR && ((P.msr >= 0x174 && P.msr <= 0x176) ||
+					       (P.msr >= 0xc0000100 && P.msr <= 0xc0000102)))
 		plan_error("msr 0x%x is passed through by KVM and never exits (use 0x3b, IA32_TSC_ADJUST)", P.msr);
 }
 
@@ -479,36 +661,6 @@ static void on_fault(int sig)
 	siglongjmp(fault_jmp, 1);
 }
 
-/*
- * User-timed loop: the timer is picked outside the loop, BODY is the statement
- * under test.  BODY must use locals only (no globals inside a window).
- */
-#define USER_LOOP(timer, buf, n, BODY)						\
-	do {									\
-		if ((timer) == EXITLAT_T_LFENCE)				\
-			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtsc_fenced,	\
-					   exitlat_rdtsc_fenced, BODY);		\
-		else								\
-			EXITLAT_TIMED_LOOP(buf, n, exitlat_rdtscp_lfence,	\
-					   exitlat_rdtscp, BODY);		\
-	} while (0)
-
-/*
- * Run `warm` warm-up then `iters` kept iterations of one user-timed body.
- * Warm-up goes through the very same loop, into the same buffer (overwritten
- * afterwards).  Expects locals `timer`, `buf`, `iters`, `warm`.
- */
-#define USER_RUN(BODY)								\
-	do {									\
-		uint64_t __ur_w = warm;						\
-		while (__ur_w) {						\
-			uint64_t __ur_n = __ur_w < iters ? __ur_w : iters;	\
-			USER_LOOP(timer, buf, __ur_n, BODY);			\
-			__ur_w -= __ur_n;					\
-		}								\
-		USER_LOOP(timer, buf, iters, BODY);				\
-	} while (0)
-
 static int module_config(const char *key, unsigned instr)
 {
 	struct exitlat_config cfg = {
@@ -536,53 +688,18 @@ static int module_config(const char *key, unsigned instr)
 	return 0;
 }
 
-static unsigned f_module_instr(void)
-{
-	switch (P.instr) {
-	case I_VMCALL: return EXITLAT_I_VMCALL;
-	case I_RDMSR: return EXITLAT_I_RDMSR;
-	case I_WRMSR_TSC_DEADLINE: return EXITLAT_I_WRMSR_TSC_DEADLINE;
-	default: return EXITLAT_I_CPUID;
-	}
-}
-
-/* Keys timed by the module's LOOP (irq-off batches) rather than in user space. */
-static int kernel_timed(int kind)
-{
-	return kind == 5 || kind == 6 || kind == K_KTIMER || kind == K_KNONEXITING;
-}
-
-/* The instruction the module is configured with for a key. */
-static unsigned key_module_instr(const struct key *k)
-{
-	switch (k->kind) {
-	case 3: case 5: return f_module_instr();
-	case 4: case 6: return EXITLAT_I_OUTB;
-	case K_KNONEXITING: return EXITLAT_I_NOP;
-	default: return EXITLAT_I_NONE;		/* module_call, kernel_timer */
-	}
-}
-
-static int uses_module(int kind)
-{
-	return (kind >= 3 && kind <= 6) || kind == K_MODULE_CALL || kind == K_KTIMER ||
-	       kind == K_KNONEXITING;
-}
-
 static int run_key(struct key *k)
 {
-	/* Everything a window needs, in locals: no global is loaded inside one. */
-	uint64_t *const buf = k->buf;
-	const uint64_t iters = k->iters, warm = k->warmup;
-	const int timer = P.timer, fd = mod_fd;
-	const uint16_t port = P.port;
-	volatile long rax = 0;
-	volatile int bad = 0;
+	const struct instr *in = k->instr;
+	/* ONCE: the window times the ioctl, the module runs the instruction. */
+	window_fn *const window = k->where == USER ? in->user : window_module_once;
+	const struct window w = { .fd = mod_fd, .port = P.port, .timer = P.timer, .amd = P.amd };
+	struct result res;
 	char extra[192], ready[96] = ",\"window\":\"timed\"";
 	struct sigaction sa = { .sa_handler = on_fault };
 
 	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
-	if (uses_module(k->kind) && module_config(k->name, key_module_instr(k)))
+	if (k->where != USER && module_config(k->name, in->module))
 		return -1;
 
 	sigemptyset(&sa.sa_mask);
@@ -590,75 +707,44 @@ static int run_key(struct key *k)
 	sigaction(SIGSEGV, &sa, NULL);
 	sigaction(SIGBUS, &sa, NULL);
 	if (sigsetjmp(fault_jmp, 1)) {
-		emit_error(k->name, "%s in the timed loop%s", strsignal(faulting_sig),
-			   faulting_sig == SIGILL && k->kind == 1 ?
-			   ": VMCALL/VMMCALL raised #UD (not running under KVM? TCG does not implement it)" : "");
+		const char *ud = faulting_sig == SIGILL && k->where == USER ? in->ud : NULL;
+
+		emit_error(k->name, "%s in the timed loop%s%s", strsignal(faulting_sig),
+			   ud ? ": " : "", ud ? ud : "");
 		return -1;
 	}
-	if (k->kind == 1 && P.instr == I_VMCALL)	/* pre-flight: #UD under TCG */
-		rax = P.amd ? exitlat_vmmcall() : exitlat_vmcall();
+	if (k->where == USER && in->ud)		/* pre-flight: one iteration, #UD under TCG */
+		window(&w, k->buf, 1);
 
 	if (k->of >= 0)
 		snprintf(ready, sizeof(ready), ",\"window\":\"traced\",\"of\":\"%s\"", keys[k->of].name);
 	handshake("ready", k->name, ready);
-	{
-		/* Plain locals inside the windows (no volatile stores); copied out after. */
-		long r = 0;
-		int b = 0;
+	if (k->where == LOOP) {
+		/* Timed in the module: exitlat_mod.c's harness, irq-off batches. */
+		struct exitlat_loop lp = {
+			.samples = (uintptr_t)k->buf, .iters = k->iters, .warmup = k->warmup,
+		};
 
-		if (kernel_timed(k->kind)) {
-			/* Cases 5/6 and the kernel baselines: timed in the module, irq-off batches. */
-			struct exitlat_loop lp = {
-				.samples = (uintptr_t)buf, .iters = iters, .warmup = warm,
-			};
-			b = ioctl(fd, EXITLAT_IOC_LOOP, &lp);
-			r = (long)lp.result;
-		} else {
-			switch (k->kind) {
-			case 1:
-				if (P.instr == I_VMCALL && P.amd)
-					USER_RUN(r = exitlat_vmmcall());
-				else if (P.instr == I_VMCALL)
-					USER_RUN(r = exitlat_vmcall());
-				else
-					USER_RUN(exitlat_cpuid0());
-				break;
-			case 2:
-				USER_RUN(exitlat_outb(port, '.'));
-				break;
-			case 3: case 4: case K_MODULE_CALL:
-				USER_RUN(b |= ioctl(fd, EXITLAT_IOC_ONCE));
-				break;
-			case K_TIMER:
-				USER_RUN((void)0);
-				break;
-			case K_NONEXITING:
-				/* NOP in the same window: see docs/probes.md for the choice. */
-				USER_RUN(asm volatile("nop"));
-				break;
-			case K_SYSCALL:
-				USER_RUN(syscall(SYS_getppid));
-				break;
-			}
-		}
-		rax = r;
-		bad = b;
+		res.bad = ioctl(w.fd, EXITLAT_IOC_LOOP, &lp);
+		res.rax = (long)lp.result;
+	} else {
+		res = user_run(window, &w, k->buf, k->iters, k->warmup);
 	}
 	signal(SIGILL, SIG_DFL);
 	signal(SIGSEGV, SIG_DFL);
 	signal(SIGBUS, SIG_DFL);
-	if (bad) {
+	if (res.bad) {
 		emit_error(k->name, "module call failed: %s", strerror(errno));
 		return -1;
 	}
 	/* After the loop, outside every window: samples the loop stored as 0 (t1 <= t0). */
 	uint64_t backwards = 0;
-	for (uint64_t i = 0; i < iters; i++)
-		backwards += buf[i] == 0;
+	for (uint64_t i = 0; i < k->iters; i++)
+		backwards += k->buf[i] == 0;
 	snprintf(extra, sizeof(extra), "%s,\"n\":%llu,\"tsc_backwards\":%llu", ready,
-		 (unsigned long long)iters, (unsigned long long)backwards);
-	if ((k->kind == 1 || k->kind == 5) && P.instr == I_VMCALL)
-		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",\"rax\":%ld", (long)rax);
+		 (unsigned long long)k->iters, (unsigned long long)backwards);
+	if (in->rax && k->where != ONCE)	/* ONCE's RAX would read as an errno */
+		snprintf(extra + strlen(extra), sizeof(extra) - strlen(extra), ",\"rax\":%ld", res.rax);
 	handshake("done", k->name, extra);
 	return 0;
 }
@@ -760,12 +846,14 @@ static void write_samples(int fd)
 
 /* ---- main ---------------------------------------------------------------- */
 
-static void add_key(const char *name, int kind, uint64_t iters, uint64_t warmup, int of)
+static void add_key(const char *name, const struct instr *instr, enum where where,
+		    uint64_t iters, uint64_t warmup, int of)
 {
 	struct key *k = &keys[nkeys++];
 
 	snprintf(k->name, sizeof(k->name), "%s", name);
-	k->kind = kind;
+	k->instr = instr;
+	k->where = where;
 	k->iters = iters;
 	k->warmup = warmup;
 	k->of = of;
@@ -820,25 +908,23 @@ int main(int argc, char **argv)
 	hello();
 
 	/* Run order; exitlat/guestio.py GuestPlan.keys() must list the same. */
-	if (P.baselines) {
-		add_key("baseline_timer", K_TIMER, P.iters, P.warmup, -1);
-		add_key("baseline_nonexiting", K_NONEXITING, P.iters, P.warmup, -1);
-		add_key("baseline_syscall", K_SYSCALL, P.iters, P.warmup, -1);
-		add_key("baseline_module_call", K_MODULE_CALL, P.iters, P.warmup, -1);
-		add_key("baseline_kernel_timer", K_KTIMER, P.iters, P.warmup, -1);
-		add_key("baseline_kernel_nonexiting", K_KNONEXITING, P.iters, P.warmup, -1);
-		need_module = 1;
-	}
+	for (size_t i = 0; P.baselines && i < ARRAY_SIZE(baselines); i++)
+		add_key(baselines[i].key, baselines[i].instr, baselines[i].where, P.iters, P.warmup, -1);
 	for (int i = 0; i < P.ncases; i++) {
+		const int c = P.cases[i];
+		const struct instr *in = cases[c].s ? &S_OUTB : P.f;
 		char name[32];
-		snprintf(name, sizeof(name), "case%d", P.cases[i]);
-		add_key(name, P.cases[i], P.iters, P.warmup, -1);
+
+		snprintf(name, sizeof(name), "case%d", c);
+		add_key(name, in, cases[c].where, P.iters, P.warmup, -1);
 		if (P.viters) {		/* the traced window: same path, no warm-up */
-			snprintf(name, sizeof(name), "case%d_traced", P.cases[i]);
-			add_key(name, P.cases[i], P.viters, 0, nkeys - 1);
+			snprintf(name, sizeof(name), "case%d_traced", c);
+			add_key(name, in, cases[c].where, P.viters, 0, nkeys - 1);
 		}
-		need_module |= P.cases[i] >= 3;
-		need_io |= P.cases[i] == 2;
+	}
+	for (int i = 0; i < nkeys; i++) {
+		need_module |= keys[i].where != USER;
+		need_io |= keys[i].where == USER && keys[i].instr == &S_OUTB;
 	}
 	if (need_module && stale_abi)
 		emit_error(NULL, "%s speaks ABI %u, this probe needs %u (stale exitlat.ko?): cases 3-6 "
@@ -862,8 +948,8 @@ int main(int argc, char **argv)
 	if (need_io && ioperm(P.port, 1, 1)) {
 		emit_error("case2", "ioperm(0x%x): %s", P.port, strerror(errno));
 		for (int i = 0; i < nkeys; i++)
-			if (keys[i].kind == 2)
-				keys[i].kind = -1;
+			if (keys[i].where == USER && keys[i].instr == &S_OUTB)
+				keys[i].skip = true;
 	}
 	if (P.handshake) {
 		struct termios t;
@@ -879,7 +965,7 @@ int main(int argc, char **argv)
 
 	/* A traced window runs only when its case's timed window succeeded. */
 	for (int i = 0; i < nkeys; i++)
-		keys[i].ok = keys[i].kind > 0 && (keys[i].of < 0 || keys[keys[i].of].ok) &&
+		keys[i].ok = !keys[i].skip && (keys[i].of < 0 || keys[keys[i].of].ok) &&
 			     run_key(&keys[i]) == 0;
 
 	write_samples(out_fd);
