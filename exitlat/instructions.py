@@ -1,8 +1,9 @@
 """Every fact exitlat knows about an instruction it can time, in one table.
 
-Adding an exit kind means one row here and one row in the guest's table
-(guest/probe/exitlat-probe.c and guest/module/exitlat_mod.c); the cases, the verifier and the
-timed-window check all read this table.
+Adding an exit kind means one row here and the guest's rows: its EXITLAT_I_* id
+(guest/module/exitlat_uapi.h), a row in the module's EL_INSTRUCTIONS (guest/module/exitlat_mod.c)
+and in the probe's f_instrs[] (guest/probe/exitlat-probe.c, plus a WINDOW line if CPL 3 can run
+it). The cases, the verifier and the timed-window check all read this table (docs/architecture.md).
 """
 
 from __future__ import annotations
