@@ -6,11 +6,16 @@ from pathlib import Path
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.verify import kvmtrace
-from exitlat.verify.kvmtrace import (FASTPATH_SYMBOLS, MAX_UNPARSED_LINES, SVM_EXIT_REASONS, SVM_PRINT_NAMES,
-                              ExitCounter, ExitCounts, _Acc, _acc_from_hists, decode_exit_reason,
-                              decode_userspace_reason, fastpath_symbols, parse_hist, parse_trace_line,
-                              parse_trace_text, remove_stale_instances, tracing_available)
+from exitlat.verify import kprobes
+from exitlat.verify.counts import MAX_UNPARSED_LINES, CountAccumulator, ExitCounts
+from exitlat.verify.exitreasons import (SVM_EXIT_REASONS, SVM_PRINT_NAMES, decode_exit_reason,
+                                        decode_userspace_reason)
+from exitlat.verify.histparse import add_hists, parse_hist
+from exitlat.verify.instances import remove_stale_instances
+from exitlat.verify.kprobes import FASTPATH_SYMBOLS, fastpath_symbols
+from exitlat.verify.kvmtrace import ExitCounter
+from exitlat.verify.traceparse import parse_trace_line, parse_trace_text
+from exitlat.verify.tracefs import tracing_available
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 
@@ -91,11 +96,11 @@ def test_captured_text_counts_exactly():
 
 
 def test_marker_line_is_returned_and_pid_filter():
-    acc = _Acc()
+    acc = CountAccumulator()
     lines = CAPTURED.splitlines()
     marks = [parse_trace_line(line, acc, pids={5776}) for line in lines]
     assert "exitlat-sync-1234-0" in marks
-    other = _Acc()
+    other = CountAccumulator()
     for line in lines:
         parse_trace_line(line, other, pids={1})
     assert other.userspace == {} and other.pio == {}
@@ -135,8 +140,8 @@ def test_parse_hist_doc_text():
 
 
 def test_hist_to_counts():
-    acc = _Acc()
-    _acc_from_hists({
+    acc = CountAccumulator()
+    add_hists({
         "kvm_exit": hist(["{ common_pid:       4012, exit_reason:         10, isa:          1 } hitcount:      11000",
                           "{ common_pid:       4012, exit_reason:          1, isa:          1 } hitcount:         17",
                           "{ common_pid:       4013, exit_reason:         10, isa:          1 } hitcount:          5"]),
@@ -243,7 +248,7 @@ GOOD_EXIT = (" CPU 0/KVM-4012 [003] d..1.  812.001001: kvm_exit: vcpu 0 reason C
     "CPU:3 [LOST many EVENTS]",
 ])
 def test_unparsed_stream_line_is_counted(line):
-    acc = _Acc()
+    acc = CountAccumulator()
     assert parse_trace_line(line, acc, pids={4012}) is None
     c = acc.freeze("stream")
     assert c.unparsed == 1 and c.unparsed_lines == (line,)
@@ -251,7 +256,7 @@ def test_unparsed_stream_line_is_counted(line):
 
 
 def test_good_lines_are_not_unparsed_and_blank_lines_ignored():
-    acc = _Acc()
+    acc = CountAccumulator()
     for line in (GOOD_EXIT, "", "   ", "CPU:1 [LOST 3 EVENTS]",
                  " <...>-1 [000] ...1.  1.0: tracing_mark_write: hello",
                  " other-999 [000] .....  1.0: kvm_entry: not our pid, not counted"):
@@ -261,7 +266,7 @@ def test_good_lines_are_not_unparsed_and_blank_lines_ignored():
 
 
 def test_unparsed_lines_kept_per_window():
-    acc = _Acc()
+    acc = CountAccumulator()
     for i in range(7):
         parse_trace_line(f"garbage {i}", acc)
     a = acc.freeze("stream")
@@ -277,7 +282,7 @@ def test_unparsed_lines_kept_per_window():
 
 def test_cat_trace_header_is_skipped_but_not_in_stream():
     assert parse_trace_text("# tracer: nop\n#\n" + GOOD_EXIT + "\n").unparsed == 0
-    acc = _Acc()
+    acc = CountAccumulator()
     parse_trace_line("# tracer: nop", acc)
     assert acc.unparsed == 1
 
@@ -326,16 +331,16 @@ def test_userspace_reason_numbers_beyond_the_print_table():
     ("probe/handle_fastpath_wrmsr", "{ common_pid: 4012, ret: fast } hitcount: 5"),
 ])
 def test_unparsed_hist_entry_is_counted(event, line):
-    acc = _Acc()
-    _acc_from_hists({event: hist([line])}, acc)
+    acc = CountAccumulator()
+    add_hists({event: hist([line])}, acc)
     c = acc.freeze("hist")
     assert c.unparsed == 1 and event in c.unparsed_lines[0]
     assert c.exits == {} and c.userspace == {} and c.pio == {} and c.handled == {} and c.probes == {}
 
 
 def test_hist_good_entries_have_no_unparsed_and_probe_returns():
-    acc = _Acc()
-    _acc_from_hists({
+    acc = CountAccumulator()
+    add_hists({
         "kvm_exit": hist(["{ common_pid:       4012, exit_reason:         10, isa:          1 } hitcount:      11000"]),
         "probe/handle_fastpath_set_msr_irqoff": hist([
             "{ common_pid:       4012, ret:          1 } hitcount:       1090",
@@ -399,9 +404,9 @@ def test_fastpath_symbols_per_kernel(tmp_path):
 
 def test_probe_setup_creates_return_probe_and_notes_missing(tmp_path, monkeypatch):
     root = _fake_root(tmp_path)
-    group = kvmtrace.probe_group()
+    group = kprobes.probe_group()
     (root / "events" / group / "handle_fastpath_wrmsr").mkdir(parents=True)   # the kernel makes it
-    monkeypatch.setattr(kvmtrace, "KALLSYMS", _kallsyms(tmp_path, "ffffffff812ad720 T handle_fastpath_wrmsr"))
+    monkeypatch.setattr(kprobes, "KALLSYMS", _kallsyms(tmp_path, "ffffffff812ad720 T handle_fastpath_wrmsr"))
     c = ExitCounter([7], tracefs=root, kprobes=list(FASTPATH_SYMBOLS))
     c.tracefs = root
     c._setup_probes()
@@ -411,23 +416,23 @@ def test_probe_setup_creates_return_probe_and_notes_missing(tmp_path, monkeypatc
         f"r:{group}/handle_fastpath_wrmsr handle_fastpath_wrmsr ret=$retval:u32\n"
     assert c._probes_held == [("handle_fastpath_wrmsr", "kprobe_events")]
     for sym, events_file in c._probes_held:
-        kvmtrace._release_probe(root, events_file, sym)
+        kprobes.release_probe(root, events_file, sym)
     assert (root / "kprobe_events").read_text().endswith(f"-:{group}/handle_fastpath_wrmsr\n")
-    assert kvmtrace._probe_refs == {}
+    assert kprobes._probe_refs == {}
 
 
 def test_probe_on_a_module_symbol_names_the_module(tmp_path, monkeypatch):
     root = _fake_root(tmp_path)
     sym = "handle_fastpath_set_msr_irqoff"
-    (root / "events" / kvmtrace.probe_group() / sym).mkdir(parents=True)
-    monkeypatch.setattr(kvmtrace, "KALLSYMS", _kallsyms(tmp_path, f"ffffffffc0a1b2c0 T {sym}\t[kvm]"))
+    (root / "events" / kprobes.probe_group() / sym).mkdir(parents=True)
+    monkeypatch.setattr(kprobes, "KALLSYMS", _kallsyms(tmp_path, f"ffffffffc0a1b2c0 T {sym}\t[kvm]"))
     c = ExitCounter([7], tracefs=root, kprobes=[sym])
     c.tracefs = root
     c._setup_probes()
     assert c.kprobes_active == [sym] and c.probe_note == ""
     assert (root / "kprobe_events").read_text() == \
-        f"r:{kvmtrace.probe_group()}/{sym} kvm:{sym} ret=$retval:u32\n"
-    kvmtrace._release_probe(root, "kprobe_events", sym)
+        f"r:{kprobes.probe_group()}/{sym} kvm:{sym} ret=$retval:u32\n"
+    kprobes.release_probe(root, "kprobe_events", sym)
 
 
 def test_probe_setup_without_kprobe_events(tmp_path, monkeypatch):
@@ -466,7 +471,7 @@ def test_hist_snapshot_carries_probes(tmp_path):
     sym = "handle_fastpath_wrmsr"
     (inst / "events/kvm/kvm_exit").mkdir(parents=True)
     (inst / "events/kvm/kvm_exit/hist").write_text(hist(["{ common_pid: 7, exit_reason: 32, isa: 1 } hitcount: 9"]))
-    pdir = inst / "events" / kvmtrace.probe_group() / sym
+    pdir = inst / "events" / kprobes.probe_group() / sym
     pdir.mkdir(parents=True)
     pdir.joinpath("hist").write_text(hist(["{ common_pid: 7, ret: 1 } hitcount: 9"]))
     c = ExitCounter([7])
@@ -475,3 +480,44 @@ def test_hist_snapshot_carries_probes(tmp_path):
     assert snap.exits == {"MSR_WRITE": 9} and snap.probes == {sym: 9, sym + ":handled": 9}
     assert snap.probed == (sym,) and (snap - snap).probed == (sym,)
     c.instance = None
+
+
+# ---- the two backends' setup, on a fake instance ----------------------------------------------
+
+def test_backends_set_up_their_events_and_note_a_probe_they_cannot(tmp_path):
+    from exitlat.verify.backends import HistBackend, StreamBackend, TraceTarget, choose_backend
+    from exitlat.verify.tracefs import EVENTS
+    from exitlat.verify.tracepipe import TracePipe
+
+    root, inst = tmp_path / "tracing", tmp_path / "tracing" / "instances" / "x"
+    fields = {"kvm_exit": ["exit_reason", "isa"], "kvm_userspace_exit": ["reason"], "kvm_pio": ["rw", "port"],
+              "kvm_msr": ["write"]}
+    for ev in EVENTS:
+        (root / "events/kvm" / ev).mkdir(parents=True)
+        (root / "events/kvm" / ev / "format").write_text("".join(
+            f"\tfield:unsigned int {f};\toffset:8;\tsize:4;\tsigned:0;\n" for f in ["common_pid"] + fields.get(ev, [])))
+        (inst / "events/kvm" / ev).mkdir(parents=True)
+    sym = "handle_fastpath_wrmsr"                  # no event directory: its setup fails
+    t = TraceTarget(inst, root, "common_pid == 7", EVENTS, (sym,), TracePipe([7]))
+
+    hist = HistBackend()
+    dropped = hist.start(t)
+    assert [s for s, _why in dropped] == [sym] and "hist trigger on the" in dropped[0][1]
+    trigger = {ev: (inst / "events/kvm" / ev / "trigger").read_text() for ev in EVENTS}
+    assert trigger["kvm_exit"] == "hist:keys=common_pid,exit_reason,isa:vals=hitcount:size=2048 if common_pid == 7"
+    assert trigger["kvm_userspace_exit"].startswith("hist:keys=common_pid,reason:")      # no errno here
+    assert trigger["kvm_cpuid"].startswith("hist:keys=common_pid:vals=hitcount")
+    assert hist.enabled == () and not any((inst / "events/kvm" / ev / "enable").exists() for ev in EVENTS)
+
+    stream = StreamBackend()
+    dropped = stream.start(t)
+    assert [s for s, _why in dropped] == [sym]
+    for ev in EVENTS:
+        assert (inst / "events/kvm" / ev / "filter").read_text() == "common_pid == 7"
+        assert (inst / "events/kvm" / ev / "enable").read_text() == "1"
+    assert stream.enabled == EVENTS and stream.streams and not hist.streams
+
+    assert choose_backend("auto", True) == "hist" and choose_backend("auto", False) == "stream"
+    assert choose_backend("stream", True) == "stream"
+    with pytest.raises(ExitlatError, match="no hist triggers"):
+        choose_backend("hist", False)
