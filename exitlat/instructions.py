@@ -23,7 +23,7 @@ class Instruction:
     name: str
     cases: tuple[int, ...]      # the cases that may run it (empty: verifier-only, not benchable)
     path: str                   # the path one iteration must take
-    vmx_reason: str             # kvm_exit reason on Intel (VMX), as exitlat.verify.kvmtrace names it
+    vmx_reason: str             # kvm_exit reason on Intel (VMX), as exitlat.verify.trace.kvmtrace names it
     svm_reason: str             # kvm_exit reason on AMD/Hygon (SVM)
     handler: str | None         # KVM handler tracepoint count (ExitCounts.handled key), if any
     kvm_stat: str               # KVM binary stat that counts one per iteration

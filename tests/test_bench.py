@@ -10,7 +10,8 @@ from exitlat.results.bundle import load_bundle
 from exitlat.results.bundlewrite import write_bundle
 from exitlat.results.document import DocumentBuilder
 from exitlat.host.facts import collect_host
-from exitlat.verify.kvmtrace import DEFAULT_BUFFER_KB, ExitCounts
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.trace.tracepipe import DEFAULT_BUFFER_KB
 from exitlat.progress import Progress
 from exitlat.run.windows import TimedWindow, TracedWindow
 

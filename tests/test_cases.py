@@ -1,6 +1,7 @@
 import pytest
 
-from exitlat.cases import PATH_FASTPATH, PATH_KVM, PATH_QEMU, case_specs, parse_cases
+from exitlat.cases import case_specs, parse_cases
+from exitlat.instructions import PATH_FASTPATH, PATH_KVM, PATH_QEMU
 from exitlat.errors import ExitlatError
 
 

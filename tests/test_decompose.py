@@ -17,9 +17,12 @@ import pytest
 
 from exitlat.verify.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
                                dist, of_case)
-from exitlat.verify.kvmtrace import (KVM_RUN_IOCTL, TSC_CLOCK, ExitCounter, Timeline, _Acc, exit_kind,
-                              find_tracefs, parse_trace_line, parse_trace_text, set_trace_clock,
-                              trace_clocks, tracing_available)
+from exitlat.verify.trace.counts import CountAccumulator as _Acc
+from exitlat.verify.trace.kvmtrace import ExitCounter
+from exitlat.verify.trace.timeline import KVM_RUN_IOCTL, TSC_CLOCK, Timeline, exit_kind
+from exitlat.verify.trace.tracefs import (find_tracefs, set_trace_clock, trace_clocks,
+                                          tracing_available)
+from exitlat.verify.trace.traceparse import parse_trace_line, parse_trace_text
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 HZ = 3_000_000_000            # host TSC Hz in these tests
@@ -526,7 +529,7 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
     enabled in the same instance (kvm_entry, the syscalls with the KVM_RUN filter) and go through
     trace_pipe to the reader. The fake instance behaves like tracefs where it matters: trace_pipe
     and trace_marker are FIFOs, and what is written to trace_marker comes out of trace_pipe."""
-    from exitlat.verify import kvmtrace
+    from exitlat.verify.trace import kvmtrace
 
     inst = tmp_path / "instances" / "exitlat-fake"
     hists = {"kvm_exit": "{ common_pid: 7, exit_reason: 10, isa: 1 } hitcount: 2\n",
@@ -554,7 +557,7 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
     c.instance, c.tracefs, c.backend = inst, tmp_path, "hist"
     c._events = ["kvm_exit", "kvm_userspace_exit", "kvm_pio"]
     c._setup_timeline()
-    c._start_timeline_reader()
+    c._start_streaming()
     pipe = os.open(inst / "trace_pipe", os.O_WRONLY)
     stop = threading.Event()
 
@@ -576,7 +579,7 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
         assert (inst / "events/kvm/kvm_entry/enable").read_text() == "1"
     finally:
         stop.set()
-        c._stop.set()
+        c._pipe.stopping.set()
         with open(inst / "trace_marker", "w") as f:       # let the fake kernel thread finish
             f.write("bye")
         t.join(5)

@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.verify import kprobes
-from exitlat.verify.counts import MAX_UNPARSED_LINES, CountAccumulator, ExitCounts
-from exitlat.verify.exitreasons import (SVM_EXIT_REASONS, SVM_PRINT_NAMES, decode_exit_reason,
-                                        decode_userspace_reason)
-from exitlat.verify.histparse import add_hists, parse_hist
-from exitlat.verify.instances import remove_stale_instances
-from exitlat.verify.kprobes import FASTPATH_SYMBOLS, fastpath_symbols
-from exitlat.verify.kvmtrace import ExitCounter
-from exitlat.verify.traceparse import parse_trace_line, parse_trace_text
-from exitlat.verify.tracefs import tracing_available
+from exitlat.verify.trace import kprobes
+from exitlat.verify.trace.counts import MAX_UNPARSED_LINES, CountAccumulator, ExitCounts
+from exitlat.verify.trace.exitreasons import (SVM_EXIT_REASONS, SVM_PRINT_NAMES, decode_exit_reason,
+                                              decode_userspace_reason)
+from exitlat.verify.trace.histparse import add_hists, parse_hist
+from exitlat.verify.trace.instances import remove_stale_instances
+from exitlat.verify.trace.kprobes import FASTPATH_SYMBOLS, fastpath_symbols
+from exitlat.verify.trace.kvmtrace import ExitCounter
+from exitlat.verify.trace.traceparse import parse_trace_line, parse_trace_text
+from exitlat.verify.trace.tracefs import tracing_available
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 
@@ -485,9 +485,10 @@ def test_hist_snapshot_carries_probes(tmp_path):
 # ---- the two backends' setup, on a fake instance ----------------------------------------------
 
 def test_backends_set_up_their_events_and_note_a_probe_they_cannot(tmp_path):
-    from exitlat.verify.backends import HistBackend, StreamBackend, TraceTarget, choose_backend
-    from exitlat.verify.tracefs import EVENTS
-    from exitlat.verify.tracepipe import TracePipe
+    from exitlat.verify.trace.backends import (HistBackend, StreamBackend, TraceTarget,
+                                               choose_backend)
+    from exitlat.verify.trace.tracefs import EVENTS
+    from exitlat.verify.trace.tracepipe import TracePipe
 
     root, inst = tmp_path / "tracing", tmp_path / "tracing" / "instances" / "x"
     fields = {"kvm_exit": ["exit_reason", "isa"], "kvm_userspace_exit": ["reason"], "kvm_pio": ["rw", "port"],

@@ -13,8 +13,10 @@ import pytest
 
 from exitlat.errors import ExitlatError
 from exitlat.host.facts import cpu_info
-from exitlat.verify.kvmtrace import (FASTPATH_SYMBOLS, ExitCounter, fastpath_symbols, find_tracefs,
-                              kprobes_available, probe_group, tracing_available)
+from exitlat.verify.trace.kprobes import (FASTPATH_SYMBOLS, fastpath_symbols, kprobes_available,
+                                          probe_group)
+from exitlat.verify.trace.kvmtrace import ExitCounter
+from exitlat.verify.trace.tracefs import find_tracefs, tracing_available
 from microvm import MicroVM, kvm_usable, run_microvm_phases
 from exitlat.verify.rules import exit_vendor
 from exitlat.verify.timed import verify_timed_window
@@ -128,7 +130,7 @@ def test_lost_events_are_reported_not_hidden():
     with ExitCounter([tid], backend="stream", buffer_kb=8) as tr:
         with MicroVM() as vm:
             a = tr.snapshot()
-            with tr._cond:                    # the reader blocks on this lock: the buffer overruns
+            with tr._pipe.cond:                    # the reader blocks on this lock: the buffer overruns
                 res = vm.run_phase("out", 20000, PORT)
                 time.sleep(0.05)
             w = tr.snapshot() - a

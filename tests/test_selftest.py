@@ -28,7 +28,9 @@ import pytest
 import yaml
 
 from exitlat.errors import ExitlatError
-from exitlat.verify.kvmtrace import ExitCounts, parse_hist, parse_trace_text
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.trace.histparse import parse_hist
+from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.paths import REPO_ROOT
 from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.progress import Progress
@@ -443,7 +445,7 @@ def test_merge_counts_adds_whatever_fields_exist():
 # --- real trace text captured inside L1 -------------------------------------------------------------------
 # Made by `invoke selftest --runs cpuid-hist --capture DIR` (exitlat/selftest/capture.py); each file
 # starts with '#' lines saying where and how. The .expect.json files were counted by capture.py's
-# own counter, not by exitlat.verify.kvmtrace.
+# own counter, not by exitlat.verify.trace.kvmtrace.
 
 CAPTURED = "captured-svm-6.12"
 
@@ -483,7 +485,7 @@ def test_captured_qemu_window_parses_to_what_was_counted():
 
 
 def _hist_totals(prefix: str) -> dict:
-    from exitlat.verify.kvmtrace import decode_exit_reason
+    from exitlat.verify.trace.exitreasons import decode_exit_reason
 
     out = {"exits": {}, "userspace": 0, "pio": 0, "cpuid": 0, "hypercall": 0, "msr": 0}
     for ev in ("kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_msr", "kvm_cpuid", "kvm_hypercall"):

@@ -6,7 +6,8 @@ import json
 import pytest
 
 from exitlat.errors import ExitlatError
-from exitlat.verify.kvmtrace import ExitCounts, parse_trace_text
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.verify.rules import (AGREE_TOLERANCE, STATS_STRAY_EVENTS, STRAY_EVENTS, ZERO_TOLERANCE,
                                   exit_vendor, expected_reasons)
 from exitlat.verify.timed import verify_baseline, verify_timed_window

@@ -15,7 +15,7 @@ from exitlat import __version__
 from .bundledoc import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
 from .stats import summarize
-from exitlat.verify.verdicts import VerdictContext, baseline_verdict, combine, timed_verdict, traced_verdict
+from exitlat.verify.verdicts import baseline_verdict, combine, timed_verdict, traced_verdict
 from exitlat.run.windows import traced_key
 
 # The timer-only baseline that runs in the same mode as each case's timed window.

@@ -39,7 +39,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
             raise ExitlatError(msg + " and --require-isolation was given")
         progress.say(f"warning: {msg}")
     if plan.verifying:
-        from exitlat.verify.kvmtrace import tracing_available
+        from exitlat.verify.trace.tracefs import tracing_available
 
         ok, why = tracing_available()
         if not ok:

@@ -30,7 +30,7 @@ class VmResult:
     timed: dict = field(default_factory=dict)      # key -> windows.TimedWindow (cases and baselines)
     finished: dict = field(default_factory=dict)   # the guest's last event (write figures)
     tsc_backwards: dict = field(default_factory=dict)  # key -> samples whose TSC went backwards
-    timelines: dict = field(default_factory=dict)  # case key -> kvmtrace.PairedExits, or why none
+    timelines: dict = field(default_factory=dict)  # case key -> trace.timeline.PairedExits, or why none
 
 
 def git_commit() -> str | None:

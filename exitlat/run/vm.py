@@ -26,7 +26,7 @@ def trace_buffer_kb(iterations_total: int, timeline: bool = False) -> int:
     """The measured core's trace buffer (streaming backend, and the hist backend's timeline): a
     whole case's events, so the reader never has to keep up with the exit rate; at least 32 MiB,
     at most 2 GiB or a quarter of the available memory."""
-    from exitlat.verify.kvmtrace import DEFAULT_BUFFER_KB
+    from exitlat.verify.trace.tracepipe import DEFAULT_BUFFER_KB
 
     per = EVENT_BYTES_PER_ITERATION + (TIMELINE_BYTES_PER_ITERATION if timeline else 0)
     want = iterations_total * per // 1024
@@ -166,7 +166,8 @@ class VmRun:
         """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
         triggers, fastpath kprobes) that exists only while this window runs, with the TSC as its
         trace clock and the timeline that pairs each exit with its re-entry (exitlat.verify.decompose)."""
-        from exitlat.verify.kvmtrace import ExitCounter, fastpath_symbols
+        from exitlat.verify.trace.kprobes import fastpath_symbols
+        from exitlat.verify.trace.kvmtrace import ExitCounter
         from .windows import TracedWindow
 
         w = self.result.windows[case_of(key)] = TracedWindow()

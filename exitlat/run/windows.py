@@ -6,7 +6,7 @@
   after the window, so a kvm tracepoint that someone else left enabled is caught, not silently
   measured.
 * The **traced window** runs the same guest code again, with its own iterations, while the host
-  counts every exit of the vCPU thread (exitlat.verify.kvmtrace). Its samples give the tracing overhead
+  counts every exit of the vCPU thread (exitlat.verify.trace.kvmtrace). Its samples give the tracing overhead
   (traced median vs. timed median), never the case's statistics.
 """
 
@@ -34,7 +34,7 @@ def tracing_state(tracefs: Path | None = None) -> list[str] | None:
     """Every kvm tracepoint, kvm hist trigger and kprobe event enabled right now, in the top-level
     trace buffer or any instance ("instances/x: kvm/kvm_exit"); [] when none; None when tracefs
     cannot be read (then nobody can say the window was free of tracing)."""
-    from exitlat.verify.kvmtrace import find_tracefs
+    from exitlat.verify.trace.tracefs import find_tracefs
 
     root = Path(tracefs) if tracefs else find_tracefs(mount=False)
     if root is None or not (root / "events").is_dir():
@@ -96,7 +96,7 @@ class TimedWindow:
 @dataclass
 class TracedWindow:
     """One traced (verification) window: the exit counts and KVM stats of the same iterations."""
-    counts: object = None                 # exitlat.verify.kvmtrace.ExitCounts
+    counts: object = None                 # exitlat.verify.trace.counts.ExitCounts
     kvm_stats: dict | None = None
     backend: str | None = None
     kprobes: list = field(default_factory=list)

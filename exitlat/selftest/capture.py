@@ -2,7 +2,7 @@
 
 Inside L1 (`Capture`): two private tracefs instances around one short bench run. One streams the
 text of every kvm event (trace_pipe, drained by a thread into a file), the other has one hist
-trigger per event (the same keys as exitlat.verify.kvmtrace's hist backend). Both are set up before QEMU
+trigger per event (the same keys as exitlat.verify.trace.kvmtrace's hist backend). Both are set up before QEMU
 starts and stopped after it exited, so they saw exactly the same events: the hist counts must equal
 the counts of the text, line for line.
 
@@ -10,7 +10,7 @@ On the host (`write_fixtures`): the full text (xz, with a header), the hist file
 timed window the lines the vCPU produced strictly inside it, found from the guest's own console
 output, which the trace carries byte by byte (kvm_pio writes to 0x3f8): the lines between the
 newline that ends the guest's `ready` marker and the first byte of its `done` marker. Each excerpt
-comes with an .expect.json counted here by a small counter of its own (not exitlat.verify.kvmtrace),
+comes with an .expect.json counted here by a small counter of its own (not exitlat.verify.trace.kvmtrace),
 which the tests compare with what the parser finds.
 """
 
@@ -134,7 +134,7 @@ def _exit_name(printed: str) -> str:
 
 def count_lines(lines: list[str]) -> dict:
     """Counts of kvm events in trace_pipe lines, in ExitCounts.to_dict()'s shape (exits,
-    userspace, pio, handled), by a counter independent of exitlat.verify.kvmtrace."""
+    userspace, pio, handled), by a counter independent of exitlat.verify.trace.kvmtrace."""
     exits, user, pio, handled = Counter(), Counter(), Counter(), Counter()
     for line in lines:
         if not line.strip() or line.startswith("#"):

@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exitlat.errors import ExitlatError
-from exitlat.verify.kvmtrace import ExitCounts, parse_trace_text
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.verify.traced import verify_case
 
 # One trace_pipe line cut off in the middle of its event name, as a torn read would leave it.

@@ -95,7 +95,7 @@ def l1_facts() -> dict:
         for p in sorted(pdir.iterdir()):
             params[p.name] = _read(str(p))
     try:
-        from exitlat.verify.kvmtrace import tracing_available
+        from exitlat.verify.trace.tracefs import tracing_available
 
         tracing = tracing_available()
     except Exception as err:  # reported, never fatal here

@@ -1,7 +1,7 @@
 """Where the cycles of one exit go: the traced window's guest-side round trip split into KVM's time,
 QEMU's time and the rest (the hardware VM exit and VM entry, plus what tracing adds).
 
-The host side comes from exitlat.verify.kvmtrace's timeline (ExitCounter(timeline=True)): in the traced
+The host side comes from exitlat.verify.trace.kvmtrace's timeline (ExitCounter(timeline=True)): in the traced
 window the instance's trace clock is the TSC (x86-tsc) and every kvm_exit of the vCPU thread is
 paired with its kvm_entry; a trip to QEMU in between is timed from the return of KVM_RUN
 (syscalls:sys_exit_ioctl) to its next call (sys_enter_ioctl with cmd KVM_RUN). Per exit, in host
@@ -118,7 +118,7 @@ def _pairing_problem(paired) -> str | None:
 
 def _select(paired, reasons, port) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
     """The exits of the case: (label, host, qemu, user, n paired), merged over kinds."""
-    from .kvmtrace import exit_kind
+    from .trace.timeline import exit_kind
 
     if port is not None:
         wanted = [exit_kind(r, (port, "out")) for r in reasons]
@@ -140,7 +140,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
               emulated: str | None = None, unavailable: str | None = None) -> dict:
     """One case's decomposition (module docstring).
 
-    paired:        kvmtrace.PairedExits of the traced window, or None (then `unavailable` says why).
+    paired:        exitlat.verify.trace.timeline.PairedExits of the traced window, or None (then `unavailable` says why).
     guest_samples: the traced window's valid guest samples (cycles).
     instruction, expected_path, vendor, port: the case (port only for outb).
     host_tsc_hz, guest_tsc_khz: the host's TSC rate (bundle host.tsc.hz) and the guest's

@@ -7,7 +7,7 @@ STATUS_UNVERIFIED; the caller adds "skipped"/"not_applicable"). What a check can
 or prove is "failed" or "unverified", never "passed".
 
 `verify_case(window, iterations_total, expected_path, instruction, port, vendor, kvm_stats=None)`
-judges a *traced* window: an `exitlat.verify.kvmtrace.ExitCounts` (the difference of two snapshots around
+judges a *traced* window: an `exitlat.verify.trace.counts.ExitCounts` (the difference of two snapshots around
 the loop) against what `iterations_total` iterations (warm-up included) must produce:
 
 * a KVM-handled case ("kvm", "kvm_fastpath"): ≈1 exit of the expected reason per iteration
@@ -18,7 +18,7 @@ the loop) against what `iterations_total` iterations (warm-up included) must pro
 * any lost trace event, and any trace line or hist entry that did not parse
   (`ExitCounts.unparsed`), fails the window: the counts would not be complete;
 * "kvm_fastpath" (WRMSR IA32_TSC_DEADLINE) must also be *proven* to take KVM's irq-off fastpath:
-  the return probe on the fastpath handler (kvmtrace.FASTPATH_SYMBOLS) must report ≈1 call per
+  the return probe on the fastpath handler (exitlat.verify.trace.kprobes.FASTPATH_SYMBOLS) must report ≈1 call per
   iteration that returned something other than EXIT_FASTPATH_NONE; ≈0 such returns fails ("took
   the full handler, not the fastpath"). Where no handler could be probed (no kprobe events,
   symbol absent), a window that passes everything else is "unverified" with the detail

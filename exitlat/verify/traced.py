@@ -1,4 +1,4 @@
-"""The check of a traced window: the host's exit counts (exitlat.verify.kvmtrace) against what the
+"""The check of a traced window: the host's exit counts (exitlat.verify.trace.kvmtrace) against what the
 case's iterations must produce, agreeing with KVM's stats (rules and tolerances:
 exitlat.verify.rules)."""
 
@@ -7,7 +7,9 @@ from __future__ import annotations
 from exitlat.errors import ExitlatError
 from exitlat.instructions import KVM_PATHS
 
-from .kvmtrace import DECODABLE_EXIT_NAMES, FASTPATH_SYMBOLS, HANDLED_SUFFIX, ExitCounts
+from .trace.counts import HANDLED_SUFFIX, ExitCounts
+from .trace.exitreasons import DECODABLE_EXIT_NAMES
+from .trace.kprobes import FASTPATH_SYMBOLS
 from .rules import (AGREE_TOLERANCE, HANDLER, ONE_TOLERANCE, STATS_STRAY_EVENTS, STATUS_FAILED,
                     STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS, ZERO_TOLERANCE, bounds,
                     check_n, check_path, check_stats, emulation_detail, expected_reasons,

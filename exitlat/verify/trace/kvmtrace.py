@@ -15,7 +15,7 @@
 Two backends behind one interface, both in a private tracefs instance ``instances/exitlat-<pid>-<n>``
 (the global buffer's settings are never touched; the instance is removed by `stop()`, also on
 errors and Ctrl-C). ExitCounter chooses the backend, owns the instance, the probes and the
-timeline, and leaves the counting to the backend. The rest lives beside it, in exitlat/verify/:
+timeline, and leaves the counting to the backend. The rest lives beside it, in exitlat/verify/trace/:
 
   backends.py     hist triggers or streaming trace_pipe: how each backend counts
   tracepipe.py    the trace_pipe reader thread, its sync markers and loss counters
@@ -42,36 +42,14 @@ from exitlat.errors import ExitlatError
 
 from . import kprobes as _kprobes       # KALLSYMS looked up when used: tests point it elsewhere
 from .backends import BACKENDS, Backend, TraceTarget, choose_backend
-from .counts import HANDLED_SUFFIX, MAX_UNPARSED_LINES, ExitCounts
-from .counts import CountAccumulator as _Acc  # noqa: F401  (tests/test_decompose.py imports _Acc)
-from .exitreasons import (DECODABLE_EXIT_NAMES, SVM_EXIT_REASONS, SVM_PRINT_NAMES, decode_exit_reason,
-                          decode_userspace_reason)
-from .histparse import parse_hist
+from .counts import ExitCounts
 from .instances import create_instance, remove_stale_instances, teardown_instance
-from .kprobes import (FASTPATH_SYMBOLS, SYMBOL_NAME, acquire_probe, fastpath_symbols, kernel_symbols,
-                      kprobes_available, probe_group, release_probe)
+from .kprobes import FASTPATH_SYMBOLS, SYMBOL_NAME, acquire_probe, kernel_symbols, kprobes_available, release_probe
 from .timeline import (DEFAULT_MAX_KEPT, KVM_RUN_IOCTL, TIMELINE_KVM_EVENTS, TIMELINE_SYSCALL_EVENTS,
-                       TSC_CLOCK, PairedExits, Timeline, exit_kind)
-from .traceparse import parse_trace_line, parse_trace_text
-from .tracefs import (EVENTS, find_tracefs, has_hist_triggers, set_trace_clock, trace_clocks,
-                      tracing_available, write_control)
+                       TSC_CLOCK, PairedExits, Timeline)
+from .tracefs import (EVENTS, find_tracefs, has_hist_triggers, set_trace_clock, tracing_available,
+                      write_control)
 from .tracepipe import DEFAULT_BUFFER_KB, SYNC_TIMEOUT_S, TracePipe, pause_and_size_buffers
-
-# Re-exports, for now: other modules and tests import these names from here. Each is defined in
-# the module named; new code imports it from there. (Also _Acc = counts.CountAccumulator.)
-__all__ = [
-    "ExitCounter",
-    "DECODABLE_EXIT_NAMES", "SVM_EXIT_REASONS", "SVM_PRINT_NAMES",          # exitreasons.py
-    "decode_exit_reason", "decode_userspace_reason",
-    "HANDLED_SUFFIX", "MAX_UNPARSED_LINES", "ExitCounts",                    # counts.py
-    "parse_trace_line", "parse_trace_text",                                  # traceparse.py
-    "parse_hist",                                                            # histparse.py
-    "KVM_RUN_IOCTL", "TSC_CLOCK", "Timeline", "PairedExits", "exit_kind",    # timeline.py
-    "find_tracefs", "tracing_available", "trace_clocks", "set_trace_clock",  # tracefs.py
-    "remove_stale_instances",                                                # instances.py
-    "FASTPATH_SYMBOLS", "fastpath_symbols", "kprobes_available", "probe_group",  # kprobes.py
-    "DEFAULT_BUFFER_KB",                                                     # tracepipe.py
-]
 
 _instances: "weakref.WeakSet[ExitCounter]" = weakref.WeakSet()
 
@@ -153,15 +131,6 @@ class ExitCounter:
     @backend.setter
     def backend(self, name: str) -> None:
         self._backend = BACKENDS[name]() if name else None
-
-    # The reader's lock and stop flag (tests hold the lock to stall the reader).
-    @property
-    def _cond(self):
-        return self._pipe.cond
-
-    @property
-    def _stop(self):
-        return self._pipe.stopping
 
     # -- lifecycle -------------------------------------------------------------------------
     def __enter__(self) -> "ExitCounter":
@@ -334,9 +303,6 @@ class ExitCounter:
         assert self.instance is not None
         self._enable_timeline_events(skip=skip)
         self._pipe.start(self.instance)
-
-    # The name tests/test_decompose.py starts a hist counter's timeline reader by.
-    _start_timeline_reader = _start_streaming
 
     def timeline(self, timeout: float = SYNC_TIMEOUT_S) -> PairedExits:
         """The pairing so far, including every event the traced threads produced before the
