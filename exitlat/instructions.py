@@ -29,6 +29,8 @@ class Instruction:
     kvm_stat: str               # KVM binary stat that counts one per iteration
     msr: int | None = None      # the MSR it reads or writes
     why_not: str = ""           # why the cases it is not allowed in cannot measure it
+    fastpath: tuple[str, ...] = ()  # KVM's irq-off fastpath handlers of it, per kernel version
+    #                                 (return-probed to prove the fastpath: verify/trace/kprobes.py)
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -53,7 +55,9 @@ TABLE = {i.name: i for i in (
     Instruction("wrmsr_tsc_deadline", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
                 TSC_DEADLINE_MSR,
                 "WRMSR to IA32_TSC_DEADLINE needs CPL 0 and the guest's timer saved and restored "
-                "around it, which only the kernel loop (case 5) does"),
+                "around it, which only the kernel loop (case 5) does",
+                fastpath=("handle_fastpath_set_msr_irqoff",     # 6.1 - 6.12
+                          "handle_fastpath_wrmsr")),            # 6.18
     Instruction("wrmsr", (), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits"),
     Instruction("outb", (2, 4, 6), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None, "io_exits"),
 )}

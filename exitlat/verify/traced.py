@@ -5,15 +5,14 @@ exitlat.verify.rules)."""
 from __future__ import annotations
 
 from exitlat.errors import ExitlatError
-from exitlat.instructions import KVM_PATHS
+from exitlat.instructions import KVM_PATHS, TABLE
 
-from .trace.counts import HANDLED_SUFFIX, ExitCounts
-from .trace.exitreasons import DECODABLE_EXIT_NAMES
-from .trace.kprobes import FASTPATH_SYMBOLS
 from .rules import (AGREE_TOLERANCE, HANDLER, ONE_TOLERANCE, STATS_STRAY_EVENTS, STATUS_FAILED,
                     STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS, ZERO_TOLERANCE, bounds,
                     check_n, check_path, check_stats, emulation_detail, expected_reasons,
                     per_iteration)
+from .trace.counts import HANDLED_SUFFIX, ExitCounts
+from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 
 def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, instruction: str,
@@ -122,7 +121,8 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
 
     tier_unverified = ""
     if expected_path == "kvm_fastpath":
-        tier_unverified = _fastpath_tier(window, n, lo, hi, result, problems, notes)
+        tier_unverified = _fastpath_tier(window, TABLE[instruction].fastpath, n, lo, hi, result,
+                                         problems, notes)
     unproven: list[str] = []
     if kvm_stats is not None:
         _stats_agree(window, kvm_stats, n, decodable, result, problems, notes, unproven)
@@ -144,10 +144,10 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     return result
 
 
-def _fastpath_tier(window: ExitCounts, n: int, lo: float, hi: float, result: dict,
-                   problems: list, notes: list) -> str:
+def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: float, hi: float,
+                   result: dict, problems: list, notes: list) -> str:
     """The irq-off fastpath check; returns why the tier is unverified ('' when it was checked)."""
-    syms = [s for s in FASTPATH_SYMBOLS if s in window.probed]
+    syms = [s for s in symbols if s in window.probed]
     if not syms:
         why = window.probe_note or "no fastpath handler was probed"
         result["fastpath"] = {"unverified": why}

@@ -13,9 +13,12 @@ import re
 import threading
 from pathlib import Path
 
+from exitlat.instructions import TABLE
+
 from .tracefs import disable_event_dir, find_tracefs
 
-# KVM's irq-off fastpath for WRMSR (IA32_TSC_DEADLINE, x2APIC ICR), per kernel version. Read in
+# KVM's irq-off fastpath for WRMSR (IA32_TSC_DEADLINE, x2APIC ICR), per kernel version (the
+# symbols are the `fastpath` column of exitlat/instructions.py). Read in
 # the sources of Debian's linux 6.1.192 and 6.12.95 (arch/x86/kvm/x86.c, vmx/vmx.c, svm/svm.c) and
 # in /proc/kallsyms of a 6.18.44 host:
 #
@@ -37,7 +40,7 @@ from .tracefs import disable_event_dir, find_tracefs
 # call alone does not prove the fastpath (the function is entered for every MSR write and returns
 # EXIT_FASTPATH_NONE when it falls back). enum exit_fastpath_completion: NONE = 0,
 # REENTER_GUEST = 1, EXIT_HANDLED = 2, EXIT_USERSPACE = 3 (arch/x86/include/asm/kvm_host.h).
-FASTPATH_SYMBOLS = ("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr")
+FASTPATH_SYMBOLS = tuple(dict.fromkeys(s for i in TABLE.values() for s in i.fastpath))
 KALLSYMS = Path("/proc/kallsyms")
 PROBE_GROUP_PREFIX = "exitlat_"
 
