@@ -28,6 +28,7 @@ import pytest
 import yaml
 
 from exitlat.errors import ExitlatError
+from exitlat.verify.rules import AGREE_TOLERANCE, STATS_STRAY_EVENTS
 from exitlat.verify.trace.counts import ExitCounts
 from exitlat.verify.trace.histparse import parse_hist
 from exitlat.verify.trace.traceparse import parse_trace_text
@@ -607,10 +608,14 @@ def test_selftest_end_to_end(tmp_path):
             tw, vw = e["timed_window"], e["verification_window"]
             assert tw["tracing"] == "off" and tw["tracing_enabled"] == [], (path, e["key"], tw)
             assert tw["verdict"]["status"] == "passed", (path, e["key"], tw["verdict"])
-            # KVM's own counters of the timed window agree with the traced window's exit counts
+            # KVM's own counters of the timed window agree with the traced window's exit counts,
+            # within the verifier's stats-vs-trace allowance: stray timer and console exits grow
+            # with a window's duration, and the traced window is the slower one (under nested TCG
+            # ~0.1 exit per iteration more); a wrong path differs by a whole exit per iteration
             n_timed = e["iterations"] + e["warmup"]
             traced_exits = sum(vw["counts"]["exits"].values()) / vw["iterations"]
-            assert abs(tw["kvm_stats"]["exits"] / n_timed - traced_exits) < 0.1, (e["key"], tw, vw)
+            allowed = AGREE_TOLERANCE * n_timed + STATS_STRAY_EVENTS
+            assert abs(tw["kvm_stats"]["exits"] - traced_exits * n_timed) <= allowed, (e["key"], tw, vw)
             agree = vw["verdict"]["stats_agreement"]
             assert agree and all(a["ok"] for a in agree.values()), (e["key"], agree)
             assert e["tracing_overhead_cycles"] is not None and vw["samples_file"]
