@@ -140,7 +140,7 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
           no_baselines=False, tracing="auto", verify_iterations=None, build=None):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
-    from exitlat.run.cli import bench_main
+    from exitlat.bench import bench_main
 
     output, build = _path(output, "--output", "outdir"), _path(build, "--build", "dir")
 

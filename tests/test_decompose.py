@@ -1,4 +1,4 @@
-"""The decomposition of each exit's round trip (exitlat/verify/decompose.py) and the timestamped pairing
+"""The decomposition of each exit's round trip (exitlat/results/decompose.py) and the timestamped pairing
 behind it (exitlat/verify/kvmtrace.py: Timeline, ExitCounter(timeline=True)).
 
 Most tests run on trace text: tests/fixtures/trace/decompose-*.trace, hand-written from the
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exitlat.verify.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
+from exitlat.results.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
                                dist, of_case)
 from exitlat.verify.trace.counts import CountAccumulator as _Acc
 from exitlat.verify.trace.kvmtrace import ExitCounter

@@ -143,9 +143,9 @@ class DocumentBuilder:
                                        base["stats"] if base else None)}
 
     def _decomposition(self, spec, res, traced_arr, overhead, base) -> dict:
-        """Where the traced window's round trip goes (exitlat.verify.decompose); "not decomposed" with
+        """Where the traced window's round trip goes (exitlat.results.decompose); "not decomposed" with
         the reason whenever the pairing cannot be trusted."""
-        from exitlat.verify.decompose import decompose
+        from exitlat.results.decompose import decompose
 
         tl = getattr(res, "timelines", {}).get(spec.key)
         why = None

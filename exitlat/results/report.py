@@ -119,7 +119,7 @@ DECOMP_HEADERS = ["case", "exits", "guest (traced)", "KVM", "of it KVM_RUN", "QE
 def decomposition_rows(doc: dict) -> tuple[list[list], list[str]]:
     """Where the cycles go, per case with a decomposition (traced-window medians, cycles), and
     one line per case that was not decomposed, with the reason."""
-    from exitlat.verify.decompose import of_case
+    from exitlat.results.decompose import of_case
 
     rows, notes = [], []
     for e in doc["cases"]:

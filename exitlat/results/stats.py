@@ -64,7 +64,7 @@ def _exact_sum_of_squares(d: np.ndarray) -> int:
     return total
 
 
-def _percentile(s: np.ndarray, q: float) -> float:
+def percentile(s: np.ndarray, q: float) -> float:
     """numpy's 'linear' percentile of sorted uint64 data, interpolating on the integer gap."""
     n = len(s)
     pos = (n - 1) * q / 100.0
@@ -120,11 +120,11 @@ def _mad(d: np.ndarray):
         dd = d * np.uint64(2)
         c = np.uint64(m + int(d[n // 2]))             # 2 * median
         dev = np.where(dd >= c, dd - c, c - dd)
-        v = _percentile(np.sort(dev), 50)
+        v = percentile(np.sort(dev), 50)
         return v / 2
     c = np.uint64(m)
     dev = np.sort(np.where(d >= c, d - c, c - d))
-    return _percentile(dev, 50)
+    return percentile(dev, 50)
 
 
 def _to_ns(value, tsc_hz: float):
@@ -155,7 +155,7 @@ def summarize(samples: np.ndarray, tsc_hz: float | None, seed: int = 0) -> dict:
     total_off = _exact_sum(d)
     out: dict = {"n": n, "min": mn}
     for key, q in PERCENTILES:
-        out[key] = _percentile(s, q)
+        out[key] = percentile(s, q)
     out["max"] = mx
     out["mean"] = (mn * n + total_off) / n        # int / int: correctly rounded
     if n > 1:

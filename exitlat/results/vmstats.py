@@ -30,11 +30,12 @@ import math
 
 import numpy as np
 
+from exitlat.run.plan import RECOMMENDED_REPEAT
+
 from .stats import summarize
 
 CI_METHOD = ("median of per-VM medians; 95% CI: headline ± t(R−1)·c_R·s/√R over the R VM runs "
              "(s: sd of the per-VM medians)")
-RECOMMENDED_REPEAT = 5          # default --repeat for KVM runs (docs/statistics.md)
 DEFAULT_MIN_EFFECT = 0.01       # compare's '*' needs |ratio − 1| above this (1%)
 SPREAD_WARN_KVM = 0.01          # relative spread of VM medians above this: host noise (KVM)
 SPREAD_WARN_EMULATED = 0.10     # the same for TCG / emulated hosts (their timings are not exits)

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from exitlat.cases import CaseSpec, case_specs, tsc_deadline_fastpath
 from exitlat.errors import ExitlatError
-from exitlat.results.vmstats import RECOMMENDED_REPEAT
 from exitlat.verify.verdicts import VerdictContext
 
 from .guestio import GuestPlan
@@ -21,11 +20,12 @@ from .guestio import GuestPlan
 DEBUGCONS = ("auto", "file", "null")
 TRACING_BACKENDS = ("auto", "hist", "stream")
 DEFAULT_VERIFY_ITERATIONS = 10_000
+RECOMMENDED_REPEAT = 5        # VM runs when --repeat is auto under KVM (docs/statistics.md)
 
 
 @dataclass
 class BenchOptions:
-    """The options of `invoke bench`, as given (exitlat.run.cli parses the strings)."""
+    """The options of `invoke bench`, as given (exitlat.bench.bench_main parses the strings)."""
     cases: list[int]
     iterations: int = 10000
     warmup: int = 1000

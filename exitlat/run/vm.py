@@ -165,7 +165,7 @@ class VmRun:
     def _open_traced(self, key: str) -> None:
         """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
         triggers, fastpath kprobes) that exists only while this window runs, with the TSC as its
-        trace clock and the timeline that pairs each exit with its re-entry (exitlat.verify.decompose)."""
+        trace clock and the timeline that pairs each exit with its re-entry (exitlat.results.decompose)."""
         from exitlat.verify.trace.kprobes import fastpath_symbols
         from exitlat.verify.trace.kvmtrace import ExitCounter
         from .windows import TracedWindow

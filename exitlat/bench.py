@@ -1,20 +1,22 @@
-"""`invoke bench`: plan the run, boot a fresh VM per repeat (exitlat.run.vm), in each time every case
-in a window nothing traces and prove its path in a traced window of its own, then write one result
-bundle. Nothing earlier is ever overwritten; a failed or interrupted run still leaves a bundle
-marked incomplete with everything collected so far."""
+"""`invoke bench`, above the packages it ties together: parse the options, plan the run
+(exitlat.run.plan), boot a fresh VM per repeat (exitlat.run.vm) that times every case in a window
+nothing traces and proves its path in a traced window of its own, assemble the document
+(exitlat.results.document) and write one bundle. Nothing earlier is ever overwritten; a failed or
+interrupted run still leaves a bundle marked incomplete with everything collected so far."""
 
 import json
+import sys
 import tempfile
 from pathlib import Path
 
-from exitlat.errors import ExitlatError
+from exitlat.errors import CheckFailed, ExitlatError
 from exitlat.paths import results_root
 from exitlat.progress import Progress
 
-from .placement import choose_accel, ensure_build, resolve_cores
-from .plan import BenchOptions, RunPlan, make_plan
-from .runrecord import VmResult
-from .vm import VmRun
+from .run.placement import choose_accel, ensure_build, resolve_cores
+from .run.plan import BenchOptions, RunPlan, make_plan, parse_int
+from .run.runrecord import VmResult
+from .run.vm import VmRun
 
 
 def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
@@ -105,3 +107,39 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
     for name, data in files.items():
         (folder / name).write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
     return folder
+
+
+def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
+               no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
+               verify_iterations=None, build=None) -> int:
+    from exitlat.cases import parse_cases
+    from exitlat.results.bundle import load_bundle
+
+    opts = BenchOptions(
+        cases=parse_cases(case),
+        iterations=parse_int(iterations, "--iterations", 1, 50_000_000),
+        warmup=parse_int(warmup, "--warmup", 0, 10_000_000),
+        instr=instr, port=parse_int(port, "--port", 0, 0xFFFF), timer=timer,
+        core=None if core is None else parse_int(core, "--core", 0, 4095),
+        accel=accel, repeat=None if str(repeat) == "auto" else parse_int(repeat, "--repeat", 1, 100),
+        label=label,
+        output=Path(output) if output else None, container=not no_container,
+        verify=not no_verify, require_isolation=require_isolation, debugcon=debugcon,
+        baselines=not no_baselines, tracing=tracing,
+        verify_iterations=None if verify_iterations is None else parse_int(
+            verify_iterations, "--verify-iterations", 1, 50_000_000),
+        build=Path(build) if build else None)
+    path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None)
+    bundle = load_bundle(path)
+    try:
+        from exitlat.results.report import render_report
+        print(render_report(bundle))
+    except ImportError:
+        pass
+    doc = bundle.doc
+    if doc["status"]["state"] != "complete":
+        raise ExitlatError(f"run incomplete: {doc['status']['reason']} (bundle kept: {path})")
+    failed = [c["key"] for c in doc["cases"] if c["verification"]["status"] == "failed"]
+    if failed and opts.verify:
+        raise CheckFailed(f"path verification failed for {', '.join(failed)} (bundle: {path})")
+    return 0

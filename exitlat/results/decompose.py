@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from exitlat.results.stats import _percentile, as_cycles
-from .rules import ONE_TOLERANCE, STRAY_EVENTS, ZERO_TOLERANCE, expected_reasons
+from exitlat.verify.rules import ONE_TOLERANCE, STRAY_EVENTS, ZERO_TOLERANCE, expected_reasons
+
+from .stats import percentile, as_cycles
 
 STATUS_OK = "ok"
 STATUS_NOT = "not decomposed"
@@ -61,7 +62,7 @@ def dist(values) -> dict | None:
     a = np.sort(as_cycles(np.asarray(values, dtype=np.int64)))
     if a.size == 0:
         return None
-    return {"median": _percentile(a, 50), "p99": _percentile(a, 99), "n": int(a.size)}
+    return {"median": percentile(a, 50), "p99": percentile(a, 99), "n": int(a.size)}
 
 
 def _empty(clock=None) -> dict:
@@ -118,7 +119,7 @@ def _pairing_problem(paired) -> str | None:
 
 def _select(paired, reasons, port) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
     """The exits of the case: (label, host, qemu, user, n paired), merged over kinds."""
-    from .trace.timeline import exit_kind
+    from exitlat.verify.trace.timeline import exit_kind
 
     if port is not None:
         wanted = [exit_kind(r, (port, "out")) for r in reasons]
