@@ -6,29 +6,12 @@ Paths that no user may write even as root are used for "unwritable" (/proc, wher
 made), so the tests mean the same thing with and without root."""
 
 import os
-import subprocess
-import sys
 
 import pytest
 
 from bundle_fixtures import make_bundle
+from cli_support import invoke, one_line_error
 from exitlat.paths import REPO_ROOT
-
-
-def invoke(*args, env=None, timeout=120):
-    return subprocess.run([sys.executable, "-m", "invoke", *map(str, args)], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, **(env or {})))
-
-
-def one_line(res, *needles):
-    err = res.stderr.strip()
-    assert res.returncode != 0, (res.returncode, res.stdout, err)
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    for n in needles:
-        assert n in err, err
-    return err
 
 
 @pytest.fixture
@@ -52,22 +35,22 @@ def bundle(tmp_path_factory):
 @pytest.mark.parametrize("which, needle", [
     ("missing", "no such file"), ("dir", "is a folder"), ("under-file", "no such file")])
 def test_build_pins(paths, which, needle):
-    one_line(invoke("build", "--pins", paths[which]), "--pins", needle)
+    one_line_error(invoke("build", "--pins", paths[which]), "--pins", needle)
 
 
 def test_build_pins_unreadable():
-    one_line(invoke("build", "--pins", "/proc/self/mem"), "cannot read pins file")
+    one_line_error(invoke("build", "--pins", "/proc/self/mem"), "cannot read pins file")
 
 
 def test_build_pins_not_text(paths):
     paths["file"].write_bytes(b"\xff\xfe\x00binary")
-    one_line(invoke("build", "--pins", paths["file"]), "pins")
+    one_line_error(invoke("build", "--pins", paths["file"]), "pins")
 
 
 @pytest.mark.parametrize("which, needle", [
     ("missing", "no such folder"), ("file", "not a folder"), ("under-file", "no such folder")])
 def test_build_mirror(paths, which, needle):
-    one_line(invoke("build", "--mirror", paths[which], "--force"), "--mirror", needle)
+    one_line_error(invoke("build", "--mirror", paths[which], "--force"), "--mirror", needle)
 
 
 # --- invoke bench --output / --build ---------------------------------------------------------------
@@ -78,13 +61,13 @@ def test_build_mirror(paths, which, needle):
 def test_bench_output(paths, which, needle):
     # Refused before anything is built or started (a build would take minutes).
     res = invoke("bench", "--case", "1", "--accel", "tcg", "--output", paths[which], timeout=60)
-    one_line(res, "--output", needle)
+    one_line_error(res, "--output", needle)
 
 
 @pytest.mark.parametrize("which, needle", [
     ("missing", "no such folder"), ("file", "not a folder"), ("dir", "not a finished build folder")])
 def test_bench_build(paths, which, needle):
-    one_line(invoke("bench", "--case", "1", "--accel", "tcg", "--build", paths[which]), "--build", needle)
+    one_line_error(invoke("bench", "--case", "1", "--accel", "tcg", "--build", paths[which]), "--build", needle)
 
 
 @pytest.mark.slow
@@ -108,7 +91,7 @@ def test_output_check_leaves_nothing_behind(paths):
     """A missing --output folder is made to check it can be written, then removed again when the
     run stops for another reason."""
     new = paths["tmp"] / "new" / "results"
-    one_line(invoke("bench", "--case", "7", "--accel", "tcg", "--output", new), "1-6")
+    one_line_error(invoke("bench", "--case", "7", "--accel", "tcg", "--output", new), "1-6")
     assert not (paths["tmp"] / "new").exists()
 
 
@@ -118,19 +101,19 @@ def test_output_check_leaves_nothing_behind(paths):
 @pytest.mark.parametrize("which, needle", [
     ("dir", "is a folder"), ("proc", "cannot write there"), ("under-file", "is not a folder")])
 def test_isolate_state_file(paths, which, needle):
-    one_line(invoke("isolate", "--dry-run", "--core", "0", "--state-file", paths[which]),
+    one_line_error(invoke("isolate", "--dry-run", "--core", "0", "--state-file", paths[which]),
              "--state-file", needle)
 
 
 @pytest.mark.parametrize("which, needle", [
     ("missing", "no such file"), ("dir", "is a folder")])
 def test_isolate_revert_state_file(paths, which, needle):
-    one_line(invoke("isolate", "--revert", "--dry-run", "--state-file", paths[which]),
+    one_line_error(invoke("isolate", "--revert", "--dry-run", "--state-file", paths[which]),
              "--state-file", needle)
 
 
 def test_isolate_revert_state_file_not_json(paths):
-    one_line(invoke("isolate", "--revert", "--dry-run", "--state-file", paths["file"]),
+    one_line_error(invoke("isolate", "--revert", "--dry-run", "--state-file", paths["file"]),
              "isolate state")
 
 
@@ -139,24 +122,24 @@ def test_isolate_revert_state_file_not_json(paths):
 
 @pytest.mark.parametrize("which, needle", [("missing", "no such folder"), ("file", "not a folder")])
 def test_results_root(paths, which, needle):
-    one_line(invoke("results", "--root", paths[which]), "--root", needle)
+    one_line_error(invoke("results", "--root", paths[which]), "--root", needle)
 
 
 @pytest.mark.parametrize("task", ["report", "validate", "plot", "export"])
 @pytest.mark.parametrize("which", ["missing", "file", "dir"])
 def test_bundle_argument(paths, task, which):
-    one_line(invoke(task, paths[which]), str(paths[which]))
+    one_line_error(invoke(task, paths[which]), str(paths[which]))
 
 
 def test_compare_bad_bundle(paths, bundle):
-    one_line(invoke("compare", bundle, paths["missing"]), str(paths["missing"]))
-    one_line(invoke("compare", paths["file"], bundle), str(paths["file"]))
+    one_line_error(invoke("compare", bundle, paths["missing"]), str(paths["missing"]))
+    one_line_error(invoke("compare", paths["file"], bundle), str(paths["file"]))
 
 
 def test_bundle_json_is_a_folder(paths):
     b = paths["tmp"] / "odd"
     (b / "bundle.json").mkdir(parents=True)
-    one_line(invoke("report", b))
+    one_line_error(invoke("report", b))
 
 
 @pytest.mark.parametrize("which, needle", [
@@ -166,13 +149,13 @@ def test_export_output(paths, bundle, which, needle):
     out = paths[which] if which != "missing" else paths["missing"] / "x.tar.gz"
     if which == "proc":
         out = "/proc/exitlat-nope.tar.gz"
-    one_line(invoke("export", bundle, "--output", out), needle)
+    one_line_error(invoke("export", bundle, "--output", out), needle)
 
 
 @pytest.mark.parametrize("which, needle", [
     ("missing", "no such file"), ("dir", "is a folder"), ("file", "archive")])
 def test_import_file(paths, which, needle):
-    one_line(invoke("import", paths[which], "--output", paths["tmp"] / "r"), needle)
+    one_line_error(invoke("import", paths[which], "--output", paths["tmp"] / "r"), needle)
 
 
 @pytest.mark.parametrize("which, needle", [
@@ -180,11 +163,11 @@ def test_import_file(paths, which, needle):
 def test_import_output(paths, bundle, which, needle):
     archive = paths["tmp"] / "good.tar.gz"
     assert invoke("export", bundle, "--output", archive).returncode == 0
-    one_line(invoke("import", archive, "--output", paths[which]), "--output", needle)
+    one_line_error(invoke("import", archive, "--output", paths[which]), "--output", needle)
 
 
 @pytest.mark.parametrize("which, needle", [
     ("proc", "cannot write there"), ("file", "not a folder"), ("under-file", "cannot write there")])
 def test_plot_output(paths, bundle, which, needle):
     pytest.importorskip("matplotlib")
-    one_line(invoke("plot", bundle, "--output", paths[which]), "--output", needle)
+    one_line_error(invoke("plot", bundle, "--output", paths[which]), "--output", needle)

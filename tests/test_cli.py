@@ -5,21 +5,8 @@ import sys
 
 import pytest
 
+from cli_support import invoke, one_line_error
 from exitlat.paths import REPO_ROOT
-
-
-def invoke(*args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "invoke", *args], cwd=REPO_ROOT, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def assert_one_line_error(res, *needles):
-    assert res.returncode != 0
-    err = res.stderr.strip()
-    assert "Traceback" not in err, err
-    assert len(err.splitlines()) == 1 and err.startswith("error:"), err
-    for n in needles:
-        assert n in err, err
 
 
 def test_every_task_has_help():
@@ -36,7 +23,7 @@ def test_every_task_has_help():
 
 @pytest.mark.parametrize("bad", ["0", "7", "3-1", "a", "", "1,,2"])
 def test_bad_case_values_are_refused(bad):
-    assert_one_line_error(invoke("bench", "--case", bad, "--accel", "tcg"), "1-6")
+    one_line_error(invoke("bench", "--case", bad, "--accel", "tcg"), "1-6")
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -51,21 +38,21 @@ def test_bad_case_values_are_refused(bad):
 ])
 def test_bad_bench_options(args, needle):
     accel = [] if "--accel" in args else ["--accel", "tcg"]
-    assert_one_line_error(invoke("bench", "--case", "1", *accel, *args), needle)
+    one_line_error(invoke("bench", "--case", "1", *accel, *args), needle)
 
 
 def test_rdmsr_refused_in_user_cases():
-    assert_one_line_error(invoke("bench", "--case", "1", "--instr", "rdmsr", "--accel", "tcg"), "rdmsr")
+    one_line_error(invoke("bench", "--case", "1", "--instr", "rdmsr", "--accel", "tcg"), "rdmsr")
 
 
 def test_bad_pins_file(tmp_path):
     bad = tmp_path / "pins.yaml"
     bad.write_text("schema: 1\n")
-    assert_one_line_error(invoke("build", "--pins", str(bad)), "pins.yaml")
+    one_line_error(invoke("build", "--pins", str(bad)), "pins.yaml")
 
 
 def test_missing_mirror(tmp_path):
-    assert_one_line_error(invoke("build", "--mirror", str(tmp_path / "nope"), "--force"), "mirror")
+    one_line_error(invoke("build", "--mirror", str(tmp_path / "nope"), "--force"), "mirror")
 
 
 def test_stopped_docker_daemon_is_one_line(tmp_path):

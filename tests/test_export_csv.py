@@ -6,13 +6,12 @@ import csv
 import io
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle
+from cli_support import invoke, one_line_error
 from exitlat.results.bundle import load_bundle
 from exitlat.results.compare import compare
 from exitlat.results.csvexport import COMPARE_COLUMNS, EXPORT_COLUMNS
@@ -21,27 +20,11 @@ from exitlat.results.vmstats import case_summaries
 REPO = Path(__file__).resolve().parent.parent
 
 
-def invoke(*args, results=None, cwd=None):
-    env = dict(os.environ)
-    if results:
-        env["EXITLAT_RESULTS_DIR"] = str(results)
-    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd or REPO, timeout=300)
-
-
 def read(path_or_text) -> tuple[list[str], list[dict]]:
     text = path_or_text if isinstance(path_or_text, str) else Path(path_or_text).read_text()
     r = csv.reader(io.StringIO(text))
     header = next(r)
     return header, [dict(zip(header, row)) for row in r]
-
-
-def one_line_error(r, *needles):
-    err = r.stderr.strip()
-    assert r.returncode != 0 and "Traceback" not in err, err
-    assert len(err.splitlines()) == 1 and err.startswith("error: "), err
-    for n in needles:
-        assert n in err, err
 
 
 def _net(d):

@@ -9,13 +9,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from bundle_fixtures import make_bundle
+from cli_support import invoke
 from exitlat.results.bundle import load_bundle
 from exitlat.results.bundledoc import TCG_BANNER
 from exitlat.results.compare import compare
@@ -26,14 +26,6 @@ SHOTS = Path("/tmp/html-shots")
 CASES = ("case1 cpuid rdtscp", "case2 outb rdtscp", "case5 cpuid rdtscp")
 # a host name that would run a script (and log to the console) if the page did not escape it
 EVIL = "edge\"<img src=x onerror=\"console.error('not escaped')\">"
-
-
-def invoke(*args, results=None, cwd=None):
-    env = dict(os.environ)
-    if results:
-        env["EXITLAT_RESULTS_DIR"] = str(results)
-    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), *map(str, args)],
-                          capture_output=True, text=True, env=env, cwd=cwd or REPO, timeout=300)
 
 
 def chromium() -> str:

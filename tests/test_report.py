@@ -2,27 +2,18 @@
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from bundle_fixtures import edit_json, make_bundle
+from cli_support import invoke
 from exitlat.results.bundle import load_bundle
 from exitlat.results.bundledoc import SCHEMA_VERSION, TCG_BANNER
 from exitlat.results.compare import compare, render_compare
 from exitlat.results.report import fmt_cycles, render_report, report_json
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def invoke(*args, results=None, cwd=None):
-    env = dict(os.environ)
-    if results:
-        env["EXITLAT_RESULTS_DIR"] = str(results)
-    return subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(REPO), *args],
-                          capture_output=True, text=True, env=env, cwd=cwd or REPO, timeout=300)
 
 
 def test_report_text_and_json(tmp_path):
