@@ -559,13 +559,15 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
     c._setup_timeline()
     c._start_streaming()
     pipe = os.open(inst / "trace_pipe", os.O_WRONLY)
+    # trace_marker held open for reading the whole time (O_RDWR: a FIFO never at EOF), so that no
+    # marker is lost between a reader's close and its next open (this hung the test now and then)
+    marker = os.open(inst / "trace_marker", os.O_RDWR)
     stop = threading.Event()
 
     def kernel():                          # trace_marker -> trace_pipe, as tracefs does
         while not stop.is_set():
-            with open(inst / "trace_marker") as f:
-                for mark in f.read().split():
-                    os.write(pipe, f" <...>-1 [000] ...1. 5000: tracing_mark_write: {mark}\n".encode())
+            for mark in re.findall(r"exitlat-sync-\d+-\d+", os.read(marker, 4096).decode()):
+                os.write(pipe, f" <...>-1 [000] ...1. 5000: tracing_mark_write: {mark}\n".encode())
 
     t = threading.Thread(target=kernel, daemon=True)
     t.start()
@@ -580,11 +582,11 @@ def test_hist_backend_streams_the_timeline_beside_its_counts(tmp_path, monkeypat
     finally:
         stop.set()
         c._pipe.stopping.set()
-        with open(inst / "trace_marker", "w") as f:       # let the fake kernel thread finish
-            f.write("bye")
+        os.write(marker, b"bye")                           # let the fake kernel thread finish
         t.join(5)
         c.stop()
         os.close(pipe)
+        os.close(marker)
     assert snap.backend == "hist" and snap.exits == {"CPUID": 2} and snap.unparsed == 0
     assert p.clock == TSC_CLOCK and p.syscalls and p.missing == ()
     assert lists(p) == {"CPUID": {"n": 2, "host": [700, 720], "qemu": [0, 0], "user": [-1, -1]}}
