@@ -1,5 +1,5 @@
 """The decomposition of each exit's round trip (exitlat/results/decompose.py) and the timestamped pairing
-behind it (exitlat/verify/kvmtrace.py: Timeline, ExitCounter(timeline=True)).
+behind it (exitlat/verify/trace/timeline.py: Timeline; kvmtrace.py: ExitCounter(timeline=True)).
 
 Most tests run on trace text: tests/fixtures/trace/decompose-*.trace, hand-written from the
 kernel's TP_printk formats with x86-tsc timestamps (their headers say so; one is a capture from the
