@@ -33,7 +33,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     out_root.mkdir(parents=True, exist_ok=True)
     if accel_warning:
         progress.say(accel_warning)
-    _say_plan_notes(plan, host, progress)
+    _say_plan_notes(plan, progress)
     core, hk, isolation = resolve_cores(opts.core, progress)
     if not isolation.get("isolated"):
         msg = f"core {core} is not isolated (see `invoke doctor --core {core}`)"
@@ -67,11 +67,11 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
     return path
 
 
-def _say_plan_notes(plan: RunPlan, host: dict, progress: Progress) -> None:
-    from exitlat.cases import tsc_deadline_fastpath
+def _say_plan_notes(plan: RunPlan, progress: Progress) -> None:
+    from exitlat.instructions import PATH_KVM
 
-    o = plan.options
-    if o.instr == "wrmsr_tsc_deadline" and 5 in o.cases and not tsc_deadline_fastpath(host):
+    # the plan decided it (cases.tsc_deadline_fastpath): say so, rather than decide again
+    if any(s.instruction == "wrmsr_tsc_deadline" and s.expected_path == PATH_KVM for s in plan.specs):
         progress.say("note: KVM's fastpath cannot handle WRMSR TSC_DEADLINE on this host (no VMX "
                      "preemption timer): case 5 expects the normal in-kernel handler")
 

@@ -28,22 +28,13 @@ def results_main(root=None) -> int:
     if not root.is_dir():
         print(f"no results folder ({root})")
         return 0
-    rows, broken, others = [], [], []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or not p.is_dir():
-            continue
-        if not (p / "bundle.json").exists() and not (p / "SHA256SUMS").exists():
-            others.append(p.name + "/")      # e.g. the fleet playbook's results/fleet/
-            continue
-        try:
-            b = load_bundle(p)
-        except ExitlatError as err:
-            broken.append(f"invalid: {p.name}: {err}")
-            continue
+    bundles, broken, others = _scan_folder(root)
+    rows = []
+    for b in bundles:
         d = b.doc
         cases = ",".join(str(c) for c in sorted({e["case"] for e in d["cases"]}))
         state = d["status"]["state"] + (" (TCG)" if b.is_tcg else " (emulated host)" if b.banner else "")
-        rows.append([p.name, d["created_utc"], d["host"]["hostname"], d["host"]["cpu"].get("model_name"),
+        rows.append([b.name, d["created_utc"], d["host"]["hostname"], d["host"]["cpu"].get("model_name"),
                      d["accel"], cases or "-", state])
     if rows:
         print(tabulate(rows, headers=["bundle", "created (UTC)", "host", "CPU", "accel", "cases", "status"],
@@ -52,8 +43,8 @@ def results_main(root=None) -> int:
         print(f"no bundles in {root}")
     if any(r[4] == "tcg" for r in rows):
         print(f"(TCG) {TCG_BANNER}")
-    for line in broken:
-        print(line)
+    for name, why in broken:
+        print(f"invalid: {name}: {why}")
     if others:
         print(f"not bundles (no bundle.json): {', '.join(others)}")
     return 0
@@ -134,19 +125,31 @@ def compare_main(bundles: list[str], as_json=False, min_effect=None, html=None, 
 EXPORT_FORMATS = ("tar.gz", "csv")
 
 
+def _scan_folder(root: Path) -> tuple[list[Bundle], list[tuple[str, str]], list[str]]:
+    """The folders under root: the bundles, the broken bundles (name, why), and the folders that
+    are no bundle at all (neither bundle.json nor SHA256SUMS, e.g. the fleet's results/fleet/)."""
+    bundles, broken, others = [], [], []
+    for p in sorted(root.iterdir()):
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        if not (p / "bundle.json").exists() and not (p / "SHA256SUMS").exists():
+            others.append(p.name + "/")
+            continue
+        try:
+            bundles.append(load_bundle(p))
+        except ExitlatError as err:
+            broken.append((p.name, str(err)))
+    return bundles, broken, others
+
+
 def _scan(root: Path) -> list[Bundle]:
     """Every valid bundle under root; a broken one is skipped with a warning on stderr (one bad
     folder must not hide a fleet's results, and `invoke results` lists it as invalid too)."""
     if not root.is_dir():
         raise ExitlatError(f"no results folder {root}")
-    out = []
-    for p in sorted(root.iterdir()):
-        if p.name.startswith(".") or not p.is_dir():
-            continue
-        try:
-            out.append(load_bundle(p))
-        except ExitlatError as err:
-            print(f"warning: skipped {p.name}: {err}", file=sys.stderr)
+    out, broken, _ = _scan_folder(root)
+    for name, why in broken:
+        print(f"warning: skipped {name}: {why}", file=sys.stderr)
     if not out:
         raise ExitlatError(f"no valid bundle in {root}")
     return out

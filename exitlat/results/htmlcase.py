@@ -7,7 +7,7 @@ compare's cells and each entry's stored `stats`; nothing is recomputed."""
 from html import escape
 
 from .bundle import Bundle
-from .report import fmt_ci, fmt_cycles, fmt_overhead, verified_text
+from .report import fmt_ci, fmt_cycles, fmt_ns, fmt_overhead, verified_text
 from .svgplots import case_figure
 
 PCTS = (("p50", "median"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99_9"))
@@ -156,16 +156,12 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
                 f"<td>{num(st.get('p90'))}</td>", f"<td>{num(st.get('p99'))}</td>",
                 f"<td>{num(st.get('p99_9'))}</td>", f"<td>{num(st.get('max'))}</td>",
                 f"<td>{esc(fmt_ci(st.get('median_ci95')))}</td>",
-                f"<td>{esc(_fmt_ns(_stat(st, 'median', 'ns')))}</td>",
+                f"<td>{esc(fmt_ns(_stat(st, 'median', 'ns')))}</td>",
                 f"<td>{num(net.get('median'))}</td>",
                 f"<td>{esc(fmt_overhead(e.get('tracing_overhead_cycles')))}</td>",
                 f"<td>{esc(timed)}</td>", f"<td class=ev>{esc(evidence(e['verification']))}</td>"]) + "</tr>")
     out.append("</table></div>")
     return "\n".join(out)
-
-
-def _fmt_ns(v):
-    return None if v is None else f"{v:,.1f}"
 
 
 def case_section(i: int, row: dict, bundles: list[Bundle], cols: list[dict], colors: list[str],

@@ -56,7 +56,7 @@ class VmRun:
         self.vcpus: list[int] = []
 
     def timeouts(self) -> tuple[float, float]:
-        n = max(self.o.iterations + self.o.warmup, self.guest.verify_iterations or 0)
+        n = max(self.plan.n_timed, self.guest.verify_iterations or 0)
         slow = self.accel == "tcg"
         boot = self.o.boot_timeout or (120.0 if slow else 60.0)
         per_key = 30.0 + n * (200e-6 if slow else 50e-6)
@@ -171,7 +171,7 @@ class VmRun:
         from .windows import TracedWindow
 
         w = self.result.windows[case_of(key)] = TracedWindow()
-        if self.accel != "kvm" or not self.o.verify:
+        if not self.plan.verifying:
             return
         self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,
                                   buffer_kb=trace_buffer_kb(self.guest.verify_iterations, timeline=True),
@@ -202,7 +202,7 @@ class VmRun:
         r, ctx = self.result, self.verdict_context
         if is_traced_key(key):
             spec = self.spec_by_key.get(case_of(key))
-            if spec is None or self.accel != "kvm" or not self.o.verify:
+            if spec is None or not self.plan.verifying:
                 return ""
             v = traced_verdict(spec, r.windows[case_of(key)], self.guest.verify_iterations, ctx)
         elif key in self.spec_by_key:

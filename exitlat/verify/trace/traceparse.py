@@ -104,9 +104,10 @@ def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = N
     elif event == "kvm_pio":
         r = _PIO.match(payload)
         if r:
-            acc.pio[(int(r.group(2), 16), "out" if r.group(1) == "write" else "in")] += 1
+            port, direction = int(r.group(2), 16), "out" if r.group(1) == "write" else "in"
+            acc.pio[(port, direction)] += 1
             if tl is not None:
-                tl.pio(pid, int(r.group(2), 16), "out" if r.group(1) == "write" else "in")
+                tl.pio(pid, port, direction)
         else:
             ok = False
     elif event == "kvm_entry" and tl is not None:
