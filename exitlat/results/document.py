@@ -15,7 +15,8 @@ from exitlat import __version__
 from .bundledoc import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
 from .stats import summarize
-from exitlat.verify.verdicts import baseline_verdict, combine, timed_verdict, traced_verdict
+from exitlat.verify.verdicts import (baseline_verdict, combine, console_io_of, timed_verdict,
+                                     traced_verdict)
 from exitlat.run.windows import traced_key
 
 # The timer-only baseline that runs in the same mode as each case's timed window.
@@ -118,7 +119,8 @@ class DocumentBuilder:
             ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
             tw["verdict"] = dict(ver)
         else:
-            tw["verdict"] = timed_verdict(spec, timed, self.plan.n_timed, self.ctx)
+            tw["verdict"] = timed_verdict(spec, timed, self.plan.n_timed, self.ctx,
+                                          console_io=console_io_of(res.timed))
             if not self.o.verify:
                 ver = {"status": "skipped", "detail": "--no-verify"}
             else:

@@ -197,7 +197,8 @@ class VmRun:
 
     def _live_verdict(self, key: str) -> str:
         """A window's check as soon as it closes (the bundle keeps the full verdicts)."""
-        from exitlat.verify.verdicts import baseline_verdict, timed_verdict, traced_verdict
+        from exitlat.verify.verdicts import (baseline_verdict, console_io_of, timed_verdict,
+                                             traced_verdict)
 
         r, ctx = self.result, self.verdict_context
         if is_traced_key(key):
@@ -208,7 +209,8 @@ class VmRun:
         elif key in self.spec_by_key:
             if self.accel != "kvm":
                 return ""
-            v = timed_verdict(self.spec_by_key[key], r.timed.get(key), self.plan.n_timed, ctx)
+            v = timed_verdict(self.spec_by_key[key], r.timed.get(key), self.plan.n_timed, ctx,
+                              console_io=console_io_of(r.timed))
         else:
             if self.accel != "kvm":
                 return ""

@@ -7,10 +7,12 @@ from __future__ import annotations
 from exitlat.errors import ExitlatError
 from exitlat.instructions import KVM_PATHS, TABLE
 
-from .rules import (AGREE_TOLERANCE, HANDLER, ONE_TOLERANCE, STATS_STRAY_EVENTS, STATUS_FAILED,
-                    STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS, ZERO_TOLERANCE, bounds,
-                    check_n, check_path, check_stats, emulation_detail, expected_reasons,
-                    per_iteration)
+from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, HANDLER, IDLE_REASONS,
+                    INTERRUPT_SIDE_EXITS, ONE_TOLERANCE, RESOLUTION, STATS_STRAY_EVENTS,
+                    STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS,
+                    ZERO_TOLERANCE, bounds, check_n, check_path, check_stats, emulation_detail,
+                    expected_reasons, other_path_fraction, per_iteration, side_allowance,
+                    too_small)
 from .trace.counts import HANDLED_SUFFIX, ExitCounts
 from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
@@ -38,15 +40,21 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         raise ExitlatError("an outb case needs its port to be verified")
     check_stats(kvm_stats)
 
-    lo, hi, zero_max = bounds(n, STRAY_EVENTS)
     reasons = expected_reasons(instruction, vendor)
     reason_count = sum(window.exits.get(r, 0) for r in reasons)
     decodable = any(k.split("|")[0] in DECODABLE_EXIT_NAMES for k in window.exits)
+    interrupts = sum(c for r, c in window.exits.items() if r.split("|")[0] in ASYNC_REASONS)
+    idle = sum(c for r, c in window.exits.items() if r.split("|")[0] in IDLE_REASONS)
+    side = side_allowance(interrupts)
+    lo, hi, zero_max = bounds(n, side)
     userspace = window.total_userspace
     user_io = window.userspace.get("IO", 0)
     port_out = window.pio_count(port, "out") if port is not None else 0
+    # Port I/O on other ports is the console's (the handshake lands inside the window): each is
+    # one IO_INSTRUCTION exit, and at most one userspace IO exit.
     pio_other = sum(c for (p, _d), c in window.pio.items() if p != port)
     stray_io = min(max(user_io - (port_out if expected_path == "qemu" else 0), 0), pio_other)
+    io_exits = window.exits.get("IO_INSTRUCTION", 0)
 
     result = {
         "status": STATUS_FAILED,
@@ -59,6 +67,10 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         "handled": dict(sorted(window.handled.items())),
         "pio": {f"{p:#x}/{d}": c for (p, d), c in sorted(window.pio.items())},
         "stray_console_io": stray_io,
+        "background": {"interrupts": interrupts, "idle": idle, "console_pio": pio_other,
+                       "allowance": side},
+        "other_exits": None,
+        "other_path_max": None,
         "lost_events": window.lost,
         "unparsed": window.unparsed,
         "unparsed_lines": list(window.unparsed_lines),
@@ -70,26 +82,39 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         "tracing_backend": window.backend or None,
         "evidence": None,
         "tolerances": {"one": ONE_TOLERANCE, "zero": ZERO_TOLERANCE, "stray": STRAY_EVENTS,
-                       "stats_stray": STATS_STRAY_EVENTS, "agree": AGREE_TOLERANCE},
+                       "interrupt_side_exits": INTERRUPT_SIDE_EXITS, "resolution": RESOLUTION,
+                       "agree": AGREE_TOLERANCE, "agree_stray": AGREE_STRAY},
         "detail": "",
     }
     problems: list[str] = []
     notes: list[str] = []
+    unproven: list[str] = []
     if window.lost:
         problems.append(f"{window.lost} trace events were lost, counts are incomplete")
     if window.unparsed:
         first = window.unparsed_lines[0] if window.unparsed_lines else "(line not kept)"
         problems.append(f"{window.unparsed} trace lines could not be parsed, counts are "
                         f"incomplete (first: {first.strip()!r})")
+    small = too_small(n, side, "exits the loop did not cause")
+    if small:
+        unproven.append(small)
 
     def about_one(count: int, what: str) -> None:
         if not lo <= count <= hi:
             problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
 
+    def about_zero(count: int, what: str) -> None:
+        if count > zero_max:
+            problems.append(f"expected ≈0 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
+
+    if not window.total_exits:
+        # Nothing says an exit happened at all: handler events alone cannot prove the path.
+        unproven.append("no kvm_exit events in the window: no evidence of the exits' path")
     if expected_path in KVM_PATHS:
         if decodable:
             result["evidence"] = "kvm_exit reason"
             count, what = reason_count, f"{'/'.join(reasons)} exit"
+            other = window.total_exits - reason_count - interrupts - idle - min(io_exits, pio_other)
         else:
             handler = HANDLER.get(instruction)
             if handler is None:            # outb expected in KVM: only port I/O can tell
@@ -99,33 +124,58 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
             result["evidence"] = f"handler tracepoint ({what}); exit reason not decodable here"
             notes.append(f"kvm_exit reasons not decodable on this host ({_fmt_reasons(window.exits)}): "
                          f"proved with {what}s and userspace counts instead")
+            other = None
+            if window.total_exits and not _stats_confirm_trace(window, kvm_stats, n, interrupts, idle):
+                unproven.append("kvm_exit reasons not decodable and KVM's exit count does not "
+                                "confirm the trace's: no positive evidence of the path")
         about_one(count, what)
         unexplained = userspace - stray_io
         if unexplained > zero_max:
             problems.append(f"expected ≈0 userspace exits per iteration, saw {unexplained / n:.3f} "
                             f"({unexplained} in {n}: {_fmt_reasons(window.userspace)})")
+        if other is not None:
+            about_zero(other, "other synchronous exits (beyond the console, interrupts and idle)")
+        if decodable:
+            _handler_check(window, instruction, n, lo, hi, zero_max, problems, unproven)
+        deviating = abs(count - n) + max(unexplained, 0) + max(other or 0, 0) + interrupts
         summary = (f"{count / n:.3f} {'/'.join(reasons) if decodable else what}/iter, "
                    f"{unexplained / n:.3f} userspace exits/iter")
     else:
         result["evidence"] = "kvm_pio + kvm_userspace_exit"
         about_one(port_out, f"kvm_pio write on {port:#x}")
-        if user_io < lo:
-            problems.append(f"expected ≈1 userspace exit (KVM_EXIT_IO) per iteration, saw "
-                            f"{user_io / n:.3f} ({user_io} in {n})")
+        # Every userspace IO exit the console explains is taken off before the port's are counted:
+        # the console alone must never make an OUT look like a QEMU round trip.
+        port_user_io = user_io - pio_other
+        if port_user_io < lo:
+            problems.append(f"expected ≈1 userspace exit (KVM_EXIT_IO) per iteration beyond the "
+                            f"console's, saw {port_user_io / n:.3f} ({user_io} IO exits, "
+                            f"{pio_other} console port I/O, in {n})")
         if userspace - stray_io > hi:
             problems.append(f"expected ≈1 userspace exit per iteration, saw {(userspace - stray_io) / n:.3f} "
                             f"({_fmt_reasons(window.userspace)})")
+        other = None
+        if decodable:
+            other = window.total_exits - io_exits - interrupts - idle
+            about_zero(other, "exits besides the OUT's I/O exit (the round trip must be one exit)")
+            about_zero(max(io_exits - port_out - pio_other, 0), "I/O exits on no traced port")
+        deviating = (abs(port_out - n) + abs(port_user_io - n) + max(other or 0, 0) + interrupts)
         summary = f"{port_out / n:.3f} OUTs to {port:#x}/iter, {user_io / n:.3f} userspace IO exits/iter"
+    result["other_exits"] = other
+    result["other_path_max"] = other_path_fraction(deviating, n)
     if stray_io:
         notes.append(f"{stray_io} userspace IO exits explained by port I/O on other ports (console)")
+    if interrupts or idle:
+        notes.append(f"background: {interrupts} interrupt and {idle} idle exits")
 
     tier_unverified = ""
+    fast = TABLE[instruction].fastpath
     if expected_path == "kvm_fastpath":
-        tier_unverified = _fastpath_tier(window, TABLE[instruction].fastpath, n, lo, hi, result,
-                                         problems, notes)
-    unproven: list[str] = []
+        tier_unverified = _fastpath_tier(window, fast, n, lo, hi, result, problems, notes)
+    elif expected_path == "kvm" and fast:
+        tier_unverified = _normal_tier(window, fast, n, zero_max, result, problems, notes)
     if kvm_stats is not None:
-        _stats_agree(window, kvm_stats, n, decodable, result, problems, notes, unproven)
+        _stats_agree(window, kvm_stats, n, decodable, interrupts, idle, result, problems, notes,
+                     unproven)
     else:
         notes.append("no KVM stats to cross-check the trace")
 
@@ -142,6 +192,41 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     result["detail"] = f"{head} ({expected_path}, {instruction}, n={n}): {body}" + \
         ("" if not notes else " [" + "; ".join(notes) + "]")
     return result
+
+
+def _handler_check(window: ExitCounts, instruction: str, n: int, lo: float, hi: float,
+                   zero_max: float, problems: list, unproven: list) -> None:
+    """The handler that ran: on SVM one MSR reason covers reads and writes, so the kvm_msr event's
+    read/write field is what tells them apart (and kvm_cpuid/kvm_hypercall that KVM's own handler
+    ran)."""
+    handler = HANDLER.get(instruction)
+    if handler is None:
+        return
+    if not window.handled:
+        unproven.append(f"no KVM handler events counted (kvm_{handler.split('_')[0]}): the handler "
+                        "that ran is not proven")
+        return
+    got = window.handled.get(handler, 0)
+    if not lo <= got <= hi:
+        problems.append(f"expected ≈1 {handler.replace('_', ' ')} per iteration (kvm_"
+                        f"{handler.split('_')[0]} event), saw {got / n:.3f} ({got} in {n})")
+    twin = {"msr_read": "msr_write", "msr_write": "msr_read"}.get(handler)
+    if twin and window.handled.get(twin, 0) > zero_max:
+        seen = window.handled[twin]
+        problems.append(f"expected ≈0 {twin.replace('_', ' ')}s per iteration, saw {seen / n:.3f} "
+                        f"({seen} in {n}): the loop {twin.split('_')[1]}s the MSR")
+
+
+def _stats_confirm_trace(window: ExitCounts, stats: dict | None, n: int, interrupts: int,
+                         idle: int) -> bool:
+    """Numeric (undecoded) reasons are evidence only where KVM's own exit count agrees."""
+    if not stats or "exits" not in stats:
+        return False
+    return abs(stats["exits"] - window.total_exits) <= _agree_limit(n, interrupts, idle)
+
+
+def _agree_limit(n: int, interrupts: int, idle: int) -> float:
+    return AGREE_TOLERANCE * n + AGREE_STRAY + (1 + INTERRUPT_SIDE_EXITS) * interrupts + idle
 
 
 def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: float, hi: float,
@@ -170,10 +255,31 @@ def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: flo
     return ""
 
 
-def _stats_agree(window: ExitCounts, stats: dict, n: int, decodable: bool, result: dict,
-                 problems: list, notes: list, unverified: list) -> None:
+def _normal_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, zero_max: float,
+                 result: dict, problems: list, notes: list) -> str:
+    """"Handled by KVM's normal handler" where a fastpath exists: the fastpath must have handled
+    ≈0 of the exits; returns why that is unverified ('' when checked)."""
+    syms = [s for s in symbols if s in window.probed]
+    if not syms:
+        why = window.probe_note or "no fastpath handler was probed"
+        result["fastpath"] = {"unverified": f"normal handler not proven: {why}"}
+        return f"normal handler not proven: {why}"
+    calls = sum(window.probes.get(s, 0) for s in syms)
+    handled = sum(window.probes.get(s + HANDLED_SUFFIX, 0) for s in syms)
+    result["fastpath"] = {"symbols": syms, "calls": calls, "handled": handled,
+                          "handled_per_iter": per_iteration(handled, n)}
+    if handled > zero_max:
+        problems.append(f"expected the normal handler, but {'/'.join(syms)} handled {handled / n:.3f} "
+                        f"per iteration in the fastpath ({handled} in {n})")
+    else:
+        notes.append(f"normal handler proven: the fastpath handled {handled} of {calls} calls")
+    return ""
+
+
+def _stats_agree(window: ExitCounts, stats: dict, n: int, decodable: bool, interrupts: int,
+                 idle: int, result: dict, problems: list, notes: list, unverified: list) -> None:
     """KVM's own counters and the trace must count the same exits."""
-    limit = AGREE_TOLERANCE * n + STATS_STRAY_EVENTS
+    limit = _agree_limit(n, interrupts, idle)
     emulated = emulation_detail(stats, ZERO_TOLERANCE * n + STATS_STRAY_EVENTS)
     if decodable:
         pairs = {"exits": (window.total_exits, "kvm_exit events"),
@@ -183,8 +289,8 @@ def _stats_agree(window: ExitCounts, stats: dict, n: int, decodable: bool, resul
     else:
         # No VMX/SVM exit reasons: software KVM (PVM) or emulation, where KVM's exit counters
         # do not count what the handler tracepoints count (measured: PVM emulates a micro-VM's
-        # 5000 OUTs with io_exits = 0). Nothing to compare.
-        notes.append("KVM stats not compared with the trace: kvm_exit reasons not decodable")
+        # 5000 OUTs with io_exits = 0). Only the total can confirm the trace (verify_case).
+        notes.append("KVM stats compared with the trace only in total: kvm_exit reasons not decodable")
         return
     agreement, absent = {}, []
     for stat, (trace, source) in pairs.items():
@@ -200,6 +306,8 @@ def _stats_agree(window: ExitCounts, stats: dict, n: int, decodable: bool, resul
         elif not ok:
             problems.append(f"KVM stats and trace disagree: {stat} = {stats[stat]} but {trace} "
                             f"{source} (tolerance ±{limit:.0f})")
+    if too_small(n, limit - AGREE_TOLERANCE * n, "the stats-trace agreement") and agreement:
+        unverified.append(too_small(n, limit - AGREE_TOLERANCE * n, "the stats-trace agreement"))
     if absent:
         notes.append(f"KVM stats lack {', '.join(absent)}: not compared")
     result["stats_agreement"] = agreement

@@ -35,13 +35,23 @@ def _with_tracing(v: dict, timed) -> dict:
     return v
 
 
-def timed_verdict(spec, timed, n: int, ctx: VerdictContext) -> dict:
-    """The timed window, from KVM's binary stats alone (nothing traced it)."""
+def timed_verdict(spec, timed, n: int, ctx: VerdictContext, console_io: int | None = None) -> dict:
+    """The timed window, from KVM's binary stats alone (nothing traced it); `console_io`: the
+    console's I/O exits per window as the same boot's baselines measured them (console_io_of)."""
     from .timed import verify_timed_window
 
     v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
-                            spec.instruction)
+                            spec.instruction, console_io=console_io)
     return _with_tracing(v, timed)
+
+
+def console_io_of(timed_windows: dict) -> int | None:
+    """The console's I/O exits per window in one VM run, from its baseline windows' KVM stats
+    (keys "baseline_*" of VmResult.timed); None when the run has none."""
+    from .timed import console_io_estimate
+
+    return console_io_estimate([w.kvm_stats for k, w in timed_windows.items()
+                                if k.startswith("baseline_") and w is not None])
 
 
 def baseline_verdict(timed, n: int) -> dict:
@@ -68,5 +78,7 @@ def combine(timed: dict, traced: dict) -> dict:
     worst = max((timed, traced), key=lambda v: ORDER.get(v["status"], 0))
     out = {k: v for k, v in traced.items() if k not in ("status", "detail")}
     out["status"] = worst["status"]
+    fractions = [v.get("other_path_max") for v in (timed, traced)]
+    out["other_path_max"] = (None if any(f is None for f in fractions) else max(fractions))
     out["detail"] = f"timed window: {timed['detail']} | traced window: {traced['detail']}"
     return out
