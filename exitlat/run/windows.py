@@ -3,8 +3,9 @@
 * The **timed window** produces the samples. No tracepoint, hist trigger or kprobe of exitlat is
   enabled while it runs; KVM's binary statistics (QMP `query-stats`, counters KVM keeps anyway)
   are read before and after it and are its only check. `tracing_state()` reads tracefs before and
-  after the window, so a kvm tracepoint that someone else left enabled is caught, not silently
-  measured.
+  after the window, so any tracing that someone else left enabled (an event of any group, in any
+  instance, a tracer, a hooked function, a probe that fired) is caught, not silently measured;
+  what tracefs cannot show is named in the bundle (`tracing_limits`).
 * The **traced window** runs the same guest code again, with its own iterations, while the host
   counts every exit of the vCPU thread (exitlat.verify.trace.kvmtrace). Its samples give the tracing overhead
   (traced median vs. timed median), never the case's statistics.
@@ -30,37 +31,29 @@ def case_of(key: str) -> str:
     return key[: -len(TRACED_SUFFIX)] if is_traced_key(key) else key
 
 
-def tracing_state(tracefs: Path | None = None) -> list[str] | None:
-    """Every kvm tracepoint, kvm hist trigger and kprobe event enabled right now, in the top-level
-    trace buffer or any instance ("instances/x: kvm/kvm_exit"); [] when none; None when tracefs
-    cannot be read (then nobody can say the window was free of tracing)."""
+def tracing_state(tracefs: Path | None = None):
+    """Everything that traces the host right now, whoever enabled it: every enabled event of any
+    group in the top-level buffer or any instance ("instances/x: syscalls/sys_enter_ioctl"), its
+    triggers, a tracer other than nop, function commands, functions hooked by ftrace or BPF
+    trampolines, armed kprobes (exitlat.verify.trace.tracingstate). [] when nothing is; None when
+    tracefs cannot be read (then nobody can say the window was free of tracing).
+
+    The list is a TracingState: it also carries what was read (`checked`), what no file shows
+    (`limits`) and the probe events' hit counts (compared by TimedWindow)."""
     from exitlat.verify.trace.tracefs import find_tracefs
+    from exitlat.verify.trace.tracingstate import check_tracing
 
     root = Path(tracefs) if tracefs else find_tracefs(mount=False)
-    if root is None or not (root / "events").is_dir():
+    if root is None:
         return None
-    buffers = [("", root)] + [(f"instances/{d.name}: ", d)
-                              for d in sorted((root / "instances").glob("*")) if d.is_dir()]
-    found = []
-    try:
-        for label, buf in buffers:
-            for group in ("kvm", "kprobes"):
-                for ev in sorted((buf / "events" / group).glob("*")):
-                    if not (ev / "enable").is_file():
-                        continue
-                    if (ev / "enable").read_text().strip() not in ("0", ""):
-                        found.append(f"{label}{group}/{ev.name}")
-                    trig = ev / "trigger"
-                    if trig.is_file() and any(line.strip() and not line.startswith("#")
-                                              for line in trig.read_text().splitlines()):
-                        found.append(f"{label}{group}/{ev.name} (trigger)")
-            # kprobe events live in their own groups (p:group/name ...)
-            for ev in sorted((buf / "events").glob("exitlat_*/*")):
-                if (ev / "enable").is_file() and (ev / "enable").read_text().strip() not in ("0", ""):
-                    found.append(f"{label}{ev.parent.name}/{ev.name}")
-    except OSError:
-        return None
-    return found
+    return check_tracing(root)
+
+
+def _union(*lists) -> list:
+    out: list = []
+    for items in lists:
+        out += [x for x in items or () if x not in out]
+    return out
 
 
 @dataclass
@@ -72,7 +65,11 @@ class TimedWindow:
 
     @property
     def enabled(self) -> list[str]:
-        return sorted(set(self.tracing_before or []) | set(self.tracing_after or []))
+        """What was enabled before or after the window, and the probes that fired in between."""
+        from exitlat.verify.trace.tracingstate import probes_fired
+
+        fired = probes_fired(self.tracing_before, self.tracing_after)
+        return sorted(set(self.tracing_before or []) | set(self.tracing_after or []) | set(fired))
 
     @property
     def tracing(self) -> str:
@@ -82,15 +79,22 @@ class TimedWindow:
         return "on" if self.enabled else "off"
 
     def tracing_problem(self) -> str | None:
-        """None when the window provably ran with no kvm tracing enabled, else why not."""
+        """None when the window provably ran with no tracing enabled, else why not."""
         if self.tracing == "unknown":
             return "tracefs could not be read: the window's freedom from tracing is unverified"
         if self.tracing == "on":
-            return "kvm tracing was enabled during the timed window: " + ", ".join(self.enabled[:5])
+            more = f" (+{len(self.enabled) - 5} more)" if len(self.enabled) > 5 else ""
+            return ("tracing was enabled during the timed window: " + ", ".join(self.enabled[:5])
+                    + more)
         return None
 
     def to_dict(self) -> dict:
-        return {"tracing": self.tracing, "tracing_enabled": self.enabled, "kvm_stats": self.kvm_stats}
+        """`tracing_checked`: what tracing_state() read; `tracing_limits`: what it cannot see."""
+        b, a = self.tracing_before, self.tracing_after
+        return {"tracing": self.tracing, "tracing_enabled": self.enabled,
+                "tracing_checked": _union(getattr(b, "checked", ()), getattr(a, "checked", ())),
+                "tracing_limits": _union(getattr(b, "limits", ()), getattr(a, "limits", ())),
+                "kvm_stats": self.kvm_stats}
 
 
 @dataclass
