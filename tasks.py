@@ -23,9 +23,9 @@ def cli(fn):
         except ExitlatError as err:
             print(f"error: {err}", file=sys.stderr)
             raise Exit(code=err.exit_code)
-        except KeyboardInterrupt:
-            print("error: interrupted", file=sys.stderr)
-            raise Exit(code=130)
+        except KeyboardInterrupt as err:   # Ctrl-C; bench also SIGTERM and SIGHUP (it names them)
+            print(f"error: {err}" if str(err) else "error: interrupted", file=sys.stderr)
+            raise Exit(code=getattr(err, "exit_code", 130))
         except BrokenPipeError:  # output piped into `head` and the like: not an error of ours
             sys.stdout = None
             raise Exit(code=0)
@@ -133,12 +133,13 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "verify_iterations": "iterations of each case's traced (verification) window "
                          "(default: min(iterations, 10000)); the timed window is never traced",
     "build": "use this build folder (default: the build of the current inputs, made if missing)",
+    "wait": "when another exitlat run holds the core, wait for it (default: refuse, naming it)",
 })
 @cli
 def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
           timer="rdtscp", core=None, accel="auto", repeat="auto", label=None, output=None,
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
-          no_baselines=False, tracing="auto", verify_iterations=None, build=None):
+          no_baselines=False, tracing="auto", verify_iterations=None, build=None, wait=False):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
     from exitlat.bench import bench_main
 
@@ -149,7 +150,17 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                       output=output, no_container=no_container, no_verify=no_verify,
                       require_isolation=require_isolation, debugcon=debugcon,
                       no_baselines=no_baselines, tracing=tracing,
-                      verify_iterations=verify_iterations, build=build)
+                      verify_iterations=verify_iterations, build=build, wait=wait)
+
+
+@task(help={"dry_run": "list what would be removed, remove nothing"})
+@cli
+def cleanup(c, dry_run=False):
+    """Remove what killed exitlat runs left (runtime containers, QEMU, /tmp/exitlat-run-* folders,
+    tracefs instances); runs in progress are listed, never touched."""
+    from exitlat.run.cleanup import cleanup_main
+
+    return cleanup_main(dry_run=dry_run)
 
 
 # --- selftest ----------------------------------------------------------------------------------

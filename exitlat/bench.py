@@ -5,6 +5,7 @@ nothing traces and proves its path in a traced window of its own, assemble the d
 interrupted run still leaves a bundle marked incomplete with everything collected so far."""
 
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -13,19 +14,29 @@ from exitlat.errors import CheckFailed, ExitlatError
 from exitlat.paths import results_root
 from exitlat.progress import Progress
 
+from .run import leftovers
+from .run.corelock import CoreLock, other_runs
+from .run.interrupt import (Interrupted, check, deferred, interruptible, reason_of, stop_on_signals,
+                            stopping)
 from .run.placement import choose_accel, ensure_build, resolve_cores
 from .run.plan import BenchOptions, RunPlan, make_plan, parse_int
 from .run.runrecord import VmResult
 from .run.vm import VmRun
 
 
-def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
+def run_bench(opts: BenchOptions, argv: list[str] | None = None, wait: bool = False) -> Path:
+    """One bench; SIGTERM and SIGHUP stop it as Ctrl-C does (exitlat.run.interrupt). `wait`: wait
+    for a run that holds the core instead of refusing."""
+    progress = Progress()
+    with stop_on_signals(progress.say):
+        return _run_bench(opts, argv, wait, progress)
+
+
+def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress: Progress) -> Path:
     from exitlat.build.pins import load_pins
     from exitlat.host.facts import collect_host
-    from exitlat.results.bundlewrite import write_bundle
     from exitlat.results.document import DocumentBuilder, document_hz
 
-    progress = Progress()
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
     accel, accel_warning = choose_accel(opts.accel, host)
@@ -46,25 +57,91 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None) -> Path:
         ok, why = tracing_available()
         if not ok:
             raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
-    # absolute: the runtime container mounts it at the same path
-    build = Path(opts.build).resolve() if opts.build else ensure_build(progress)
-    manifest = json.loads((build / "manifest.json").read_text())
-    progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
-                 f"core {core} (housekeeping {hk}), {plan.repeat} VM(s), "
-                 f"{'container' if opts.container else 'no container'}")
-    results, interrupted = _run_vms(plan, build, core, hk, progress, load_pins().base)
-    hello = next((r.hello for r in results if r.hello), {})
-    doc, samples, files = DocumentBuilder(plan, document_hz(host, hello)).build(
-        argv, host, isolation, manifest, core, hk, results)
-    try:
-        path = write_bundle(out_root, doc, samples, files)
-    except ExitlatError as err:
-        rescue = save_rescue(out_root, doc, samples, files)
-        raise ExitlatError(f"{err}; the raw data is kept in {rescue}") from None
-    progress.say(f"bundle: {path}")
-    if interrupted:
-        raise KeyboardInterrupt
+    remove_leftovers(progress)
+    with CoreLock(core) as lock:
+        lock.acquire(wait=wait, say=progress.say)
+        since = lock.record["started_ns"]
+        running = other_runs(since, lock.folder)
+        if running:
+            progress.say("warning: other exitlat runs on this host now: "
+                         + "; ".join(f"core {r['core']}: pid {r['pid']}" for r in running)
+                         + " (each measures the others' noise; the bundle records them)")
+        # absolute: the runtime container mounts it at the same path
+        build = Path(opts.build).resolve() if opts.build else ensure_build(progress)
+        manifest = json.loads((build / "manifest.json").read_text())
+        progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
+                     f"core {core} (housekeeping {hk}), {plan.repeat} VM(s), "
+                     f"{'container' if opts.container else 'no container'}")
+        # From here on a stop request never costs what was measured: the VM runs are interrupted
+        # at once, everything after them (the bundle) finishes first.
+        with deferred():
+            results, stop = _run_vms(plan, build, core, hk, progress, load_pins().base)
+            others = other_runs(since, lock.folder, running)
+            hello = next((r.hello for r in results if r.hello), {})
+            doc, samples, files = DocumentBuilder(plan, document_hz(host, hello)).build(
+                argv, host, isolation, manifest, core, hk, results)
+            doc["run"]["other_runs_seen"] = others
+            path = keep_bundle(out_root, doc, samples, files, stop)
+        progress.say(f"bundle: {path}")
+    if stop is None and stopping():
+        try:
+            check()                     # a signal that came while the bundle was written
+        except Interrupted as err:
+            stop = err
+    if stop is not None:
+        stop = stop if isinstance(stop, Interrupted) else Interrupted("SIGINT")
+        stop.kept = (f"incomplete bundle kept: {path}" if doc["status"]["state"] != "complete"
+                     else f"the run had completed: bundle {path}")
+        raise stop
     return path
+
+
+def remove_leftovers(progress: Progress) -> None:
+    """Remove what killed runs left (containers, QEMU, run folders, tracefs instances); a run in
+    progress is never touched."""
+    found = leftovers.find_all()
+    gone = [f for f in found if not f.live]
+    if gone:
+        removed = leftovers.remove(gone)
+        if removed:
+            progress.say(f"removed what a killed exitlat run left: {', '.join(removed)}")
+
+
+def keep_bundle(out_root: Path, doc: dict, samples: dict, files: dict, stop=None) -> Path:
+    """write_bundle(), or, when that fails, the same data elsewhere: a folder that cannot take it
+    (full, read-only, gone) gets nothing half-written, and the bundle goes to the rescue folder;
+    a bundle that does not pass its checks is kept as plain files. Either way: one line."""
+    from exitlat.results.bundlewrite import BundleIOError, write_bundle
+
+    first = f"{stop.reason}; " if isinstance(stop, Interrupted) else ""
+    try:
+        return write_bundle(out_root, doc, samples, files)
+    except BundleIOError as err:
+        tried = []
+        for root in rescue_roots():
+            if root.resolve() == out_root.resolve():
+                continue
+            try:
+                path = write_bundle(root, doc, samples, files)
+            except ExitlatError as again:
+                tried.append(str(again))
+                continue
+            raise ExitlatError(f"{first}{err}; the bundle was written to {path} instead") from None
+        raise ExitlatError(f"{first}{err}; and nowhere else: {'; '.join(tried)}") from None
+    except ExitlatError as err:
+        try:
+            rescue = save_rescue(out_root, doc, samples, files)
+        except OSError as again:
+            raise ExitlatError(f"{first}{err}; the raw data could not be kept either "
+                               f"({again.strerror})") from None
+        raise ExitlatError(f"{first}{err}; the raw data is kept in {rescue}") from None
+
+
+def rescue_roots() -> list[Path]:
+    """Where a bundle goes when its results folder cannot take it."""
+    if os.environ.get("EXITLAT_RESCUE_DIR"):
+        return [Path(os.environ["EXITLAT_RESCUE_DIR"])]
+    return [Path("/var/tmp/exitlat-rescue"), Path(tempfile.gettempdir()) / "exitlat-rescue"]
 
 
 def _say_plan_notes(plan: RunPlan, progress: Progress) -> None:
@@ -77,22 +154,41 @@ def _say_plan_notes(plan: RunPlan, progress: Progress) -> None:
 
 
 def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
-             pins_base: dict) -> tuple[list[VmResult], bool]:
-    """The VM runs, one after another; stops at the first incomplete one. Ctrl-C keeps what ran."""
+             pins_base: dict) -> tuple[list[VmResult], KeyboardInterrupt | None]:
+    """The VM runs, one after another; stops at the first incomplete one. A stop request (Ctrl-C,
+    SIGTERM, SIGHUP) keeps what ran and is returned."""
     results: list[VmResult] = []
     try:
-        for rep in range(plan.repeat):
-            progress.say(f"VM {rep + 1}/{plan.repeat}: starting QEMU")
-            res = VmRun(plan, build, core, hk, progress, pins_base).run()
-            results.append(res)
-            if res.status != "complete":
-                progress.say(f"VM {rep + 1}: incomplete: {res.reason}")
-                break
-    except KeyboardInterrupt:
+        with interruptible():
+            for rep in range(plan.repeat):
+                check()               # a signal held while the last VM was cleaned up
+                missing = build_missing(build)
+                if missing:
+                    results.append(VmResult(status="incomplete", reason=missing))
+                    progress.say(f"VM {rep + 1}: not started: {missing}")
+                    break
+                progress.say(f"VM {rep + 1}/{plan.repeat}: starting QEMU")
+                res = VmRun(plan, build, core, hk, progress, pins_base).run()
+                results.append(res)
+                if res.status != "complete":
+                    progress.say(f"VM {rep + 1}: incomplete: {res.reason}")
+                    break
+    except KeyboardInterrupt as err:
         if not results or results[-1].status == "complete":
-            results.append(VmResult(status="incomplete", reason="interrupted (Ctrl-C)"))
-        return results, True
-    return results, False
+            results.append(VmResult(status="incomplete", reason=reason_of(err)))
+        return results, err
+    return results, None
+
+
+def build_missing(build: Path) -> str | None:
+    """What a VM needs from the build folder and no longer finds there (removed during the run)."""
+    from .run.qemu import qemu_binary
+
+    need = [build / "manifest.json", build / "bzImage", build / "initramfs.cpio.gz", qemu_binary(build)]
+    gone = [str(p.relative_to(build)) for p in need if not p.exists()]
+    if gone:
+        return f"the build folder {build} changed during the run ({', '.join(gone)} missing)"
+    return None
 
 
 def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
@@ -111,7 +207,7 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
-               verify_iterations=None, build=None) -> int:
+               verify_iterations=None, build=None, wait=False) -> int:
     from exitlat.cases import parse_cases
     from exitlat.results.bundle import load_bundle
 
@@ -129,7 +225,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         verify_iterations=None if verify_iterations is None else parse_int(
             verify_iterations, "--verify-iterations", 1, 50_000_000),
         build=Path(build) if build else None)
-    path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None)
+    path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)
     try:
         from exitlat.results.report import render_report

@@ -3,6 +3,7 @@ a bundle is either complete or absent, and never replaces an existing one. It st
 given: the statistics come with the document (exitlat.results.document)."""
 
 import copy
+import errno
 import json
 import os
 import re
@@ -109,15 +110,50 @@ def write_bundle(results_root: Path, doc: dict, samples: dict, files: dict,
     tmp = results_root / f".tmp-{name}"
     if final.exists():
         raise ExitlatError(f"bundle {final} already exists; refusing to overwrite it")
-    results_root.mkdir(parents=True, exist_ok=True)
-    with new_bundle_folder(final, tmp, "another writer") as folder:
-        for key, arr in store.items():
-            np.save(folder / SAMPLES_DIR / f"{key}.npy", arr, allow_pickle=False)
-        for fname, data in files.items():
-            _write_file(folder / fname, data)
-        (folder / BUNDLE_JSON).write_bytes(blob)
-        _write_sums(folder)                  # last: it covers every file above
+    try:
+        results_root.mkdir(parents=True, exist_ok=True)
+        with new_bundle_folder(final, tmp, "another writer") as folder:
+            for key, arr in store.items():
+                with open(folder / SAMPLES_DIR / f"{key}.npy", "wb") as f:
+                    np.save(f, arr, allow_pickle=False)
+            for fname, data in files.items():
+                _write_file(folder / fname, data)
+            (folder / BUNDLE_JSON).write_bytes(blob)
+            _write_sums(folder)                  # last: it covers every file above
+    except OSError as err:   # a full disk, a read-only or vanished folder: nothing is left there
+        raise BundleIOError(f"cannot write the bundle in {results_root}: "
+                            f"{err.strerror or err} (nothing half-written is left there)") from None
     return final
+
+
+class BundleIOError(ExitlatError):
+    """The results folder could not take the bundle (full, read-only, gone); nothing of it is left
+    there, so the same bundle may be written elsewhere."""
+
+
+RENAME_NOREPLACE = 1
+try:
+    import ctypes
+
+    _renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+except (OSError, AttributeError):     # a C library without renameat2 (glibc < 2.28)
+    _renameat2 = None
+
+
+def rename_noreplace(src: Path, dst: Path) -> None:
+    """Rename `src` to `dst` unless `dst` exists, in one step (an empty folder that appeared at
+    `dst` since the last look would otherwise be replaced). FileExistsError when it exists."""
+    if _renameat2 is not None:
+        AT_FDCWD = -100
+        if _renameat2(AT_FDCWD, os.fsencode(src), AT_FDCWD, os.fsencode(dst), RENAME_NOREPLACE) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):      # not supported here: check, then rename
+            raise OSError(err, os.strerror(err), str(dst)) if err != errno.EEXIST else \
+                FileExistsError(err, os.strerror(err), str(dst))
+    if dst.exists():
+        raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST), str(dst))
+    os.rename(src, dst)
 
 
 @contextmanager
@@ -132,9 +168,10 @@ def new_bundle_folder(final: Path, tmp: Path, who: str):
     try:
         (tmp / SAMPLES_DIR).mkdir()
         yield tmp
-        if final.exists():
-            raise ExitlatError(f"bundle {final} appeared meanwhile; refusing to overwrite it")
-        os.rename(tmp, final)
+        try:
+            rename_noreplace(tmp, final)
+        except FileExistsError:
+            raise ExitlatError(f"bundle {final} appeared meanwhile; refusing to overwrite it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

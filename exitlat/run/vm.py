@@ -2,8 +2,10 @@
 follow the guest's markers through every timed and traced window, and collect the samples. A run
 that fails keeps everything it collected, marked incomplete with the reason."""
 
+import errno
+import os
+import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -11,6 +13,8 @@ from exitlat.errors import ExitlatError
 from exitlat.progress import Progress, fmt_duration
 
 from .console import Console, ConsoleClosed
+from .interrupt import deferred, reason_of
+from .leftovers import kill_folder_processes, new_run_folder
 from .plan import RunPlan
 from .qemu import QemuConfig, RunFiles, can_lock_memory, qemu_argv
 from .runrecord import VmResult
@@ -40,6 +44,32 @@ def trace_buffer_kb(iterations_total: int, timeline: bool = False) -> int:
     return max(DEFAULT_BUFFER_KB, min(want, 2 << 20, avail_kb))
 
 
+def make_sample_disk(path: Path, size: int) -> None:
+    """The guest's sample disk, allocated now: a full temporary disk is one line before QEMU
+    starts, not a guest stalled on a write it cannot finish."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as err:
+        if err.errno == errno.ENOSPC:
+            raise ExitlatError(f"no room for the {size >> 20} MiB sample disk in {path.parent.parent} "
+                               "(set TMPDIR to a folder with more space)") from None
+        if err.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise ExitlatError(f"cannot make the sample disk {path}: {err.strerror}") from None
+        os.ftruncate(fd, size)     # a filesystem without fallocate: sparse, as before
+    finally:
+        os.close(fd)
+
+
+def panic_reason(console) -> str | None:
+    """"the guest kernel panicked: ..." when the console shows a panic (panic=-1 and -no-reboot
+    make QEMU exit right after it)."""
+    if console is None:
+        return None
+    m = re.search(rb"Kernel panic - not syncing:[^\r\n]*", bytes(console.transcript))
+    return f"the guest kernel panicked ({m.group(0).decode(errors='replace').strip()})" if m else None
+
+
 class VmRun:
     """One fresh VM: boot, pin, follow the guest through every window, collect the samples."""
 
@@ -66,10 +96,8 @@ class VmRun:
         from .guestio import parse_console_line, read_samples
 
         r = self.result
-        folder = Path(tempfile.mkdtemp(prefix="exitlat-run-"))
+        folder = new_run_folder()      # named after this process: cleanup knows whose it is
         files = RunFiles(folder)
-        with open(files.disk, "wb") as f:
-            f.truncate(self.guest.disk_size_bytes())
         debugcon = self.o.debugcon if self.o.debugcon != "auto" else ("file" if self.accel == "tcg" else "null")
         mem_mb = self.guest.guest_mem_mb()
         mem_lock = self.o.container or can_lock_memory(mem_mb)
@@ -83,6 +111,7 @@ class VmRun:
         qemu = console = qmp = None
         t0 = time.monotonic()
         try:
+            make_sample_disk(files.disk, self.guest.disk_size_bytes())
             qemu = self._start_qemu(r.argv, folder)
             r.timings["qemu_start_s"] = time.monotonic() - t0
             from .qmp import QMP
@@ -115,33 +144,36 @@ class VmRun:
             missing = [k for k in self.guest.keys() if k not in r.samples]
             if missing and r.status == "complete":
                 r.status, r.reason = "incomplete", f"guest wrote no samples for {', '.join(missing)}"
-        except KeyboardInterrupt:
-            r.status, r.reason = "incomplete", "interrupted (Ctrl-C)"
+        except KeyboardInterrupt as err:
+            r.status, r.reason = "incomplete", reason_of(err)
             raise
         except ConsoleClosed:
-            code = qemu.poll() if qemu else None
             r.status = "incomplete"
-            r.reason = f"QEMU exited (code {code}) before the guest finished"
+            r.reason = (panic_reason(console) or
+                        f"QEMU exited ({qemu.exit_text() if qemu else 'code unknown'}) before the guest finished")
         except ExitlatError as err:
             r.status, r.reason = "incomplete", str(err)
         finally:
-            if self.tracer is not None:
-                try:
-                    self.tracer.stop()
-                except Exception:
-                    pass
-            if qmp is not None:
-                qmp.close()
-            if console is not None:
-                r.console = bytes(console.transcript)
-                console.close()
-            if qemu is not None:
-                qemu.stop()
-            if files.debugcon.exists():
-                r.debugcon_bytes = files.debugcon.stat().st_size
-            stderr = folder / "qemu-stderr.log"
-            r.qemu_stderr = stderr.read_bytes() if stderr.exists() else b""
-            shutil.rmtree(folder, ignore_errors=True)
+            # A stop request arriving now is held (exitlat.run.interrupt): the cleanup always ends.
+            with deferred():
+                if self.tracer is not None:
+                    try:
+                        self.tracer.stop()
+                    except Exception:
+                        pass
+                if qmp is not None:
+                    qmp.close()
+                if console is not None:
+                    r.console = bytes(console.transcript)
+                    console.close()
+                if qemu is not None:
+                    qemu.stop()
+                kill_folder_processes(folder)     # a QEMU whose start was cut short
+                if files.debugcon.exists():
+                    r.debugcon_bytes = files.debugcon.stat().st_size
+                stderr = folder / "qemu-stderr.log"
+                r.qemu_stderr = stderr.read_bytes() if stderr.exists() else b""
+                shutil.rmtree(folder, ignore_errors=True)
         return r
 
     def _start_qemu(self, argv, folder):
