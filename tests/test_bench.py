@@ -19,9 +19,9 @@ from exitlat.run.windows import TimedWindow, TracedWindow
 INTEL = {"cpu": {"vendor": "GenuineIntel"}}
 
 
-def window(exits=None, userspace=None, pio=None):
-    return ExitCounts(exits=exits or {}, userspace=userspace or {}, pio=pio or {}, handled={},
-                      lost=0, backend="stream")
+def window(exits=None, userspace=None, pio=None, handled=None):
+    return ExitCounts(exits=exits or {}, userspace=userspace or {}, pio=pio or {},
+                      handled=handled or {}, lost=0, backend="stream")
 
 
 def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
@@ -45,7 +45,7 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2},
                                            tracing_before=None, tracing_after=[])
     assert "UNVERIFIED" in vm._live_verdict("case1")
-    vm.result.windows["case1"] = TracedWindow(counts=window({"CPUID": 5000}),
+    vm.result.windows["case1"] = TracedWindow(counts=window({"CPUID": 5000}, handled={"cpuid": 5000}),
                                               kvm_stats={"exits": 5000, "io_exits": 0})
     vm.result.windows["case2"] = TracedWindow(
         counts=window({"IO_INSTRUCTION": 5000}, {"IO": 5000}, {(0xE9, "out"): 5000}),

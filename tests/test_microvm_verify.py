@@ -109,14 +109,17 @@ def test_ground_truth_counts_and_verdicts(backend):
     if (find_tracefs() / "events/kvm/kvm_cpuid").is_dir():
         assert cpuid.handled.get("cpuid") == N
 
+    # where no kvm_exit decodes (PVM emulates the loop: no kvm_exit at all), nothing but handler
+    # events speaks for the path: never "passed" without KVM's own counters confirming the trace
+    right = "passed" if decodable else "unverified"
     for vendor in ("unknown", _vendor()):
         ok_q = verify_case(out, N, "qemu", "outb", PORT, vendor)
-        assert ok_q["status"] == "passed", ok_q["detail"]
+        assert ok_q["status"] == right, ok_q["detail"]
         assert ok_q["port_exits_per_iter"] == 1.0
         assert verify_case(out, N, "kvm", "cpuid", None, vendor)["status"] == "failed"
         assert verify_case(out, N, "kvm", "outb", PORT, vendor)["status"] == "failed"
         ok_k = verify_case(cpuid, N, "kvm", "cpuid", None, vendor)
-        assert ok_k["status"] == "passed", ok_k["detail"]
+        assert ok_k["status"] == right, ok_k["detail"]
         assert ok_k["userspace_exits_per_iter"] == round(1 / N, 6)
         assert verify_case(cpuid, N, "qemu", "outb", PORT, vendor)["status"] == "failed"
         print(ok_q["detail"]); print(ok_k["detail"])
@@ -205,22 +208,24 @@ def test_kvm_stats_and_trace_of_the_same_window():
     decodable = "IO_INSTRUCTION" in out_w.exits
     v_out = verify_case(out_w, N, "qemu", "outb", PORT, _vendor(), kvm_stats=out_s)
     v_cpu = verify_case(cpu_w, N, "kvm", "cpuid", None, _vendor(), kvm_stats=cpu_s)
-    assert v_out["status"] == "passed", v_out["detail"]
-    assert v_cpu["status"] == "passed", v_cpu["detail"]
-    t_out = verify_timed_window(out_s, N, "qemu", "outb")
-    t_cpu = verify_timed_window(cpu_s, N, "kvm", "cpuid")
+    right = "passed" if decodable else "unverified"
+    assert v_out["status"] == right, v_out["detail"]
+    assert v_cpu["status"] == right, v_cpu["detail"]
+    # the micro-VM has no console: none of its exits is the console's
+    t_out = verify_timed_window(out_s, N, "qemu", "outb", console_io=0)
+    t_cpu = verify_timed_window(cpu_s, N, "kvm", "cpuid", console_io=0)
     print(v_out["detail"]); print(v_cpu["detail"]); print(t_out["detail"]); print(t_cpu["detail"])
     if decodable:
         assert v_out["stats_agreement"]["io_exits"]["ok"] and v_cpu["stats_agreement"]["exits"]["ok"]
         assert t_out["status"] == "passed", t_out["detail"]
         assert t_cpu["status"] == "passed", t_cpu["detail"]
         # negative controls on real stats: each window's stats contradict the other path
-        assert verify_timed_window(out_s, N, "kvm", "cpuid")["status"] == "failed"
-        assert verify_timed_window(cpu_s, N, "qemu", "outb")["status"] == "failed"
+        assert verify_timed_window(out_s, N, "kvm", "cpuid", console_io=0)["status"] == "failed"
+        assert verify_timed_window(cpu_s, N, "qemu", "outb", console_io=0)["status"] == "failed"
         # and a window's stats against the other window's trace disagree
         assert verify_case(cpu_w, N, "kvm", "cpuid", None, _vendor(), kvm_stats=out_s)["status"] == "failed"
     else:
-        assert v_out["stats_agreement"] is None and "KVM stats not compared" in v_out["detail"]
+        assert v_out["stats_agreement"] is None and "only in total" in v_out["detail"]
         for t in (t_out, t_cpu):
             assert t["status"] in ("unverified", "failed"), t["detail"]
             assert t["status"] != "passed"

@@ -5,6 +5,7 @@ Statistics are computed here, before storage; exitlat.results.bundle only stores
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import sys
 import time
@@ -120,7 +121,7 @@ class DocumentBuilder:
             tw["verdict"] = dict(ver)
         else:
             tw["verdict"] = timed_verdict(spec, timed, self.plan.n_timed, self.ctx,
-                                          console_io=console_io_of(res.timed))
+                                          console_io=console_io_of(res.timed, traced, spec.port))
             if not self.o.verify:
                 ver = {"status": "skipped", "detail": "--no-verify"}
             else:
@@ -184,6 +185,7 @@ class DocumentBuilder:
     def build(self, argv, host, isolation, manifest, core, hk, results) -> tuple[dict, dict, dict]:
         cases, baselines = [], []
         self.host_tsc_hz = (host.get("tsc") or {}).get("hz")
+        self.ctx = dataclasses.replace(self.ctx, kvm_params=(host.get("kvm") or {}).get("parameters"))
         incomplete = [r for r in results if r.status != "complete"]
         first = results[0] if results else VmResult()
         for rep, res in enumerate(results):

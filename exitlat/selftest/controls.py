@@ -9,6 +9,17 @@ failure of the control comes from the one thing the control changed, not from th
 * cpuid-as-qemu    a CPUID window (handled in KVM) verified as a QEMU round trip (OUTB on its port)
 * lost-events      a real window with lost trace events added (the counts become lower bounds)
 * unparsed-line    a streamed window plus one torn trace_pipe line, parsed by the real parser
+* qemu-extra-exit  an OUTB window with one more exit per iteration (NPF/EPT_MISCONFIG, as an MMIO
+                   access would add): the round trip must be one exit
+* no-kvm-exit      a KVM window whose kvm_exit events are removed: handler events alone are no
+                   evidence of the path (must not pass: unverified)
+* read-as-write    an RDMSR window verified as a WRMSR (on SVM one MSR reason covers both: only
+                   the kvm_msr event's read/write field tells them apart)
+
+Two more come from a real run of their own (inner.CONTROL_RUN): cases 1 and 2 with 20
+iterations, while another tracefs instance traces every syscall:
+* small-n          its traced windows must not pass (their allowance is not small against n)
+* tracing-elsewhere its timed windows must fail: tracing was on, in an instance not exitlat's
 
 Windows are stored in each bundle as `ExitCounts.to_dict()` (verification_window.counts) and
 rebuilt with `ExitCounts.from_dict`.
@@ -25,7 +36,9 @@ from exitlat.verify.traced import verify_case
 
 # One trace_pipe line cut off in the middle of its event name, as a torn read would leave it.
 TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"
-CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line")
+CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line",
+                 "qemu-extra-exit", "no-kvm-exit", "read-as-write", "small-n", "tracing-elsewhere")
+MUST_FAIL, MUST_NOT_PASS = "failed", "not passed"
 
 
 @dataclass(frozen=True)
@@ -106,14 +119,19 @@ def _pick(windows: list[Window], pred, prefer_backend: str | None = None) -> Win
     return cands[0] if cands else None
 
 
-def run_controls(windows: list[Window]) -> list[dict]:
-    """Every negative control, each a dict: name, what, window, baseline (the window with its own
-    expectation: must pass), verdict (must fail), ok (both held), detail."""
+def _held(status: str, must: str) -> bool:
+    return status == "failed" if must == MUST_FAIL else status in ("failed", "unverified")
+
+
+def run_controls(windows: list[Window], control_doc: dict | None = None) -> list[dict]:
+    """Every negative control, each a dict: name, what, must ("failed" or "not passed"), window,
+    baseline (the window with its own expectation: must pass), verdict, ok (both held), detail."""
     results = []
 
-    def record(name: str, what: str, w: Window | None, counts_fn, path_fn) -> None:
-        row = {"name": name, "what": what, "window": None, "backend": None, "baseline": None,
-               "verdict": "missing", "ok": False, "detail": ""}
+    def record(name: str, what: str, w: Window | None, counts_fn, path_fn,
+               must: str = MUST_FAIL) -> None:
+        row = {"name": name, "what": what, "must": must, "window": None, "backend": None,
+               "baseline": None, "verdict": "missing", "ok": False, "detail": ""}
         if w is None:
             row["detail"] = "no suitable window in the bundles (did the runs complete?)"
             results.append(row)
@@ -127,7 +145,7 @@ def run_controls(windows: list[Window]) -> list[dict]:
         row["baseline"] = base["status"]
         row["verdict"] = v["status"]
         row["detail"] = v.get("detail", "")
-        row["ok"] = base["status"] == "passed" and v["status"] == "failed"
+        row["ok"] = base["status"] == "passed" and _held(v["status"], must)
         if base["status"] != "passed":
             row["detail"] = (f"the window does not pass with its own expectation "
                              f"({base.get('detail', '')}); the control proves nothing")
@@ -151,4 +169,52 @@ def run_controls(windows: list[Window]) -> list[dict]:
     record("unparsed-line", "a streamed window with one torn trace_pipe line injected",
            _pick(windows, lambda w: w.backend == "stream" and w.expected_path == "kvm"),
            with_torn_line, lambda w: (w.expected_path, w.instruction, w.port))
+
+    def with_extra_exit(w: Window) -> ExitCounts:
+        reason = "EPT_MISCONFIG" if w.vendor == "intel" else "NPF"
+        d = w.counts.to_dict()
+        return counts_from_dict(merge_counts(d, {"exits": {reason: w.n}}))
+
+    record("qemu-extra-exit", "an OUTB window with one more exit (NPF/EPT_MISCONFIG) per iteration",
+           _pick(windows, lambda w: w.instruction == "outb"), with_extra_exit,
+           lambda w: (w.expected_path, w.instruction, w.port))
+    record("no-kvm-exit", "a KVM window with its kvm_exit events removed (handler events kept)",
+           _pick(windows, lambda w: w.instruction == "cpuid" and w.expected_path == "kvm"),
+           lambda w: counts_from_dict(dict(w.counts.to_dict(), exits={})),
+           lambda w: (w.expected_path, w.instruction, w.port), must=MUST_NOT_PASS)
+    record("read-as-write", "an RDMSR window verified as a WRMSR",
+           _pick(windows, lambda w: w.instruction == "rdmsr"),
+           lambda w: w.counts, lambda w: ("kvm", "wrmsr", None))
+    results += control_run_rows(control_doc)
     return results
+
+
+def control_run_rows(doc: dict | None) -> list[dict]:
+    """small-n and tracing-elsewhere, from the control run's bundle (None: it did not run)."""
+    rows = []
+    for name, what, must in (
+            ("small-n", "20-iteration traced windows (allowance far above 10 % of n)", MUST_NOT_PASS),
+            ("tracing-elsewhere", "timed windows while another instance traced raw_syscalls",
+             MUST_FAIL)):
+        row = {"name": name, "what": what, "must": must, "window": None, "backend": None,
+               "baseline": "-", "verdict": "missing", "ok": False,
+               "detail": "the control run left no bundle (see the L1 console)"}
+        cases = (doc or {}).get("cases") or []
+        if cases:
+            verdicts = []
+            for c in cases:
+                if name == "small-n":
+                    v = (c.get("verification_window") or {}).get("verdict") or {}
+                else:
+                    v = (c.get("timed_window") or {}).get("verdict") or {}
+                verdicts.append((c["key"], v.get("status", "missing"), v.get("detail", "")))
+            worst = next((v for v in verdicts if not _held(v[1], must)), verdicts[0])
+            row.update(window=", ".join(k for k, _s, _d in verdicts),
+                       backend=(cases[0].get("verification_window") or {}).get("backend"),
+                       verdict=worst[1], detail=worst[2],
+                       ok=all(_held(s, must) for _k, s, _d in verdicts))
+            if name == "tracing-elsewhere" and row["ok"] and not all(
+                    "raw_syscalls" in d for _k, _s, d in verdicts):
+                row.update(ok=False, detail="failed, but not for the foreign tracing: " + worst[2])
+        rows.append(row)
+    return rows

@@ -33,6 +33,14 @@ RUNS = (
     ("wrmsr_tsc_deadline", "wrmsr_tsc_deadline", (5,), "hist"),
 )
 RUN_NAMES = tuple(r[0] for r in RUNS)
+# A run whose verdicts must NOT pass (controls.py): windows far too small to tell paths apart,
+# timed while another tracefs instance traces every syscall (as a forgotten `perf trace` or a
+# colleague's instance would).
+CONTROL_RUN = {"name": "controls-small-n-traced", "instr": "cpuid", "cases": [1, 2],
+               "tracing": "hist", "capture": False, "iterations": 20, "warmup": 0,
+               "verify_iterations": 20, "baselines": False,
+               "foreign_tracing": "raw_syscalls/sys_enter"}
+FOREIGN_INSTANCE = "exitlat_control_foreign"
 # Short runs whose raw trace text and hist files are kept (--capture; tests/fixtures/trace).
 CAPTURE_RUNS = (
     ("capture-cpuid", "cpuid", (1, 2), "hist"),
@@ -144,6 +152,28 @@ HANG_MARKERS = ("timed out after", "waiting for the guest to boot")
 L2_BOOT_TIMEOUT_S = 20.0      # L2 boots in 1-2 s here (cont to hello); a hang costs no more than this
 
 
+class ForeignTracing:
+    """Someone else's tracing, left on during the whole run: a tracefs instance of its own with
+    one event enabled (the bench must notice it in every timed window)."""
+
+    def __init__(self, event: str):
+        self.event = event
+        self.root = Path("/sys/kernel/tracing/instances") / FOREIGN_INSTANCE
+
+    def __enter__(self):
+        self.root.mkdir(exist_ok=True)
+        (self.root / "events" / self.event / "enable").write_text("1")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            (self.root / "events" / self.event / "enable").write_text("0")
+            self.root.rmdir()
+        except OSError:
+            pass
+        return False
+
+
 def is_l2_hang(reason: str | None) -> bool:
     return bool(reason) and any(m in reason for m in HANG_MARKERS)
 
@@ -184,7 +214,7 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
         cases=list(run["cases"]), iterations=int(run.get("iterations", cfg["iterations"])),
         warmup=int(run.get("warmup", cfg["warmup"])), instr=run["instr"], core=int(cfg["core"]),
         accel="kvm", repeat=1, container=False, output=OUT / "results",
-        baselines=run["instr"] == "cpuid",      # the ≈0-exit proof of every baseline, twice
+        baselines=run.get("baselines", run["instr"] == "cpuid"),   # every baseline's ≈0-exit proof, twice
         label=f"selftest {run['name']} (emulated AMD-V host)", build=Path(cfg["build"]),
         tracing=run["tracing"], emulated_host=True, boot_timeout=L2_BOOT_TIMEOUT_S,
         verify_iterations=int(run.get("verify_iterations", cfg["verify_iterations"])))
@@ -194,6 +224,8 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
             from .capture import Capture
 
             cap = Capture(OUT / "capture" / run["name"], cpu=int(cfg["core"]))
+        elif run.get("foreign_tracing"):
+            cap = ForeignTracing(run["foreign_tracing"])
         else:
             cap = _NoCapture()
         with cap:

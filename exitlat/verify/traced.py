@@ -7,7 +7,8 @@ from __future__ import annotations
 from exitlat.errors import ExitlatError
 from exitlat.instructions import KVM_PATHS, TABLE
 
-from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, HANDLER, IDLE_REASONS,
+from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, BACKGROUND_LIMIT, HANDLER,
+                    IDLE_REASONS,
                     INTERRUPT_SIDE_EXITS, ONE_TOLERANCE, RESOLUTION, STATS_STRAY_EVENTS,
                     STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS,
                     ZERO_TOLERANCE, bounds, check_n, check_path, check_stats, emulation_detail,
@@ -18,7 +19,8 @@ from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 
 def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, instruction: str,
-                port: int | None, vendor: str, *, kvm_stats: dict | None = None) -> dict:
+                port: int | None, vendor: str, *, kvm_stats: dict | None = None,
+                kvm_params: dict | None = None) -> dict:
     """Verdict for one traced case window. See the module docstring for the rules and tolerances.
 
     Returns {"status" (passed/failed/unverified), "detail" (one line), "expected_reason",
@@ -45,7 +47,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     decodable = any(k.split("|")[0] in DECODABLE_EXIT_NAMES for k in window.exits)
     interrupts = sum(c for r, c in window.exits.items() if r.split("|")[0] in ASYNC_REASONS)
     idle = sum(c for r, c in window.exits.items() if r.split("|")[0] in IDLE_REASONS)
-    side = side_allowance(interrupts)
+    side = side_allowance(interrupts, idle)
     lo, hi, zero_max = bounds(n, side)
     userspace = window.total_userspace
     user_io = window.userspace.get("IO", 0)
@@ -83,6 +85,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         "evidence": None,
         "tolerances": {"one": ONE_TOLERANCE, "zero": ZERO_TOLERANCE, "stray": STRAY_EVENTS,
                        "interrupt_side_exits": INTERRUPT_SIDE_EXITS, "resolution": RESOLUTION,
+                       "background_limit": BACKGROUND_LIMIT,
                        "agree": AGREE_TOLERANCE, "agree_stray": AGREE_STRAY},
         "detail": "",
     }
@@ -95,7 +98,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         first = window.unparsed_lines[0] if window.unparsed_lines else "(line not kept)"
         problems.append(f"{window.unparsed} trace lines could not be parsed, counts are "
                         f"incomplete (first: {first.strip()!r})")
-    small = too_small(n, side, "exits the loop did not cause")
+    small = too_small(n, STRAY_EVENTS, side, "exits the loop did not cause")
     if small:
         unproven.append(small)
 
@@ -178,6 +181,11 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                      unproven)
     else:
         notes.append("no KVM stats to cross-check the trace")
+    if instruction == "wrmsr_tsc_deadline":     # the timer behind the deadline (kvm_params: host facts)
+        from .timerbacking import timer_backing
+
+        result["timer_backing"] = timer_backing(window, vendor, kvm_params, n)
+        notes.append(f"deadline timer: {result['timer_backing']['timer']}")
 
     if problems:
         status, head = STATUS_FAILED, "failed"
@@ -226,7 +234,7 @@ def _stats_confirm_trace(window: ExitCounts, stats: dict | None, n: int, interru
 
 
 def _agree_limit(n: int, interrupts: int, idle: int) -> float:
-    return AGREE_TOLERANCE * n + AGREE_STRAY + (1 + INTERRUPT_SIDE_EXITS) * interrupts + idle
+    return AGREE_TOLERANCE * n + AGREE_STRAY + interrupts + idle
 
 
 def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: float, hi: float,
@@ -306,8 +314,9 @@ def _stats_agree(window: ExitCounts, stats: dict, n: int, decodable: bool, inter
         elif not ok:
             problems.append(f"KVM stats and trace disagree: {stat} = {stats[stat]} but {trace} "
                             f"{source} (tolerance ±{limit:.0f})")
-    if too_small(n, limit - AGREE_TOLERANCE * n, "the stats-trace agreement") and agreement:
-        unverified.append(too_small(n, limit - AGREE_TOLERANCE * n, "the stats-trace agreement"))
+    small = too_small(n, AGREE_STRAY, limit - AGREE_TOLERANCE * n, "the stats-trace agreement")
+    if small and agreement:
+        unverified.append(small)
     if absent:
         notes.append(f"KVM stats lack {', '.join(absent)}: not compared")
     result["stats_agreement"] = agreement

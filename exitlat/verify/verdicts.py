@@ -17,6 +17,7 @@ ORDER = {"failed": 3, "unverified": 2, "passed": 1}
 class VerdictContext:
     vendor: str          # "intel", "amd" or "unknown": which exit-reason names to expect
     port: int            # the S port
+    kvm_params: dict | None = None   # the host's KVM module parameters (timer_backing)
 
 
 def _port(spec, ctx: VerdictContext) -> int | None:
@@ -45,13 +46,19 @@ def timed_verdict(spec, timed, n: int, ctx: VerdictContext, console_io: int | No
     return _with_tracing(v, timed)
 
 
-def console_io_of(timed_windows: dict) -> int | None:
-    """The console's I/O exits per window in one VM run, from its baseline windows' KVM stats
-    (keys "baseline_*" of VmResult.timed); None when the run has none."""
+def console_io_of(timed_windows: dict, traced=None, port: int | None = None) -> int | None:
+    """The console's I/O exits per window in one VM run: the median over its baseline windows'
+    io_exits (keys "baseline_*" of VmResult.timed: no exiting instruction, the same handshake);
+    without baselines, the port I/O on other ports than the case's that the case's own traced
+    window counted (the same handshake, told apart by port); None when neither exists."""
     from .timed import console_io_estimate
 
-    return console_io_estimate([w.kvm_stats for k, w in timed_windows.items()
-                                if k.startswith("baseline_") and w is not None])
+    est = console_io_estimate([w.kvm_stats for k, w in timed_windows.items()
+                               if k.startswith("baseline_") and w is not None])
+    counts = getattr(traced, "counts", None)
+    if est is None and counts is not None and not counts.lost and not counts.unparsed:
+        est = sum(c for (p, _d), c in counts.pio.items() if p != port)
+    return est
 
 
 def baseline_verdict(timed, n: int) -> dict:
@@ -70,7 +77,7 @@ def traced_verdict(spec, traced, n: int, ctx: VerdictContext) -> dict:
         why = (traced.error if traced is not None and traced.error else "no traced window recorded")
         return {"status": "failed", "detail": f"failed: {why}"}
     return verify_case(traced.counts, n, spec.expected_path, spec.instruction, _port(spec, ctx),
-                       ctx.vendor, kvm_stats=traced.kvm_stats)
+                       ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params)
 
 
 def combine(timed: dict, traced: dict) -> dict:

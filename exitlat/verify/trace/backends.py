@@ -76,6 +76,7 @@ class HistBackend(Backend):
         "kvm_cpuid": [],
         "kvm_msr": ["write"],
         "kvm_hypercall": [],
+        "kvm_hv_timer_state": ["hv_timer_in_use"],
     }
 
     def start(self, t: TraceTarget) -> list[tuple[str, str]]:
@@ -99,7 +100,7 @@ class HistBackend(Backend):
         if t.pipe.started:                 # timeline mode: its events are in trace_pipe
             t.pipe.sync(timeout)
         acc = CountAccumulator()
-        add_hists(self._read_hists(t), acc)
+        add_hists(self._read_hists(t), acc, t.pipe.pids)     # another thread's entry fails
         return acc.freeze(self.name)
 
     @staticmethod

@@ -41,6 +41,10 @@ class ExitCounts:
                EXIT_FASTPATH_NONE (return probes only).
     probed:    the symbols that had a working probe during the window (so that zero hits can be
                told from "not probed"); probe_note says why a requested probe is missing.
+    hv_timer:  kvm_hv_timer_state by the timer KVM armed for the guest's LAPIC timer:
+               "in_use" (the VMX preemption timer) and "not_in_use" (an hrtimer); one event
+               each time KVM (re)starts that timer, e.g. on every WRMSR IA32_TSC_DEADLINE
+               (exitlat/verify/timerbacking.py). {} also where the kernel lacks the event.
     """
 
     exits: dict = field(default_factory=dict)
@@ -57,6 +61,7 @@ class ExitCounts:
     # 1-based position of each unparsed_lines entry in the cumulative unparsed count, so that a
     # window (later - earlier) keeps only its own lines; () when unknown (e.g. from_dict).
     unparsed_index: tuple = field(default=(), repr=False, compare=False)
+    hv_timer: dict = field(default_factory=dict)
 
     @property
     def total_exits(self) -> int:
@@ -87,7 +92,8 @@ class ExitCounts:
                           sub(self.pio, other.pio), sub(self.handled, other.handled),
                           self.lost - other.lost, self.backend or other.backend,
                           self.unparsed - other.unparsed, lines, sub(self.probes, other.probes),
-                          self.probed, self.probe_note, index)
+                          self.probed, self.probe_note, index,
+                          hv_timer=sub(self.hv_timer, other.hv_timer))
 
     def to_dict(self) -> dict:
         """JSON-friendly form (pio keys as "0xe9/out"); `from_dict` is its inverse."""
@@ -98,7 +104,7 @@ class ExitCounts:
                 "lost": self.lost, "backend": self.backend,
                 "unparsed": self.unparsed, "unparsed_lines": list(self.unparsed_lines),
                 "probes": dict(sorted(self.probes.items())), "probed": list(self.probed),
-                "probe_note": self.probe_note}
+                "probe_note": self.probe_note, "hv_timer": dict(sorted(self.hv_timer.items()))}
 
     @classmethod
     def from_dict(cls, d: dict) -> "ExitCounts":
@@ -106,7 +112,9 @@ class ExitCounts:
 
         A dict without an "unparsed" count (written before exitlat counted unparsed lines) cannot
         prove that every line was counted: it comes back with unparsed = 1 and a line saying so,
-        which fails verification (fail closed)."""
+        which fails verification (fail closed). A dict without "hv_timer" (written before
+        exitlat counted kvm_hv_timer_state) reads as {}: nothing counted, which timer_backing
+        reports as unknown."""
         if not isinstance(d, dict):
             raise ExitlatError(f"ExitCounts.from_dict needs a dict, got {type(d).__name__}")
         missing = [k for k in ("exits", "userspace", "pio", "handled", "lost") if k not in d]
@@ -128,7 +136,8 @@ class ExitCounts:
                                   "of its counts is unknown>",)
         return cls(counts("exits"), counts("userspace"), pio, counts("handled"), int(d["lost"]),
                    str(d.get("backend") or ""), unparsed, lines, counts("probes"),
-                   tuple(d.get("probed") or ()), str(d.get("probe_note") or ""))
+                   tuple(d.get("probed") or ()), str(d.get("probe_note") or ""),
+                   hv_timer=counts("hv_timer"))
 
 
 class CountAccumulator:
@@ -141,6 +150,7 @@ class CountAccumulator:
         self.pio: Counter = Counter()
         self.handled: Counter = Counter()
         self.probes: Counter = Counter()
+        self.hv_timer: Counter = Counter()
         self.lost = 0
         self.unparsed = 0
         self._samples: list[tuple[int, str]] = []   # (position, line), bounded
@@ -160,4 +170,4 @@ class CountAccumulator:
         return ExitCounts(dict(self.exits), dict(self.userspace), dict(self.pio),
                           dict(self.handled), self.lost + extra_lost, backend, self.unparsed,
                           tuple(ln for _i, ln in self._samples), dict(self.probes), (), "",
-                          tuple(i for i, _ln in self._samples))
+                          tuple(i for i, _ln in self._samples), hv_timer=dict(self.hv_timer))

@@ -2,8 +2,9 @@
 format: Documentation/trace/histogram.rst) and adds its entries to a CountAccumulator.
 
 Fail closed, as traceparse.py: a line that looks like an entry ("{ ... } hitcount: ...") but
-does not parse, or an entry whose keys are not the integers its event needs, is counted in
-`ExitCounts.unparsed`. ``Dropped:`` (the hist map was full) is counted as lost.
+does not parse, an entry whose keys are not the integers its event needs, or an entry of a thread
+that is not a vCPU thread (a broken pid filter), is counted in `ExitCounts.unparsed`.
+``Dropped:`` (the hist map was full) is counted as lost.
 """
 
 from __future__ import annotations
@@ -70,8 +71,20 @@ def _ints(keys: dict, required: tuple, optional: tuple = ()) -> dict | None:
     return out
 
 
-def add_hists(hists: dict[str, str], acc: CountAccumulator) -> None:
-    """Add hist files ({event: text}; a probe's under "probe/<symbol>") to `acc`."""
+def _errno(value: int) -> int | None:
+    """kvm_userspace_exit's errno (an int in the event) as hist prints it: every key as an unsigned
+    64-bit number (kernel/trace/trace_events_hist.c, "%10llu"), so -EINTR reads
+    18446744073709551612. Back to signed; None for what no int prints as. KVM_RUN returns 0 or a
+    negative errno, so a positive one is not a value the kernel writes either."""
+    if value >= 1 << 63:
+        value -= 1 << 64
+    return value if -(1 << 31) <= value <= 0 else None
+
+
+def add_hists(hists: dict[str, str], acc: CountAccumulator, pids: set[int] | None = None) -> None:
+    """Add hist files ({event: text}; a probe's under "probe/<symbol>") to `acc`. With `pids`
+    (the vCPU threads the triggers filter on), an entry of any other thread is not counted but
+    failed: the filter did not hold (a hist backend's entries all key on common_pid)."""
     for event, text in hists.items():
         bad_lines: list[str] = []
         entries, dropped = parse_hist(text, bad_lines)
@@ -80,6 +93,11 @@ def add_hists(hists: dict[str, str], acc: CountAccumulator) -> None:
         acc.lost += dropped
         for keys, hits in entries:
             ok = True
+            pid = keys.get("common_pid")
+            if pids is not None and pid not in pids:
+                acc.bad(f"{event} hist: entry of thread {pid}, not a vCPU thread (the pid filter "
+                        f"did not hold): {keys} hitcount: {hits}")
+                continue
             if event == "kvm_exit":
                 k = _ints(keys, ("exit_reason",), ("isa",))
                 if k is None:
@@ -88,10 +106,11 @@ def add_hists(hists: dict[str, str], acc: CountAccumulator) -> None:
                     acc.exits[decode_exit_reason(k["exit_reason"], k.get("isa"))] += hits
             elif event == "kvm_userspace_exit":
                 k = _ints(keys, ("reason",), ("errno",))
-                if k is None:
+                errno = _errno(k.get("errno", 0)) if k is not None else None
+                if k is None or errno is None:
                     ok = False
-                else:
-                    acc.userspace[decode_userspace_reason(k["reason"], k.get("errno", 0))] += hits
+                else:           # errno < 0: a KVM_RUN that failed; its reason is a stale one
+                    acc.userspace[decode_userspace_reason(k["reason"], errno)] += hits
             elif event == "kvm_pio":
                 k = _ints(keys, ("rw", "port"))
                 if k is None:
@@ -106,6 +125,12 @@ def add_hists(hists: dict[str, str], acc: CountAccumulator) -> None:
                     ok = False
                 else:
                     acc.handled["msr_write" if k["write"] else "msr_read"] += hits
+            elif event == "kvm_hv_timer_state":
+                k = _ints(keys, ("hv_timer_in_use",))
+                if k is None:
+                    ok = False
+                else:
+                    acc.hv_timer["in_use" if k["hv_timer_in_use"] else "not_in_use"] += hits
             elif event.startswith(PROBE_HIST_PREFIX):
                 sym = event[len(PROBE_HIST_PREFIX):]
                 k = _ints(keys, (), ("ret",))

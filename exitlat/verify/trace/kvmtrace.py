@@ -8,6 +8,9 @@
 * KVM's in-kernel handler tracepoints ``kvm_cpuid``, ``kvm_msr`` (read/write) and
   ``kvm_hypercall``: they prove that KVM itself handled an instruction, whatever exit mechanism
   brought it there (on PVM, or when KVM emulates, there is no ``kvm_exit`` event at all),
+* ``kvm:kvm_hv_timer_state`` by the timer KVM armed for the guest's LAPIC timer (the VMX preemption
+  timer or an hrtimer), where the kernel has it: which timer backs case 5's TSC-deadline writes
+  (exitlat/verify/timerbacking.py),
 * optionally (``kprobes=``) return probes on KVM's WRMSR fastpath handler, counted per symbol:
   ``probes["<sym>"]`` = calls, ``probes["<sym>:handled"]`` = calls that returned something other
   than EXIT_FASTPATH_NONE, i.e. that the irq-off fastpath really handled (see FASTPATH_SYMBOLS).

@@ -19,7 +19,9 @@ from .timeline import TSC_CLOCK
 TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 
 # The kvm tracepoints a counter uses (ExitCounter); without the required ones it cannot count.
-EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_cpuid", "kvm_msr", "kvm_hypercall")
+# kvm_hv_timer_state: which timer KVM arms for the guest's LAPIC timer (exitlat/verify/timerbacking.py).
+EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio", "kvm_cpuid", "kvm_msr", "kvm_hypercall",
+          "kvm_hv_timer_state")
 REQUIRED_EVENTS = ("kvm_exit", "kvm_userspace_exit", "kvm_pio")
 
 

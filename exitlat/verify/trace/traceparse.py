@@ -3,7 +3,8 @@ timeline's events in either backend) or a whole captured trace (tests, checks by
 
 Fail closed: a counter's instance carries only the events it enabled, filtered on the vCPU
 threads, so every line must be a sync marker, a ``[LOST n EVENTS]`` line or a well-formed event
-whose payload parses (a kvm_exit reason must be a known VMX/SVM name or a number). Anything else
+of a vCPU thread whose payload parses (a kvm_exit reason must be a known VMX/SVM name or a
+number; an event of another thread means the filter did not hold). Anything else
 is counted in `ExitCounts.unparsed` (the first lines kept in ``unparsed_lines``), and the verifier
 fails the window. histparse.py does the same for hist lines that look like entries but do not
 parse.
@@ -42,6 +43,12 @@ _SYSCALL_CMD = re.compile(r"(?:^|, )(?:[\w ]+ )?cmd: (?:0x)?([0-9a-fA-F]+)(?:,|$
 # 6.18 adds " intr_info 0x%08x error_code 0x%08x" before it.
 _ENTRY = re.compile(r"^vcpu \d+, rip 0x[0-9a-fA-F]+(?: intr_info 0x[0-9a-fA-F]+ error_code 0x[0-9a-fA-F]+)?"
                     r"(?:\[immediate exit\])?\s*$")
+# Before 5.10 kvm_entry printed "vcpu %u" alone, and fired in vcpu_enter_guest() before the
+# vendor's run function, not at every VM entry: the line is accepted, but no exit is paired with
+# it (KVM_ENTRY_WITHOUT_RIP goes into the timeline's `missing`, so the decomposition is refused).
+_ENTRY_WITHOUT_RIP = re.compile(r"^vcpu \d+\s*$")
+KVM_ENTRY_WITHOUT_RIP = ("kvm_entry (prints no rip: a kernel before 5.10, whose kvm_entry fires "
+                         "outside the vendor's run loop, so exits are not paired)")
 _LOST = re.compile(r"\s*CPU:(\d+) \[LOST (\d+) EVENTS\]\s*")
 _EXIT_REASON = re.compile(r"^(?:vcpu \d+ )?reason (.+?) rip (?:0x)?[0-9a-fA-F]+(?: |$)")
 _USER_REASON = re.compile(r"^reason (\S+) \((-?\d+)\)\s*$")
@@ -49,6 +56,7 @@ _PIO = re.compile(r"^pio_(read|write) at 0x([0-9a-fA-F]+) size \d+ count \d+")
 _MSR = re.compile(r"^msr_(read|write) [0-9a-fA-F]+ = 0x[0-9a-fA-F]+")
 _CPUID = re.compile(r"^func [0-9a-fA-F]+ idx [0-9a-fA-F]+ ")
 _HYPERCALL = re.compile(r"^nr 0x[0-9a-fA-F]+ ")
+_HV_TIMER = re.compile(r"^vcpu_id [0-9a-fA-F]+ hv_timer ([0-9a-fA-F]+)\s*$")   # "%x", "%x"
 # kprobe:    "(sym+0x0/0x30 [kvm])[ args]"; kretprobe: "(caller+0x5d/0x9a0 [kvm_intel] <- sym)[ args]"
 _PROBE = re.compile(r"^\((?P<at>[^()<]+?)(?: <- (?P<func>[^()\s]+))?\)(?P<args>(?: \w+=\S*)*)\s*$")
 
@@ -60,8 +68,9 @@ def _probe_args(args: str) -> dict[str, str]:
 def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = None) -> str | None:
     """Add one trace_pipe line to `acc`. Returns the marker text for tracing_mark_write lines
     (so the caller can see its sync markers), else None. A non-empty line that is none of: a
-    marker, a "[LOST n EVENTS]" line, an event of a pid not in `pids`, or one of the counted
-    events with a payload that parses, is counted as unparsed."""
+    marker, a "[LOST n EVENTS]" line, or one of the counted events of a thread in `pids` with a
+    payload that parses, is counted as unparsed (an event of another thread too: the instance's
+    pid filter should have dropped it)."""
     if not line.strip():
         return None
     tl = acc.timeline
@@ -73,7 +82,7 @@ def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = N
         return None
     m = _LINE.match(line)
     if not m:
-        if tl is None or not _timeline_syscall(line, tl, pids):
+        if tl is None or not _timeline_syscall(line, tl, pids, acc):
             acc.bad(line)
         return None
     event, payload = m.group("event"), m.group("payload")
@@ -81,6 +90,7 @@ def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = N
         return payload.strip()
     pid = int(m.group("pid"))
     if pids is not None and pid not in pids:
+        _foreign(line, pid, acc)
         return None
     ok = True
     if event == "kvm_exit":
@@ -113,6 +123,10 @@ def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = N
     elif event == "kvm_entry" and tl is not None:
         if _ENTRY.match(payload):
             tl.entry(pid, m.group("ts"))
+        elif _ENTRY_WITHOUT_RIP.match(payload):
+            tl.events["kvm_entry without rip"] += 1
+            if KVM_ENTRY_WITHOUT_RIP not in tl.missing:
+                tl.missing += (KVM_ENTRY_WITHOUT_RIP,)
         else:
             ok = False
     elif event == "kvm_cpuid":
@@ -131,11 +145,23 @@ def parse_trace_line(line: str, acc: CountAccumulator, pids: set[int] | None = N
             acc.handled["hypercall"] += 1
         else:
             ok = False
+    elif event == "kvm_hv_timer_state":
+        r = _HV_TIMER.match(payload)
+        if r:
+            acc.hv_timer["in_use" if int(r.group(1), 16) else "not_in_use"] += 1
+        else:
+            ok = False
     else:
         ok = _count_probe_line(event, payload, acc)
     if not ok:
         acc.bad(line)
     return None
+
+
+def _foreign(line: str, pid: int, acc: CountAccumulator) -> None:
+    """An event of a thread that is not a vCPU thread: the instance filters every event on the
+    vCPU threads, so the filter did not hold and the counts cannot be trusted (unparsed: fails)."""
+    acc.bad(f"event of thread {pid}, not a vCPU thread (the pid filter did not hold): {line.strip()}")
 
 
 def _count_probe_line(event: str, payload: str, acc: CountAccumulator) -> bool:
@@ -171,13 +197,15 @@ def parse_trace_text(text: str, pids: set[int] | None = None,
     return acc.freeze("text")
 
 
-def _timeline_syscall(line: str, tl: "Timeline", pids: set[int] | None) -> bool:
+def _timeline_syscall(line: str, tl: "Timeline", pids: set[int] | None,
+                      acc: CountAccumulator) -> bool:
     """A sys_ioctl enter/exit line (timeline mode); False when the line is not one (unparsed)."""
     m = _SYSCALL_LINE.match(line)
     if not m or m.group("name") != "sys_ioctl":
         return False
     pid = int(m.group("pid"))
     if pids is not None and pid not in pids:
+        _foreign(line, pid, acc)
         return True
     if m.group("ret") is not None:
         tl.syscall_exit(pid, m.group("ts"))
