@@ -379,6 +379,7 @@ def test_window_from_bundle_dict_verifies_the_same():
 def test_tolerance_constants_documented():
     import exitlat.verify.rules as v
 
-    for name in ("ONE_TOLERANCE", "ZERO_TOLERANCE", "STRAY_EVENTS", "STATS_STRAY_EVENTS", "AGREE_TOLERANCE"):
+    for name in ("ONE_TOLERANCE", "ZERO_TOLERANCE", "STRAY_EVENTS", "STATS_STRAY_EVENTS", "AGREE_TOLERANCE",
+                 "AGREE_STRAY", "INTERRUPT_SIDE_EXITS", "RESOLUTION", "BACKGROUND_LIMIT", "CONSOLE_SLACK"):
         assert name in v.__doc__
     assert STRAY_EVENTS < STATS_STRAY_EVENTS
