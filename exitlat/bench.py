@@ -158,6 +158,7 @@ def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
     """The VM runs, one after another; stops at the first incomplete one. A stop request (Ctrl-C,
     SIGTERM, SIGHUP) keeps what ran and is returned."""
     results: list[VmResult] = []
+    vm = None
     try:
         with interruptible():
             for rep in range(plan.repeat):
@@ -168,13 +169,17 @@ def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
                     progress.say(f"VM {rep + 1}: not started: {missing}")
                     break
                 progress.say(f"VM {rep + 1}/{plan.repeat}: starting QEMU")
-                res = VmRun(plan, build, core, hk, progress, pins_base).run()
+                vm = VmRun(plan, build, core, hk, progress, pins_base)
+                res = vm.run()
                 results.append(res)
                 if res.status != "complete":
                     progress.say(f"VM {rep + 1}: incomplete: {res.reason}")
                     break
     except KeyboardInterrupt as err:
-        if not results or results[-1].status == "complete":
+        if vm is not None and not any(r is vm.result for r in results):
+            results.append(vm.result)       # the interrupted VM: its console, what it measured
+            vm.result.status, vm.result.reason = "incomplete", reason_of(err)
+        elif not results or results[-1].status == "complete":
             results.append(VmResult(status="incomplete", reason=reason_of(err)))
         return results, err
     return results, None

@@ -121,6 +121,9 @@ def write_bundle(results_root: Path, doc: dict, samples: dict, files: dict,
             (folder / BUNDLE_JSON).write_bytes(blob)
             _write_sums(folder)                  # last: it covers every file above
     except OSError as err:   # a full disk, a read-only or vanished folder: nothing is left there
+        if err.filename and not (str(err.filename).startswith(str(tmp))
+                                 or Path(err.filename) in (results_root, final)):
+            raise                # an extra file to copy that cannot be read: not the folder's fault
         raise BundleIOError(f"cannot write the bundle in {results_root}: "
                             f"{err.strerror or err} (nothing half-written is left there)") from None
     return final

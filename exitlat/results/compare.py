@@ -84,6 +84,11 @@ def general_warnings(bundles: list[Bundle]) -> list[str]:
             out.append(f"{b.name}: run INCOMPLETE: {b.doc['status']['reason']}")
         if not b.doc["isolation"].get("isolated"):
             out.append(f"{b.name}: measured core was NOT isolated")
+        others = (b.doc.get("run") or {}).get("other_runs_seen") or []
+        if others:
+            out.append(f"{b.name}: {len(others)} other exitlat run(s) on the host during this run ("
+                       + "; ".join(f"pid {o.get('pid')} on core {o.get('core')}" for o in others)
+                       + "): their noise may be in these numbers")
         failed = [e["key"] for e in b.doc["cases"] if e["verification"]["status"] == "failed"]
         if failed:
             out.append(f"{b.name}: exit path verification FAILED for {', '.join(failed)}")

@@ -56,8 +56,10 @@ def run_items(host: Host) -> tuple[list[Check], list[str]]:
 
 
 def collect_state(core: int | None, root: Path = Path("/"), docker: bool = True,
-                  which=shutil.which) -> dict:
-    """Doctor's verdicts for `core` as a JSON-serialisable dict (the bundle's "isolation")."""
+                  which=shutil.which, runs: bool | None = None) -> dict:
+    """Doctor's verdicts for `core` as a JSON-serialisable dict (the bundle's "isolation").
+    runs (default: when checking the real root, where runs live): also the exitlat runs on this
+    host, what holds the core, and what killed runs left (exitlat.run.cleanup)."""
     fs = SysFs(root)
     warning = None
     if core is None:
@@ -77,7 +79,17 @@ def collect_state(core: int | None, root: Path = Path("/"), docker: bool = True,
         "items": [c.as_dict() for c in checks],
         "summary": summary,
         "cmdline_suggestion": cmdline_suggestion(topo, core),
+        **({"runs": _runs_state(core, docker)} if (root == Path("/") if runs is None else runs) else {}),
     }
+
+
+def _runs_state(core: int, docker: bool) -> dict:
+    from exitlat.run.cleanup import runs_state
+
+    try:
+        return runs_state(core, docker=docker)
+    except Exception as err:   # what runs on the host must never hide the isolation checks
+        return {"error": f"{type(err).__name__}: {err}"}
 
 
 def render(state: dict) -> str:
@@ -102,5 +114,12 @@ def render(state: dict) -> str:
                      "(--dry-run to preview, --revert to undo)")
     if state["cmdline_suggestion"]:
         lines.append(f"boot-time fixes: add to the kernel command line: {state['cmdline_suggestion']}")
+    if state.get("runs"):
+        if state["runs"].get("error"):
+            lines.append(f"exitlat runs on this host: could not check ({state['runs']['error']})")
+        else:
+            from exitlat.run.cleanup import render_runs
+
+            lines += render_runs(state["runs"], core)
     lines.append("details and how to revert each setting: docs/isolation.md")
     return "\n".join(lines)
