@@ -153,8 +153,8 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
  *   pre-flight  run once by CONFIG before it accepts the instruction (NULL:
  *               nothing to check)
  *   ONCE        whether ONCE may run it (false: LOOP only)
- *   STATEMENT   what one iteration executes, on the locals msr, port, far,
- *               rax and amd (see the harness below)
+ *   STATEMENT   what one iteration executes, on the locals msr, port, ahead,
+ *               rax and amd, and EL_WINDOW_T0 (see the harness below)
  *
  * The list is expanded three times: into the harness's loop functions
  * (el_batch_<name>), the table el_instrs[] that CONFIG and LOOP index, and
@@ -171,7 +171,7 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
 	X(EXITLAT_I_RDMSR,  rdmsr,  el_check_rdmsr,     true, el_rdmsr(msr))		\
 	/* loop only: docs/probes.md, "wrmsr_tsc_deadline" */				\
 	X(EXITLAT_I_WRMSR_TSC_DEADLINE, wrmsr_tsc_deadline, el_check_tsc_deadline, false, \
-	  el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, far))					\
+	  el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, EL_WINDOW_T0 + ahead))			\
 	X(EXITLAT_I_OUTB,   outb,   NULL,               true, exitlat_outb(port, '.'))
 
 /* ---- the kernel-mode timing harness --------------------------------------- */
@@ -201,7 +201,7 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
  *   before the first t0 and after the last t1: no call, indirect branch or
  *   switch of the harness runs inside a window (an indirect call there would
  *   add its cost, and a prediction that can miss, to every sample).
- * - STATEMENT works on plain locals: msr, port, far, which each loop
+ * - STATEMENT works on plain locals: msr, port, ahead, which each loop
  *   instance reads from struct el_window before its loop (a window loads no
  *   global and chases no pointer; READ_ONCE gives each instance its own copy,
  *   so each gets the register that suits its loop: RDMSR's keeps the index
@@ -210,18 +210,43 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
  *   constant in each instance, so `amd ? VMMCALL : VMCALL` is decided at
  *   compile time.
  * - WRMSR IA32_TSC_DEADLINE: the guest's own clockevent uses this MSR.  The
- *   batch saves the armed deadline (0 = none), writes one far in the future
- *   in every iteration (~2^40 cycles, minutes away: it never fires, KVM keeps
- *   it armed in the VMX preemption timer), then restores the saved value: if
- *   it already passed, the timer interrupt fires at once when interrupts are
- *   back on, so no tick is lost.  Two extra (untimed) exits per batch.
+ *   batch saves the armed deadline (0 = none), re-arms the timer in every
+ *   iteration at EL_DEADLINE_AHEAD cycles after that iteration's own t0, then
+ *   restores the saved value: if it already passed, the timer interrupt fires
+ *   at once when interrupts are back on, so no tick is lost.  Two extra
+ *   (untimed) exits per batch.  The deadline is relative to t0 (the timer
+ *   read already in the window, EL_WINDOW_T0): one register add inside the
+ *   window, no extra RDTSC.
+ *   Why 2^30 cycles (0.27 s at 4 GHz, 1.07 s at 1 GHz):
+ *   - It is a deadline a real guest arms (a NOHZ tick or timer well under
+ *     2^32 cycles), so KVM backs it the way it backs a guest's timer: on
+ *     Intel in the VMX preemption timer, which vmx_set_hv_timer() accepts
+ *     only for deltas below 2^(32 + preemption timer rate) (at least 2^32;
+ *     a larger one, like the 2^40 this module once used, gets -ERANGE and
+ *     falls back to an hrtimer on every write); on AMD always an hrtimer
+ *     (SVM has no preemption timer).  The host's traced window proves which
+ *     one backed the writes (kvm_hv_timer_state, exitlat/verify/timerbacking.py).
+ *   - It never fires during a batch: each iteration moves it 2^30 cycles past
+ *     its own start, so it would fire only if one WRMSR round trip took 2^30
+ *     cycles.  A real exit takes microseconds; under TCG or the emulated
+ *     AMD-V host one takes at most milliseconds, still 100x short of it.  A
+ *     fixed deadline per batch would not be safe there: 1000 slow
+ *     iterations can pass 2^30 cycles.  Should a host stall the vCPU that
+ *     long anyway, the cost is one timer interrupt left pending until the
+ *     batch ends, and the verifier sees its exit.
  */
+#define EL_DEADLINE_AHEAD	(1ULL << 30)
+/*
+ * The current window's t0 inside a STATEMENT: the variable EXITLAT_TIMED_LOOP
+ * (exitlat_uapi.h) reads the timer into, in scope where STATEMENT is pasted.
+ */
+#define EL_WINDOW_T0		__tl_t0
 
 /* What a batch needs. */
 struct el_window {
 	u32 msr;	/* RDMSR index */
 	u16 port;	/* OUTB port */
-	u64 far;	/* WRMSR TSC_DEADLINE: a deadline far in the future */
+	u64 ahead;	/* WRMSR TSC_DEADLINE: cycles from t0 to the deadline */
 	u32 timer;	/* EXITLAT_T_* */
 	bool amd;	/* VMMCALL instead of VMCALL */
 };
@@ -234,12 +259,12 @@ typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 	do {									\
 		const u32 msr = READ_ONCE(in->msr);				\
 		const u16 port = READ_ONCE(in->port);				\
-		const u64 far = READ_ONCE(in->far);				\
+		const u64 ahead = READ_ONCE(in->ahead);				\
 		const bool amd = (AMD);						\
 										\
 		(void)msr;							\
 		(void)port;							\
-		(void)far;							\
+		(void)ahead;							\
 		(void)amd;							\
 		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
 	} while (0)
@@ -290,7 +315,7 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	local_irq_save(flags);
 	if (deadline) {
 		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
-		w.far = rdtsc() + (1ULL << 40);
+		w.ahead = EL_DEADLINE_AHEAD;
 	}
 	rax = el_instrs[cfg->instr].batch(&w, buf, n);
 	if (deadline)
@@ -351,10 +376,13 @@ static long el_once(struct exitlat_state *st)
 	const u32 msr = w >> 32;
 	const u16 port = (w >> 16) & 0xffff;
 	const bool amd = w & EL_ONCE_AMD;
-	const u64 far = 0;	/* only the loop-only TSC_DEADLINE row names it */
+	const u64 ahead = 0;	/* only the loop-only TSC_DEADLINE row names it */
+	const u64 __tl_t0 = 0;	/* ... with EL_WINDOW_T0 */
 	long rax = 0;
 
 	(void)rax;
+	(void)ahead;
+	(void)__tl_t0;
 	if (!(w & EL_ONCE_VALID))
 		return -ENXIO;
 	/* RAX (-KVM_ENOSYS) is dropped: an ioctl result in -4095..-1 reads as an error. */
