@@ -151,6 +151,14 @@ def _say_plan_notes(plan: RunPlan, progress: Progress) -> None:
     if any(s.instruction == "wrmsr_tsc_deadline" and s.expected_path == PATH_KVM for s in plan.specs):
         progress.say("note: KVM's fastpath cannot handle WRMSR TSC_DEADLINE on this host (no VMX "
                      "preemption timer): case 5 expects the normal in-kernel handler")
+    if plan.verifying:
+        from exitlat.verify.rules import STRAY_EVENTS, min_verifiable_n
+
+        least = min_verifiable_n(STRAY_EVENTS)
+        small = min(plan.n_timed, plan.verify_iterations)
+        if small < least:
+            progress.say(f"note: windows of {small} iterations are too small to verify a path "
+                         f"(at least {least} are needed): their verdicts will be UNVERIFIED")
 
 
 def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
