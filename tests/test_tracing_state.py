@@ -120,6 +120,14 @@ def test_enabled_functions_are_caught_but_livepatch_is_not_tracing(tmp_path):
     assert check(root, tmp_path) == ["enabled_functions: 1 functions hooked (e.g. vmx_vcpu_run)"]
 
 
+def test_bpf_lsm_hooks_are_policy_not_tracing(tmp_path):
+    root = fake_tracefs(tmp_path)
+    (root / "enabled_functions").write_text(
+        "bpf_lsm_file_open (1)           D      tramp: 0xffffffffc0205000 (bpf_trampoline_6442+0x0/0x100)\n")
+    got = check(root, tmp_path)
+    assert got == [] and any("BPF LSM hooks" in c and "bpf_lsm_file_open" in c for c in got.checked)
+
+
 def test_unreadable_enabled_functions_is_a_named_limit(tmp_path):
     root = fake_tracefs(tmp_path)
     (root / "enabled_functions").unlink()

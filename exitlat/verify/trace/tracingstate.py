@@ -16,7 +16,8 @@ filter drops the event, and a hooked function costs a call. `check_tracing()` re
                       say which functions it is limited to.
   enabled_functions   every function with an ftrace callback: a function tracer, a kprobe on the
                       function's ftrace site, a BPF trampoline (fentry/fexit, kprobe_multi), the
-                      stack tracer. A function whose only callback is livepatch's is not traced.
+                      stack tracer. A function whose only callback is livepatch's is not traced,
+                      nor is a BPF LSM hook (bpf_lsm_*: security policy; named in `checked`).
   kprobe_profile, uprobe_profile   the hits of every probe event: compared before and after the
                       window (TimedWindow), a probe that fired without being enabled in tracefs
                       (opened through perf_event_open: `perf probe` + `perf record`) is caught.
@@ -47,6 +48,9 @@ KPROBES_LIST = Path("/sys/kernel/debug/kprobes/list")
 STACK_TRACER = Path("/proc/sys/kernel/stack_tracer_enabled")
 ENABLED_FUNCTIONS_MAX_BYTES = 1 << 18   # a function tracer hooks ~50,000 functions: enough to say so
 LIVEPATCH_HANDLER = "klp_ftrace_handler"
+# BPF LSM programs (systemd's RestrictFileSystems=, say) hook bpf_lsm_* through a BPF trampoline:
+# the host's security policy, there in every measurement of it, like SELinux's hooks.
+BPF_LSM_PREFIX = "bpf_lsm_"
 
 
 class TracingState(list):
@@ -125,14 +129,17 @@ def _enabled_functions(root: Path, found: list[str], checked: set[str], limits: 
         limits.append(f"enabled_functions is not readable ({e.strerror or e}): functions hooked "
                       "by ftrace or BPF trampolines (fentry, kprobe_multi) cannot be seen")
         return
-    checked.add("enabled_functions")
-    hooked = []
+    hooked, lsm = [], []
     for line in text.splitlines():
         if not line.strip() or line[0].isspace():         # an empty file, or a continuation line
             continue
         if LIVEPATCH_HANDLER in line and " (1) " in line:  # only livepatch's callback: no tracing
             continue
-        hooked.append(line.split()[0])
+        name = line.split()[0]
+        (lsm if name.startswith(BPF_LSM_PREFIX) else hooked).append(name)
+    checked.add("enabled_functions" + (f" (BPF LSM hooks, security policy, not tracing: "
+                                       f"{', '.join(lsm[:3])}{', ...' if len(lsm) > 3 else ''})"
+                                       if lsm else ""))
     if hooked:
         more = "+" if len(text) >= ENABLED_FUNCTIONS_MAX_BYTES else ""
         found.append(f"enabled_functions: {len(hooked)}{more} functions hooked "
