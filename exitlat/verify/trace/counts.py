@@ -35,7 +35,9 @@ class ExitCounts:
     handled:   KVM handler tracepoints: "cpuid", "msr_read", "msr_write", "hypercall".
     lost:      events the kernel dropped (ring-buffer overrun / full hist map). Non-zero = the
                other numbers are lower bounds only.
-    unparsed:  lines (trace_pipe) or hist entries that did not parse; non-zero fails the window.
+    unparsed:  lines (trace_pipe) or hist entries that did not parse, and events of a thread that
+               is not a vCPU thread (the instance's pid filter did not hold); non-zero fails the
+               window.
     unparsed_lines: the first few of them, raw (at most MAX_UNPARSED_LINES per window).
     probes:    kprobe hits: "<sym>" = calls, "<sym>:handled" = returns other than
                EXIT_FASTPATH_NONE (return probes only).
