@@ -80,11 +80,11 @@ def _buffer(label: str, buf: Path, found: list[str], checked: set[str]) -> None:
     for line in _lines(_read(buf / "set_event")):
         group, sep, event = line.partition(":")
         name = f"{group}/{event}" if sep and ":" not in event else line    # ":mod:" lines as they are
-        triggers = []
         try:
-            triggers = sorted({t.split(":")[0] for t in _lines(_read(buf / "events" / group / event / "trigger"))})
-        except (OSError, ValueError):
-            pass
+            specs = _lines(_read(buf / "events" / group / event / "trigger"))
+        except OSError:
+            specs = []
+        triggers = sorted({t.split(":")[0] for t in specs})          # "hist", "traceoff", ...
         found.append(f"{label}{name}" + (f" (trigger: {', '.join(triggers)})" if triggers else ""))
     checked.add("set_event")
     try:
