@@ -30,6 +30,8 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     assert plan.guest.vendor == "intel" and plan.guest.verify_iterations == 5000
     vm = VmRun(plan, None, 1, 0, Progress(), {})
     quiet = dict(tracing_before=[], tracing_after=[])
+    # the same boot's baseline measured the console: 2 I/O exits per window
+    vm.result.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 4, "io_exits": 2}, **quiet)
     vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11003, "io_exits": 2}, **quiet)
     vm.result.timed["case2"] = TimedWindow(kvm_stats={"exits": 11010, "io_exits": 11008}, **quiet)
     assert "PASSED" in vm._live_verdict("case1")
@@ -59,6 +61,21 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     assert "PASSED" in vm._live_verdict("baseline_timer")
     vm.result.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 11000, "io_exits": 0}, **quiet)
     assert "FAILED" in vm._live_verdict("baseline_timer")
+
+
+def test_live_timed_verdict_without_baselines_waits_for_the_traced_window():
+    plan = make_plan(BenchOptions(cases=[1], iterations=10000, warmup=1000, baselines=False,
+                                  verify_iterations=5000), INTEL, "kvm")
+    vm = VmRun(plan, None, 1, 0, Progress(), {})
+    vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11400, "io_exits": 400},
+                                           tracing_before=[], tracing_after=[])
+    assert "after its traced window" in vm._live_verdict("case1")
+    vm.result.windows["case1"] = TracedWindow(
+        counts=window({"CPUID": 5000, "IO_INSTRUCTION": 390}, {"IO": 390}, {(0x3F8, "out"): 390},
+                      handled={"cpuid": 5000}),
+        kvm_stats={"exits": 5390, "io_exits": 390})
+    line = vm._live_verdict("case1_traced")
+    assert line.startswith("; PASSED") and "timed window PASSED" in line, line
 
 
 def test_trace_buffer_holds_a_case_within_bounds():

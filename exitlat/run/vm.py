@@ -198,6 +198,7 @@ class VmRun:
         """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
         triggers, fastpath kprobes) that exists only while this window runs, with the TSC as its
         trace clock and the timeline that pairs each exit with its re-entry (exitlat.results.decompose)."""
+        from exitlat.instructions import TABLE
         from exitlat.verify.trace.kprobes import fastpath_symbols
         from exitlat.verify.trace.kvmtrace import ExitCounter
         from .windows import TracedWindow
@@ -205,9 +206,13 @@ class VmRun:
         w = self.result.windows[case_of(key)] = TracedWindow()
         if not self.plan.verifying:
             return
+        # The fastpath kprobes only where the verifier reads them (an instruction with a fastpath
+        # handler): no other case's exit intervals carry a kprobe (exitlat.results.decompose).
+        spec = self.spec_by_key.get(case_of(key))
+        probes = fastpath_symbols() if spec is not None and TABLE[spec.instruction].fastpath else None
         self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,
                                   buffer_kb=trace_buffer_kb(self.guest.verify_iterations, timeline=True),
-                                  kprobes=fastpath_symbols(), timeline=True)
+                                  kprobes=probes, timeline=True)
         self.tracer.start()
         w.backend = self.tracer.backend
         w.kprobes = list(getattr(self.tracer, "kprobes_active", []) or [])
@@ -237,12 +242,22 @@ class VmRun:
             spec = self.spec_by_key.get(case_of(key))
             if spec is None or not self.plan.verifying:
                 return ""
-            v = traced_verdict(spec, r.windows[case_of(key)], self.guest.verify_iterations, ctx)
+            traced = r.windows[case_of(key)]
+            v = traced_verdict(spec, traced, self.guest.verify_iterations, ctx)
+            if console_io_of(r.timed) is None and spec.key in r.timed:
+                # no baseline ran: the timed window's console estimate came with this window
+                t = timed_verdict(spec, r.timed[spec.key], self.plan.n_timed, ctx,
+                                  console_io=console_io_of(r.timed, traced, spec.port))
+                return (f"; {v['status'].upper()}: {v['detail']}; timed window "
+                        f"{t['status'].upper()}: {t['detail']}")
         elif key in self.spec_by_key:
             if self.accel != "kvm":
                 return ""
+            console = console_io_of(r.timed)
+            if console is None and self.plan.verifying:
+                return "; verdict after its traced window (which measures the console's I/O)"
             v = timed_verdict(self.spec_by_key[key], r.timed.get(key), self.plan.n_timed, ctx,
-                              console_io=console_io_of(r.timed))
+                              console_io=console)
         else:
             if self.accel != "kvm":
                 return ""
