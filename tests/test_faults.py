@@ -99,9 +99,9 @@ def bench_processes(pid: int) -> list[int]:
 
 
 def qemu_of(pid: int) -> int:
-    for p in bench_processes(pid):
-        argv0 = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")[0]
-        if argv0.endswith(b"/qemu"):
+    for p in bench_processes(pid):      # the bundled loader running qemu-system-x86_64
+        argv = Path(f"/proc/{p}/cmdline").read_bytes().split(b"\0")
+        if argv[0] != b"perl" and any(a.endswith(b"/qemu-system-x86_64") for a in argv):
             return p
     pytest.fail(f"no QEMU of bench {pid}")
 

@@ -63,7 +63,7 @@ class HostQemu:
         return self.proc.poll()
 
     def exit_text(self) -> str:
-        return exit_text(self.proc.poll())
+        return exit_text(self.wait(5))      # its sockets close a moment before it is reaped
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -181,7 +181,7 @@ class ContainerQemu:
     def exit_text(self) -> str:
         """How QEMU ended, never raising (for the reason of an incomplete run)."""
         try:
-            code = self.poll()
+            code = self.wait(5)       # the engine notes the exit a moment after the sockets close
         except ExitlatError:
             return f"code unknown: {self.lost}"
         if code == 137 and not self.lost:
