@@ -28,8 +28,23 @@ same-mode timer baseline (the guest code around the exit, measured untraced).
 Medians do not add (the median of a sum is not the sum of the medians); with the narrow, unimodal
 distributions of a pinned core the difference is far below the spread. Nothing is guessed: a case
 whose events cannot be paired exactly (lost events, unparsed lines, a missing tracepoint, a
-non-TSC trace clock, TSC rates that differ, fewer pairs than iterations, host components larger
-than the guest round trip) is "not decomposed" with the first reason.
+non-TSC trace clock, TSC rates that differ beyond the kHz rounding, fewer pairs than iterations,
+host components larger than the guest round trip) is "not decomposed" with the first reason.
+
+What tracing leaves inside the intervals (`probes`): the host intervals are measured with
+tracing on, and every tracepoint or kprobe that fires between kvm_exit and kvm_entry is charged
+to KVM (or, between sys_exit_ioctl and sys_enter_ioctl, to QEMU). The traced window arms only
+what the case needs (the fastpath kprobes only where the instruction has a fastpath handler:
+exitlat/run/vm.py), and `probes` says what was armed, how many events fired inside each
+interval (the streamed ones counted per interval by the timeline; the handler tracepoints,
+kvm_hv_timer_state and kprobe hits from the window's counts, per iteration: they fire only inside
+an exit's handler), and an estimate of their cost: the tracing overhead (traced median - timed
+median) divided by all events per iteration, times the events inside. A kretprobe costs more
+than a tracepoint, so the estimate is an average, not a bound.
+
+An in-KVM case's exits that left the kernel (a kvm_userspace_exit inside the interval: a signal,
+an exit the loop did not cause) are not KVM's handler time: they are kept out of the KVM
+distribution and counted apart (`left_kernel`).
 
 `decompose()` is a pure function: the pairing result and the samples in, one dict out (stored in
 the bundle per case, in its traced window: `verification_window.decomposition`; `of_case()` reads
@@ -46,7 +61,12 @@ from .stats import percentile, as_cycles
 
 STATUS_OK = "ok"
 STATUS_NOT = "not decomposed"
-TSC_RATE_TOLERANCE = 0.005      # |host TSC Hz / guest TSC Hz - 1|: calibration noise, not scaling
+# Guest and host TSC must tick at the same rate. Both are printed in kHz (host: tsc_freq_khz or
+# the boot message's MHz with 3 decimals; guest: its kernel's tsc_khz, from kvmclock): 1 kHz of
+# rounding, plus 0.01 % for the guest's kvmclock-derived value. TSC scaling changes the rate by
+# far more (a guest asked for 2.0 GHz on a 2.1 GHz host: 5 %).
+TSC_KHZ_SLACK = 1.0
+TSC_RATE_TOLERANCE = 0.0001
 HOST_METHOD = "kvm_exit -> kvm_entry (trace clock x86-tsc)"
 QEMU_METHOD = "sys_exit_ioctl -> sys_enter_ioctl(KVM_RUN) of the vCPU thread"
 KVM_RUN_METHOD = "kvm_userspace_exit -> kvm_entry, minus the QEMU time"
@@ -54,7 +74,8 @@ NOT_TIMINGS = "these are NOT VM-exit timings"
 
 FIELDS = ("status", "reason", "clock", "exits", "method", "tsc", "guest_round_trip_cycles",
           "host_cycles", "kvm_cycles", "qemu_cycles", "kvm_run_cycles", "remainder_cycles",
-          "baseline", "remainder_net_cycles", "tracing_overhead_cycles", "pairing", "note")
+          "baseline", "remainder_net_cycles", "tracing_overhead_cycles", "pairing", "note",
+          "left_kernel", "probes")
 
 
 def dist(values) -> dict | None:
@@ -74,7 +95,8 @@ def _empty(clock=None) -> dict:
 def _tsc_check(host_tsc_hz, guest_tsc_khz) -> tuple[dict, str | None]:
     tsc = {"host_khz": None if not host_tsc_hz else float(host_tsc_hz) / 1000.0,
            "guest_khz": None if not guest_tsc_khz else float(guest_tsc_khz),
-           "relative_difference": None, "tolerance": TSC_RATE_TOLERANCE}
+           "relative_difference": None, "tolerance": TSC_RATE_TOLERANCE,
+           "slack_khz": TSC_KHZ_SLACK}
     if not tsc["host_khz"] or not tsc["guest_khz"]:
         which = " and ".join(w for w, v in (("host", tsc["host_khz"]), ("guest", tsc["guest_khz"]))
                              if not v)
@@ -82,9 +104,12 @@ def _tsc_check(host_tsc_hz, guest_tsc_khz) -> tuple[dict, str | None]:
                      "TSC tick at the same rate")
     rel = tsc["host_khz"] / tsc["guest_khz"] - 1.0
     tsc["relative_difference"] = round(rel, 9)
-    if abs(rel) > TSC_RATE_TOLERANCE:
-        return tsc, (f"host TSC {tsc['host_khz']:.0f} kHz and guest TSC {tsc['guest_khz']:.0f} kHz "
-                     "differ (TSC scaling?): host ticks are not guest ticks")
+    diff = abs(tsc["host_khz"] - tsc["guest_khz"])
+    if diff > TSC_KHZ_SLACK + TSC_RATE_TOLERANCE * tsc["guest_khz"]:
+        return tsc, (f"TSC scaling: host TSC {tsc['host_khz']:.0f} kHz and guest TSC "
+                     f"{tsc['guest_khz']:.0f} kHz differ by {diff:.0f} kHz, more than kHz rounding "
+                     f"explains ({TSC_KHZ_SLACK:.0f} kHz + {TSC_RATE_TOLERANCE:.2%}): host ticks "
+                     "are not guest ticks")
     return tsc, None
 
 
@@ -135,10 +160,83 @@ def _select(paired, reasons, port) -> tuple[str, np.ndarray, np.ndarray, np.ndar
     return label, cat("host"), cat("qemu"), cat("user"), sum(int(k["n"]) for k in kinds)
 
 
+def _inside(paired, label: str) -> dict:
+    """Streamed events inside the selected kinds' intervals, over all their exits."""
+    out: dict = {}
+    for k in label.split(", "):
+        for ev, c in ((paired.kinds.get(k) or {}).get("inside") or {}).items():
+            out[ev] = out.get(ev, 0) + int(c)
+    return out
+
+
+# The window's counted events, by where they fire (ExitCounts field -> tracepoint name).
+_HANDLED_EVENT = {"cpuid": "kvm_cpuid", "msr_read": "kvm_msr", "msr_write": "kvm_msr",
+                  "hypercall": "kvm_hypercall"}
+
+
+def _counted(counts) -> tuple[dict, dict, list, str]:
+    """From the window's ExitCounts (or its to_dict()): (every event hit by name, the in-handler
+    ones by name, the kprobes armed, the probe note)."""
+    from exitlat.verify.trace.counts import HANDLED_SUFFIX
+
+    if counts is None:
+        return {}, {}, [], ""
+    get = (lambda f: counts.get(f) or {}) if isinstance(counts, dict) else \
+        (lambda f: getattr(counts, f, None) or {})
+    all_: dict = {"kvm_exit": sum(get("exits").values()),
+                  "kvm_userspace_exit": sum(get("userspace").values()),
+                  "kvm_pio": sum(get("pio").values())}
+    handler: dict = {}
+    for k, c in get("handled").items():
+        ev = _HANDLED_EVENT.get(k, f"kvm_{k}")
+        handler[ev] = handler.get(ev, 0) + int(c)
+    hv = sum(int(c) for c in get("hv_timer").values())
+    if hv:
+        handler["kvm_hv_timer_state"] = hv
+    for sym, c in get("probes").items():
+        if not sym.endswith(HANDLED_SUFFIX):
+            handler[f"{sym} (kretprobe)"] = int(c)
+    all_.update(handler)
+    probed = get("probed") if isinstance(counts, dict) else getattr(counts, "probed", ())
+    note = (counts.get("probe_note") if isinstance(counts, dict)
+            else getattr(counts, "probe_note", "")) or ""
+    return all_, handler, list(probed or ()), note
+
+
+def _probe_cost(paired, counts, label: str, n_exits: int, n_iter: int, overhead) -> dict:
+    """What was armed in the traced window, how many events fired inside each interval of the
+    case's exits, and what they may cost (module docstring)."""
+    all_, handler, kprobes, note = _counted(counts)
+    ev = dict(paired.events or {})
+    for name in ("kvm_entry", "sys_exit_ioctl", "sys_enter_ioctl"):
+        if ev.get(name):
+            all_[name] = int(ev[name])
+    inside = {e: round(c / n_exits, 4) for e, c in sorted(_inside(paired, label).items())}
+    if counts is not None:
+        inside.update({e: round(c / n_iter, 4) for e, c in sorted(handler.items())})
+    per_iter = sum(all_.values()) / n_iter if all_ else None
+    inside_total = sum(inside.values())
+    diff = (overhead or {}).get("difference") if isinstance(overhead, dict) else overhead
+    per_event = (float(diff) / per_iter if diff is not None and per_iter and float(diff) > 0
+                 else None)
+    return {"kprobes_armed": kprobes, "kprobe_note": note or None,
+            "tracepoints_fired": sorted(e for e in all_ if "(kretprobe)" not in e and all_[e]),
+            "inside_per_exit": inside, "inside_total": round(inside_total, 4),
+            "boundary": "kvm_exit and kvm_entry open and close each interval: the part of their "
+                        "cost after kvm_exit's timestamp and before kvm_entry's falls inside",
+            "events_per_iteration": None if per_iter is None else round(per_iter, 4),
+            "cost_per_event_cycles": None if per_event is None else round(per_event, 1),
+            "inside_cost_cycles": (None if per_event is None
+                                   else round(per_event * inside_total, 1)),
+            "counts": "window counts" if counts is not None else
+                      "no window counts: handler tracepoints and kprobes inside are not known"}
+
+
 def decompose(paired, guest_samples, *, instruction: str, expected_path: str, vendor: str,
               port: int | None = None, host_tsc_hz=None, guest_tsc_khz=None,
               tracing_overhead: dict | None = None, baseline: dict | None = None,
-              emulated: str | None = None, unavailable: str | None = None) -> dict:
+              emulated: str | None = None, unavailable: str | None = None,
+              counts=None) -> dict:
     """One case's decomposition (module docstring).
 
     paired:        exitlat.verify.trace.timeline.PairedExits of the traced window, or None (then `unavailable` says why).
@@ -150,6 +248,8 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
     baseline:      {"key", "median"} of the same-mode timer baseline, or None.
     emulated:      the host's `emulated` note (the selftest's emulated AMD-V host): the result is
                    computed the same way and labelled as meaningless.
+    counts:        the traced window's ExitCounts (or to_dict()): the events it counted and the
+                   kprobes it armed, for `probes`; None leaves the in-handler events unknown.
     """
     out = _empty(paired.clock if paired is not None else None)
     out["method"] = {"host": HOST_METHOD, "qemu": QEMU_METHOD if expected_path == "qemu" else None,
@@ -208,22 +308,23 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
         out["qemu_cycles"] = dist(qemu)
         out["kvm_run_cycles"] = dist(kvm_run)
     else:
-        went = qemu != 0
-        unmeasured = int(np.count_nonzero(qemu < 0))
-        if int(np.count_nonzero(went)) > ZERO_TOLERANCE * n + STRAY_EVENTS:
-            return refuse(f"{int(np.count_nonzero(went))} {label} exits went to user space: not "
-                          "an in-KVM path")
-        keep = qemu >= 0
-        kvm = host[keep] - qemu[keep]              # a rare trip to QEMU (a signal) is not KVM's
-        host = host[keep]
-        if (kvm < 0).any():
-            return refuse("QEMU's time exceeds an exit's host time: the events are out of order")
-        if unmeasured:
-            note = (f"{unmeasured} exits that went to user space without a measurable QEMU time "
-                    "left out")
+        # An exit whose interval holds a kvm_userspace_exit left the kernel: its interval is
+        # KVM_RUN's return and re-entry and QEMU, not KVM's handler. Kept apart, counted.
+        went = user >= 0
+        left = int(np.count_nonzero(went))
+        if left > ZERO_TOLERANCE * n + STRAY_EVENTS:
+            return refuse(f"{left} {label} exits went to user space: not an in-KVM path")
+        out["left_kernel"] = {"n": left, "host_cycles": dist(host[went]) if left else None,
+                              "note": "exits of the case that went to user space inside their "
+                                      "interval: not in host/kvm cycles"}
+        host = host[~went]
+        kvm = host
+        if left:
+            note = f"{left} {label} exits that left the kernel kept apart (left_kernel)"
             out["note"] = f"{out['note']}; {note}" if out["note"] else note
     if not kvm.size:
         return refuse(f"no paired {label} exits")
+    out["probes"] = _probe_cost(paired, counts, label, n_paired, n, tracing_overhead)
     out["host_cycles"] = dist(host)
     out["kvm_cycles"] = dist(kvm)
     gmed = out["guest_round_trip_cycles"]["median"]

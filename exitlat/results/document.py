@@ -163,7 +163,8 @@ class DocumentBuilder:
                          baseline=({"key": base["key"], "median": base["stats"]["median"]}
                                    if base and base.get("stats") else None),
                          emulated=EMULATED_HOST_NOTE if self.o.emulated_host else None,
-                         unavailable=why)
+                         unavailable=why,
+                         counts=getattr(res.windows.get(spec.key), "counts", None))
 
     def _traced_window(self, key: str, traced, arr, verdict: dict) -> dict:
         out = {"iterations": self.viters, "backend": traced.backend if traced else None,

@@ -33,6 +33,13 @@ So per exit (host TSC ticks, trace clock x86-tsc):
 What is left of the guest-side round trip is the hardware VM exit and VM entry, the few
 host instructions between them and the tracepoints, and the cost of tracing itself.
 
+Tracing inside the intervals: every streamed event of the vCPU thread between an exit's kvm_exit
+and its kvm_entry (kvm_pio, kvm_userspace_exit, sys_exit_ioctl, sys_enter_ioctl) is counted per
+kind of exit (`inside`), so the decomposition can say how many events each interval carries;
+the handler tracepoints and kprobes that only the hist backend sees are counted by the window's
+ExitCounts instead (decompose.py). An in-KVM exit whose interval holds a kvm_userspace_exit left
+the kernel: its `user` is >= 0 and the decomposition keeps it apart.
+
 Why not kvm_userspace_exit -> kvm_entry for QEMU's time: it also contains KVM_RUN's return and
 re-entry in the kernel (FPU and vCPU load/put, complete_userspace_io), which is KVM's work, and
 no KVM tracepoint marks the moment KVM_RUN is called again. Why not hist triggers with onmatch()
@@ -65,26 +72,29 @@ def exit_kind(reason: str, port: tuple[int, str] | None = None) -> str:
 
 class _Open:
     """One exit between its kvm_exit and its kvm_entry."""
-    __slots__ = ("t_exit", "reason", "port", "t_user", "t_ret", "qemu", "trips", "broken")
+    __slots__ = ("t_exit", "reason", "port", "t_user", "t_ret", "qemu", "trips", "broken", "inside")
 
     def __init__(self, t_exit: int, reason: str):
         self.t_exit, self.reason, self.port = t_exit, reason, None
         self.t_user = None       # first kvm_userspace_exit
         self.t_ret = None        # the sys_exit_ioctl after a kvm_userspace_exit (in QEMU since)
         self.qemu, self.trips, self.broken = 0, 0, False
+        self.inside: Counter = Counter()   # streamed events between kvm_exit and kvm_entry
 
 
 class _Series:
     """Durations of one kind of exit: host, qemu (-1: not measurable) and the first
     kvm_userspace_exit -> kvm_entry (-1: none). A uniform reservoir once `cap` are kept."""
-    __slots__ = ("n", "host", "qemu", "user")
+    __slots__ = ("n", "host", "qemu", "user", "inside")
 
     def __init__(self):
         self.n = 0
         self.host, self.qemu, self.user = array("q"), array("q"), array("q")
+        self.inside: Counter = Counter()    # events inside the intervals, all n exits
 
-    def add(self, host: int, qemu: int, user: int, cap: int, rng) -> None:
+    def add(self, host: int, qemu: int, user: int, cap: int, rng, inside=()) -> None:
         self.n += 1
+        self.inside.update(inside)
         if len(self.host) < cap:
             self.host.append(host)
             self.qemu.append(qemu)
@@ -102,7 +112,8 @@ class PairedExits:
     clock:    the trace clock the timestamps were taken with ("x86-tsc": host TSC ticks).
     syscalls: sys_enter_ioctl/sys_exit_ioctl were traced (QEMU's time is measurable).
     kinds:    exit_kind() -> {"n": exits paired, "host", "qemu", "user": array("q") of the
-              kept exits (see _Series; n counts all of them, np.asarray() reads them in place)}.
+              kept exits (see _Series; n counts all of them, np.asarray() reads them in place),
+              "inside": {event: how many fired inside the kind's intervals, over all n}}.
     paired:   exits with both a kvm_exit and a kvm_entry.
     unpaired_exits: kvm_exit events followed by another kvm_exit without a kvm_entry between.
     entries_without_exit: kvm_entry events without an open exit (the window's first entry, an
@@ -185,6 +196,8 @@ class Timeline:
     def pio(self, pid: int, port: int, direction: str) -> None:
         self.events["kvm_pio"] += 1
         o = self._open.get(pid)
+        if o is not None:
+            o.inside["kvm_pio"] += 1
         if o is not None and o.port is None:   # the exit's own I/O (an IN's completion repeats it)
             o.port = (port, direction)
 
@@ -194,6 +207,7 @@ class Timeline:
         o = self._open.get(pid)
         if t is None or o is None:
             return
+        o.inside["kvm_userspace_exit"] += 1
         if o.t_ret is not None:                # back in KVM_RUN without a traced call: broken
             o.broken = True
         if o.t_user is None:
@@ -205,6 +219,8 @@ class Timeline:
         self.events["sys_exit_ioctl"] += 1
         t = self._ts(ts)
         o = self._open.get(pid)
+        if o is not None:
+            o.inside["sys_exit_ioctl"] += 1
         if t is None or o is None or o.t_ret != -1:
             return                             # another ioctl's return, or before the window
         o.t_ret = t
@@ -213,6 +229,8 @@ class Timeline:
         self.events["sys_enter_ioctl"] += 1
         t = self._ts(ts)
         o = self._open.get(pid)
+        if o is not None:
+            o.inside["sys_enter_ioctl"] += 1
         if t is None or o is None or cmd != KVM_RUN_IOCTL or o.t_user is None:
             return                             # another ioctl (QEMU may make a few in between)
         if o.t_ret is None or o.t_ret == -1:   # called again without the return being seen
@@ -247,7 +265,7 @@ class Timeline:
         series = self._series.get(kind)
         if series is None:
             series = self._series[kind] = _Series()
-        series.add(host, qemu, user, self.max_kept, self._rng)
+        series.add(host, qemu, user, self.max_kept, self._rng, o.inside)
 
     def lose(self, n: int) -> None:
         """A "[LOST n EVENTS]" line: every open exit is dropped."""
@@ -256,7 +274,8 @@ class Timeline:
 
     # -- result ----------------------------------------------------------------------------
     def freeze(self, extra_lost: int = 0) -> PairedExits:
-        kinds = {k: {"n": s.n, "host": s.host[:], "qemu": s.qemu[:], "user": s.user[:]}
+        kinds = {k: {"n": s.n, "host": s.host[:], "qemu": s.qemu[:], "user": s.user[:],
+                     "inside": dict(s.inside)}
                  for k, s in self._series.items()}
         return PairedExits(self.clock, self.syscalls, kinds, self.paired, self.unpaired_exits,
                            self.entries_without_exit, self.qemu_unpaired, self.backwards,
