@@ -110,7 +110,7 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
 # --- bench -------------------------------------------------------------------------------------
 
 
-@task(help={
+@task(klass=KeepHelpTask, help={
     "case": "cases to run: 1-6, 1,3,5, 2 or all",
     "iterations": "timed iterations per case (default 10000)",
     "warmup": "discarded warm-up iterations per case (default 1000)",

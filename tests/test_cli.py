@@ -19,6 +19,7 @@ def test_every_task_has_help():
         for args in (("--help", t), (t, "--help")):     # both forms, also for tasks with positionals
             res = invoke(*args)
             assert res.returncode == 0 and "Usage:" in res.stdout, (args, res.stderr)
+            assert "\n  --, " not in res.stdout, (t, "a dash taken as a short flag")
 
 
 @pytest.mark.parametrize("bad", ["0", "7", "3-1", "a", "", "1,,2"])

@@ -17,10 +17,16 @@ from invoke import Task
 
 class KeepHelpTask(Task):
     """A task whose options get Invoke's automatic short flags, except -h: that stays Invoke's
-    `--help` (an option such as --html would otherwise take it over)."""
+    `--help` (an option such as --html would otherwise take it over), and except "-": Invoke
+    would take the dash of a name like no-container as its short flag and show "--" (such an
+    option gets none, so the others keep theirs)."""
 
     def arg_opts(self, name, default, taken_names):
-        return super().arg_opts(name, default, set(taken_names) | {"h"})
+        opts = super().arg_opts(name, default, set(taken_names) | {"h"})
+        if "-" in opts["names"]:            # no short flag rather than "--"; the dash stays taken,
+            opts["names"].remove("-")       # as Invoke had it, so later options keep their flags
+            taken_names.add("-")
+        return opts
 
 
 def _value_flags(context) -> set[str]:
