@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow
 
 CORE = "0"
 LONG = ["--case", "1-6", "--iterations", "3000000"]       # minutes under TCG: interrupted in case 1
-SHORT = ["--case", "1", "--iterations", "2000", "--warmup", "100", "--no-baselines"]
+SHORT = ["--case", "1", "--warmup", "100", "--no-baselines"]        # with --iterations N
 
 
 @pytest.fixture(scope="module")
@@ -42,10 +42,28 @@ def bench_argv(out: Path, *args, core=CORE) -> list[str]:
             "--output", str(out), *args]
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def stop_started():
+    """A failed test stops the benches it started (they would hold core 0 for minutes)."""
+    yield
+    while STARTED:
+        p = STARTED.pop()
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def start(out: Path, *args, core=CORE, env=None) -> subprocess.Popen:
-    return subprocess.Popen(bench_argv(out, *args, core=core), cwd=REPO_ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, **(env or {})))
+    STARTED.append(subprocess.Popen(bench_argv(out, *args, core=core), cwd=REPO_ROOT, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    env=dict(os.environ, **(env or {}))))
+    return STARTED[-1]
 
 
 def run(out: Path, *args, core=CORE, env=None, timeout=600) -> subprocess.CompletedProcess:
@@ -200,7 +218,7 @@ def test_sigkill_of_the_bench_ends_qemu_and_the_next_run_cleans_up(built, tmp_pa
     assert dry.returncode == 0 and f"would remove: container {containers_of(proc.pid)[0][:10]}" in dry.stdout, dry.stdout
     assert len(containers_of(proc.pid)) == 1          # a dry run removes nothing
     # the next run on the core: the lock died with the bench, the leftovers are removed
-    res = run(tmp_path / "next", *SHORT)
+    res = run(tmp_path / "next", *SHORT, "--iterations", "2000")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "removed what a killed exitlat run left: container" in res.stderr
     assert str(folders_of(proc.pid) or "") == "" and doc_of(the_bundle(tmp_path / "next"))["status"]["state"] == "complete"
@@ -214,14 +232,14 @@ def test_second_run_on_a_busy_core_is_refused_or_waits(built, tmp_path):
     first, seen = start(tmp_path / "first", *LONG), []
     until(first, "case1: running", seen)
     # refused at once, naming the holder
-    busy = run(tmp_path / "busy", *SHORT, timeout=120)
+    busy = run(tmp_path / "busy", *SHORT, "--iterations", "2000", timeout=120)
     line = error_line(busy.stderr)
     assert busy.returncode == 2
     assert line.startswith(f"error: core {CORE} is busy: exitlat run pid {first.pid} started ")
     assert "invoke bench" in line and "--wait" in line
     assert not (tmp_path / "busy").exists() or not list((tmp_path / "busy").iterdir())
     # on another core it runs, and its bundle records the first run; compare warns about it
-    other = run(tmp_path / "other", *SHORT, "--wait", core="1")
+    other = run(tmp_path / "other", *SHORT, "--iterations", "2000", "--wait", core="1")
     assert other.returncode == 0, other.stderr[-3000:]
     bundle = the_bundle(tmp_path / "other")
     seen_runs = doc_of(bundle)["run"]["other_runs_seen"]
@@ -231,7 +249,7 @@ def test_second_run_on_a_busy_core_is_refused_or_waits(built, tmp_path):
     assert f"1 other exitlat run(s) on the host during this run (pid {first.pid} on core {CORE})" \
         in cmp.stdout + cmp.stderr
     # --wait: waits for the first run, then runs
-    waiter, wseen = start(tmp_path / "waiter", *SHORT, "--wait"), []
+    waiter, wseen = start(tmp_path / "waiter", *SHORT, "--iterations", "2000", "--wait"), []
     until(waiter, f"core {CORE} is busy", wseen, timeout=120)
     time.sleep(1)
     assert waiter.poll() is None

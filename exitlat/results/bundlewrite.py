@@ -84,6 +84,16 @@ def _write_file(path: Path, data) -> None:
         raise ExitlatError(f"extra file {path.name}: expected bytes, str or a Path, got {type(data).__name__}")
 
 
+def _save_npy(path: Path, arr: np.ndarray) -> None:
+    """np.save, written through Python's file object so that a full disk is ENOSPC (numpy's own
+    writer reports only a short write)."""
+    from numpy.lib import format as npy
+
+    with open(path, "wb") as f:
+        npy.write_array_header_1_0(f, npy.header_data_from_array_1_0(arr))
+        f.write(np.ascontiguousarray(arr).data)
+
+
 def _write_sums(folder: Path) -> None:
     lines = []
     for rel in sorted(walk_files(folder)):
@@ -114,8 +124,7 @@ def write_bundle(results_root: Path, doc: dict, samples: dict, files: dict,
         results_root.mkdir(parents=True, exist_ok=True)
         with new_bundle_folder(final, tmp, "another writer") as folder:
             for key, arr in store.items():
-                with open(folder / SAMPLES_DIR / f"{key}.npy", "wb") as f:
-                    np.save(f, arr, allow_pickle=False)
+                _save_npy(folder / SAMPLES_DIR / f"{key}.npy", arr)
             for fname, data in files.items():
                 _write_file(folder / fname, data)
             (folder / BUNDLE_JSON).write_bytes(blob)

@@ -200,7 +200,7 @@ def other_runs(since_ns: int, folder: Path | None = None, running: list[dict] = 
     holding a core now, and every run that started since `since_ns`; this process excluded."""
     folder = folder or run_dir()
     pid, start = me()
-    seen: dict[tuple, dict] = {}
+    seen: dict[int, dict] = {}       # by pid: a pid recycled within one run is not worth a second entry
     candidates = list(running) + holders(folder)
     for path in sorted((folder / "runs").glob("*.json")):
         try:
@@ -212,8 +212,9 @@ def other_runs(since_ns: int, folder: Path | None = None, running: list[dict] = 
         if rec:
             candidates.append(rec)
     for rec in candidates:
-        key = (rec.get("pid"), rec.get("start"))
         if rec.get("pid") == pid and rec.get("start") in (start, None):
             continue
-        seen.setdefault(key, {k: rec.get(k) for k in ("pid", "core", "started_utc", "command")})
+        entry = {k: rec.get(k) for k in ("pid", "core", "started_utc", "command")}
+        if rec.get("pid") not in seen or seen[rec["pid"]].get("core") is None:
+            seen[rec.get("pid")] = entry
     return list(seen.values())
