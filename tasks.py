@@ -262,9 +262,12 @@ def report(c, bundle, json=False, html=None):
     "html": "also write the comparison as one self-contained HTML page to this file (its folder "
             "must exist; replaced if present; '-': stdout instead of the table)",
     "csv": "also write the comparison as CSV, one row per entry and bundle, to this file "
-           "('-': stdout instead of the table)"})
+           "('-': stdout instead of the table)",
+    "exact": "CSV: write text cells exactly as in the bundles (default: a cell starting with "
+             "= + - @ gets a leading ' so that a spreadsheet shows it, never runs it)"})
 @cli
-def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv=None):
+def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv=None,
+            exact=False):
     """Compare bundles: headline medians over VM runs, ratios with CIs, unfair setups."""
     from exitlat.results.cli import compare_main, split_bundle_args
 
@@ -272,7 +275,7 @@ def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv
     csv = csv if csv == "-" else _path(csv, "--csv", "outfile")
 
     return compare_main(split_bundle_args(a, b, more), as_json=json, min_effect=min_effect,
-                        html=html, csv=csv)
+                        html=html, csv=csv, exact=exact)
 
 
 @task(klass=KeepHelpTask, iterable=["bundle"], help={
@@ -282,16 +285,18 @@ def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv
               "the bundles; docs/bundles.md)",
     "output": "file to write (default: ./<bundle>.tar.gz, or ./results.csv; csv: '-' for stdout)",
     "root": "results folder where bundle names are looked up and csv finds every bundle "
-            "(default: results/)"})
+            "(default: results/)",
+    "exact": "csv: write text cells exactly as in the bundles (default: a cell starting with "
+             "= + - @ gets a leading ' so that a spreadsheet shows it, never runs it)"})
 @cli
-def export(c, bundle=None, format="tar.gz", output=None, root=None):
+def export(c, bundle=None, format="tar.gz", output=None, root=None, exact=False):
     """Write a bundle as one deterministic .tar.gz, or bundles' cases as one CSV table."""
     from exitlat.results.cli import export_main
 
     output = output if output == "-" else _path(output, "--output", "outfile")
     root = _path(root, "--root", "dir")
 
-    return export_main(bundle, output=output, fmt=format, root=root)
+    return export_main(bundle, output=output, fmt=format, root=root, exact=exact)
 
 
 @task(name="import", help={"file": "a .tar.gz made by `invoke export`",

@@ -210,3 +210,25 @@ def test_incomplete_and_schema_1_bundles(tmp_path):
     assert {x["bundle"] for x in rows} == {"I", "v1"} and len(rows) == 2 + len(v1.doc["cases"])
     page = render_page([inc, v1])
     assert "no samples (incomplete run)" in page and "INCOMPLETE: interrupted" in page
+
+
+def test_text_a_spreadsheet_would_run_is_quoted_unless_exact(tmp_path):
+    """Free text from a bundle (the label, host names from other people's servers) must not run
+    as a formula when the CSV is opened in a spreadsheet; --exact keeps it as is for pandas."""
+    res = tmp_path / "results"
+
+    def hostile(d):
+        _net(d)
+        d["label"] = "=HYPERLINK(\"http://x\",\"y\")"
+        d["host"]["hostname"] = "@bench"
+        for e in d["cases"]:
+            e["net_cycles"]["median"] = -12.0        # a number: never touched
+    make_bundle(res, "A", cases=(1,), repeats=1, edit=hostile)
+    safe, exact = tmp_path / "safe.csv", tmp_path / "exact.csv"
+    assert invoke("export", "--format", "csv", "A", "--output", safe, results=res).returncode == 0
+    assert invoke("export", "--format", "csv", "A", "--exact", "--output", exact,
+                  results=res).returncode == 0
+    (_h, [s]), (_h2, [e]) = read(safe), read(exact)
+    assert s["label"] == "'=HYPERLINK(\"http://x\",\"y\")" and s["host"] == "'@bench"
+    assert e["label"] == "=HYPERLINK(\"http://x\",\"y\")" and e["host"] == "@bench"
+    assert s["net_median"] == e["net_median"] == "-12"

@@ -100,7 +100,8 @@ def split_bundle_args(*args) -> list[str]:
     return out
 
 
-def compare_main(bundles: list[str], as_json=False, min_effect=None, html=None, csv=None) -> int:
+def compare_main(bundles: list[str], as_json=False, min_effect=None, html=None, csv=None,
+                 exact=False) -> int:
     from .compare import DEFAULT_MIN_EFFECT, compare, parse_min_effect, render_compare
 
     if len(bundles) < 2:
@@ -116,7 +117,7 @@ def compare_main(bundles: list[str], as_json=False, min_effect=None, html=None, 
     if csv:
         from .csvexport import COMPARE_COLUMNS, compare_rows, csv_text
 
-        _write_view(csv, csv_text(COMPARE_COLUMNS, compare_rows(res)), loaded, "csv")
+        _write_view(csv, csv_text(COMPARE_COLUMNS, compare_rows(res), exact), loaded, "csv")
     if not taken:
         _print_json(res) if as_json else print(render_compare(res))
     return 0
@@ -155,7 +156,7 @@ def _scan(root: Path) -> list[Bundle]:
     return out
 
 
-def export_main(bundles=None, output=None, fmt="tar.gz", root=None) -> int:
+def export_main(bundles=None, output=None, fmt="tar.gz", root=None, exact=False) -> int:
     """tar.gz: one bundle as a deterministic archive. csv: one table of every case of the given
     bundles (all under the results folder when none is given)."""
     bundles = list(bundles or [])
@@ -178,7 +179,7 @@ def export_main(bundles=None, output=None, fmt="tar.gz", root=None) -> int:
         _scan(root or results_root())
     rows = [r for b in loaded for r in case_rows(b)]
     out = output or Path(os.getcwd()) / "results.csv"
-    _write_view(out, csv_text(EXPORT_COLUMNS, rows), loaded, None)
+    _write_view(out, csv_text(EXPORT_COLUMNS, rows, exact), loaded, None)
     if str(out) != "-":
         print(out)
     return 0

@@ -104,22 +104,32 @@ def compare_rows(res: dict) -> list[dict]:
     return rows
 
 
-def _cell(v) -> str:
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP, "CSV injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _cell(v, exact: bool = False) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, float) and v.is_integer() and abs(v) < 2 ** 53:
         return str(int(v))
+    if isinstance(v, str) and not exact and v.startswith(FORMULA_STARTS):
+        # free text from a bundle (a label, a host name from someone else's server): shown, not
+        # run; numbers are never text here, so no figure is touched
+        return "'" + v
     return str(v)
 
 
-def csv_text(columns: list[str], rows: list[dict]) -> str:
+def csv_text(columns: list[str], rows: list[dict], exact: bool = False) -> str:
+    """The CSV of rows. Text cells that a spreadsheet would run as a formula get a leading ' unless
+    `exact` (docs/bundles.md: the policy)."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_cell(r.get(c)) for c in columns])
+        w.writerow([_cell(r.get(c), exact) for c in columns])
     return buf.getvalue()
 
 
