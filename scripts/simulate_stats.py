@@ -253,7 +253,7 @@ def main() -> int:
         print("R    coverage   mean half-width   old within-VM CI of one run covers")
         for r, cov, w, old in coverage(rng, o.trials, o.samples, heavy):
             print(f"{r:<4} {100 * cov:6.1f}%    ±{100 * w:.2f}%            {100 * old:5.1f}%")
-    print(f"\ncompare A B (normal VM offsets); '*' needs the CI to exclude 1 and |ratio-1| > "
+    print(f"\ncompare A B (normal VM offsets); '*' needs the whole CI beyond ±"
           f"{100 * DEFAULT_MIN_EFFECT:g}%")
     print("true B/A  R   '*' rate   CI excludes 1   ratio CI covers   old rule ('*' per row)")
     for ratio in (1.0, 1.03, 1.05):

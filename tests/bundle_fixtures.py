@@ -59,6 +59,8 @@ def tree(root: Path) -> dict[str, bytes]:
 
 # -- a realistic document and seeded samples ------------------------------------------------
 
+OMIT = object()      # example_doc(other_path_max=OMIT): verdicts without the key (older bundles)
+
 # Typical medians (cycles) on a recent Intel host: KVM-handled exits ~1-2k, QEMU round trips ~8-10k.
 _MEDIAN = {1: 1150, 2: 8900, 3: 1450, 4: 9300, 5: 1050, 6: 8700,
            "timer": 32, "nonexiting": 44, "syscall": 160, "module_call": 310}
@@ -100,11 +102,15 @@ _BASE = {
 
 
 def example_doc(cases=(1, 2, 3, 4, 5, 6), repeats: int = 1, accel: str = "kvm",
-                baselines: bool = True, iterations: int = 2000) -> dict:
+                baselines: bool = True, iterations: int = 2000, other_path_max=0.0005) -> dict:
+    """other_path_max: what every KVM verdict states (the verifier's bound on the share of
+    iterations that may have taken another path); the default covers no published percentile;
+    OMIT leaves the key out, as bundles made before the verifier stated it."""
     doc = copy.deepcopy(_BASE)
     doc["accel"] = accel
     doc["options"]["accel"] = accel
     doc["options"]["iterations"] = iterations
+    doc["options"]["repeat"] = repeats
     if accel == "tcg":
         doc["qemu"]["command_line"][2] = "tcg"
     doc["cases"], doc["baselines"] = [], []
@@ -117,6 +123,9 @@ def example_doc(cases=(1, 2, 3, 4, 5, 6), repeats: int = 1, accel: str = "kvm",
                     "userspace_exits_per_iter": 1.0 if s_case else 0.0,
                     "port_exits_per_iter": 1.0 if s_case else None,
                     "exit_reasons": {"IO_INSTRUCTION" if s_case else "CPUID": 2100}, "detail": None})
+            timed_ver = {"status": ver["status"], "detail": "example"}
+            if accel != "tcg" and other_path_max is not OMIT:
+                ver["other_path_max"] = timed_ver["other_path_max"] = other_path_max
             doc["cases"].append({
                 "key": key, "case": n, "repeat": rep, "flow": _FLOW[n],
                 "instruction": "outb" if s_case else "cpuid", "msr": None,
@@ -127,7 +136,7 @@ def example_doc(cases=(1, 2, 3, 4, 5, 6), repeats: int = 1, accel: str = "kvm",
                 "timed_window": {"tracing": "off", "tracing_enabled": [],
                                  "kvm_stats": {"exits": iterations + 100,
                                                "io_exits": iterations + 100 if s_case else 0},
-                                 "verdict": {"status": ver["status"], "detail": "example"}},
+                                 "verdict": timed_ver},
                 "verification_window": None, "tracing_overhead_cycles": None, "net_cycles": None})
         if baselines:
             for name in ("timer", "nonexiting", "syscall", "module_call"):

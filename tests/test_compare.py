@@ -85,7 +85,7 @@ def test_min_effect_parameter(tmp_path):
     assert strict["min_effect"] == 0.05
     assert not any(r["cells"][1]["significant"] for r in case_rows(strict))
     assert all(r["cells"][1]["ratio_ci95"][0] > 1.0 for r in case_rows(strict))   # the CI alone would
-    assert "exceeds 5%" in render_compare(strict)
+    assert "beyond ±5%" in render_compare(strict)
 
 
 def test_single_run_gives_no_star_and_says_why(tmp_path):

@@ -11,9 +11,10 @@ at the Welch–Satterthwaite degrees of freedom of the two relative variances (f
 It is exact for normal estimates, needs no random numbers and is unbounded (reported as null) when
 A's own interval reaches 0.
 
-'*' only when that interval excludes 1 AND |ratio − 1| exceeds a minimum effect (default 1%,
-`min_effect`): with enough VM runs any shift becomes "significant", and one far below a percent is
-rarely what a reader is after. With R = 1 on either side there is no interval and no '*':
+'*' only when the whole interval lies beyond a minimum effect (default 1%, `min_effect`): both
+ends above 1 + min_effect or both below 1 − min_effect. With enough VM runs any shift becomes
+"significant", and one far below a percent is rarely what a reader is after; a point estimate past
+the threshold with an interval reaching back towards 1 does not show an effect of that size. With R = 1 on either side there is no interval and no '*':
 run-to-run variation is unknown. docs/statistics.md has the method and its
 simulated false-positive rate and power. The ratio is taken in ns when the TSC rates differ
 (cycles of different clocks are not comparable), else in cycles.
@@ -27,8 +28,9 @@ from .bundle import Bundle
 from exitlat.errors import ExitlatError
 from .meta import column, letter
 from .report import fmt_cycles
+from . import otherpath
 from .vmstats import (DEFAULT_MIN_EFFECT, RECOMMENDED_REPEAT, case_summaries, group_entries, label,
-                      stability_warnings, t975, welch_df)
+                      pool_issues, stability_warnings, t975, welch_df)
 
 
 def _diff(what: str, a, b, name_a: str, name_b: str) -> str | None:
@@ -49,6 +51,72 @@ def _fields_diff(what: str, a: dict, b: dict, keys: tuple, name_b: str) -> str |
     if not diff:
         return None
     return f"{what} differs in {name_b}: " + ", ".join(f"{k} {a.get(k)!r}→{b.get(k)!r}" for k in diff)
+
+
+def _debugcon(doc: dict) -> str | None:
+    """How the debugcon port's bytes left QEMU: "file" (a write(2) in every S exit) or "null",
+    from the QEMU command line, else from the options (auto: file under TCG, null under KVM)."""
+    argv = (doc.get("qemu") or {}).get("command_line") or []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-chardev" and "id=dbg" in value.split(","):
+            return value.split(",", 1)[0]
+        if flag == "-debugcon":
+            return value.split(":", 1)[0]
+    opt = (doc.get("options") or {}).get("debugcon")
+    if opt == "auto":
+        return "file" if doc.get("accel") == "tcg" else "null"
+    return opt
+
+
+def _vapic(doc: dict) -> str | None:
+    """QEMU's kvm-apic vapic (TPR patching: exits of its own), from the command line."""
+    argv = (doc.get("qemu") or {}).get("command_line") or []
+    for flag, value in zip(argv, argv[1:]):
+        if flag == "-global" and value.startswith("kvm-apic.vapic="):
+            return value.split("=", 1)[1]
+    return "QEMU default (on)" if argv and doc.get("accel") == "kvm" else None
+
+
+def _backends(doc: dict) -> str | None:
+    """The tracing backends the traced windows used, else the option as given."""
+    used = sorted({(e.get("verification_window") or {}).get("backend") for e in doc.get("cases", [])}
+                  - {None})
+    if used:
+        return ", ".join(used)
+    return (doc.get("options") or {}).get("tracing")
+
+
+def run_setup(doc: dict) -> dict:
+    """The run options that change what a window costs or counts, as the run used them (None:
+    the bundle does not say)."""
+    o = doc.get("options") or {}
+    run = doc.get("run") or {}
+    return {"--debugcon": _debugcon(doc), "--port": o.get("port"), "--timer": o.get("timer"),
+            "--tracing": _backends(doc), "--repeat": o.get("repeat"),
+            "--iterations": o.get("iterations"), "--warmup": o.get("warmup"),
+            "--verify-iterations": run.get("verify_iterations", o.get("verify_iterations")),
+            "--instr": o.get("instr"), "vapic": _vapic(doc)}
+
+
+_SETUP_WHY = {
+    "--debugcon": "file puts a write(2) in every QEMU exit",
+    "--port": "another port is another device model in QEMU",
+    "--timer": "the timer's own cost is in every sample",
+    "--tracing": "the traced windows, tracing overhead and decomposition differ",
+    "--repeat": "a different number of VM runs per headline",
+    "--iterations": "windows of another length",
+    "--warmup": "another warm-up before each timed window",
+    "--verify-iterations": "traced windows of another length",
+    "--instr": "another exiting instruction",
+    "vapic": "TPR-access patching adds userspace exits of its own",
+}
+
+
+def setup_unfairness(da: dict, db: dict, na: str, nb: str) -> list[str]:
+    """One line per run option that differs (only where both bundles record it)."""
+    a, b = run_setup(da), run_setup(db)
+    return [f"run option {k} differs: {na}: {a[k]!r} vs {nb}: {b[k]!r} ({_SETUP_WHY[k]})"
+            for k in a if a[k] is not None and b[k] is not None and a[k] != b[k]]
 
 
 def unfairness(a: Bundle, b: Bundle) -> list[str]:
@@ -72,7 +140,7 @@ def unfairness(a: Bundle, b: Bundle) -> list[str]:
         _diff("busybox", da["guest"].get("busybox_version"), db["guest"].get("busybox_version"), na, nb),
         _diff("accel", da["accel"], db["accel"], na, nb),
     ]
-    return [w for w in out if w]
+    return [w for w in out if w] + setup_unfairness(da, db, na, nb)
 
 
 def general_warnings(bundles: list[Bundle]) -> list[str]:
@@ -89,10 +157,17 @@ def general_warnings(bundles: list[Bundle]) -> list[str]:
             out.append(f"{b.name}: {len(others)} other exitlat run(s) on the host during this run ("
                        + "; ".join(f"pid {o.get('pid')} on core {o.get('core')}" for o in others)
                        + "): their noise may be in these numbers")
-        failed = [e["key"] for e in b.doc["cases"] if e["verification"]["status"] == "failed"]
-        if failed:
-            out.append(f"{b.name}: exit path verification FAILED for {', '.join(failed)}")
+        for status, text in (("failed", "exit path verification FAILED"),
+                             ("unverified", "exit path UNVERIFIED"),
+                             ("skipped", "exit path not verified (skipped)")):
+            keys = [e["key"] for e in b.doc["cases"] if e["verification"]["status"] == status]
+            if keys and (status != "skipped" or b.doc.get("accel") == "kvm"):
+                out.append(f"{b.name}: {text} for {_keys_text(keys)}")
     return out
+
+
+def _keys_text(keys: list[str], most: int = 8) -> str:
+    return ", ".join(keys[:most]) + (f" (+{len(keys) - most} more)" if len(keys) > most else "")
 
 
 METHOD = ("ratio = X's headline / A's headline (median of per-VM medians); CI95: Fieller interval "
@@ -145,9 +220,16 @@ def ratio_cell(ref: dict, x: dict, scale: float = 1.0, min_effect: float = DEFAU
         out["note"] = "ratio CI unbounded: A's VM medians scatter too much"
         return out
     out["ratio_ci95"] = [ci[0] * scale, ci[1] * scale]
-    lo, hi = out["ratio_ci95"]
-    out["significant"] = (lo > 1.0 or hi < 1.0) and abs(out["ratio"] - 1.0) > min_effect
+    out["significant"] = beyond_min_effect(out["ratio_ci95"], min_effect)
     return out
+
+
+def beyond_min_effect(ci: list[float], min_effect: float) -> bool:
+    """The '*' rule: the whole ratio CI lies beyond the minimum effect on one side (both ends
+    above 1 + min_effect, or both below 1 − min_effect). A point estimate past the threshold is
+    not enough: [1.001, 1.02] at 1% is compatible with a 0.1% difference."""
+    lo, hi = ci
+    return lo > 1.0 + min_effect or hi < 1.0 - min_effect
 
 
 def _repeat_text(reps: list[int]) -> str:
@@ -182,12 +264,15 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
             s = sums[i].get(ident)
             cell = {"key": None, "keys": [], "R": 0, "n": None, "median": None, "ci95": None,
                     "spread": None, "rel_spread": None, "ratio": None, "ratio_ci95": None,
-                    "significant": None, "note": None}
+                    "significant": None, "note": None, "pooled": None, "pool_issues": False,
+                    "other_path_max": None}
             if s is not None:
                 view = s["ns"] if unit == "ns" else s
                 cell.update(key=s["keys"][0], keys=s["keys"], R=s["R"], n=s["n"] or None,
                             median=view["median"], ci95=view["ci95"], spread=view["spread"],
-                            rel_spread=s["rel_spread"], note=s["note"] if s["R"] < 2 else None)
+                            rel_spread=s["rel_spread"], note=s["note"] if s["R"] < 2 else None,
+                            pooled=s["pooled"], pool_issues=pool_issues(s),
+                            other_path_max=s["other_path_max"])
             if i > 0 and s is not None and ref is not None and s["median"] is not None:
                 scale = hzs[0] / hzs[i] if unit == "ns" else 1.0
                 cell.update(ratio_cell(ref, s, scale, min_effect))
@@ -216,20 +301,40 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
 def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
     """Rows (one per case/baseline, pooled over repeats) × cells (one per bundle); see the module
     docstring. Each cell: key (first entry), keys, R, n (samples over all runs), median (headline,
-    in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note. `columns` names
+    in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note, pooled (which VM
+    runs the headline pools: exitlat.results.vmstats.pooled_text), pool_issues (a run left out or
+    not passed), other_path_max (the largest over the pooled runs). `columns` names
     each bundle (letter, host, CPU model: exitlat.results.meta.column)."""
     if len(bundles) < 2:
         raise ExitlatError("compare needs at least two bundles")
     return comparison(bundles, min_effect)
 
 
+POOL_MARK = "!"     # beside R: the headline leaves a VM run out or pools one that did not pass
+
+
 def _median_text(c: dict) -> str:
     if c["median"] is None:
         return "-"
-    text = fmt_cycles(c["median"])
+    text = otherpath.mark(fmt_cycles(c["median"]), "median", c.get("other_path_max"))
     if c["R"] >= 2 and c["ci95"] is not None and c["median"]:
         text += f" ±{100 * (c['ci95'][1] - c['median']) / c['median']:.1f}%"
-    return text + f" R={c['R']}"
+    return text + f" R={c['R']}" + (POOL_MARK if c.get("pool_issues") else "")
+
+
+def pool_lines(res: dict) -> list[str]:
+    """One line per headline that leaves a VM run out or pools one that did not pass."""
+    letters = {name: letter(i) for i, name in enumerate(res["bundles"])}
+    return [f"{letters[name]} {r['entry']}: {c['pooled']}" for r in res["rows"]
+            for name, c in zip(res["bundles"], r["cells"]) if c.get("pool_issues")]
+
+
+def other_path_lines(res: dict) -> list[str]:
+    letters = {name: letter(i) for i, name in enumerate(res["bundles"])}
+    return [f"{otherpath.MARK} {letters[name]} {r['entry']} "
+            f"{otherpath.footnote(['median'], c['other_path_max'])}"
+            for r in res["rows"] for name, c in zip(res["bundles"], r["cells"])
+            if otherpath.covered(c.get("other_path_max"), ("median",))]
 
 
 def _ratio_text(c: dict) -> str:
@@ -271,9 +376,10 @@ def _long_tables(res: dict, cols: list[dict]) -> list[str]:
             ratio = "-" if c["ratio"] is None else f"{c['ratio']:.3f}"
             rci = "-" if c["ratio"] is None else "no CI" if c["ratio_ci95"] is None else \
                 f"[{c['ratio_ci95'][0]:.3f}, {c['ratio_ci95'][1]:.3f}]" + (" *" if c["significant"] else "")
-            rows.append([col["letter"], col["host"], col["cpu"],
-                         "-" if c["median"] is None else fmt_cycles(c["median"]), ci,
-                         c["R"] or "-", ratio, rci])
+            med = "-" if c["median"] is None else otherpath.mark(
+                fmt_cycles(c["median"]), "median", c.get("other_path_max"))
+            reps = f"{c['R']}{POOL_MARK if c.get('pool_issues') else ''}" if c["R"] else "-"
+            rows.append([col["letter"], col["host"], col["cpu"], med, ci, reps, ratio, rci])
         out += ["", r["entry"],
                 tabulate(rows, headers=headers, tablefmt="simple", disable_numparse=True)]
     return out
@@ -303,7 +409,17 @@ def render_compare(res: dict, layout: str = "auto") -> str:
     out += ["",
             "median: median of the per-VM medians of R VM runs (±: its 95% CI across VM runs)",
             "ratio = median / A's median; CI95 from both sides' VM-to-VM variation (Fieller)",
-            f"* = the ratio's CI95 excludes 1 and the difference exceeds {eff:g}% (the minimum effect)"]
+            f"* = the whole ratio CI95 lies beyond ±{eff:g}% (the minimum effect), on one side of 1"]
+    pools = pool_lines(res)
+    if pools:
+        out.append(f"{POOL_MARK} = the headline leaves a VM run out (failed verification: "
+                   "excluded; no samples) or pools one that did not pass:")
+        out += [f"  {line}" for line in pools]
+    else:
+        out.append("every headline pools all of its VM runs; none failed, unverified or skipped")
+    others = other_path_lines(res)
+    if others:
+        out += others
     if res["unit"] == "ns":
         out.append("TSC frequencies differ: medians and ratios are in ns, not cycles")
     lines = [f"note: {n}" for n in res.get("notes", [])]

@@ -9,6 +9,7 @@ import io
 import sys
 from pathlib import Path
 
+from . import otherpath
 from .bundle import Bundle
 from .meta import META_COLUMNS, meta_columns
 from .vmstats import case_summaries, identity, label
@@ -19,12 +20,13 @@ STAT_KEYS = ["min", "p1", "p5", "p25", "p50", "p75", "p90", "p95", "p99", "p99_9
 CASE_COLUMNS = (
     ["key", "entry", "case", "repeat", "flow", "instruction", "msr", "port", "timer",
      "expected_path", "iterations",
-     "vm_runs", "headline_median", "headline_ci95_low", "headline_ci95_high", "vm_median_min",
-     "vm_median_max", "vm_rel_spread", "headline_median_ns",
+     "vm_runs", "headline_runs", "headline_median", "headline_ci95_low", "headline_ci95_high",
+     "vm_median_min", "vm_median_max", "vm_rel_spread", "headline_median_ns",
      "n"] + STAT_KEYS +
     ["median_ci95_low", "median_ci95_high", "median_ns", "p99_ns",
      "net_baseline", "net_median", "net_ci95_low", "net_ci95_high",
-     "verification", "verification_detail", "exit_reason_per_iter", "userspace_exits_per_iter",
+     "verification", "verification_detail", "other_path_max", "exit_reason_per_iter",
+     "userspace_exits_per_iter",
      "tracing_overhead", "tsc_backwards"])
 
 EXPORT_COLUMNS = META_COLUMNS + CASE_COLUMNS
@@ -51,7 +53,7 @@ def case_rows(b: Bundle) -> list[dict]:
             "key": e["key"], "entry": label(identity(e)), "case": e["case"], "repeat": e.get("repeat", 0),
             "flow": e["flow"], "instruction": e["instruction"], "msr": e["msr"], "port": e["port"],
             "timer": e["timer"], "expected_path": e["expected_path"], "iterations": e["iterations"],
-            "vm_runs": s["R"], "headline_median": s["median"],
+            "vm_runs": s["R"], "headline_runs": s["pooled"], "headline_median": s["median"],
             "headline_ci95_low": _pair(s["ci95"], 0), "headline_ci95_high": _pair(s["ci95"], 1),
             "vm_median_min": _pair(s["spread"], 0), "vm_median_max": _pair(s["spread"], 1),
             "vm_rel_spread": s["rel_spread"], "headline_median_ns": (s["ns"] or {}).get("median"),
@@ -63,6 +65,7 @@ def case_rows(b: Bundle) -> list[dict]:
             "net_baseline": net.get("baseline"), "net_median": net.get("median"),
             "net_ci95_low": _pair(net.get("ci95"), 0), "net_ci95_high": _pair(net.get("ci95"), 1),
             "verification": ver["status"], "verification_detail": ver.get("detail"),
+            "other_path_max": otherpath.fraction(e),
             "exit_reason_per_iter": ver.get("expected_reason_per_iter"),
             "userspace_exits_per_iter": ver.get("userspace_exits_per_iter"),
             "tracing_overhead": over.get("difference"), "tsc_backwards": e.get("tsc_backwards"),
@@ -72,10 +75,10 @@ def case_rows(b: Bundle) -> list[dict]:
 
 
 COMPARE_COLUMNS = ["entry", "kind", "case", "instruction", "msr", "timer", "column", "bundle",
-                   "host", "cpu_model", "accel", "reference", "unit", "vm_runs", "n", "median",
+                   "host", "cpu_model", "accel", "reference", "unit", "vm_runs", "pooled", "n", "median",
                    "ci95_low", "ci95_high", "vm_median_min", "vm_median_max", "vm_rel_spread",
                    "ratio", "ratio_ci95_low", "ratio_ci95_high", "significant", "min_effect",
-                   "note", "not_exit_timings"]
+                   "note", "other_path_max", "not_exit_timings"]
 
 
 def compare_rows(res: dict) -> list[dict]:
@@ -93,13 +96,15 @@ def compare_rows(res: dict) -> list[dict]:
                 "timer": ident[4] if kind == "case" else None,
                 "column": col["letter"], "bundle": col["bundle"], "host": col["host"],
                 "cpu_model": col["cpu_model"], "accel": col["accel"], "reference": res["reference"],
-                "unit": res["unit"], "vm_runs": c["R"], "n": c["n"], "median": c["median"],
+                "unit": res["unit"], "vm_runs": c["R"], "pooled": c["pooled"], "n": c["n"],
+                "median": c["median"],
                 "ci95_low": _pair(c["ci95"], 0), "ci95_high": _pair(c["ci95"], 1),
                 "vm_median_min": _pair(c["spread"], 0), "vm_median_max": _pair(c["spread"], 1),
                 "vm_rel_spread": c["rel_spread"], "ratio": c["ratio"],
                 "ratio_ci95_low": _pair(c["ratio_ci95"], 0),
                 "ratio_ci95_high": _pair(c["ratio_ci95"], 1), "significant": c["significant"],
                 "min_effect": res["min_effect"], "note": c["note"],
+                "other_path_max": c["other_path_max"],
                 "not_exit_timings": res["not_exit_timings"].get(col["bundle"])})
     return rows
 

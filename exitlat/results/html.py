@@ -11,7 +11,8 @@ report and compare print (exitlat.results.compare.comparison)."""
 
 from .bundle import Bundle
 from .compare import comparison
-from .htmlcase import case_section, esc, host_html, num, swatch
+from . import otherpath
+from .htmlcase import case_section, esc, host_html, marked_html, num, pool_note, swatch
 from .meta import meta_rows
 from .report import warnings_for
 from .svgplots import palette
@@ -150,7 +151,8 @@ def _matrix(res: dict, cols: list[dict], colors: list[str]) -> str:
                 continue
             ci = f" ±{100 * (c['ci95'][1] - c['median']) / c['median']:.1f}%" \
                 if c["ci95"] is not None and c["median"] else ""
-            text = f"{num(c['median'])}<span class=muted>{esc(ci)}</span>"
+            text = f"{marked_html(num(c['median']), 'median', c.get('other_path_max'))}" \
+                f"<span class=muted>{esc(ci)}</span>{pool_note(c)}"
             if compare and j > 0 and c["ratio"] is not None:
                 text += f"<br>×{c['ratio']:.3f}" + (" <b>*</b>" if c["significant"] else "")
             cells.append(f'<td{" class=sig" if c["significant"] else ""}>{text}</td>')
@@ -185,10 +187,15 @@ def _notes(res: dict, compare: bool) -> str:
              "from their spread (docs/statistics.md). Percentiles and net in the case tables: "
              "each VM run's own (one value, or min–max over the runs).",
              "cycles are TSC ticks; net: median minus the same-mode timer baseline."]
+    lines.append("headline: a VM run whose exit path verification FAILED is left out of it; "
+                 "UNVERIFIED, skipped and unchecked runs are pooled; each is named beside the number.")
+    lines.append(f"{otherpath.MARK} beside a percentile: its tail (1 − X/100 of the iterations) is "
+                 "not larger than the share of iterations that may have taken another path or been "
+                 "disturbed (the verdict's other_path_max): it is not proven to be the case's path.")
     if compare:
         lines += [res["method"] + ".",
-                  f"* = the ratio's CI95 excludes 1 and the difference exceeds {eff:g}% (the "
-                  "minimum effect)."]
+                  f"* = the whole ratio CI95 lies beyond ±{eff:g}% (the minimum effect), on one "
+                  "side of 1."]
     if res["unit"] == "ns":
         lines.append("TSC frequencies differ: medians and ratios are in ns, not cycles.")
     return "".join(f"<p>{esc(t)}</p>" for t in lines)

@@ -6,6 +6,7 @@ compare's cells and each entry's stored `stats`; nothing is recomputed."""
 
 from html import escape
 
+from . import otherpath
 from .bundle import Bundle
 from .report import fmt_ci, fmt_cycles, fmt_ns, fmt_overhead, verified_text
 from .svgplots import case_figure
@@ -47,13 +48,30 @@ def _stat(st: dict | None, key: str, unit: str):
     return st.get(key)
 
 
-def _range(values: list) -> str:
-    """One value, or min–max over a bundle's VM runs."""
+def _range(values: list, key: str | None = None, opm: float | None = None) -> str:
+    """One value, or min–max over a bundle's VM runs; marked (†) when percentile `key` is covered
+    by the other-path fraction opm."""
     vals = [v for v in values if v is not None]
     if not vals:
         return "-"
     lo, hi = min(vals), max(vals)
-    return num(lo) if lo == hi else f"{num(lo)}–{num(hi)}"
+    text = num(lo) if lo == hi else f"{num(lo)}–{num(hi)}"
+    return marked_html(text, key, opm) if key else text
+
+
+def marked_html(text: str, key: str, opm: float | None) -> str:
+    if key not in otherpath.covered(opm, (key,)):
+        return text
+    return f'{text}<sup class=warn title="{esc(otherpath.footnote([key], opm))}">{otherpath.MARK}</sup>'
+
+
+def pool_note(c: dict) -> str:
+    """Which VM runs a headline pools, when it leaves one out or pools one that did not pass."""
+    if not c.get("pool_issues") or not c.get("pooled"):
+        return ""
+    text = c["pooled"]
+    text = text[text.index("(") + 1:-1] if text.endswith(")") else text
+    return f"<div class=\"ev warn\">{esc(text)}</div>"
 
 
 def evidence(v: dict, status: bool = True) -> str:
@@ -111,6 +129,7 @@ def case_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
     out = [f"<p class=unit>in {esc(unit)} (net: cycles); percentiles: each VM run's own, min–max "
            "over the runs</p><div class=scroll><table class=case><tr>"
            + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr>"]
+    notes = []
     for b, col, color, c in zip(bundles, cols, colors, row["cells"]):
         if c["median"] is None:
             why = "no samples (incomplete run)" if c["keys"] else "not in this bundle"
@@ -121,17 +140,27 @@ def case_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
         spread = "-" if c["spread"] is None else f"{num(c['spread'][0])}–{num(c['spread'][1])}"
         if c["rel_spread"] is not None:
             spread += f"<br>({100 * c['rel_spread']:.2f}%)"
+        runs_opm = otherpath.pooled(es)         # the percentiles span every run shown
         cells = [f"<td class=lab>{swatch(col, color, with_cpu=not compare)}</td>",
-                 f"<td class=big>{num(c['median'])}</td>",
+                 f"<td class=big>{marked_html(num(c['median']), 'median', c.get('other_path_max'))}</td>",
                  f"<td>{_ci(c)}</td>"]
         if compare:
             cells.append(f'<td{" class=sig" if c["significant"] else ""}>{_ratio(c)}</td>')
-        cells += [f"<td>{c['R']}</td>", f"<td>{num(c['n'])}</td>", f"<td>{spread}</td>"]
-        cells += [f"<td>{_range([_stat(e['stats'], k, unit) for e in es])}</td>" for _, k in PCTS[1:]]
+        cells += [f"<td>{c['R']}{pool_note(c)}</td>", f"<td>{num(c['n'])}</td>", f"<td>{spread}</td>"]
+        cells += [f"<td>{_range([_stat(e['stats'], k, unit) for e in es], k, runs_opm)}</td>"
+                  for _, k in PCTS[1:]]
+        marked = otherpath.covered(runs_opm, [k for _, k in PCTS[1:]])
+        if otherpath.covered(c.get("other_path_max"), ("median",)):
+            marked = ["median"] + marked
+        if marked:
+            notes.append(f"{otherpath.MARK} {col['letter']}: "
+                         f"{otherpath.footnote(marked, max(runs_opm or 0, c.get('other_path_max') or 0))}"
+                         " (the largest over its VM runs)")
         cells.append(f"<td>{_range([(e.get('net_cycles') or {}).get('median') for e in es])}</td>")
         cells.append(f"<td class=\"wrap txt\">{_verdict_cell(es)}</td>")
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table></div>")
+    out += [f"<p class=\"unit warn\">{esc(n)}</p>" for n in notes]
     return "\n".join(out)
 
 
@@ -140,10 +169,15 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
     head = ["bundle", "entry", "n", "median", "p90", "p99", "p99.9", "max", "median CI95 (this VM)",
             "median ns", "net", "tracing adds", "timed window", "verification (evidence)"]
     out = ["<div class=scroll><table class=runs><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
+    notes = []
     for b, col, color, c in zip(bundles, cols, colors, row["cells"]):
         for k in c["keys"]:
             e = b.entry(k)
             st = e["stats"] or {}
+            opm = otherpath.fraction(e) if st else None
+            marked = otherpath.covered(opm, ("median", "p90", "p99", "p99_9"))
+            if marked:
+                notes.append(f"{otherpath.MARK} {col['letter']} {e['key']} {otherpath.footnote(marked, opm)}")
             tw = e.get("timed_window") or {}
             tv = tw.get("verdict") or {}
             timed = f"tracing {tw.get('tracing', '?')}" + (
@@ -152,15 +186,16 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
             net = e.get("net_cycles") or {}
             out.append("<tr>" + "".join([
                 f"<td class=lab>{swatch(col, color, with_host=False)}</td>", f"<td class=txt>{esc(e['key'])}</td>",
-                f"<td>{num(st.get('n'))}</td>", f"<td>{num(st.get('median'))}</td>",
-                f"<td>{num(st.get('p90'))}</td>", f"<td>{num(st.get('p99'))}</td>",
-                f"<td>{num(st.get('p99_9'))}</td>", f"<td>{num(st.get('max'))}</td>",
+                f"<td>{num(st.get('n'))}</td>",
+                *(f"<td>{marked_html(num(st.get(q)), q, opm)}</td>" for q in ("median", "p90", "p99", "p99_9")),
+                f"<td>{num(st.get('max'))}</td>",
                 f"<td>{esc(fmt_ci(st.get('median_ci95')))}</td>",
                 f"<td>{esc(fmt_ns(_stat(st, 'median', 'ns')))}</td>",
                 f"<td>{num(net.get('median'))}</td>",
                 f"<td>{esc(fmt_overhead(e.get('tracing_overhead_cycles')))}</td>",
                 f"<td>{esc(timed)}</td>", f"<td class=ev>{esc(evidence(e['verification']))}</td>"]) + "</tr>")
     out.append("</table></div>")
+    out += [f"<p class=\"unit warn\">{esc(n)}</p>" for n in notes]
     return "\n".join(out)
 
 

@@ -3,9 +3,11 @@ every warning a reader needs before trusting the numbers."""
 
 from tabulate import tabulate
 
+from . import otherpath
 from .bundle import Bundle
 from .bundledoc import banner_for
-from .vmstats import SUMMARY_HEADERS, case_summaries, stability_warnings, summary_rows
+from .vmstats import (SUMMARY_HEADERS, case_summaries, pooling_warnings, run_ranges,
+                      stability_warnings, summary_rows)
 
 
 def fmt_cycles(v) -> str:
@@ -67,14 +69,88 @@ def warnings_for(doc: dict) -> list[str]:
     for e in doc["cases"] + doc["baselines"]:
         if e.get("tsc_backwards"):
             out.append(f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC went backwards")
+    out += tsc_backwards_warnings(doc)
     for e in doc["cases"] + doc["baselines"]:
         if e["stats"] is None:
             out.append(f"{e['key']}: no samples")
+    out += pooling_warnings(case_summaries(doc))
+    out += other_path_warnings(doc)
     if not (doc["host"].get("tsc") or {}).get("hz") and not doc["guest"].get("tsc_khz"):
         out.append("TSC frequency unknown: no ns values")
     if doc["guest"].get("invariant_tsc") is False:
         out.append("guest reports no invariant TSC: cycle counts may not be comparable")
     return out
+
+
+_UNKNOWN = object()
+
+
+def _guest_zeros(doc: dict, e: dict, suffix: str = ""):
+    """What the guest said it stored as 0 in one window of this entry (its `done` event's
+    tsc_backwards, kept per VM run and window key in run.tsc_backwards): an int, None where the
+    guest did not say, _UNKNOWN where the bundle does not record it."""
+    per_run = (doc.get("run") or {}).get("tsc_backwards")
+    rep = e.get("repeat", 0)
+    tail = f"-r{rep}"
+    if not isinstance(per_run, list) or rep >= len(per_run) or not isinstance(per_run[rep], dict) \
+            or not e["samples_key"].endswith(tail):
+        return _UNKNOWN
+    v = per_run[rep].get(e["samples_key"][: -len(tail)] + suffix)
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+
+def tsc_backwards_warnings(doc: dict) -> list[str]:
+    """The zero samples dropped against the guest's own count of them: a difference means the
+    samples read back are not the ones the guest stored (the guest stores 0 where the TSC went
+    backwards; a 0 it did not count came from somewhere else)."""
+    from exitlat.run.guestio import TRACED_SUFFIX
+
+    out = []
+    for e in doc["cases"] + doc["baselines"]:
+        windows = []
+        if e.get("stats") is not None or e.get("tsc_backwards"):
+            windows.append((e["key"], e.get("tsc_backwards") or 0, _guest_zeros(doc, e)))
+        vw = e.get("verification_window")
+        if isinstance(vw, dict) and (vw.get("stats") is not None or vw.get("tsc_backwards")):
+            windows.append((f"{e['key']} traced window", vw.get("tsc_backwards") or 0,
+                            _guest_zeros(doc, e, TRACED_SUFFIX)))
+        for what, dropped, guest in windows:
+            if guest is _UNKNOWN:
+                continue
+            if guest is None:
+                if dropped:
+                    out.append(f"{what}: {dropped} zero samples dropped, but the guest did not say "
+                               "how many it stored: they cannot be reconciled")
+            elif guest != dropped:
+                out.append(f"{what}: {dropped} zero samples dropped, but the guest counted {guest} "
+                           "(tsc_backwards): the samples read back are not what the guest stored")
+    return out
+
+
+def other_path_warnings(doc: dict) -> list[str]:
+    """Case entries whose verdict states no bound on other-path iterations (KVM)."""
+    keys = [e["key"] for e in doc["cases"] if otherpath.unknown(e, doc.get("accel"))]
+    if not keys:
+        return []
+    shown = ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+    return [f"no bound on other-path iterations for {shown} (a bundle before the verifier stated "
+            "one, or it could not): their p99 and p99.9 may include iterations that took another "
+            "path"]
+
+
+def other_path_notes(doc: dict) -> list[str]:
+    """The footnotes of the case table's marked percentiles, one per case and footnote, naming
+    its VM runs ('† case2-r0–r3 p99, p99.9: may include up to 1.2 % other-path iterations')."""
+    runs: dict[tuple, list[str]] = {}
+    for e in doc["cases"]:
+        opm = otherpath.fraction(e)
+        keys = otherpath.covered(opm, CASE_PERCENTILES) if e.get("stats") else []
+        if keys:
+            tail = f"-r{e.get('repeat', 0)}"
+            name = e["key"][: -len(tail)] if e["key"].endswith(tail) else e["key"]
+            runs.setdefault((name, otherpath.footnote(keys, opm)), []).append(tail[1:])
+    return [f"{otherpath.MARK} {name}-{run_ranges(labels)} {note}"
+            for (name, note), labels in runs.items()]
 
 
 def verified_text(v: dict) -> str:
@@ -101,11 +177,15 @@ def case_rows(doc: dict) -> list[list]:
         instr = e["instruction"] + (f" {e['msr']}" if e["msr"] else "") + (
             f" {e['port']:#x}" if e["port"] is not None else "")
         net = e.get("net_cycles") or {}
+        opm = otherpath.fraction(e) if s else None
+        pcts = [otherpath.mark(fmt_cycles(s.get(k)), k, opm) for k in CASE_PERCENTILES]
         rows.append([e["key"], e["flow"], instr, e["expected_path"], verified_text(e["verification"]),
-                     s.get("n", 0), fmt_cycles(s.get("median")), fmt_cycles(s.get("p99")),
-                     fmt_cycles(s.get("p99_9")), fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
+                     s.get("n", 0), *pcts, fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
                      fmt_cycles(net.get("median")), fmt_overhead(e.get("tracing_overhead_cycles"))])
     return rows
+
+
+CASE_PERCENTILES = ("median", "p99", "p99_9")      # the percentiles the case table publishes
 
 
 CASE_HEADERS = ["case", "flow", "instruction", "path", "verified", "n", "median", "p99", "p99.9",
@@ -196,6 +276,7 @@ def render_report(b: Bundle) -> str:
     out += summary_lines(b) + [""]
     out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
                         disable_numparse=True) if d["cases"] else "(no cases)")
+    out += other_path_notes(d)
     drows, dnotes = decomposition_rows(d)
     if drows:
         out += ["", "where the cycles go (traced window; medians in cycles; docs/measuring.md):",
@@ -206,10 +287,15 @@ def render_report(b: Bundle) -> str:
             "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
             tablefmt="simple", disable_numparse=True)]
     sums = case_summaries(b)
-    if any(x["R"] > 1 for x in sums):      # with one VM the table would only repeat the above
-        out += ["", "across VM runs (headline: median of the per-VM medians; CI95 from their spread):",
+    if any(len(x["keys"]) > 1 for x in sums):   # with one VM the table would only repeat the above
+        out += ["", "across VM runs (headline: median of the per-VM medians of the runs it pools; "
+                "CI95 from their spread):",
                 tabulate(summary_rows(sums), headers=SUMMARY_HEADERS, tablefmt="simple",
                          disable_numparse=True)]
+        out += [f"{otherpath.MARK} {x['entry']} {otherpath.footnote(['median'], x['other_path_max'])}"
+                for x in sums if otherpath.covered(x["other_path_max"], ("median",))]
+        out.append("a VM run whose verification FAILED is excluded from its headline; UNVERIFIED "
+                   "and unchecked runs are pooled and named")
     out.append("")
     out.append("cycles are TSC ticks; median CI95 (this VM): order-statistic interval within one VM "
                "run, blind to run-to-run variation; CI95 across VMs: see docs/statistics.md")
@@ -222,6 +308,10 @@ def render_report(b: Bundle) -> str:
                    "remainder = guest median - KVM - QEMU: the VM exit and entry plus what tracing "
                    "adds (compare 'tracing adds'); minus baseline: without the same-mode timer "
                    "baseline")
+    if other_path_notes(d):
+        out.append(f"{otherpath.MARK}: the percentile's tail (1 − X/100 of the iterations) is not "
+                   "larger than the share of iterations that may have taken another path or been "
+                   "disturbed (the verdict's other_path_max): it is not proven to be the case's path")
     if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
         out.append("tracing adds: traced-window median minus timed-window median; the timed "
                    "window, which gives every other number, ran with no tracing")
@@ -249,6 +339,7 @@ def report_json(b: Bundle) -> dict:
         "warnings": warnings_for(d),
         "vm_summaries": sums,
         "stability": stability_warnings(sums),
+        "other_path_notes": other_path_notes(d),
         "cases": [{k: e[k] for k in keep if k in e} for e in d["cases"]],
         "baselines": [{k: e[k] for k in keep if k in e} for e in d["baselines"]],
     }

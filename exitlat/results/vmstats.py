@@ -32,6 +32,7 @@ import numpy as np
 
 from exitlat.run.plan import RECOMMENDED_REPEAT
 
+from . import otherpath
 from .stats import summarize
 
 CI_METHOD = ("median of per-VM medians; 95% CI: headline ± t(R−1)·c_R·s/√R over the R VM runs "
@@ -124,31 +125,44 @@ def _within_se(st: dict) -> float:
 
 
 def combine_runs(runs: list[dict], tsc_hz: float | None = None, *, loose: bool = False,
-                 min_effect: float = DEFAULT_MIN_EFFECT, labels: list[str] | None = None) -> dict:
+                 min_effect: float = DEFAULT_MIN_EFFECT, labels: list[str] | None = None,
+                 excluded: dict | None = None) -> dict:
     """Combine the per-VM statistics of one case (exitlat.stats.summarize dicts, one per VM run,
     None for a run without samples) into the across-VM summary; see the module docstring.
 
     loose: TCG or emulated host (their numbers are not exit timings): a looser spread threshold
-    and no tail warnings. labels name the runs in warnings (default r0, r1, ...)."""
+    and no tail warnings. labels name the runs in warnings (default r0, r1, ...). excluded: label →
+    why, runs left out of the headline although they have samples (a failed verification).
+    Every run that is not pooled is named: `missing_runs` (no samples) and `excluded_runs`, each
+    with a warning, so that no run leaves the headline silently."""
     labels = labels or [f"r{i}" for i in range(len(runs))]
-    have = [(lab, st) for lab, st in zip(labels, runs) if st is not None]
+    excluded = excluded or {}
+    have = [(lab, st) for lab, st in zip(labels, runs) if st is not None and lab not in excluded]
     missing = [lab for lab, st in zip(labels, runs) if st is None]
+    left_out = [{"run": lab, "why": excluded[lab]} for lab, st in zip(labels, runs)
+                if st is not None and lab in excluded]
     r = len(have)
     out: dict = {"R": r, "runs": [lab for lab, _ in have], "missing_runs": missing,
+                 "excluded_runs": left_out,
                  "vm_medians": [st["median"] for _, st in have],
                  "vm_n": [st["n"] for _, st in have], "n": sum(st["n"] for _, st in have),
                  "median": None, "spread": None, "rel_spread": None, "sd": None, "se": None,
                  "df": None, "ci95": None, "ci_rel": None, "ci_method": CI_METHOD, "note": None,
                  "suggested_repeat": None, "warnings": [], "tsc_hz": float(tsc_hz) if tsc_hz else None,
                  "ns": None}
+    warns = out["warnings"]
+    if missing:
+        warns.append({"kind": "missing", "repeat": None, "detail": ", ".join(missing)})
+    for x in left_out:
+        warns.append({"kind": "excluded", "repeat": None, "detail": f"{x['run']} {x['why']}"})
     if r == 0:
-        out["note"] = "no samples"
+        out["note"] = "no samples" if not left_out else "no VM run to pool: " + "; ".join(
+            f"{x['run']} {x['why']}" for x in left_out)
         return out
     meds = [float(m) for m in out["vm_medians"]]
     head = _median(meds)
     out["median"] = head
     out["spread"] = [min(meds), max(meds)]
-    warns = out["warnings"]
     if r == 1:
         out["note"] = "run-to-run variation unknown (R=1)"
         out["suggested_repeat"] = RECOMMENDED_REPEAT
@@ -237,13 +251,84 @@ def is_loose(doc: dict) -> bool:
     return banner_for(doc) is not None
 
 
-def case_summaries(bundle_or_doc, min_effect: float = DEFAULT_MIN_EFFECT) -> list[dict]:
+# -- which VM runs a headline pools ----------------------------------------------------------------
+
+EXCLUDED_VERDICTS = ("failed",)     # left out of a headline unless case_summaries(pool_failed=True)
+_VERDICT_WORDS = {"passed": "passed", "failed": "FAILED: pooled", "unverified": "UNVERIFIED: pooled",
+                  "skipped": "not verified (skipped): pooled", "not_applicable": "nothing to verify",
+                  None: "not checked"}
+
+
+def entry_verdict(e: dict) -> str | None:
+    """The verdict of one entry's VM run: a case's verification, a baseline's exit check (None
+    where an older bundle has none)."""
+    v = e.get("verification") if "case" in e else e.get("exit_check")
+    return (v or {}).get("status")
+
+
+def run_ranges(labels: list[str]) -> str:
+    """r0, r1, r2, r4 → 'r0–r2, r4'."""
+    nums = sorted({int(x[1:]) for x in labels if x[1:].isdigit()})
+    if len(nums) != len(labels):
+        return ", ".join(labels)
+    parts, i = [], 0
+    while i < len(nums):
+        j = i
+        while j + 1 < len(nums) and nums[j + 1] == nums[j] + 1:
+            j += 1
+        parts.append(f"r{nums[i]}" if i == j else f"r{nums[i]}, r{nums[j]}" if j == i + 1
+                     else f"r{nums[i]}–r{nums[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def pooled_text(s: dict) -> str:
+    """Which VM runs a headline pools, and why any run of the entry is not pooled or not clean:
+    'median of 5 VM runs (r0–r4, all passed)', 'median of 4 VM runs (r0, r1, r3, r4 passed; r2
+    failed: excluded)', 'median of 5 VM runs (r0–r3 passed; r4 UNVERIFIED: pooled)'."""
+    verdicts = s.get("verdicts") or {}
+    by_word: dict[str, list[str]] = {}
+    for lab in s["runs"]:
+        by_word.setdefault(_VERDICT_WORDS.get(verdicts.get(lab), str(verdicts.get(lab))), []).append(lab)
+    left = [f"{x['run']} {x['why']}" for x in s.get("excluded_runs", [])]
+    left += [f"{run_ranges(s['missing_runs'])} no samples: left out"] if s["missing_runs"] else []
+    r = s["R"]
+    head = f"median of {r} VM run{'' if r == 1 else 's'}" if r else "no headline"
+    if len(by_word) == 1 and not left:
+        (word, labs), = by_word.items()
+        if word == "not checked":
+            return f"{head} ({run_ranges(labs)})"
+        return f"{head} ({run_ranges(labs)}, {'all ' if r > 1 else ''}{word})"
+    parts = [f"{run_ranges(labs)} {word}" for word, labs in by_word.items()] + left
+    return f"{head} ({'; '.join(parts)})"
+
+
+def pool_issues(s: dict) -> bool:
+    """True when a headline leaves a run out or pools one that did not pass (or was not checked)."""
+    verdicts = s.get("verdicts") or {}
+    return bool(s.get("excluded_runs") or s["missing_runs"] or any(
+        verdicts.get(lab) not in ("passed", "not_applicable", None) for lab in s["runs"]))
+
+
+def pooling_warnings(summaries: list[dict]) -> list[str]:
+    """One line per entry whose headline leaves a VM run out or pools a run that did not pass."""
+    return [f"headline {s['entry']}: {pooled_text(s)}" for s in summaries if pool_issues(s)]
+
+
+def case_summaries(bundle_or_doc, min_effect: float = DEFAULT_MIN_EFFECT, *,
+                   pool_failed: bool = False) -> list[dict]:
     """One across-VM summary per case and baseline of a bundle (a Bundle, or a bundle document:
-    it needs only the entries' `stats`, so a document can use it before it is written). Each is
-    combine_runs()'s dict plus: entry (label; baselines are named like their keys,
+    it needs only the entries' `stats` and verdicts, so a document can use it before it is
+    written). Each is combine_runs()'s dict plus: entry (label; baselines are named like their keys,
     baseline_timer), identity (what the pooled entries share), kind (case|baseline), case,
-    instruction, msr, timer and flow for a case, name for a baseline, keys (the entries pooled, by
-    repeat), repeats."""
+    instruction, msr, timer and flow for a case, name for a baseline, keys (the entries, by
+    repeat), repeats, verdicts (run → verdict status), pooled (pooled_text), other_path_max (the
+    largest over the pooled runs of a case; exitlat.results.otherpath) and other_path_unknown (the
+    pooled keys whose verdict states none).
+
+    A VM run whose verification FAILED took (or may have taken) another path: it is left out of
+    the headline (excluded_runs, a warning) unless pool_failed; unverified and unchecked runs are
+    pooled and named in `pooled`."""
     from .bundledoc import entries, tsc_hz_of
 
     doc = _doc_of(bundle_or_doc)
@@ -251,17 +336,28 @@ def case_summaries(bundle_or_doc, min_effect: float = DEFAULT_MIN_EFFECT) -> lis
     loose = is_loose(doc)
     out = []
     for ident, group in group_entries(entries(doc)):
+        labels = [f"r{e.get('repeat', 0)}" for e in group]
+        verdicts = {lab: entry_verdict(e) for lab, e in zip(labels, group)}
+        excluded = {} if pool_failed else {
+            lab: f"{verdicts[lab]}: excluded" for lab, e in zip(labels, group)
+            if verdicts[lab] in EXCLUDED_VERDICTS and e["stats"] is not None}
         s = combine_runs([e["stats"] for e in group], hz, loose=loose, min_effect=min_effect,
-                         labels=[f"r{e.get('repeat', 0)}" for e in group])
+                         labels=labels, excluded=excluded)
+        pooled_entries = [e for lab, e in zip(labels, group) if lab in s["runs"]]
         head = {"entry": label(ident), "identity": list(ident), "kind": ident[0],
                 "keys": [e["key"] for e in group],
-                "repeats": [e.get("repeat", 0) for e in group]}
+                "repeats": [e.get("repeat", 0) for e in group], "verdicts": verdicts,
+                "other_path_max": otherpath.pooled(pooled_entries),
+                "other_path_unknown": [e["key"] for e in pooled_entries
+                                       if otherpath.unknown(e, doc.get("accel"))]}
         if ident[0] == "case":
             head.update(case=ident[1], instruction=ident[2], msr=ident[3], timer=ident[4],
                         flow=group[0].get("flow"))
         else:
             head["name"] = ident[1]
-        out.append({**head, **s})
+        summary = {**head, **s}
+        summary["pooled"] = pooled_text(summary)
+        out.append(summary)
     return out
 
 
@@ -323,7 +419,8 @@ def stability_warnings(summaries: list[dict], skip: tuple = (),
     return lines
 
 
-SUMMARY_HEADERS = ["entry", "R", "median", "median ns", "VM medians min–max", "spread", "CI95 (across VMs)"]
+SUMMARY_HEADERS = ["entry", "R", "VM runs pooled", "median", "median ns", "VM medians min–max",
+                   "spread", "CI95 (across VMs)"]
 
 
 def _fmt(v) -> str:
@@ -345,6 +442,11 @@ def summary_rows(summaries: list[dict]) -> list[list]:
         else:
             ci = s["note"] or "-"
         med_ns = ns.get("median")
-        rows.append([s["entry"], s["R"], _fmt(s["median"]), "-" if med_ns is None else f"{med_ns:,.1f}",
-                     spread, rel, ci])
+        pooled = s.get("pooled") or pooled_text(s)
+        pooled = pooled[pooled.index("(") + 1:-1] if pooled.endswith(")") else pooled
+        mark = ""
+        if "median" in otherpath.covered(s.get("other_path_max"), ("median",)):
+            mark = otherpath.MARK
+        rows.append([s["entry"], s["R"], pooled, _fmt(s["median"]) + mark,
+                     "-" if med_ns is None else f"{med_ns:,.1f}", spread, rel, ci])
     return rows
