@@ -162,7 +162,7 @@ def test_html_marks_case_and_run_percentiles(tmp_path):
     page = render_page([b])
     assert page.count("<sup class=warn") >= 2 * (2 + 2 * 3)        # p99, p99.9: case rows and runs
     assert "A: p99, p99.9: may include up to 1.2 % other-path iterations (the largest over its VM runs)" in page
-    assert "A case1-r0 p99, p99.9: may include up to 1.2 % other-path iterations" in page
+    assert "† A case1-r0–r2 p99, p99.9: may include up to 1.2 % other-path iterations" in page
     quiet = render_page([bundle(tmp_path, "Q", cases=(1, 2), repeats=3, baselines=False)])
     assert "<sup class=warn" not in quiet
 

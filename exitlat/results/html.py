@@ -152,9 +152,10 @@ def _matrix(res: dict, cols: list[dict], colors: list[str]) -> str:
             ci = f" ±{100 * (c['ci95'][1] - c['median']) / c['median']:.1f}%" \
                 if c["ci95"] is not None and c["median"] else ""
             text = f"{marked_html(num(c['median']), 'median', c.get('other_path_max'))}" \
-                f"<span class=muted>{esc(ci)}</span>{pool_note(c)}"
+                f"<span class=muted>{esc(ci)}</span>"
             if compare and j > 0 and c["ratio"] is not None:
                 text += f"<br>×{c['ratio']:.3f}" + (" <b>*</b>" if c["significant"] else "")
+            text += pool_note(c)
             cells.append(f'<td{" class=sig" if c["significant"] else ""}>{text}</td>')
         out.append("<tr>" + "".join(cells) + "</tr>")
     out.append("</table></div>")

@@ -10,6 +10,7 @@ from . import otherpath
 from .bundle import Bundle
 from .report import fmt_ci, fmt_cycles, fmt_ns, fmt_overhead, verified_text
 from .svgplots import case_figure
+from .vmstats import run_ranges
 
 PCTS = (("p50", "median"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99_9"))
 
@@ -169,7 +170,7 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
     head = ["bundle", "entry", "n", "median", "p90", "p99", "p99.9", "max", "median CI95 (this VM)",
             "median ns", "net", "tracing adds", "timed window", "verification (evidence)"]
     out = ["<div class=scroll><table class=runs><tr>" + "".join(f"<th>{h}</th>" for h in head) + "</tr>"]
-    notes = []
+    notes: dict[tuple, list[str]] = {}        # one footnote per bundle and text, naming its runs
     for b, col, color, c in zip(bundles, cols, colors, row["cells"]):
         for k in c["keys"]:
             e = b.entry(k)
@@ -177,7 +178,7 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
             opm = otherpath.fraction(e) if st else None
             marked = otherpath.covered(opm, ("median", "p90", "p99", "p99_9"))
             if marked:
-                notes.append(f"{otherpath.MARK} {col['letter']} {e['key']} {otherpath.footnote(marked, opm)}")
+                notes.setdefault((col["letter"], otherpath.footnote(marked, opm)), []).append(k)
             tw = e.get("timed_window") or {}
             tv = tw.get("verdict") or {}
             timed = f"tracing {tw.get('tracing', '?')}" + (
@@ -195,8 +196,18 @@ def runs_table(row: dict, bundles: list[Bundle], cols: list[dict], colors: list[
                 f"<td>{esc(fmt_overhead(e.get('tracing_overhead_cycles')))}</td>",
                 f"<td>{esc(timed)}</td>", f"<td class=ev>{esc(evidence(e['verification']))}</td>"]) + "</tr>")
     out.append("</table></div>")
-    out += [f"<p class=\"unit warn\">{esc(n)}</p>" for n in notes]
+    out += [f"<p class=\"unit warn\">{esc(f'{otherpath.MARK} {letter} {_runs(keys)} {note}')}</p>"
+            for (letter, note), keys in notes.items()]
     return "\n".join(out)
+
+
+def _runs(keys: list[str]) -> str:
+    """case2-r0, case2-r1, case2-r3 → 'case2-r0, r1, r3' (keys of one case)."""
+    name, _, _ = keys[0].rpartition("-")
+    labels = [k.rpartition("-")[2] for k in keys]
+    if not name or any(k.rpartition("-")[0] != name for k in keys):
+        return ", ".join(keys)
+    return f"{name}-{run_ranges(labels)}"
 
 
 def case_section(i: int, row: dict, bundles: list[Bundle], cols: list[dict], colors: list[str],
