@@ -176,15 +176,21 @@ def cleanup(c, dry_run=False):
     "keep": "keep the work folder (L1's initrd, output disk, what L1 wrote)",
     "capture": "also run a short traced bench and copy its raw trace_pipe text and hist files "
                "to this (new or empty) folder",
-    "timeout": "overall limit for L1 in seconds (default 1500)",
+    "timeout": "overall limit for L1 in seconds (default 1500 for amd, 2400 for intel)",
     "mirror": "folder to try first for the L1 kernel package (named as in pins.yaml)",
     "retries": "fresh VMs for a run whose L2 hangs under nested TCG (default 2; each hang is "
                "reported)",
+    "vendor": "which emulated host: amd (default: L1 under QEMU's TCG, kvm_amd, ~4 min), intel "
+              "(L1 under Bochs, kvm_intel, ~10 min) or all",
+    "kernel": "the L1 kernel series, as pins.yaml emulated_host.kernels names them (default: "
+              "its default_kernel)",
 })
 @cli
 def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=None, json=False,
-             keep=False, capture=None, timeout="1500", mirror=None, retries="2"):
-    """Prove the KVM path on a real KVM: boot an emulated AMD-V host (L1: TCG with SVM, kvm_amd),
+             keep=False, capture=None, timeout=None, mirror=None, retries="2", vendor="amd",
+             kernel=None):
+    """Prove the KVM path on a real KVM: boot an emulated AMD-V host (L1: TCG with SVM, kvm_amd)
+    and/or an emulated VT-x host (L1: Bochs with VMX, kvm_intel),
     run bench inside it on every case and instruction with both tracing backends, then run negative
     controls that the verifier must fail. Needs the build (made if missing) and Docker for the L1
     image (built once, cached). Timings inside are meaningless; exit 0 only when every case passed
@@ -193,7 +199,8 @@ def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=N
 
     return selftest_main(runs=runs, iterations=iterations, warmup=warmup,
                          verify_iterations=verify_iterations, as_json=json, keep=keep,
-                         capture=capture, timeout=timeout, mirror=mirror, retries=retries)
+                         capture=capture, timeout=timeout, mirror=mirror, retries=retries,
+                         vendor=vendor, kernel=kernel)
 
 
 # --- isolation ---------------------------------------------------------------------------------

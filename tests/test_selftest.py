@@ -18,6 +18,7 @@ import os
 import platform
 import shutil
 import stat
+import struct
 import subprocess
 import sys
 import tarfile
@@ -40,7 +41,7 @@ from exitlat.progress import Progress
 from exitlat.selftest import controls, host, inner, l1disk
 from exitlat.selftest.cli import evaluate, parse_runs, render_text, selftest_main
 from exitlat.selftest.cpio import CpioWriter, files_in, read_names
-from exitlat.selftest.image import extract_kernel, image_key
+from exitlat.selftest.image import extract_kernel, image_key, load_order, modinfo
 
 FIXTURES = Path(__file__).parent / "fixtures" / "trace"
 
@@ -119,32 +120,94 @@ def _fake_deb(path: Path, members: dict[str, bytes]) -> None:
             f.write(body + (b"\n" if len(body) % 2 else b""))
 
 
+def fake_ko(name: str, depends: str = "") -> bytes:
+    """A minimal ELF64 kernel module: a null section, .modinfo and the section-name table."""
+    info = f"license=GPL\0depends={depends}\0name={name}\0".encode()
+    names = b"\0.modinfo\0.shstrtab\0"
+    off_info = 64
+    off_names = off_info + len(info)
+    shoff = (off_names + len(names) + 7) // 8 * 8
+    head = bytearray(64)
+    head[:6] = b"\x7fELF\x02\x01"
+    struct.pack_into("<Q", head, 0x28, shoff)
+    struct.pack_into("<HHH", head, 0x3A, 64, 3, 2)
+    body = bytes(head) + info + names
+    body += b"\0" * (shoff - len(body))
+    sections = [struct.pack("<IIQQQQ", 0, 0, 0, 0, 0, 0).ljust(64, b"\0"),
+                struct.pack("<IIQQQQ", 1, 1, 0, 0, off_info, len(info)).ljust(64, b"\0"),
+                struct.pack("<IIQQQQ", 10, 3, 0, 0, off_names, len(names)).ljust(64, b"\0")]
+    return body + b"".join(sections)
+
+
+def test_modinfo_reads_a_modules_dependencies():
+    info = modinfo(fake_ko("kvm_amd", "kvm,ccp"))
+    assert info["depends"] == ["kvm,ccp"] and info["name"] == ["kvm_amd"]
+    with pytest.raises(ExitlatError, match="not a 64-bit"):
+        modinfo(b"MZ" + b"\0" * 100)
+
+
+def test_load_order_follows_the_package_not_a_hand_list():
+    """6.1: virtio_blk needs virtio and virtio_ring, and virtio_pci is a module; 6.12 builds
+    virtio in. The same wanted list loads what each kernel needs (the hand list stopped 6.1 at
+    'virtio_blk.ko: Unknown symbol in module')."""
+    mods = {"virtio_pci": fake_ko("virtio_pci", "virtio,virtio_ring,virtio_pci_modern_dev"),
+            "virtio_pci_modern_dev": fake_ko("virtio_pci_modern_dev"),
+            "virtio_blk": fake_ko("virtio_blk", "virtio,virtio_ring"),
+            "virtio": fake_ko("virtio"), "virtio_ring": fake_ko("virtio_ring"),
+            "irqbypass": fake_ko("irqbypass"), "kvm": fake_ko("kvm", "irqbypass"),
+            "kvm_amd": fake_ko("kvm_amd", "kvm")}
+    order = load_order(["virtio_pci", "virtio_blk", "kvm-amd"], mods, builtin=set())
+    assert order == ["virtio", "virtio_ring", "virtio_pci_modern_dev", "virtio_pci", "virtio_blk",
+                     "irqbypass", "kvm", "kvm_amd"]
+    builtin = {"virtio_pci", "virtio", "virtio_ring", "virtio_pci_modern_dev"}
+    assert load_order(["virtio_pci", "virtio_blk", "kvm-amd"], mods, builtin) == \
+        ["virtio_blk", "irqbypass", "kvm", "kvm_amd"]
+    with pytest.raises(ExitlatError, match="no module ccp \\(needed by kvm_amd\\)"):
+        load_order(["kvm_amd"], dict(mods, kvm_amd=fake_ko("kvm_amd", "kvm,ccp")), set())
+    with pytest.raises(ExitlatError, match="cycle"):
+        load_order(["a"], {"a": fake_ko("a", "b"), "b": fake_ko("b", "a")}, set())
+
+
 def test_extract_kernel_from_a_debian_package(tmp_path):
-    rel = "6.12.95+deb12-cloud-amd64"
+    rel = "6.1.0-50-cloud-amd64"
     deb = tmp_path / "k.deb"
+    m = f"./lib/modules/{rel}/kernel"
     _fake_deb(deb, {f"./boot/vmlinuz-{rel}": b"MZkernel",
-                    f"./lib/modules/{rel}/kernel/arch/x86/kvm/kvm-amd.ko.xz": lzma.compress(b"amd"),
-                    f"./lib/modules/{rel}/kernel/arch/x86/kvm/kvm.ko.xz": lzma.compress(b"kvm"),
-                    f"./lib/modules/{rel}/kernel/virt/lib/irqbypass.ko.xz": lzma.compress(b"ib")})
-    release, mods = extract_kernel(deb, ("irqbypass", "kvm", "kvm-amd"), tmp_path / "k")
+                    f"./lib/modules/{rel}/modules.builtin": b"kernel/drivers/virtio/virtio.ko\n",
+                    f"{m}/arch/x86/kvm/kvm-amd.ko.xz": lzma.compress(fake_ko("kvm_amd", "kvm")),
+                    f"{m}/arch/x86/kvm/kvm-intel.ko.xz": lzma.compress(fake_ko("kvm_intel", "kvm")),
+                    f"{m}/arch/x86/kvm/kvm.ko.xz": lzma.compress(fake_ko("kvm", "irqbypass")),
+                    f"{m}/drivers/block/virtio_blk.ko.xz": lzma.compress(fake_ko("virtio_blk", "virtio")),
+                    f"{m}/virt/lib/irqbypass.ko.xz": lzma.compress(fake_ko("irqbypass"))})
+    release, mods = extract_kernel(deb, {"amd": ("virtio_blk", "kvm-amd"), "intel": ("kvm-intel",)},
+                                   tmp_path / "k")
     assert release == rel
-    assert [m.name for m in mods] == ["irqbypass.ko", "kvm.ko", "kvm-amd.ko"]   # load order kept
-    assert (tmp_path / "k" / mods[2]).read_bytes() == b"amd"                    # decompressed
+    assert [p.name for p in mods["amd"]] == ["virtio_blk.ko", "irqbypass.ko", "kvm.ko", "kvm-amd.ko"]
+    assert [p.name for p in mods["intel"]] == ["irqbypass.ko", "kvm.ko", "kvm-intel.ko"]
+    assert modinfo((tmp_path / "k" / mods["amd"][3]).read_bytes())["name"] == ["kvm_amd"]   # decompressed
     assert (tmp_path / "k" / "vmlinuz").read_bytes() == b"MZkernel"
-    with pytest.raises(ExitlatError, match="has no module virtio_blk"):
-        extract_kernel(deb, ("virtio_blk",), tmp_path / "k2")
+    with pytest.raises(ExitlatError, match="amd: the kernel package has no module ata_piix"):
+        extract_kernel(deb, {"amd": ("ata_piix",)}, tmp_path / "k2")
     (tmp_path / "bad.deb").write_bytes(b"not a deb")
     with pytest.raises(ExitlatError, match="not a Debian package"):
-        extract_kernel(tmp_path / "bad.deb", ("kvm",), tmp_path / "k3")
+        extract_kernel(tmp_path / "bad.deb", {"amd": ("kvm",)}, tmp_path / "k3")
 
 
 def test_pins_emulated_host_section():
     eh = load_pins().emulated_host
-    assert eh.kernel.file.startswith("linux-image-6.12.") and "cloud-amd64" in eh.kernel.file
-    assert eh.kernel.debian_pool_url("http://a/debian").startswith("http://a/debian/pool/main/l/linux/")
-    assert list(eh.modules)[-3:] == ["irqbypass", "kvm", "kvm-amd"]
+    assert set(eh.kernels) >= {"6.1", "6.12"} and eh.default_kernel in eh.kernels
+    for series, k in eh.kernels.items():
+        assert k.file.startswith(f"linux-image-{series}.") and "cloud-amd64" in k.file
+        assert k.debian_pool_url("http://a/debian").startswith("http://a/debian/pool/main/l/linux/")
+    assert eh.kernel() is eh.kernels[eh.default_kernel] and eh.kernel("6.1") is eh.kernels["6.1"]
+    with pytest.raises(ExitlatError, match="unknown --kernel '5.10'; pins.yaml names 6.1, 6.12"):
+        eh.kernel("5.10")
+    assert eh.modules["amd"][-1] == "kvm-amd" and eh.modules["intel"][-1] == "kvm-intel"
     assert {"python3", "python3-numpy", "python3-yaml", "python3-jsonschema", "python3-tabulate"} <= set(eh.packages)
+    assert {"bochs", "bochsbios"} <= set(eh.bochs_packages)
+    assert all(len(p["sha256"]) == 64 for p in eh.bochs_packages.values())
     assert len(image_key(load_pins())) == 16
+    assert image_key(load_pins(), "6.1") != image_key(load_pins(), "6.12")
 
 
 def _pins_with(tmp_path, mutate) -> Path:
@@ -156,8 +219,12 @@ def _pins_with(tmp_path, mutate) -> Path:
 
 
 @pytest.mark.parametrize("mutate, field", [
-    (lambda r: r["emulated_host"]["kernel"].__setitem__("sha256", "abc"), "emulated_host.kernel.sha256"),
-    (lambda r: r["emulated_host"].__setitem__("modules", []), "emulated_host.modules"),
+    (lambda r: r["emulated_host"]["kernels"]["6.12"].__setitem__("sha256", "abc"),
+     "emulated_host.kernels.6.12.sha256"),
+    (lambda r: r["emulated_host"]["modules"].__setitem__("intel", []), "emulated_host.modules.intel"),
+    (lambda r: r["emulated_host"]["bochs"]["packages"]["bochs"].__setitem__("sha256", "x"),
+     "emulated_host.bochs.packages.bochs.sha256"),
+    (lambda r: r["emulated_host"].__setitem__("default_kernel", "six"), "emulated_host.default_kernel"),
     (lambda r: r["emulated_host"]["packages"].__setitem__("python3", "latest"), "emulated_host.packages.python3"),
     (lambda r: r["emulated_host"].__setitem__("extra", 1), "emulated_host"),
 ])
@@ -181,7 +248,7 @@ def test_build_does_not_read_the_emulated_host_inputs(tmp_path):
     used = {name for st in STAGES for name in st.sources}
     assert all(s.name in used for s in load_pins().sources())
     assert not any("emulated" in n for n in used)
-    other = load_pins(_pins_with(tmp_path, lambda r: r["emulated_host"]["kernel"].__setitem__(
+    other = load_pins(_pins_with(tmp_path, lambda r: r["emulated_host"]["kernels"]["6.12"].__setitem__(
         "sha256", "0" * 64)))
     assert plan_build(other).build_hash == plan_build(load_pins()).build_hash
 

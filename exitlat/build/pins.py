@@ -74,20 +74,39 @@ class Pins:
         e = self.raw.get("emulated_host")
         if e is None:
             raise ExitlatError(f"{self.path}: no emulated_host section (needed by `invoke selftest`)")
-        k = e["kernel"]
-        deb = k.get("debian") or {}
-        kernel = SourcePin(name="emulated_host.kernel", version=str(k["version"]), file=k["file"],
-                           sha256=k["sha256"], urls=tuple(k["urls"]),
-                           debian_source=deb.get("source"), debian_version=deb.get("version"))
-        return EmulatedHostPins(kernel=kernel, modules=tuple(e["modules"]),
-                                packages=dict(e["packages"]))
+        kernels = {}
+        for series, k in e["kernels"].items():
+            deb = k.get("debian") or {}
+            kernels[series] = SourcePin(
+                name=f"emulated_host.kernels.{series}", version=str(k["version"]), file=k["file"],
+                sha256=k["sha256"], urls=tuple(k["urls"]), debian_source=deb.get("source"),
+                debian_version=deb.get("version"))
+        if e["default_kernel"] not in kernels:
+            raise ExitlatError(f"{self.path}: field emulated_host.default_kernel: "
+                               f"{e['default_kernel']!r} is not one of emulated_host.kernels")
+        return EmulatedHostPins(kernels=kernels, default_kernel=e["default_kernel"],
+                                modules={v: tuple(m) for v, m in e["modules"].items()},
+                                packages=dict(e["packages"]),
+                                bochs_packages={n: dict(d) for n, d in e["bochs"]["packages"].items()},
+                                bochs_tools=dict(e["bochs"]["tools"]))
 
 
 @dataclass(frozen=True)
 class EmulatedHostPins:
-    kernel: SourcePin               # the L1 kernel's Debian binary package
-    modules: tuple[str, ...]        # loaded in this order in L1
+    kernels: dict[str, SourcePin]   # the L1 kernels' Debian binary packages, by series ("6.12")
+    default_kernel: str
+    modules: dict[str, tuple[str, ...]]   # per vendor: what L1 needs (dependencies come from the package)
     packages: dict[str, str]        # the L1 userland's Debian packages, exact versions
+    bochs_packages: dict[str, dict]  # the emulated VT-x machine: name -> version, file, sha256
+    bochs_tools: dict[str, str]     # what makes L1's boot CD, exact versions
+
+    def kernel(self, series: str | None = None) -> SourcePin:
+        """The L1 kernel of a series (None: the default); an unknown series is one line."""
+        series = self.default_kernel if series in (None, "") else str(series)
+        if series not in self.kernels:
+            raise ExitlatError(f"unknown --kernel {series!r}; pins.yaml names "
+                               f"{', '.join(sorted(self.kernels))}")
+        return self.kernels[series]
 
 
 def schema() -> dict:

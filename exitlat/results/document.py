@@ -33,6 +33,13 @@ BASELINE_FLOWS = {
 EMULATED_HOST_NOTE = "emulated AMD-V host (nested under TCG): timings are not exit costs"
 
 
+def emulated_note(emulated_host) -> str | None:
+    """The bundle's `emulated` note: the selftest passes its own (which machine) or True."""
+    if not emulated_host:
+        return None
+    return emulated_host if isinstance(emulated_host, str) else EMULATED_HOST_NOTE
+
+
 def valid_samples(arr) -> tuple[np.ndarray, int]:
     """The samples without the guest's 0 markers (the TSC went backwards: t1 < t0), and how many
     were dropped. A 0 can never be a real round trip: the timer alone costs tens of cycles."""
@@ -171,7 +178,7 @@ class DocumentBuilder:
                          tracing_overhead=overhead,
                          baseline=({"key": base["key"], "median": base["stats"]["median"]}
                                    if base and base.get("stats") else None),
-                         emulated=EMULATED_HOST_NOTE if self.o.emulated_host else None,
+                         emulated=emulated_note(self.o.emulated_host),
                          unavailable=why,
                          counts=getattr(res.windows.get(spec.key), "counts", None))
 
@@ -215,7 +222,7 @@ class DocumentBuilder:
         hello = first.hello
         versions = manifest.get("versions", {})
         if self.o.emulated_host:
-            host = dict(host, emulated=EMULATED_HOST_NOTE)
+            host = dict(host, emulated=emulated_note(self.o.emulated_host))
         doc = {
             "tool": {"name": "exitlat", "version": __version__, "commit": git_commit()},
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

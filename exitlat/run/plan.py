@@ -46,7 +46,7 @@ class BenchOptions:
     build: Path | None = None               # a build folder to use instead of the current inputs'
     tracing: str = "auto"                   # verification backend: auto, hist or stream
     verify_iterations: int | None = None    # traced window per case (None: min(iterations, 10000))
-    emulated_host: bool = False             # set by selftest: the host is an emulated AMD-V machine
+    emulated_host: bool | str = False       # set by selftest: the host is an emulated machine (its note)
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:

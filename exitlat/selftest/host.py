@@ -1,7 +1,9 @@
-"""Boot L1 (the emulated AMD-V host) under the project's QEMU with TCG, run the selftest inside it,
-and collect what it wrote. What goes in and comes back (the per-run archive appended to L1's
-initramfs, the raw output disk) is exitlat.selftest.l1disk; /init loads the modules, mounts
-proc/sys/dev/tracefs, runs `python3 -m exitlat.selftest.inner`, then powers L1 off.
+"""Boot L1 (the emulated host), run the selftest inside it, and collect what it wrote. AMD-V: L1
+under the project's QEMU with TCG, the output disk virtio-blk. VT-x: L1 under Bochs in a container
+(exitlat.selftest.bochs), booted from a CD, the output disk ATA. What goes in and comes back (the
+per-run archive appended to L1's initramfs, the raw output disk) is exitlat.selftest.l1disk; /init
+loads the modules, mounts proc/sys/dev/tracefs, runs `python3 -m exitlat.selftest.inner`, then
+powers L1 off.
 
 L1's console goes to a log file that is followed here: every phase has a deadline and a one-line
 error (L1 did not boot, the modules did not load, L1 stalled), and a long phase prints progress.
@@ -20,6 +22,7 @@ from pathlib import Path
 
 from exitlat.errors import ExitlatError
 from exitlat.progress import Progress, fmt_duration
+from . import bochs
 from .l1disk import read_output_disk, write_run_archive
 from .protocol import DISK_BYTES, MARK
 
@@ -29,6 +32,12 @@ L1_KERNEL_ARGS = ["console=ttyS0", "panic=-1", "quiet", "loglevel=4", "mitigatio
 _KERNEL_LINE = re.compile(r"^\[\s*\d+\.\d+\]")
 
 
+VENDORS = ("amd", "intel")
+KVM_MODULE = {"amd": "kvm_amd", "intel": "kvm_intel"}
+MACHINE = {"amd": "emulated AMD-V host (L1 under QEMU's TCG, kvm_amd)",
+           "intel": "emulated VT-x host (L1 under Bochs, kvm_intel)"}
+
+
 @dataclass
 class Timeouts:
     boot: float = 120.0        # QEMU start → /init's first line
@@ -36,6 +45,15 @@ class Timeouts:
     stall: float = 300.0       # longest silence on the console while the selftest runs
     total: float = 1500.0      # QEMU start → L1 powered off
     poweroff: float = 60.0     # the selftest's end → QEMU exited
+
+
+def vendor_timeouts(vendor: str, total: float) -> Timeouts:
+    """Bochs is the slower machine: it reads the CD at ~11 MB/s (a 200 MB initramfs takes ~50 s)
+    and `insmod kvm` alone took ~15 s; host-side deadlines must cover that (guest time runs far
+    slower than host time there, so L1's own timeouts seldom fire)."""
+    if vendor == "intel":
+        return Timeouts(boot=420.0, modules=300.0, stall=600.0, total=total, poweroff=120.0)
+    return Timeouts(total=total)
 
 
 @dataclass
@@ -121,12 +139,14 @@ class L1Boot:
 
     def __init__(self, qemu: Path, image, build: Path, config: dict, workdir: Path,
                  console_log: Path, progress: Progress, timeouts: Timeouts | None = None,
-                 echo=None):
+                 echo=None, vendor: str = "amd", bochs_image: str | None = None):
         self.qemu, self.image, self.build, self.config = qemu, image, build, config
+        self.vendor, self.bochs_image = vendor, bochs_image
         self.workdir, self.console_log, self.progress = workdir, console_log, progress
         self.t = timeouts or Timeouts()
         self.echo = echo or (lambda line: progress.say(f"L1 | {line}"))
         self.timings: dict = {}
+        self._run_t0: dict = {}
         self.fatal = ""
 
     def prepare(self) -> tuple[Path, Path]:
@@ -135,18 +155,33 @@ class L1Boot:
         t0 = time.monotonic()
         shutil.copyfile(self.image.initramfs, initrd)
         with open(initrd, "ab") as out:
-            size = write_run_archive(out, self.build, self.image.manifest["modules"], self.config)
+            size = write_run_archive(out, self.build, self.image.manifest["modules"][self.vendor],
+                                     self.config, kvm_module=KVM_MODULE[self.vendor])
         with open(disk, "wb") as f:
-            f.truncate(DISK_BYTES)
+            f.truncate(DISK_BYTES if self.vendor == "amd" else bochs.disk_bytes(DISK_BYTES))
         self.timings["prepare_s"] = round(time.monotonic() - t0, 2)
         self.timings["run_archive_bytes"] = size
         return initrd, disk
 
     def run(self) -> L1Result:
         initrd, disk = self.prepare()
-        argv = l1_argv(self.qemu, self.image.vmlinuz, initrd, disk, self.console_log)
         self.console_log.parent.mkdir(parents=True, exist_ok=True)
         self.console_log.write_bytes(b"")
+        if self.vendor == "intel":
+            t0 = self._run_bochs(initrd)
+        else:
+            t0 = self._run_qemu(initrd, disk)
+        self.timings["l1_total_s"] = round(time.monotonic() - t0, 1)
+        out_dir = self.workdir / "out"
+        read_output_disk(disk, out_dir)
+        summary_path = out_dir / "summary.json"
+        if not summary_path.is_file():
+            raise ExitlatError("L1 finished but wrote no summary.json")
+        summary = json.loads(summary_path.read_text())
+        return L1Result(summary, out_dir, self.console_log, self.timings)
+
+    def _run_qemu(self, initrd: Path, disk: Path) -> float:
+        argv = l1_argv(self.qemu, self.image.vmlinuz, initrd, disk, self.console_log)
         stderr_path = self.workdir / "qemu-l1-stderr.log"
         self.progress.say(f"L1: booting under TCG (console: {self.console_log})")
         t0 = time.monotonic()
@@ -166,18 +201,54 @@ class L1Boot:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
-        self.timings["l1_total_s"] = round(time.monotonic() - t0, 1)
-        out_dir = self.workdir / "out"
-        read_output_disk(disk, out_dir)
-        summary_path = out_dir / "summary.json"
-        if not summary_path.is_file():
-            raise ExitlatError("L1 finished but wrote no summary.json")
-        summary = json.loads(summary_path.read_text())
-        return L1Result(summary, out_dir, self.console_log, self.timings)
+        return t0
 
-    def _follow(self, proc, t0: float, stderr_path: Path) -> None:
+    def _run_bochs(self, initrd: Path) -> float:
+        """L1 under Bochs: the CD made by xorriso in the Bochs image, then Bochs in a container of
+        it with the work folder mounted, its console (a file there) followed like QEMU's."""
+        from exitlat.build.images import docker_client
+
+        client = docker_client()
+        work = {str(self.workdir): {"bind": bochs.WORK, "mode": "rw"},
+                str(self.console_log.parent): {"bind": bochs.LOGS, "mode": "rw"}}
+        t_cd = time.monotonic()
+        shutil.copyfile(self.image.vmlinuz, self.workdir / "vmlinuz")
+        os.replace(initrd, self.workdir / "initrd")
+        try:
+            client.containers.run(self.bochs_image, ["sh", "-c", bochs.cd_script(" ".join(L1_KERNEL_ARGS))],
+                                  volumes=work, remove=True, network_disabled=True)
+        except Exception as err:
+            raise ExitlatError(f"L1's boot CD: {str(err).splitlines()[0][:200]}") from None
+        (self.workdir / "initrd").unlink()
+        self.timings["cd_s"] = round(time.monotonic() - t_cd, 1)
+        (self.workdir / "bochsrc").write_text(bochs.bochsrc((self.workdir / "out.img").stat().st_size,
+                                                            console=self.console_log.name))
+        (self.workdir / "bochs.rc").write_text("c\n")      # its debugger: continue, at once
+        self.progress.say(f"L1: booting under Bochs ({bochs.CPU_MODEL}; console: {self.console_log})")
+        t0 = time.monotonic()
+        container = client.containers.run(
+            self.bochs_image, ["bochs-bin", "-q", "-f", f"{bochs.WORK}/bochsrc", "-rc",
+                               f"{bochs.WORK}/bochs.rc"],
+            volumes=work, detach=True, stdin_open=False, tty=False,
+            ports={"5900/tcp": ("127.0.0.1", None)},
+            labels={"exitlat.role": "selftest-bochs", "exitlat.owner_pid": str(os.getpid())})
+        proc = bochs.ContainerProc(container)
+        drain = None
+        try:
+            port = bochs.published_port(container, 5900, deadline=time.monotonic() + 30)
+            drain = bochs.RfbDrain("127.0.0.1", port)
+            drain.connect(deadline=time.monotonic() + 90, alive=lambda: proc.poll() is None)
+            self._follow(proc, t0, self.workdir / "bochs.log")
+        finally:
+            proc.kill()
+            if drain is not None:
+                drain.close()
+        return t0
+
+    def _follow(self, proc, t0: float, stderr_path: Path, console: Path | None = None) -> None:
         st = _FollowState(phase="boot", phase_t0=t0, deadline=t0 + self.t.boot, last_line_t=t0)
-        follower = ConsoleFollower(self.console_log)
+        console = console or self.console_log
+        follower = ConsoleFollower(console)
         hb_state: dict = {}
         while True:
             code = proc.poll()     # before reading: every line QEMU wrote is then in the file
@@ -189,12 +260,13 @@ class L1Boot:
                 if st.phase == "poweroff":
                     self.timings["l1_poweroff_s"] = round(now - st.phase_t0, 1)
                     return
-                panic = _panic_line(self.console_log)
+                panic = _panic_line(console)
                 if panic:
                     raise ExitlatError(f"L1 did not {'boot' if st.phase == 'boot' else 'survive'}: "
                                        f"{panic[:200]} (console: {self.console_log})")
                 tail = st.last_line or _tail(stderr_path) or "no output"
-                raise ExitlatError(f"L1: QEMU exited (code {code}) during {_PHASES[st.phase]}: "
+                raise ExitlatError(f"L1: {'Bochs' if self.vendor == 'intel' else 'QEMU'} exited "
+                                   f"(code {code}) during {_PHASES[st.phase]}: "
                                    f"{tail[:160]} (console: {self.console_log})")
             if now > st.deadline:
                 raise ExitlatError(_timeout_message(st.phase, now - st.phase_t0, self.console_log,
@@ -225,7 +297,7 @@ class L1Boot:
             st.phase, st.phase_t0, st.deadline = "modules", now, now + self.t.modules
         elif kind == "modules" and st.phase == "modules":
             self.timings["l1_modules_s"] = round(now - st.phase_t0, 1)
-            self.progress.say(f"L1: kvm_amd loaded ({fmt_duration(now - st.phase_t0)}); "
+            self.progress.say(f"L1: {KVM_MODULE[self.vendor]} loaded ({fmt_duration(now - st.phase_t0)}); "
                               "running the selftest inside L1")
             st.phase, st.phase_t0, st.deadline = "inner", now, t0 + self.t.total
         elif kind == "event":
@@ -247,14 +319,19 @@ class L1Boot:
         if ev.get("event") == "fatal":
             self.fatal = str(ev.get("message"))
         elif ev.get("event") == "run-start":
+            self._run_t0[ev.get("name")] = time.monotonic()
             self.progress.say(f"L1: run {ev.get('index')}/{ev.get('of')}: {ev.get('name')} "
                               f"(cases {ev.get('cases')}, {ev.get('instr')}, tracing {ev.get('tracing')})")
         elif ev.get("event") == "run-retry":
-            self.progress.say(f"L1: run {ev.get('name')}: L2 hung under nested TCG ({ev.get('reason')}); "
+            self.progress.say(f"L1: run {ev.get('name')}: L2 hung ({ev.get('reason')}); "
                               f"retrying with a fresh VM (attempt {ev.get('attempt')})")
         elif ev.get("event") == "run-done":
+            # host time: L1's own clock runs slower than the host's under emulation
+            t0 = self._run_t0.get(ev.get("name"))
+            wall = round(time.monotonic() - t0, 1) if t0 is not None else None
+            self.timings.setdefault("run_host_s", {})[ev.get("name")] = wall
             self.progress.say(f"L1: run {ev.get('name')}: {ev.get('status')} in "
-                              f"{fmt_duration(ev.get('wall_s') or 0)}"
+                              f"{fmt_duration(wall if wall is not None else ev.get('wall_s') or 0)}"
                               + (f" ({ev['error']})" if ev.get("error") else ""))
 
 
@@ -311,5 +388,6 @@ def _tail(path: Path) -> str:
     return lines[-1] if lines else ""
 
 
-def console_log_path(root: Path) -> Path:
-    return root / "logs" / f"selftest-l1-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}.log"
+def console_log_path(root: Path, vendor: str = "amd") -> Path:
+    return root / "logs" / (f"selftest-l1-{vendor}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+                            f"-{os.getpid()}.log")

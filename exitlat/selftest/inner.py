@@ -1,10 +1,10 @@
 """What runs inside L1 (`python3 -m exitlat.selftest.inner CONFIG`): the bench runs of the selftest
-on L1's real KVM (kvm_amd), each exported as a bundle archive, plus a summary, written to the raw
-output disk for the host to collect.
+on L1's real KVM (kvm_amd or kvm_intel), each exported as a bundle archive, plus a summary, written
+to the raw output disk (virtio-blk or ATA) for the host to collect.
 
 Every run is `exitlat.bench.run_bench` called directly: no container (L1 has no Docker), accel kvm,
-the L2 vCPU pinned to core 1, `emulated_host` set so each bundle says its timings are not exit
-costs. A run that fails is recorded with its one-line error and the next run still happens; the
+the L2 vCPU pinned to the configured core, `emulated_host` set to the machine's note so each bundle
+says which emulated host it ran on and that its timings are not exit costs. A run that fails is recorded with its one-line error and the next run still happens; the
 host judges the results. Progress goes to the console as `exitlat-l1: event {json}` lines.
 """
 
@@ -45,6 +45,8 @@ FOREIGN_INSTANCE = "exitlat_control_foreign"
 CAPTURE_RUNS = (
     ("capture-cpuid", "cpuid", (1, 2), "hist"),
     ("capture-vmcall", "vmcall", (1,), "hist"),
+    ("capture-msr", "rdmsr", (3,), "hist"),
+    ("capture-wrmsr", "wrmsr_tsc_deadline", (5,), "hist"),
 )
 
 
@@ -64,8 +66,8 @@ def _read(path: str) -> str | None:
         return None
 
 
-def kernel_messages(pattern: tuple[str, ...] = ("kvm", "svm", "SVM")) -> list[str]:
-    """Kernel log lines that mention KVM/SVM (from /dev/kmsg, without blocking)."""
+def kernel_messages(pattern: tuple[str, ...] = ("kvm", "svm", "SVM", "vmx", "VMX", "TSC")) -> list[str]:
+    """Kernel log lines that mention KVM/SVM/VMX or the TSC (from /dev/kmsg, without blocking)."""
     out = []
     try:
         fd = os.open("/dev/kmsg", os.O_RDONLY | os.O_NONBLOCK)
@@ -89,19 +91,28 @@ def kernel_messages(pattern: tuple[str, ...] = ("kvm", "svm", "SVM")) -> list[st
     return out[-40:]
 
 
+KVM_VENDOR_MODULES = ("kvm_amd", "kvm_intel")
+FLAGS_SHOWN = ("svm", "npt", "nrip_save", "vgif", "vmx", "ept", "vpid", "x2apic", "tsc_deadline_timer",
+               "constant_tsc", "invtsc", "hypervisor")
+
+
 def l1_facts() -> dict:
-    """What L1 is: kernel, CPU flags that matter, kvm_amd's parameters, tracing, Python."""
-    flags = set()
+    """What L1 is: kernel, CPU flags that matter (and VMX's own `vmx flags`), the KVM vendor
+    module's parameters, tracing, Python."""
+    flags, vmx_flags = set(), []
     cpuinfo = _read("/proc/cpuinfo") or ""
     for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
+        if line.startswith("flags") and not flags:
             flags = set(line.split(":", 1)[1].split())
-            break
-    params = {}
-    pdir = Path("/sys/module/kvm_amd/parameters")
-    if pdir.is_dir():
-        for p in sorted(pdir.iterdir()):
-            params[p.name] = _read(str(p))
+        elif line.startswith("vmx flags") and not vmx_flags:
+            vmx_flags = line.split(":", 1)[1].split()
+    params, module = {}, None
+    for name in KVM_VENDOR_MODULES:
+        pdir = Path("/sys/module") / name / "parameters"
+        if pdir.is_dir():
+            module = name
+            for p in sorted(pdir.iterdir()):
+                params[p.name] = _read(str(p))
     try:
         from exitlat.verify.trace.tracefs import tracing_available
 
@@ -113,9 +124,11 @@ def l1_facts() -> dict:
     return {
         "kernel": os.uname().release,
         "cpus": os.cpu_count(),
-        "cpu_flags": sorted(f for f in flags if f in ("svm", "npt", "nrip_save", "vgif", "x2apic",
-                                                       "constant_tsc", "invtsc", "hypervisor")),
-        "kvm_amd_parameters": params,
+        "cpu_flags": sorted(f for f in flags if f in FLAGS_SHOWN),
+        "vmx_flags": vmx_flags,
+        "kvm_module": module,
+        "kvm_parameters": params,
+        "tsc_khz": _tsc_khz(),
         "tracing": {"ok": tracing[0], "detail": tracing[1]},
         "hist_triggers": Path("/sys/kernel/tracing/events/kvm/kvm_exit/hist").exists(),
         "python": sys.version.split()[0],
@@ -124,6 +137,18 @@ def l1_facts() -> dict:
         "uptime_s": float((_read("/proc/uptime") or "0").split()[0]),
         "kernel_messages": kernel_messages(),
     }
+
+
+def _tsc_khz() -> float | None:
+    """The TSC frequency L1's kernel settled on (its boot messages), for the VMX preemption timer:
+    kvm_intel turns the timer off when TSC Hz >> its rate exceeds 2^32 / 10."""
+    for msg in kernel_messages(("tsc:",)):
+        if "MHz" in msg and ("Refined TSC" in msg or "Detected" in msg):
+            try:
+                return round(float(msg.split("MHz")[0].split()[-1]) * 1000, 1)
+            except ValueError:
+                continue
+    return None
 
 
 def _meminfo(key: str) -> int | None:
@@ -215,8 +240,10 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
         warmup=int(run.get("warmup", cfg["warmup"])), instr=run["instr"], core=int(cfg["core"]),
         accel="kvm", repeat=1, container=False, output=OUT / "results",
         baselines=run.get("baselines", run["instr"] == "cpuid"),   # every baseline's ≈0-exit proof, twice
-        label=f"selftest {run['name']} (emulated AMD-V host)", build=Path(cfg["build"]),
-        tracing=run["tracing"], emulated_host=True, boot_timeout=L2_BOOT_TIMEOUT_S,
+        label=f"selftest {run['name']} ({cfg.get('machine', 'emulated AMD-V host')})",
+        build=Path(cfg["build"]), tracing=run["tracing"],
+        emulated_host=cfg.get("emulated_note") or True,
+        boot_timeout=float(cfg.get("l2_boot_timeout", L2_BOOT_TIMEOUT_S)),
         verify_iterations=int(run.get("verify_iterations", cfg["verify_iterations"])))
     argv = ["invoke", "selftest", f"--runs={run['name']}"]
     try:
@@ -259,9 +286,11 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
 
 
 def output_device() -> Path:
-    blocks = sorted(p.name for p in Path("/sys/block").glob("vd*"))
+    """The raw disk for the results: virtio-blk (vd*) under QEMU, ATA (sd*) under Bochs."""
+    blocks = sorted(p.name for p in Path("/sys/block").glob("vd*")) or \
+        sorted(p.name for p in Path("/sys/block").glob("sd*"))
     if not blocks:
-        raise RuntimeError("no virtio disk for the results (/sys/block/vd*)")
+        raise RuntimeError("no disk for the results (/sys/block/vd* or sd*)")
     return Path("/dev") / blocks[0]
 
 
@@ -295,8 +324,8 @@ def main(argv: list[str]) -> int:
     summary = {"format": 1, "config": cfg, "runs": [], "error": None}
     try:
         summary["l1"] = l1_facts()
-        event("facts", kernel=summary["l1"]["kernel"], kvm_amd=summary["l1"]["kvm_amd_parameters"],
-              tracing=summary["l1"]["tracing"]["detail"])
+        event("facts", kernel=summary["l1"]["kernel"], kvm_module=summary["l1"]["kvm_module"],
+              kvm=summary["l1"]["kvm_parameters"], tracing=summary["l1"]["tracing"]["detail"])
         for i, run in enumerate(cfg["runs"], 1):
             summary["runs"].append(one_run(cfg, run, i, len(cfg["runs"])))
         summary["kernel_messages_after"] = kernel_messages()

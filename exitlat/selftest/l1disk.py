@@ -19,7 +19,7 @@ from exitlat.paths import REPO_ROOT
 
 from .cpio import CpioWriter
 from .protocol import CONFIG_PATH, DISK_BYTES, DISK_MAGIC, L1_REPO, MARK
-def render_init(modules: list[str]) -> str:
+def render_init(modules: list[str], kvm_module: str = "kvm_amd") -> str:
     """L1's /init (POSIX sh): mounts, modules in order, the selftest, power off. Every step says
     what it does on the console; a failure is one `exitlat-l1: error: ...` line."""
     mods = " ".join(f"/{m}" for m in modules)
@@ -38,11 +38,12 @@ say "init $(cut -d' ' -f1 /proc/uptime)"
 for m in {mods}; do
     out=$(insmod "$m" 2>&1) || fail "modules failed to load: $(basename "$m"): $out"
 done
-[ -c /dev/kvm ] || fail "modules failed to load: no /dev/kvm after kvm-amd ($(dmesg 2>/dev/null | grep -i -m2 -e kvm -e svm | tr '\\n' ' '))"
+[ -c /dev/kvm ] || fail "modules failed to load: no /dev/kvm after {kvm_module} ($(dmesg 2>/dev/null | grep -i -m2 -e kvm -e svm -e vmx | tr '\\n' ' '))"
 say "modules ok $(cut -d' ' -f1 /proc/uptime)"
 cd {L1_REPO}
 python3 -m exitlat.selftest.inner {CONFIG_PATH}
 say "exit $? $(cut -d' ' -f1 /proc/uptime)"
+sleep 0.2    # the UART drains the line before the power-off's printk (Bochs's is slow)
 off
 """
 
@@ -53,10 +54,10 @@ def _pyc_ok() -> bool:
 
 
 def write_run_archive(out, build: Path, modules: list[str], config: dict,
-                      repo: Path = REPO_ROOT) -> int:
+                      repo: Path = REPO_ROOT, kvm_module: str = "kvm_amd") -> int:
     """The per-run newc archive, written to the binary stream `out`; returns its size."""
     w = CpioWriter(out)
-    w.add_bytes("init", render_init(modules).encode(), 0o755)
+    w.add_bytes("init", render_init(modules, kvm_module).encode(), 0o755)
     w.add_dir("etc")
     w.add_bytes(CONFIG_PATH.lstrip("/"), json.dumps(config, indent=1).encode())
     w.add_dir(L1_REPO.lstrip("/"))

@@ -59,13 +59,38 @@ def probe_dir(buf: Path, sym: str) -> Path:
     return Path(buf) / "events" / probe_group() / sym
 
 
+_symbol_cache: dict[tuple, dict] = {}
+
+
+def _stamp(path: Path) -> tuple:
+    try:
+        st = path.stat()
+        return (st.st_mtime_ns, st.st_size)
+    except OSError:
+        return (None, None)
+
+
 def kernel_symbols(names, tracefs: Path | None = None, kallsyms: Path | None = None) -> dict:
     """{name: module or ""} for the names this kernel has (kallsyms, else the tracefs list of
-    traceable functions)."""
-    want, found = set(names), {}
+    traceable functions). Looked up once per process and set of names: /proc/kallsyms has ~160 000
+    lines, and reading it for every traced window cost up to 30 s each under emulation (the
+    modules that define these symbols, kvm and kvm_intel/kvm_amd, are loaded before any VM runs)."""
+    want = set(names)
     sources = [Path(kallsyms) if kallsyms else KALLSYMS]
     if tracefs is not None:
         sources.append(Path(tracefs) / "available_filter_functions")
+    key = (frozenset(want),) + tuple((str(s),) + _stamp(s) for s in sources)
+    with _probe_lock:
+        if key in _symbol_cache:
+            return dict(_symbol_cache[key])
+    found = _read_symbols(want, sources)
+    with _probe_lock:
+        _symbol_cache[key] = dict(found)
+    return found
+
+
+def _read_symbols(want: set, sources: list[Path]) -> dict:
+    found: dict = {}
     for src in sources:
         try:
             with open(src) as f:
