@@ -331,3 +331,33 @@ def test_debugcon_auto_resolves_by_accel_without_a_command_line(tmp_path):
     a = bundle(tmp_path, "A", cases=(1,), edit=edit)
     b = bundle(tmp_path, "B", cases=(1,), seed=2, edit=lambda d: (edit(d), d["options"].update(debugcon="file")))
     assert any("--debugcon differs: A: 'null' vs B: 'file'" in w for w in compare([a, b])["unfair"]["B"])
+
+
+# -- what a reader sees: the page in a real browser ------------------------------------------------
+
+def test_page_with_an_unverified_run_and_marked_tails_in_browser(tmp_path):
+    """report --html through the CLI, rendered by headless Chromium (skips without it, as
+    test_html does): the verdicts, the pooled runs and the marks reach the rendered text."""
+    from test_html import browse, self_contained, text_of
+
+    def edit(d):
+        set_verdict("case2-r1", "unverified", detail="allowance 26% of n")(d)
+        set_verdict("case1-r2", "failed", detail="2.00 exits per iteration")(d)
+        for e in d["cases"]:
+            if e["case"] == 2:
+                e["verification"]["other_path_max"] = 0.012
+    res = tmp_path / "results"
+    res.mkdir()
+    bundle(res, "U", cases=(1, 2), repeats=3, edit=edit)
+    page = tmp_path / "u.html"
+    r = invoke("report", "U", "--html", page, results=res)
+    assert r.returncode == 0, r.stderr
+    assert "† case2-r0–r2 p99, p99.9: may include up to 1.2 % other-path iterations" in r.stdout
+    self_contained(page.read_text())
+    text = re.sub(r"\s+", " ", text_of(browse(page, tmp_path, "report-unverified-marked.png")))
+    for needle in ("1 FAILED", "1 UNVERIFIED", "r0, r1 passed; r2 failed: excluded",
+                   "r0, r2 passed; r1 UNVERIFIED: pooled",
+                   "† A: p99, p99.9: may include up to 1.2 % other-path iterations (the largest over its VM runs)",
+                   "† A case2-r0–r2 p99, p99.9: may include up to 1.2 % other-path iterations",
+                   "case1-r2: exit path verification FAILED"):
+        assert needle in text, needle
