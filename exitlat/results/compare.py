@@ -14,9 +14,9 @@ A's own interval reaches 0.
 '*' only when the whole interval lies beyond a minimum effect (default 1%, `min_effect`): both
 ends above 1 + min_effect or both below 1 − min_effect. With enough VM runs any shift becomes
 "significant", and one far below a percent is rarely what a reader is after; a point estimate past
-the threshold with an interval reaching back towards 1 does not show an effect of that size. With R = 1 on either side there is no interval and no '*':
-run-to-run variation is unknown. docs/statistics.md has the method and its
-simulated false-positive rate and power. The ratio is taken in ns when the TSC rates differ
+the threshold with an interval reaching back towards 1 does not show an effect of that size.
+With R = 1 on either side there is no interval and no '*': run-to-run variation is unknown.
+docs/statistics.md has the method and its simulated false-positive rate and power. The ratio is taken in ns when the TSC rates differ
 (cycles of different clocks are not comparable), else in cycles.
 """
 

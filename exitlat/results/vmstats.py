@@ -255,8 +255,10 @@ def is_loose(doc: dict) -> bool:
 
 EXCLUDED_VERDICTS = ("failed",)     # left out of a headline unless case_summaries(pool_failed=True)
 _VERDICT_WORDS = {"passed": "passed", "failed": "FAILED: pooled", "unverified": "UNVERIFIED: pooled",
-                  "skipped": "not verified (skipped): pooled", "not_applicable": "nothing to verify",
-                  None: "not checked"}
+                  "skipped": "not verified (skipped): pooled",
+                  "not_applicable": "nothing to verify (TCG)", None: "not checked"}
+_ALL_WORDS = {"passed": "all passed", "skipped": "none verified (skipped): all pooled",
+              "not_applicable": "nothing to verify (TCG)"}     # the others: "all " + the word
 
 
 def entry_verdict(e: dict) -> str | None:
@@ -298,7 +300,10 @@ def pooled_text(s: dict) -> str:
         (word, labs), = by_word.items()
         if word == "not checked":
             return f"{head} ({run_ranges(labs)})"
-        return f"{head} ({run_ranges(labs)}, {'all ' if r > 1 else ''}{word})"
+        if r > 1:
+            status = verdicts.get(labs[0])
+            word = _ALL_WORDS.get(status, f"all {word}")
+        return f"{head} ({run_ranges(labs)}, {word})"
     parts = [f"{run_ranges(labs)} {word}" for word, labs in by_word.items()] + left
     return f"{head} ({'; '.join(parts)})"
 
