@@ -11,9 +11,15 @@ class ConsoleClosed(Exception):
     """QEMU closed the console: the VM is gone."""
 
 
-def connect_unix(path: str, timeout: float, what: str) -> socket.socket:
-    """Connect to a unix socket QEMU is about to create, waiting up to `timeout` for it."""
+GONE_POLL_S = 0.5      # how often a wait for QEMU's socket asks whether QEMU is still there
+
+
+def connect_unix(path: str, timeout: float, what: str, exit_code=None) -> socket.socket:
+    """Connect to a unix socket QEMU is about to create, waiting up to `timeout` for it.
+    `exit_code()`: QEMU's exit status, None while it runs: a QEMU that died at start is said at
+    once, not after the whole timeout."""
     deadline = time.monotonic() + timeout
+    next_poll = time.monotonic() + GONE_POLL_S
     while True:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -21,14 +27,21 @@ def connect_unix(path: str, timeout: float, what: str) -> socket.socket:
             return sock
         except (FileNotFoundError, ConnectionRefusedError):
             sock.close()
-            if time.monotonic() > deadline:
+            now = time.monotonic()
+            if exit_code is not None and now >= next_poll:
+                next_poll = now + GONE_POLL_S
+                code = exit_code()
+                if code is not None:
+                    raise ExitlatError(f"QEMU exited (code {code}) before its {what} socket "
+                                       "appeared") from None
+            if now > deadline:
                 raise ExitlatError(f"QEMU's {what} socket did not appear within {timeout:.0f} s") from None
             time.sleep(0.05)
 
 
 class Console:
-    def __init__(self, path: str, timeout: float = 30.0):
-        self.sock = connect_unix(path, timeout, "console")
+    def __init__(self, path: str, timeout: float = 30.0, exit_code=None):
+        self.sock = connect_unix(path, timeout, "console", exit_code)
         self.buffer = b""
         self.transcript = bytearray()
 

@@ -12,9 +12,9 @@ class QMPError(ExitlatError):
 
 
 class QMP:
-    def __init__(self, path: str, timeout: float = 30.0):
+    def __init__(self, path: str, timeout: float = 30.0, exit_code=None):
         self.path = path
-        self.sock = connect_unix(path, timeout, "QMP")
+        self.sock = connect_unix(path, timeout, "QMP", exit_code)
         self.sock.settimeout(timeout)
         self.file = self.sock.makefile("rwb")
         self.greeting = self._read()

@@ -116,8 +116,8 @@ class VmRun:
             r.timings["qemu_start_s"] = time.monotonic() - t0
             from .qmp import QMP
 
-            console = Console(str(files.console))
-            qmp = QMP(str(files.qmp))
+            console = Console(str(files.console), exit_code=qemu.poll)
+            qmp = QMP(str(files.qmp), exit_code=qemu.poll)
             r.qemu_version = qmp.version()
             self.vcpus = qmp.vcpu_threads()
             from .launcher import pin_threads
@@ -174,6 +174,10 @@ class VmRun:
                 stderr = folder / "qemu-stderr.log"
                 r.qemu_stderr = stderr.read_bytes() if stderr.exists() else b""
                 shutil.rmtree(folder, ignore_errors=True)
+        if r.status != "complete" and r.reason and r.reason.startswith("QEMU exited"):
+            said = qemu_error_line(r.qemu_stderr)
+            if said:
+                r.reason = f"{r.reason}: {said}"
         return r
 
     def _start_qemu(self, argv, folder):
@@ -325,6 +329,13 @@ class VmRun:
                     msgs = "; ".join(e.get("message", "?") for e in r.errors) or "no detail"
                     r.status, r.reason = "incomplete", f"guest reported an error: {msgs}"
                 return
+
+
+def qemu_error_line(stderr: bytes) -> str:
+    """The line of QEMU's stderr that says why it stopped (its first error), '' when none."""
+    lines = [ln.strip() for ln in stderr.decode(errors="replace").splitlines() if ln.strip()]
+    said = next((ln for ln in lines if "error" in ln.lower()), lines[0] if lines else "")
+    return said[:300]
 
 
 def _stats_delta(before: dict | None, after: dict | None) -> dict | None:
