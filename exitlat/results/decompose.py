@@ -174,46 +174,57 @@ _HANDLED_EVENT = {"cpuid": "kvm_cpuid", "msr_read": "kvm_msr", "msr_write": "kvm
                   "hypercall": "kvm_hypercall"}
 
 
-def _counted(counts) -> tuple[dict, dict, list, str]:
+def _counted(counts, instruction: str) -> tuple[dict, dict, dict, list, str]:
     """From the window's ExitCounts (or its to_dict()): (every event hit by name, the in-handler
-    ones by name, the kprobes armed, the probe note)."""
+    ones that fire inside the case's own exits, the in-handler ones that fire inside other exits
+    of the window (the guest's own timer writes, ...), the kprobes armed, the probe note).
+    Inside the case's exits: its handler's tracepoint (kvm_cpuid; kvm_msr of its direction;
+    kvm_hypercall), and for wrmsr_tsc_deadline kvm_hv_timer_state and the fastpath kretprobe."""
+    from exitlat.verify.rules import HANDLER
+
     from exitlat.verify.trace.counts import HANDLED_SUFFIX
 
     if counts is None:
-        return {}, {}, [], ""
+        return {}, {}, {}, [], ""
     get = (lambda f: counts.get(f) or {}) if isinstance(counts, dict) else \
         (lambda f: getattr(counts, f, None) or {})
     all_: dict = {"kvm_exit": sum(get("exits").values()),
                   "kvm_userspace_exit": sum(get("userspace").values()),
                   "kvm_pio": sum(get("pio").values())}
-    handler: dict = {}
+    own: dict = {}
+    other: dict = {}
+    timer_write = instruction == "wrmsr_tsc_deadline"
+
+    def put(ev: str, c: int, mine: bool) -> None:
+        if c:
+            d = own if mine else other
+            d[ev] = d.get(ev, 0) + int(c)
+            all_[ev] = all_.get(ev, 0) + int(c)
+
     for k, c in get("handled").items():
-        ev = _HANDLED_EVENT.get(k, f"kvm_{k}")
-        handler[ev] = handler.get(ev, 0) + int(c)
-    hv = sum(int(c) for c in get("hv_timer").values())
-    if hv:
-        handler["kvm_hv_timer_state"] = hv
+        put(_HANDLED_EVENT.get(k, f"kvm_{k}"), c, k == HANDLER.get(instruction))
+    put("kvm_hv_timer_state", sum(int(c) for c in get("hv_timer").values()), timer_write)
     for sym, c in get("probes").items():
         if not sym.endswith(HANDLED_SUFFIX):
-            handler[f"{sym} (kretprobe)"] = int(c)
-    all_.update(handler)
+            put(f"{sym} (kretprobe)", c, timer_write)
     probed = get("probed") if isinstance(counts, dict) else getattr(counts, "probed", ())
     note = (counts.get("probe_note") if isinstance(counts, dict)
             else getattr(counts, "probe_note", "")) or ""
-    return all_, handler, list(probed or ()), note
+    return all_, own, other, list(probed or ()), note
 
 
-def _probe_cost(paired, counts, label: str, n_exits: int, n_iter: int, overhead) -> dict:
+def _probe_cost(paired, counts, instruction: str, label: str, n_exits: int, n_iter: int,
+                overhead) -> dict:
     """What was armed in the traced window, how many events fired inside each interval of the
     case's exits, and what they may cost (module docstring)."""
-    all_, handler, kprobes, note = _counted(counts)
+    all_, own, other, kprobes, note = _counted(counts, instruction)
     ev = dict(paired.events or {})
     for name in ("kvm_entry", "sys_exit_ioctl", "sys_enter_ioctl"):
         if ev.get(name):
             all_[name] = int(ev[name])
     inside = {e: round(c / n_exits, 4) for e, c in sorted(_inside(paired, label).items())}
     if counts is not None:
-        inside.update({e: round(c / n_iter, 4) for e, c in sorted(handler.items())})
+        inside.update({e: round(c / n_iter, 4) for e, c in sorted(own.items())})
     per_iter = sum(all_.values()) / n_iter if all_ else None
     inside_total = sum(inside.values())
     diff = (overhead or {}).get("difference") if isinstance(overhead, dict) else overhead
@@ -222,6 +233,7 @@ def _probe_cost(paired, counts, label: str, n_exits: int, n_iter: int, overhead)
     return {"kprobes_armed": kprobes, "kprobe_note": note or None,
             "tracepoints_fired": sorted(e for e in all_ if "(kretprobe)" not in e and all_[e]),
             "inside_per_exit": inside, "inside_total": round(inside_total, 4),
+            "elsewhere_per_iteration": {e: round(c / n_iter, 4) for e, c in sorted(other.items())},
             "boundary": "kvm_exit and kvm_entry open and close each interval: the part of their "
                         "cost after kvm_exit's timestamp and before kvm_entry's falls inside",
             "events_per_iteration": None if per_iter is None else round(per_iter, 4),
@@ -324,7 +336,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
             out["note"] = f"{out['note']}; {note}" if out["note"] else note
     if not kvm.size:
         return refuse(f"no paired {label} exits")
-    out["probes"] = _probe_cost(paired, counts, label, n_paired, n, tracing_overhead)
+    out["probes"] = _probe_cost(paired, counts, instruction, label, n_paired, n, tracing_overhead)
     out["host_cycles"] = dist(host)
     out["kvm_cycles"] = dist(kvm)
     gmed = out["guest_round_trip_cycles"]["median"]
