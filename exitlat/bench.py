@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from exitlat.errors import CheckFailed, ExitlatError
+from exitlat.limits import MAX_CORE, MAX_ITERATIONS, MAX_PORT, MAX_REPEAT, MAX_WARMUP
 from exitlat.paths import results_root
 from exitlat.progress import Progress
 
@@ -226,17 +227,17 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
 
     opts = BenchOptions(
         cases=parse_cases(case),
-        iterations=parse_int(iterations, "--iterations", 1, 50_000_000),
-        warmup=parse_int(warmup, "--warmup", 0, 10_000_000),
-        instr=instr, port=parse_int(port, "--port", 0, 0xFFFF), timer=timer,
-        core=None if core is None else parse_int(core, "--core", 0, 4095),
-        accel=accel, repeat=None if str(repeat) == "auto" else parse_int(repeat, "--repeat", 1, 100),
+        iterations=parse_int(iterations, "--iterations", 1, MAX_ITERATIONS),
+        warmup=parse_int(warmup, "--warmup", 0, MAX_WARMUP),
+        instr=instr, port=parse_int(port, "--port", 0, MAX_PORT), timer=timer,
+        core=None if core is None else parse_int(core, "--core", 0, MAX_CORE),
+        accel=accel, repeat=None if str(repeat) == "auto" else parse_int(repeat, "--repeat", 1, MAX_REPEAT),
         label=label,
         output=Path(output) if output else None, container=not no_container,
         verify=not no_verify, require_isolation=require_isolation, debugcon=debugcon,
         baselines=not no_baselines, tracing=tracing,
         verify_iterations=None if verify_iterations is None else parse_int(
-            verify_iterations, "--verify-iterations", 1, 50_000_000),
+            verify_iterations, "--verify-iterations", 1, MAX_ITERATIONS),
         build=Path(build) if build else None)
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)

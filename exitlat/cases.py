@@ -7,6 +7,7 @@ port, always) runs in cases 2, 4 and 6. See docs/probes.md for the reasoning beh
 from dataclasses import dataclass
 
 from .errors import ExitlatError
+from .limits import MAX_PORT
 from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH, PATH_KVM,
                            S_INSTRUCTION, TABLE)
 
@@ -62,7 +63,7 @@ def parse_cases(text: str) -> list[int]:
 
 
 def check_port(port: int) -> int:
-    if not isinstance(port, int) or not 0 <= port <= 0xFFFF:
+    if not isinstance(port, int) or not 0 <= port <= MAX_PORT:
         raise ExitlatError(f"I/O port must be between 0 and 0xffff, got {port!r}")
     return port
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from exitlat.cases import check_port
+from exitlat.limits import MAX_BATCH, MAX_ITERATIONS, MAX_WARMUP
 from exitlat.errors import ExitlatError
 
-MAX_ITERATIONS = 50_000_000
 HEADER_SIZE = 4096
 DISK_MAGIC = "exitlat-samples 1"
 CONSOLE_PREFIX = "EXITLAT "
@@ -66,12 +66,12 @@ class GuestPlan:
             raise ExitlatError(f"unknown --timer {self.timer!r}; choose rdtscp or lfence")
         if not 1 <= self.iterations <= MAX_ITERATIONS:
             raise ExitlatError(f"iterations must be between 1 and {MAX_ITERATIONS:,}, got {self.iterations}")
-        if not 0 <= self.warmup <= MAX_ITERATIONS:
-            raise ExitlatError(f"warm-up must be between 0 and {MAX_ITERATIONS:,}, got {self.warmup}")
+        if not 0 <= self.warmup <= MAX_WARMUP:
+            raise ExitlatError(f"warm-up must be between 0 and {MAX_WARMUP:,}, got {self.warmup}")
         if self.vendor not in (None, "intel", "amd"):
             raise ExitlatError(f"vendor must be intel or amd, got {self.vendor!r}")
-        if self.batch is not None and not 1 <= self.batch <= 100_000:
-            raise ExitlatError(f"batch must be between 1 and 100000, got {self.batch}")
+        if self.batch is not None and not 1 <= self.batch <= MAX_BATCH:
+            raise ExitlatError(f"batch must be between 1 and {MAX_BATCH}, got {self.batch}")
         v = self.verify_iterations
         if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= MAX_ITERATIONS:
             raise ExitlatError(f"verification iterations must be an integer between 0 and "

@@ -5,6 +5,7 @@ exitlat.verify.rules)."""
 from __future__ import annotations
 
 from exitlat.errors import ExitlatError
+from exitlat.limits import MAX_PORT
 from exitlat.instructions import KVM_PATHS, TABLE
 
 from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, BACKGROUND_LIMIT, HANDLER,
@@ -36,7 +37,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     check_path(expected_path, instruction)
     if vendor not in VENDORS:
         raise ExitlatError(f"unknown vendor {vendor!r} (intel, amd, unknown)")
-    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 0xFFFF):
+    if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT):
         raise ExitlatError(f"port must be 0..0xffff, got {port!r}")
     if instruction == "outb" and port is None:
         raise ExitlatError("an outb case needs its port to be verified")
