@@ -18,12 +18,12 @@ from pathlib import Path
 
 from exitlat.run.plan import parse_int
 from exitlat.errors import CheckFailed, ExitlatError
+from exitlat.limits import SELFTEST_MAX_ITERATIONS, SELFTEST_MIN_ITERATIONS
 from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
 from .inner import CAPTURE_RUNS, CONTROL_RUN, RUN_NAMES, RUNS, run_config
 
-MIN_ITERATIONS, MAX_ITERATIONS = 100, 200_000
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
 DEFAULT_TIMEOUT = {"amd": 1500, "intel": 2400}    # seconds, QEMU/Bochs start → L1 powered off
 # `--vendor` default: AMD-V, the fast host (about 4 min on 2 cores); the VT-x host under Bochs takes
@@ -352,10 +352,10 @@ def selftest_main(runs=None, iterations="1000", warmup="100", verify_iterations=
     t_start = time.monotonic()
     vendors = parse_vendor(vendor)
     wanted = parse_runs(runs)
-    iters = parse_int(iterations, "--iterations", MIN_ITERATIONS, MAX_ITERATIONS)
-    warm = parse_int(warmup, "--warmup", 0, MAX_ITERATIONS)
+    iters = parse_int(iterations, "--iterations", SELFTEST_MIN_ITERATIONS, SELFTEST_MAX_ITERATIONS)
+    warm = parse_int(warmup, "--warmup", 0, SELFTEST_MAX_ITERATIONS)
     viters = None if verify_iterations is None else parse_int(
-        verify_iterations, "--verify-iterations", MIN_ITERATIONS, MAX_ITERATIONS)
+        verify_iterations, "--verify-iterations", SELFTEST_MIN_ITERATIONS, SELFTEST_MAX_ITERATIONS)
     limit = None if timeout is None else parse_int(timeout, "--timeout", 60, 24 * 3600)
     n_retries = parse_int(retries, "--retries", 0, 10)
     capture_dir = Path(capture) if capture else None
