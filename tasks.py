@@ -134,12 +134,14 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
                          "(default: min(iterations, 10000)); the timed window is never traced",
     "build": "use this build folder (default: the build of the current inputs, made if missing)",
     "wait": "when another exitlat run holds the core, wait for it (default: refuse, naming it)",
+    "verbose": "the report at the end with every warning and the whole metadata",
 })
 @cli
 def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
           timer="rdtscp", core=None, accel="auto", repeat="auto", label=None, output=None,
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
-          no_baselines=False, tracing="auto", verify_iterations=None, build=None, wait=False):
+          no_baselines=False, tracing="auto", verify_iterations=None, build=None, wait=False,
+          verbose=False):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
     from exitlat.bench import bench_main
 
@@ -150,7 +152,8 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                       output=output, no_container=no_container, no_verify=no_verify,
                       require_isolation=require_isolation, debugcon=debugcon,
                       no_baselines=no_baselines, tracing=tracing,
-                      verify_iterations=verify_iterations, build=build, wait=wait)
+                      verify_iterations=verify_iterations, build=build, wait=wait,
+                      verbose=verbose)
 
 
 @task(help={"dry_run": "list what would be removed, remove nothing"})
@@ -249,15 +252,17 @@ def results(c, root=None):
     "bundle": "bundle folder, or a bundle name under results/",
     "json": "print the report as JSON",
     "html": "also write the report as one self-contained HTML page to this file (its folder must "
-            "exist; replaced if present; '-': stdout instead of the report)"})
+            "exist; replaced if present; '-': stdout instead of the report)",
+    "verbose": "every warning on its own line and the whole metadata (default: warnings grouped, "
+               "at most 5 lines, long values cut)"})
 @cli
-def report(c, bundle, json=False, html=None):
+def report(c, bundle, json=False, html=None, verbose=False):
     """Show one bundle: cases, paths, medians, CIs, warnings."""
     from exitlat.results.cli import report_main
 
     html = html if html == "-" else _path(html, "--html", "outfile")
 
-    return report_main(bundle, as_json=json, html=html)
+    return report_main(bundle, as_json=json, html=html, verbose=verbose)
 
 
 @task(klass=KeepHelpTask, positional=["a", "b"], iterable=["more"], help={

@@ -221,7 +221,7 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
-               verify_iterations=None, build=None, wait=False) -> int:
+               verify_iterations=None, build=None, wait=False, verbose=False) -> int:
     from exitlat.cases import parse_cases
     from exitlat.results.bundle import load_bundle
 
@@ -241,11 +241,9 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         build=Path(build) if build else None)
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)
-    try:
-        from exitlat.results.report import render_report
-        print(render_report(bundle))
-    except ImportError:
-        pass
+    from exitlat.results.report import render_report
+
+    print(render_report(bundle, verbose))
     doc = bundle.doc
     if doc["status"]["state"] != "complete":
         raise ExitlatError(f"run incomplete: {doc['status']['reason']} (bundle kept: {path})")

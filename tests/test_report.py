@@ -35,12 +35,45 @@ def test_report_warnings_and_tcg_banner(tmp_path):
         d["cases"][0]["verification"]["status"] = "failed"
         d["status"] = {"state": "incomplete", "reason": "interrupted (Ctrl-C)"}
     b = load_bundle(make_bundle(tmp_path, "T", accel="tcg", edit=edit))
-    text = render_report(b)
+    text = render_report(b, verbose=True)
     assert text.startswith(f"*** {TCG_BANNER} ***") and text.rstrip().endswith(f"*** {TCG_BANNER} ***")
     for w in ("NOT isolated", "isolation: governor: powersave", "run INCOMPLETE: interrupted",
               "verification FAILED"):
         assert w in text
+    short = render_report(b)
+    for w in ("not isolated: 1 item, see `invoke doctor", "run INCOMPLETE: interrupted",
+              "exit path FAILED: case1-r0"):
+        assert w in short, (w, short)
+    assert "isolation: governor" not in short
     assert report_json(b)["banner"] == TCG_BANNER
+
+
+def test_report_on_an_unisolated_tcg_machine_fits_one_screen(tmp_path):
+    """Verdict and numbers first; the many isolation items of an ordinary machine become one line;
+    at most 5 warning lines; a long kernel command line is cut (whole in --verbose and the bundle)."""
+    items = [{"name": f"item{i}", "ok": False, "detail": "not tuned"} for i in range(14)]
+
+    def edit(d):
+        d["isolation"] = {"isolated": False, "items": items}
+        d["host"]["kernel"]["cmdline"] = "console=ttyS0 " + "x" * 400
+        d["guest"]["invariant_tsc"] = False
+        for e in d["cases"][:3]:
+            e["verification"] = {"status": "unverified", "detail": "n=20 is too small " + "y" * 300}
+        for e in d["cases"] + d["baselines"]:
+            e["tsc_backwards"] = 2
+    b = load_bundle(make_bundle(tmp_path, "T", accel="tcg", edit=edit))
+    lines = render_report(b).splitlines()
+    table_end = max(i for i, ln in enumerate(lines) if ln.startswith("case"))
+    assert table_end < 25, "\n".join(lines[:table_end + 1])
+    assert lines[2].startswith("verdict: complete · core NOT isolated · paths:")
+    warns = [ln for ln in lines if ln.startswith(("warning:", "stability:", "… "))]
+    assert len(warns) <= 5, warns
+    assert any(w.startswith("warning: the measured core not isolated: 14 items, see `invoke doctor")
+               for w in warns), warns
+    assert all(len(ln) < 260 for ln in warns), warns
+    assert not any("x" * 100 in ln for ln in lines)
+    full = render_report(b, verbose=True)
+    assert "x" * 400 in full and full.count("isolation: item") == 14
 
 
 def test_compare_ratio_significance_and_unfairness(tmp_path):

@@ -75,7 +75,7 @@ def _write_view(output, text: str, bundles: list[Bundle], what: str | None) -> N
         print(f"{what}: {path}", file=sys.stderr)
 
 
-def report_main(bundle, as_json=False, html=None) -> int:
+def report_main(bundle, as_json=False, html=None, verbose=False) -> int:
     from .report import render_report, report_json
 
     taken = _stdout_users(as_json, html=html)
@@ -85,7 +85,7 @@ def report_main(bundle, as_json=False, html=None) -> int:
 
         _write_view(html, render_page([b]), [b], "html")
     if not taken:                      # the page went to stdout: nothing else may
-        _print_json(report_json(b)) if as_json else print(render_report(b))
+        _print_json(report_json(b)) if as_json else print(render_report(b, verbose))
     return 0
 
 

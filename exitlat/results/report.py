@@ -39,47 +39,106 @@ def _item_problem(item) -> str | None:
 
 
 def warnings_for(doc: dict) -> list[str]:
+    """Every warning, one line each (the bundle's whole list: report --verbose, JSON, HTML)."""
+    return [text for _group, text in tagged_warnings(doc)]
+
+
+def tagged_warnings(doc: dict) -> list[tuple[str, str]]:
+    """Every warning with its group (WARNING_GROUPS), in the order of the groups' importance."""
     out = []
     if banner_for(doc):
-        out.append(banner_for(doc))
+        out.append(("accel", banner_for(doc)))
     st = doc["status"]
     if st["state"] != "complete":
-        out.append(f"run INCOMPLETE: {st['reason']}")
+        out.append(("incomplete", f"run INCOMPLETE: {st['reason']}"))
+    for e in doc["cases"]:
+        v = e["verification"]["status"]
+        detail = e["verification"].get("detail")
+        if v == "failed":
+            out.append(("path failed", f"{e['key']}: exit path verification FAILED"
+                        + (f" ({detail})" if detail else "")))
+        elif v == "unverified":
+            out.append(("path unverified", f"{e['key']}: exit path UNVERIFIED ({detail})"))
+        elif v == "skipped" and doc.get("accel") == "kvm":
+            out.append(("path skipped", f"{e['key']}: exit path not verified (skipped)"))
+    for e in doc["baselines"]:
+        chk = e.get("exit_check") or {}
+        if chk.get("status") in ("failed", "unverified"):
+            out.append(("baseline", f"{e['key']}: baseline exit check {chk['status'].upper()} "
+                                    f"({chk.get('detail')})"))
     iso = doc.get("isolation") or {}
     if not iso.get("isolated"):
-        out.append("measured core was NOT isolated (see `invoke doctor`)")
+        out.append(("isolation", "measured core was NOT isolated (see `invoke doctor`)"))
     items = iso.get("items") or []
     for item in items.values() if isinstance(items, dict) else items:
         p = _item_problem(item)
         if p:
-            out.append(f"isolation: {p}")
-    for e in doc["cases"]:
-        v = e["verification"]["status"]
-        if v == "failed":
-            out.append(f"{e['key']}: exit path verification FAILED"
-                       + (f" ({e['verification'].get('detail')})" if e['verification'].get('detail') else ""))
-        elif v == "unverified":
-            out.append(f"{e['key']}: exit path UNVERIFIED ({e['verification'].get('detail')})")
-        elif v == "skipped" and doc.get("accel") == "kvm":
-            out.append(f"{e['key']}: exit path not verified (skipped)")
-    for e in doc["baselines"]:
-        chk = e.get("exit_check") or {}
-        if chk.get("status") in ("failed", "unverified"):
-            out.append(f"{e['key']}: baseline exit check {chk['status'].upper()} ({chk.get('detail')})")
+            out.append(("isolation", f"isolation: {p}"))
     for e in doc["cases"] + doc["baselines"]:
         if e.get("tsc_backwards"):
-            out.append(f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC went backwards")
-    out += tsc_backwards_warnings(doc)
+            out.append(("samples", f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC "
+                                   "went backwards"))
+    out += [("samples", w) for w in tsc_backwards_warnings(doc)]
     for e in doc["cases"] + doc["baselines"]:
         if e["stats"] is None:
-            out.append(f"{e['key']}: no samples")
-    out += pooling_warnings(case_summaries(doc))
-    out += other_path_warnings(doc)
+            out.append(("samples", f"{e['key']}: no samples"))
+    out += [("headline", w) for w in pooling_warnings(case_summaries(doc))]
+    out += [("tails", w) for w in other_path_warnings(doc)]
     if not (doc["host"].get("tsc") or {}).get("hz") and not doc["guest"].get("tsc_khz"):
-        out.append("TSC frequency unknown: no ns values")
+        out.append(("tsc", "TSC frequency unknown: no ns values"))
     if doc["guest"].get("invariant_tsc") is False:
-        out.append("guest reports no invariant TSC: cycle counts may not be comparable")
+        out.append(("tsc", "guest reports no invariant TSC: cycle counts may not be comparable"))
     return out
+
+
+MAX_WARNING_LINES = 5       # the terminal report's warnings, grouped; --verbose shows them all
+SHORT_DETAIL = 110          # characters of a verdict's detail shown in a grouped line
+
+
+def _keys(lines: list[str]) -> str:
+    keys = [ln.split(":", 1)[0] for ln in lines]
+    return ", ".join(keys[:4]) + (f" (+{len(keys) - 4} more)" if len(keys) > 4 else "")
+
+
+def _first_detail(line: str) -> str:
+    inner = line.split(" (", 1)[1].rstrip(")") if " (" in line else ""
+    return inner if len(inner) <= SHORT_DETAIL else inner[:SHORT_DETAIL - 1] + "…"
+
+
+def grouped_warnings(doc: dict, stability: list[str], name: str) -> list[str]:
+    """At most MAX_WARNING_LINES lines: one per group, the most important first (the banner
+    stands above the report already), and where more exist, where to find them all."""
+    groups: dict[str, list[str]] = {}
+    for group, text in tagged_warnings(doc):
+        groups.setdefault(group, []).append(text)
+    core = (doc.get("run") or {}).get("core")
+    lines = []
+    for group, texts in groups.items():
+        if group == "accel":
+            continue
+        if group == "isolation":
+            items = len([t for t in texts if t.startswith("isolation: ")])
+            where = f"core {core}" if core is not None else "the measured core"
+            lines.append(f"warning: {where} not isolated: {items} item{'s' * (items != 1)}, see "
+                         f"`invoke doctor{f' --core {core}' if core is not None else ''}`")
+        elif group.startswith("path ") or group == "baseline":
+            what = {"path failed": "exit path FAILED", "path unverified": "exit path UNVERIFIED",
+                    "path skipped": "exit path not verified (skipped)",
+                    "baseline": "baseline exit check not passed"}[group]
+            detail = _first_detail(texts[0])
+            lines.append(f"warning: {what}: {_keys(texts)}"
+                         + (f" — {texts[0].split(':', 1)[0]}: {detail}" if detail else ""))
+        elif len(texts) == 1:
+            lines.append(f"warning: {texts[0]}")
+        else:
+            lines.append(f"warning: {texts[0]} (+{len(texts) - 1} more like it)")
+    lines += [f"stability: {w}" for w in stability]
+    if len(lines) > MAX_WARNING_LINES:
+        hidden = len(lines) - (MAX_WARNING_LINES - 1)
+        lines = lines[:MAX_WARNING_LINES - 1] + [
+            f"… {hidden} more warning lines: `invoke report {name} --verbose` (all of them are in "
+            "the bundle and on its HTML page)"]
+    return lines
 
 
 _UNKNOWN = object()
@@ -243,7 +302,14 @@ def baseline_rows(doc: dict) -> list[list]:
              fmt_ci((e["stats"] or {}).get("median_ci95")), _exit_check(e)] for e in doc["baselines"]]
 
 
-def summary_lines(b: Bundle) -> list[str]:
+CMDLINE_SHOWN = 80          # characters of the host's kernel command line in the short report
+
+
+def _cut(text: str, width: int, where: str) -> str:
+    return text if len(text) <= width else f"{text[:width - 1]}… (whole: {where})"
+
+
+def summary_lines(b: Bundle, verbose: bool = False) -> list[str]:
     d = b.doc
     h, g, q = d["host"], d["guest"], d["qemu"]
     cpu = h["cpu"]
@@ -257,7 +323,9 @@ def summary_lines(b: Bundle) -> list[str]:
         f"{'on' if cpu.get('smt') else 'off' if cpu.get('smt') is False else '?'})",
         f"TSC:     {hz / 1e9:.3f} GHz ({h['tsc'].get('source') if h['tsc'].get('hz') else 'guest tsc_khz'})"
         if hz else "TSC:     unknown",
-        f"kernel:  {h['kernel']['release']}  cmdline: {h['kernel'].get('cmdline') or '?'}",
+        f"kernel:  {h['kernel']['release']}  cmdline: "
+        + (h["kernel"].get("cmdline") or "?" if verbose else
+           _cut(h["kernel"].get("cmdline") or "?", CMDLINE_SHOWN, "--verbose, bundle.json host.kernel.cmdline")),
         f"KVM:     {h['kvm'].get('module') or '?'} "
         + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(h["kvm"].get("parameters", {}).items())
                    if k.split(".", 1)[-1] in ("ept", "enable_apicv", "ple_gap", "npt", "avic", "halt_poll_ns")),
@@ -267,26 +335,51 @@ def summary_lines(b: Bundle) -> list[str]:
     ]
 
 
-def render_report(b: Bundle) -> str:
+def verdict_line(doc: dict) -> str:
+    """The run in one line: complete or not, isolated or not, and the cases' path verdicts."""
+    from collections import Counter
+
+    st = doc["status"]["state"]
+    iso = "isolated" if (doc.get("isolation") or {}).get("isolated") else "core NOT isolated"
+    counts = Counter(e["verification"]["status"] for e in doc["cases"])
+    order = ("failed", "unverified", "skipped", "passed", "not_applicable")
+    paths = ", ".join(f"{counts[k]} {k.replace('_', ' ').upper() if k in ('failed', 'unverified') else k.replace('_', ' ')}"
+                      for k in order if counts.get(k))
+    if doc.get("accel") == "tcg":
+        paths += " (TCG: no VM exits)"
+    return f"verdict: {st.upper() if st != 'complete' else st} · {iso} · paths: {paths or 'no cases'}"
+
+
+def render_report(b: Bundle, verbose: bool = False) -> str:
+    """The terminal report: the verdict and the numbers first, then at most MAX_WARNING_LINES
+    grouped warnings (verbose: every one), then the tables of detail and the metadata."""
     d = b.doc
     out = []
     banner = banner_for(d)
     if banner:
         out += [f"*** {banner} ***", ""]
-    out += summary_lines(b) + [""]
+    out += [verdict_line(d), ""]
     out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
                         disable_numparse=True) if d["cases"] else "(no cases)")
     out += other_path_notes(d)
+    sums = case_summaries(b)
+    if verbose:
+        warns = [f"warning: {w}" for w in warnings_for(d)] + \
+            [f"stability: {w}" for w in stability_warnings(sums)]
+    else:
+        warns = grouped_warnings(d, stability_warnings(sums), b.name)
+    if warns:
+        out += [""] + warns
     drows, dnotes = decomposition_rows(d)
     if drows:
         out += ["", "where the cycles go (traced window; medians in cycles; docs/measuring.md):",
                 tabulate(drows, headers=DECOMP_HEADERS, tablefmt="simple", disable_numparse=True)]
         out += dnotes
+    out += [""] + summary_lines(b, verbose)
     if d["baselines"]:
         out += ["", "baselines:", tabulate(baseline_rows(d), headers=[
             "baseline", "flow", "n", "median", "p99", "median ns", "median CI95", "exits (must be ≈0)"],
             tablefmt="simple", disable_numparse=True)]
-    sums = case_summaries(b)
     if any(len(x["keys"]) > 1 for x in sums):   # with one VM the table would only repeat the above
         out += ["", "across VM runs (headline: median of the per-VM medians of the runs it pools; "
                 "CI95 from their spread):",
@@ -315,9 +408,6 @@ def render_report(b: Bundle) -> str:
     if any(e.get("tracing_overhead_cycles") for e in d["cases"]):
         out.append("tracing adds: traced-window median minus timed-window median; the timed "
                    "window, which gives every other number, ran with no tracing")
-    warns = [f"warning: {w}" for w in warnings_for(d)] + [f"stability: {w}" for w in stability_warnings(sums)]
-    if warns:
-        out += [""] + warns
     if banner:
         out += ["", f"*** {banner} ***"]
     return "\n".join(out)
