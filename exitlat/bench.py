@@ -19,8 +19,8 @@ from .run import leftovers
 from .run.corelock import CoreLock, other_runs
 from .run.interrupt import (Interrupted, check, deferred, interruptible, reason_of, stop_on_signals,
                             stopping)
-from .run.placement import choose_accel, ensure_build, resolve_cores
-from .run.plan import BenchOptions, RunPlan, make_plan, parse_int
+from .run.placement import ensure_build
+from .run.plan import BenchOptions, RunPlan, parse_int, plan_bench
 from .run.runrecord import VmResult
 from .run.vm import VmRun
 
@@ -40,26 +40,11 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
 
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
-    accel, accel_warning = choose_accel(opts.accel, host)
-    plan = make_plan(opts, host, accel)
+    plan = plan_bench(opts, host, progress.say)
     out_root.mkdir(parents=True, exist_ok=True)
-    if accel_warning:
-        progress.say(accel_warning)
     _say_plan_notes(plan, progress)
-    core, hk, isolation = resolve_cores(opts.core, progress)
-    if not isolation.get("isolated"):
-        msg = f"core {core} is not isolated (see `invoke doctor --core {core}`)"
-        if opts.require_isolation:
-            raise ExitlatError(msg + " and --require-isolation was given")
-        progress.say(f"warning: {msg}")
-    if plan.verifying:
-        from exitlat.verify.trace.tracefs import tracing_available
-
-        ok, why = tracing_available()
-        if not ok:
-            raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
     remove_leftovers(progress)
-    with CoreLock(core) as lock:
+    with CoreLock(plan.core) as lock:
         lock.acquire(wait=wait, say=progress.say)
         since = lock.record["started_ns"]
         running = other_runs(since, lock.folder)
@@ -67,20 +52,18 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
             progress.say("warning: other exitlat runs on this host now: "
                          + "; ".join(f"core {r['core']}: pid {r['pid']}" for r in running)
                          + " (each measures the others' noise; the bundle records them)")
-        # absolute: the runtime container mounts it at the same path
-        build = Path(opts.build).resolve() if opts.build else ensure_build(progress)
-        manifest = json.loads((build / "manifest.json").read_text())
-        progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, {accel.upper()}, "
-                     f"core {core} (housekeeping {hk}), {plan.repeat} VM(s), "
-                     f"{'container' if opts.container else 'no container'}")
+        plan = plan.with_build(opts.build or ensure_build(progress), load_pins().base)
+        progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, "
+                     f"{plan.accel.upper()}, core {plan.core} (housekeeping {plan.housekeeping}), "
+                     f"{plan.repeat} VM(s), {'container' if opts.container else 'no container'}")
         # From here on a stop request never costs what was measured: the VM runs are interrupted
         # at once, everything after them (the bundle) finishes first.
         with deferred():
-            results, stop = _run_vms(plan, build, core, hk, progress, load_pins().base)
+            results, stop = _run_vms(plan, progress)
             others = other_runs(since, lock.folder, running)
             hello = next((r.hello for r in results if r.hello), {})
             doc, samples, files = DocumentBuilder(plan, document_hz(host, hello)).build(
-                argv, host, isolation, manifest, core, hk, results)
+                argv, host, results)
             doc["run"]["other_runs_seen"] = others
             path = keep_bundle(out_root, doc, samples, files, stop)
         progress.say(f"bundle: {path}")
@@ -162,8 +145,7 @@ def _say_plan_notes(plan: RunPlan, progress: Progress) -> None:
                          f"(at least {least} are needed): their verdicts will be UNVERIFIED")
 
 
-def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
-             pins_base: dict) -> tuple[list[VmResult], KeyboardInterrupt | None]:
+def _run_vms(plan: RunPlan, progress: Progress) -> tuple[list[VmResult], KeyboardInterrupt | None]:
     """The VM runs, one after another; stops at the first incomplete one. A stop request (Ctrl-C,
     SIGTERM, SIGHUP) keeps what ran and is returned."""
     results: list[VmResult] = []
@@ -172,13 +154,13 @@ def _run_vms(plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
         with interruptible():
             for rep in range(plan.repeat):
                 check()               # a signal held while the last VM was cleaned up
-                missing = build_missing(build)
+                missing = build_missing(plan.build)
                 if missing:
                     results.append(VmResult(status="incomplete", reason=missing))
                     progress.say(f"VM {rep + 1}: not started: {missing}")
                     break
                 progress.say(f"VM {rep + 1}/{plan.repeat}: starting QEMU")
-                vm = VmRun(plan, build, core, hk, progress, pins_base)
+                vm = VmRun(plan, progress)
                 res = vm.run()
                 results.append(res)
                 if res.status != "complete":

@@ -3,7 +3,9 @@ incomplete run assembles (every requested case listed, real schema, real files).
 
 import numpy as np
 
-from exitlat.run.plan import BenchOptions, make_plan
+from dataclasses import replace
+
+from exitlat.run.plan import BenchOptions, Placement, make_plan
 from exitlat.run.runrecord import VmResult
 from exitlat.run.vm import VmRun, trace_buffer_kb
 from exitlat.results.bundle import load_bundle
@@ -28,7 +30,7 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
     o = BenchOptions(cases=[1, 2], iterations=10000, warmup=1000, verify_iterations=5000)
     plan = make_plan(o, INTEL, "kvm")
     assert plan.guest.vendor == "intel" and plan.guest.verify_iterations == 5000
-    vm = VmRun(plan, None, 1, 0, Progress(), {})
+    vm = VmRun(plan, Progress())
     quiet = dict(tracing_before=[], tracing_after=[])
     # the same boot's baseline measured the console: 2 I/O exits per window
     vm.result.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 4, "io_exits": 2}, **quiet)
@@ -66,7 +68,7 @@ def test_live_verdicts_of_both_windows_pass_and_fail_on_real_counts():
 def test_live_timed_verdict_without_baselines_waits_for_the_traced_window():
     plan = make_plan(BenchOptions(cases=[1], iterations=10000, warmup=1000, baselines=False,
                                   verify_iterations=5000), INTEL, "kvm")
-    vm = VmRun(plan, None, 1, 0, Progress(), {})
+    vm = VmRun(plan, Progress())
     vm.result.timed["case1"] = TimedWindow(kvm_stats={"exits": 11400, "io_exits": 400},
                                            tracing_before=[], tracing_after=[])
     assert "after its traced window" in vm._live_verdict("case1")
@@ -91,9 +93,10 @@ def test_incomplete_run_lists_every_case_and_writes_a_valid_bundle(tmp_path):
                    errors=[{"event": "error", "key": "case1", "message": "boom"}],
                    console=b"EXITLAT {}\n")
     state = {"core": 1, "items": [], "isolated": False}
-    doc, samples, files = DocumentBuilder(make_plan(o, INTEL, "tcg"), 2e9).build(
-        ["invoke", "bench"], collect_host(with_docker=False), state,
-        {"versions": {}, "artifacts": {}}, 1, 0, [res])
+    plan = replace(make_plan(o, INTEL, "tcg", Placement(1, 0, state)),
+                   manifest={"versions": {}, "artifacts": {}})
+    doc, samples, files = DocumentBuilder(plan, 2e9).build(
+        ["invoke", "bench"], collect_host(with_docker=False), [res])
     b = load_bundle(write_bundle(tmp_path, doc, samples, files))
     by_case = {c["case"]: c for c in b.doc["cases"]}
     assert sorted(by_case) == [1, 2, 5]

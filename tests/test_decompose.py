@@ -476,7 +476,7 @@ def _document_has_decomposition() -> bool:
                     "decomposition yet (the lead's patch)")
 @pytest.mark.parametrize("emulated", [False, True])
 def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulated):
-    from exitlat.run.plan import BenchOptions, make_plan
+    from exitlat.run.plan import BenchOptions, Placement, make_plan
     from exitlat.run.runrecord import VmResult
     from exitlat.results.bundle import load_bundle
     from exitlat.results.bundlewrite import write_bundle
@@ -507,9 +507,9 @@ def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulate
     res.timed["baseline_timer"] = TimedWindow(kvm_stats={"exits": 0, "io_exits": 0}, **quiet)
     host = collect_host(with_docker=False)
     host["tsc"] = {"hz": HZ, "source": "test"}
-    doc, samples, files = DocumentBuilder(plan, HZ).build(
-        ["invoke", "bench"], host, {"isolated": True, "items": []}, {"versions": {}, "artifacts": {}},
-        1, 0, [res])
+    plan = dataclasses.replace(plan, placement=Placement(1, 0, {"isolated": True, "items": []}),
+                   manifest={"versions": {}, "artifacts": {}})
+    doc, samples, files = DocumentBuilder(plan, HZ).build(["invoke", "bench"], host, [res])
     b = load_bundle(write_bundle(tmp_path, doc, samples, files))     # the schema accepts it
     d1, d2 = (of_case(c) for c in b.doc["cases"])
     assert d1["status"] == d2["status"] == STATUS_OK, (d1["reason"], d2["reason"])
@@ -698,7 +698,7 @@ def test_probe_cost_inside_the_intervals_is_stated():
 def test_fastpath_kprobes_are_armed_only_where_the_verifier_reads_them(monkeypatch, cases, instr, armed):
     """The traced window of a case without a fastpath handler arms no kprobe, so none fires inside
     its intervals (the decomposition's input); wrmsr_tsc_deadline's window arms them."""
-    from exitlat.run.plan import BenchOptions, make_plan
+    from exitlat.run.plan import BenchOptions, Placement, make_plan
     from exitlat.run.vm import VmRun
     from exitlat.verify.trace import kprobes, kvmtrace
     from exitlat.progress import Progress
@@ -720,7 +720,7 @@ def test_fastpath_kprobes_are_armed_only_where_the_verifier_reads_them(monkeypat
     o = BenchOptions(cases=cases, instr=instr, iterations=100, warmup=0, accel="kvm",
                      container=False, verify_iterations=100)
     plan = make_plan(o, {"cpu": {"vendor": "GenuineIntel"}}, "kvm")
-    run = VmRun(plan, Path("/nonexistent"), 1, 0, Progress(), {})
+    run = VmRun(dataclasses.replace(plan, build=Path("/nonexistent"), placement=Placement(1, 0)), Progress())
     run.vcpus = [4012]
     for spec in plan.specs:
         run._open_traced(spec.key + "_traced")

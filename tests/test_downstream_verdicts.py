@@ -6,9 +6,11 @@ without samples, zero samples the guest did not count, run options that differ).
 written and loaded through the real code, and on documents the real DocumentBuilder assembled."""
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+
 import pytest
 
 from bundle_fixtures import OMIT, example_doc, example_samples, with_stats
@@ -21,7 +23,7 @@ from exitlat.results.document import DocumentBuilder
 from exitlat.results.html import render_page
 from exitlat.results.report import render_report, report_json, warnings_for
 from exitlat.results.vmstats import case_summaries, combine_runs
-from exitlat.run.plan import BenchOptions, make_plan
+from exitlat.run.plan import BenchOptions, Placement, make_plan
 from exitlat.run.runrecord import VmResult
 from exitlat.run.windows import TimedWindow
 
@@ -53,10 +55,10 @@ def set_verdict(key, status, **fields):
 
 
 def build_doc(o: BenchOptions, results: list[VmResult]) -> dict:
-    plan = make_plan(o, INTEL, "kvm")
+    plan = replace(make_plan(o, INTEL, "kvm", Placement(1, 0, {"core": 1, "items": [], "isolated": True})),
+                   manifest={"versions": {}, "artifacts": {}})
     doc, _samples, _files = DocumentBuilder(plan, 2e9).build(
-        ["invoke", "bench"], collect_host(with_docker=False), {"core": 1, "items": [], "isolated": True},
-        {"versions": {}, "artifacts": {}}, 1, 0, results)
+        ["invoke", "bench"], collect_host(with_docker=False), results)
     return doc
 
 

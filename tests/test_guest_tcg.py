@@ -33,8 +33,9 @@ def run_plan(build: Path, plan: GuestPlan, **opts):
                      instr=plan.instr, port=plan.port, timer=plan.timer, accel="tcg",
                      container=False, debugcon="file", baselines=plan.baselines, **opts)
     specs = case_specs(plan.cases, plan.instr, plan.port) if plan.instr != "bogus" else []
-    run = RunPlan(o, "tcg", 1, "unknown", tuple(specs), plan.verify_iterations, plan)
-    return VmRun(run, build, 0, 0, Progress(), load_pins().base).run()
+    run = RunPlan(o, "tcg", 1, "unknown", tuple(specs), plan.verify_iterations,
+                  plan).with_build(build, load_pins().base)
+    return VmRun(run, Progress()).run()
 
 
 def console_events(r) -> list[dict]:

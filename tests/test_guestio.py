@@ -96,9 +96,11 @@ def test_sizes_with_traced_windows():
     assert big.guest_mem_mb() > GuestPlan(cases=[1, 2, 3, 4, 5, 6], iterations=1000).guest_mem_mb()
 
 
-def test_unchecked_args_for_negative_tests():
-    args = GuestPlan(cases=[7], iterations=0).kernel_args(check=False)
-    assert "exitlat.cases=7" in args and "exitlat.iters=0" in args
+def test_a_guest_plan_is_checked_once_where_it_is_made():
+    # no invalid plan exists to be sent; negative guest tests send bad words through `extra`
+    with pytest.raises(ExitlatError, match="iterations"):
+        GuestPlan(cases=[1], iterations=0)
+    assert "exitlat.bogus=1" in GuestPlan(cases=[1], extra=["exitlat.bogus=1"]).kernel_args()
 
 
 def test_sizes():

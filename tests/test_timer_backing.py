@@ -148,8 +148,8 @@ def _run(folder, plan: GuestPlan, accel: str):
     o = BenchOptions(cases=plan.cases, iterations=plan.iterations, warmup=plan.warmup,
                      instr=plan.instr, accel=accel, container=False, debugcon="file", verify=False)
     run = RunPlan(o, accel, 1, "unknown", tuple(case_specs(plan.cases, plan.instr)),
-                  plan.verify_iterations, plan)
-    return VmRun(run, folder, 0, 0, Progress(), load_pins().base).run()
+                  plan.verify_iterations, plan).with_build(folder, load_pins().base)
+    return VmRun(run, Progress()).run()
 
 
 def _build():

@@ -5,7 +5,6 @@ Statistics are computed here, before storage; exitlat.results.bundle only stores
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import sys
 import time
@@ -16,8 +15,7 @@ from exitlat import __version__
 from .bundledoc import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
 from .stats import summarize
-from exitlat.verify.verdicts import (baseline_verdict, combine, console_io_of, timed_verdict,
-                                     traced_verdict)
+from exitlat.verify.verdicts import combine
 from exitlat.run.windows import traced_key
 
 # The timer-only baseline that runs in the same mode as each case's timed window.
@@ -87,6 +85,7 @@ class DocumentBuilder:
     def __init__(self, plan, hz: float | None):
         self.plan, self.o, self.accel, self.specs = plan, plan.options, plan.accel, plan.specs
         self.ctx = plan.verdict_context()
+        self.verdicts = plan.verdicts()
         self.viters = plan.verify_iterations
         self.hz = hz
         self.host_tsc_hz: float | None = None      # the host's own TSC rate (set by build())
@@ -112,7 +111,7 @@ class DocumentBuilder:
         if self.accel != "kvm":
             check = {"status": "not_applicable", "detail": "TCG: no VM exits to count"}
         else:
-            check = baseline_verdict(res.timed.get(gk), self.plan.n_timed)
+            check = self.verdicts.baseline(gk, res)
         return {"key": key, "name": name, "flow": BASELINE_FLOWS[name], "iterations": n,
                 "samples_key": key, "repeat": rep, "stats": stats, "tsc_backwards": bad,
                 "exit_check": check}
@@ -136,12 +135,11 @@ class DocumentBuilder:
             ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
             tw["verdict"] = dict(ver)
         else:
-            tw["verdict"] = timed_verdict(spec, timed, self.plan.n_timed, self.ctx,
-                                          console_io=console_io_of(res.timed, traced, spec.port))
+            tw["verdict"] = self.verdicts.timed(spec, res)
             if not self.o.verify:
                 ver = without_traced_window(tw["verdict"])
             else:
-                tv = traced_verdict(spec, traced, self.viters, self.ctx)
+                tv = self.verdicts.traced(spec, res)
                 vw = self._traced_window(key, traced, traced_samples, tv)
                 ver = combine(tw["verdict"], tv)
         base_key = SAME_MODE_BASELINE[spec.flow]
@@ -199,10 +197,12 @@ class DocumentBuilder:
         return out
 
     # -- the whole document -------------------------------------------------------------------
-    def build(self, argv, host, isolation, manifest, core, hk, results) -> tuple[dict, dict, dict]:
+    def build(self, argv, host, results) -> tuple[dict, dict, dict]:
+        """The document of the VM runs' results; where they ran (core, isolation, build) is the
+        plan's."""
         cases, baselines = [], []
+        manifest, isolation = self.plan.manifest, self.plan.isolation
         self.host_tsc_hz = (host.get("tsc") or {}).get("hz")
-        self.ctx = dataclasses.replace(self.ctx, kvm_params=(host.get("kvm") or {}).get("parameters"))
         incomplete = [r for r in results if r.status != "complete"]
         first = results[0] if results else VmResult()
         for rep, res in enumerate(results):
@@ -241,7 +241,8 @@ class DocumentBuilder:
                      "command_line": first.argv, "container": self.o.container},
             "build_manifest": manifest,
             "isolation": isolation,
-            "run": {"core": core, "housekeeping_core": hk, "tracing": first.tracing,
+            "run": {"core": self.plan.core, "housekeeping_core": self.plan.housekeeping,
+                    "tracing": first.tracing,
                     "verify_iterations": self.viters, "exit_vendor": self.ctx.vendor,
                     "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
                     "kvm_stats": first.kvm_stats, "mem_lock": first.mem_lock,

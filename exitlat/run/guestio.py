@@ -56,6 +56,9 @@ class GuestPlan:
     verify_iterations: int = 0
     extra: list[str] = field(default_factory=list)  # raw words, for tests of the guest's refusals
 
+    def __post_init__(self) -> None:
+        self.validate()         # once, where the plan is made: a GuestPlan is never invalid
+
     def validate(self) -> None:
         if not self.cases:
             raise ExitlatError("no case to run; valid cases: 1-6")
@@ -77,10 +80,8 @@ class GuestPlan:
             raise ExitlatError(f"verification iterations must be an integer between 0 and "
                                f"{MAX_ITERATIONS:,} (0 = no traced window), got {v!r}")
 
-    def kernel_args(self, check: bool = True) -> list[str]:
-        """The exitlat.* words for the guest command line; check=False lets tests send bad plans."""
-        if check:
-            self.validate()
+    def kernel_args(self) -> list[str]:
+        """The exitlat.* words for the guest command line (the plan was checked when made)."""
         args = [
             f"exitlat.cases={','.join(str(c) for c in self.cases)}",
             f"exitlat.instr={self.instr}",

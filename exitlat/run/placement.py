@@ -33,13 +33,14 @@ def choose_accel(requested: str, host: dict) -> tuple[str, str | None]:
                    "using TCG — the numbers will NOT be VM-exit timings")
 
 
-def resolve_cores(core: int | None, progress: Progress) -> tuple[int, int, dict]:
+def resolve_cores(core: int | None, say) -> tuple[int, int, dict]:
+    """(measured core, housekeeping core, the measured core's isolation state)."""
     from exitlat.host.isolation import collect_state, default_core, housekeeping_core
 
     if core is None:
         core, warning = default_core()
         if warning:
-            progress.say(f"warning: {warning}")
+            say(f"warning: {warning}")
     ncpu = os.cpu_count() or 1
     if not 0 <= core < ncpu:
         raise ExitlatError(f"--core {core} does not exist (this host has cores 0-{ncpu - 1})")

@@ -8,7 +8,7 @@ plan: the guest's command line (`RunPlan.guest`), the verifier's expectations (`
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from exitlat.cases import CaseSpec, case_specs, tsc_deadline_fastpath
@@ -75,6 +75,15 @@ def check_options(o: BenchOptions) -> None:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where the run's vCPU goes: the measured core, QEMU's other threads' core, and the measured
+    core's isolation state (exitlat.host.isolation.collect_state)."""
+    core: int = 0
+    housekeeping: int = 0
+    isolation: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class RunPlan:
     options: BenchOptions
     accel: str                         # kvm or tcg, as chosen for this host
@@ -83,6 +92,38 @@ class RunPlan:
     specs: tuple[CaseSpec, ...]        # the cases, each with the path it must take here
     verify_iterations: int             # each case's traced window; 0: none
     guest: GuestPlan                   # what the guest runs (its kernel command line)
+    placement: Placement = Placement()
+    kvm_params: dict | None = None     # the host's KVM module parameters (they decide paths)
+    build: Path | None = None          # the build folder (with_build, once the core is ours)
+    manifest: dict = field(default_factory=dict)     # its manifest.json
+    pins_base: dict = field(default_factory=dict)    # the base image's pins (runtime container)
+
+    @property
+    def core(self) -> int:
+        return self.placement.core
+
+    @property
+    def housekeeping(self) -> int:
+        return self.placement.housekeeping
+
+    @property
+    def isolation(self) -> dict:
+        return self.placement.isolation
+
+    def with_build(self, build: Path, pins_base: dict) -> "RunPlan":
+        """The plan with its build folder (absolute: the runtime container mounts it at the same
+        path) and that folder's manifest."""
+        import json
+
+        build = Path(build).resolve()
+        manifest = json.loads((build / "manifest.json").read_text())
+        return replace(self, build=build, manifest=manifest, pins_base=pins_base)
+
+    def verdicts(self):
+        """Every window's verdict, for the live progress lines and the bundle alike."""
+        from exitlat.verify.verdicts import Verdicts
+
+        return Verdicts(self.verdict_context(), self.n_timed, self.verify_iterations)
 
     @property
     def n_timed(self) -> int:
@@ -94,7 +135,7 @@ class RunPlan:
         return self.accel == "kvm" and self.options.verify
 
     def verdict_context(self) -> VerdictContext:
-        return VerdictContext(vendor=self.vendor, port=self.options.port)
+        return VerdictContext(vendor=self.vendor, port=self.options.port, kvm_params=self.kvm_params)
 
     def options_doc(self) -> dict:
         """The bundle's `options`: every option as given, --repeat as resolved."""
@@ -111,8 +152,9 @@ def traced_iterations(o: BenchOptions, accel: str) -> int:
     return min(o.iterations, DEFAULT_VERIFY_ITERATIONS)
 
 
-def make_plan(o: BenchOptions, host: dict, accel: str) -> RunPlan:
-    """The one place a run's options are checked and everything about the run is derived."""
+def make_plan(o: BenchOptions, host: dict, accel: str, placement: Placement | None = None) -> RunPlan:
+    """The one place a run's options are checked and everything about the run is derived (the
+    placement, resolved by plan_bench on a real host, defaults to core 0 for tests)."""
     from exitlat.verify.rules import exit_vendor
 
     check_options(o)
@@ -123,6 +165,32 @@ def make_plan(o: BenchOptions, host: dict, accel: str) -> RunPlan:
                       iterations=o.iterations, warmup=o.warmup, baselines=o.baselines,
                       handshake=True, vendor=None if vendor == "unknown" else vendor,
                       verify_iterations=viters)
-    guest.validate()
     repeat = o.repeat if o.repeat is not None else (RECOMMENDED_REPEAT if accel == "kvm" else 1)
-    return RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest)
+    return RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest,
+                   placement or Placement(core=o.core or 0),
+                   kvm_params=(host.get("kvm") or {}).get("parameters"))
+
+
+def plan_bench(o: BenchOptions, host: dict, say) -> RunPlan:
+    """A bench's plan on this host: the accelerator, the options checked, the cores and their
+    isolation, and whether the exits can be verified here; every refusal is one line, the options'
+    first (a bad option is reported alone, before any warning)."""
+    from .placement import choose_accel, resolve_cores
+
+    accel, accel_warning = choose_accel(o.accel, host)
+    plan = make_plan(o, host, accel)
+    if accel_warning:
+        say(accel_warning)
+    core, hk, isolation = resolve_cores(o.core, say)
+    if not isolation.get("isolated"):
+        msg = f"core {core} is not isolated (see `invoke doctor --core {core}`)"
+        if o.require_isolation:
+            raise ExitlatError(msg + " and --require-isolation was given")
+        say(f"warning: {msg}")
+    if plan.verifying:
+        from exitlat.verify.trace.tracefs import tracing_available
+
+        ok, why = tracing_available()
+        if not ok:
+            raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
+    return replace(plan, placement=Placement(core, hk, isolation))

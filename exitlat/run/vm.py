@@ -73,14 +73,13 @@ def panic_reason(console) -> str | None:
 class VmRun:
     """One fresh VM: boot, pin, follow the guest through every window, collect the samples."""
 
-    def __init__(self, plan: RunPlan, build: Path, core: int, hk: int, progress: Progress,
-                 pins_base: dict):
+    def __init__(self, plan: RunPlan, progress: Progress):
         self.plan, self.o, self.guest = plan, plan.options, plan.guest
-        self.build, self.accel, self.core, self.hk = build, plan.accel, core, hk
-        self.progress, self.pins_base = progress, pins_base
+        self.build, self.accel, self.core, self.hk = plan.build, plan.accel, plan.core, plan.housekeeping
+        self.progress, self.pins_base = progress, plan.pins_base
         self.result = VmResult()
         self.spec_by_key = {s.key: s for s in plan.specs}
-        self.verdict_context = plan.verdict_context()
+        self.verdicts = plan.verdicts()
         self.tracer = None
         self.traced_before = None
         self.vcpus: list[int] = []
@@ -237,35 +236,26 @@ class VmRun:
             self.tracer = None
 
     def _live_verdict(self, key: str) -> str:
-        """A window's check as soon as it closes (the bundle keeps the full verdicts)."""
-        from exitlat.verify.verdicts import (baseline_verdict, console_io_of, timed_verdict,
-                                             traced_verdict)
-
-        r, ctx = self.result, self.verdict_context
+        """A window's check as soon as it closes: the same verdicts the bundle keeps."""
+        r, judge = self.result, self.verdicts
         if is_traced_key(key):
             spec = self.spec_by_key.get(case_of(key))
             if spec is None or not self.plan.verifying:
                 return ""
-            traced = r.windows[case_of(key)]
-            v = traced_verdict(spec, traced, self.guest.verify_iterations, ctx)
-            if console_io_of(r.timed) is None and spec.key in r.timed:
+            v = judge.traced(spec, r)
+            if judge.console_io(r) is None and spec.key in r.timed:
                 # no baseline ran: the timed window's console estimate came with this window
-                t = timed_verdict(spec, r.timed[spec.key], self.plan.n_timed, ctx,
-                                  console_io=console_io_of(r.timed, traced, spec.port))
+                t = judge.timed(spec, r)
                 return (f"; {v['status'].upper()}: {v['detail']}; timed window "
                         f"{t['status'].upper()}: {t['detail']}")
+        elif self.accel != "kvm":
+            return ""
         elif key in self.spec_by_key:
-            if self.accel != "kvm":
-                return ""
-            console = console_io_of(r.timed)
-            if console is None and self.plan.verifying:
+            if judge.console_io(r) is None and self.plan.verifying:
                 return "; verdict after its traced window (which measures the console's I/O)"
-            v = timed_verdict(self.spec_by_key[key], r.timed.get(key), self.plan.n_timed, ctx,
-                              console_io=console)
+            v = judge.timed(self.spec_by_key[key], r)
         else:
-            if self.accel != "kvm":
-                return ""
-            v = baseline_verdict(r.timed.get(key), self.plan.n_timed)
+            v = judge.baseline(key, r)
         return f"; {v['status'].upper()}: {v['detail']}"
 
     def _conversation(self, console: Console, parse, qmp=None) -> None:

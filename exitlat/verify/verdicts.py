@@ -89,3 +89,27 @@ def combine(timed: dict, traced: dict) -> dict:
     out["other_path_max"] = (None if any(f is None for f in fractions) else max(fractions))
     out["detail"] = f"timed window: {timed['detail']} | traced window: {traced['detail']}"
     return out
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """Every window's verdict of one run, from what a VM run recorded (a VmResult: `timed`,
+    `windows`): the one place they are computed, for the live progress lines and the bundle."""
+    ctx: VerdictContext
+    n_timed: int         # iterations of a timed window, warm-up included
+    n_traced: int        # iterations of a traced window
+
+    def console_io(self, res, spec=None) -> int | None:
+        """The console's I/O exits per window: the run's baselines, else the case's traced window."""
+        traced = res.windows.get(spec.key) if spec is not None else None
+        return console_io_of(res.timed, traced, spec.port if spec is not None else None)
+
+    def timed(self, spec, res) -> dict:
+        return timed_verdict(spec, res.timed.get(spec.key), self.n_timed, self.ctx,
+                             console_io=self.console_io(res, spec))
+
+    def traced(self, spec, res) -> dict:
+        return traced_verdict(spec, res.windows.get(spec.key), self.n_traced, self.ctx)
+
+    def baseline(self, key: str, res) -> dict:
+        return baseline_verdict(res.timed.get(key), self.n_timed)
