@@ -131,7 +131,8 @@ def example_doc(cases=(1, 2, 3, 4, 5, 6), repeats: int = 1, accel: str = "kvm",
                 "instruction": "outb" if s_case else "cpuid", "msr": None,
                 "port": 0xE9 if s_case else None, "timer": "rdtscp",
                 "expected_path": "qemu" if s_case else "kvm", "verification": ver,
-                "iterations": iterations, "warmup": 100, "samples_key": key,
+                "iterations_requested": iterations, "samples_kept": iterations, "warmup": 100,
+                "samples_key": key,
                 "tsc_backwards": 0,
                 "timed_window": {"tracing": "off", "tracing_enabled": [],
                                  "kvm_stats": {"exits": iterations + 100,
@@ -143,7 +144,8 @@ def example_doc(cases=(1, 2, 3, 4, 5, 6), repeats: int = 1, accel: str = "kvm",
                 key = f"baseline_{name}-r{rep}"
                 doc["baselines"].append({"key": key, "name": name,
                                          "flow": "user→kernel" if name == "module_call" else "user",
-                                         "iterations": iterations, "samples_key": key, "repeat": rep,
+                                         "iterations_requested": iterations,
+                                         "samples_kept": iterations, "samples_key": key, "repeat": rep,
                                          "tsc_backwards": 0,
                                          "exit_check": {"status": "passed", "detail": "example"}})
     return doc
@@ -156,7 +158,7 @@ def example_samples(doc: dict, seed: int = 1, scale: float = 1.0) -> dict:
     out = {}
     for e in doc["cases"] + doc["baselines"]:
         med = _MEDIAN[e["case"] if "case" in e else e["name"]] * scale
-        n = e["iterations"]
+        n = e["samples_kept"]
         body = med * 0.9 + rng.gamma(4.0, med * 0.025, n)
         spikes = rng.random(n) < 0.002
         body[spikes] += rng.exponential(med * 5, int(spikes.sum()))

@@ -101,5 +101,5 @@ def test_incomplete_run_lists_every_case_and_writes_a_valid_bundle(tmp_path):
     by_case = {c["case"]: c for c in b.doc["cases"]}
     assert sorted(by_case) == [1, 2, 5]
     assert by_case[1]["verification"] == {"status": "skipped", "detail": "no samples: boom"}
-    assert by_case[2]["stats"]["n"] == 100 and by_case[5]["iterations"] == 0
+    assert by_case[2]["stats"]["n"] == 100 and by_case[5]["samples_kept"] == 0
     assert b.doc["status"] == {"state": "incomplete", "reason": "guest reported an error: boom"}

@@ -270,8 +270,7 @@ def test_dropped_zeros_are_reconciled_with_the_guests_count(guest_says, warned):
 def test_traced_windows_zeros_are_reconciled_too(tmp_path):
     def edit(d):
         d["run"] = {"tsc_backwards": [{"case1": 0, "case1_traced": 4}]}
-        d["cases"][0]["verification_window"] = {"iterations": 500, "stats": {"n": 498},
-                                                "tsc_backwards": 2, **TRACED}
+        d["cases"][0]["verification_window"] = {"stats": {"n": 498}, "tsc_backwards": 2, **TRACED}
     doc = example_doc(cases=(1,), baselines=False)
     edit(doc)
     doc = with_stats(doc, example_samples(doc))
@@ -280,8 +279,8 @@ def test_traced_windows_zeros_are_reconciled_too(tmp_path):
                     "(tsc_backwards): the samples read back are not what the guest stored"]
 
 
-TRACED = {"iterations": 2000, "backend": "hist", "counts": None, "kvm_stats": None, "stats": None,
-          "samples_file": None, "verdict": {"status": "passed", "detail": None}}
+TRACED = {"iterations_requested": 2000, "samples_kept": 0, "backend": "hist", "counts": None,
+          "kvm_stats": None, "stats": None, "samples_file": None, "verdict": {"status": "passed", "detail": None}}
 
 
 def _setup(debugcon="null", vapic=True, backend="hist", **opts):
@@ -295,7 +294,7 @@ def _setup(debugcon="null", vapic=True, backend="hist", **opts):
         d["options"].update(debugcon="auto", tracing="auto", verify_iterations=None, **opts)
         d["run"] = {"verify_iterations": 2000}
         for e in d["cases"]:
-            e["verification_window"] = {**TRACED, "iterations": 2000, "backend": backend}
+            e["verification_window"] = {**TRACED, "iterations_requested": 2000, "backend": backend}
     return edit
 
 

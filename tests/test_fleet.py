@@ -115,7 +115,7 @@ def test_two_hosts_benched_fetched_imported_compared(first_run):
         doc = imported(controller, name).doc
         assert doc["status"]["state"] == "complete" and doc["accel"] == "tcg"
         assert sorted({c["case"] for c in doc["cases"]}) == [1, 2]
-        assert all(c["iterations"] == 200 for c in doc["cases"])
+        assert all(c["iterations_requested"] == 200 for c in doc["cases"])
         assert host in doc["label"] and doc["label"].startswith("fleet ")
         assert doc["build_manifest"] == manifest     # the shared build, and nothing else
 

@@ -449,7 +449,7 @@ def test_invoke_selftest_bad_input_is_one_line():
 def _case(key, case, instr, path, counts, n=1000, port=None, backend="hist"):
     return {"key": key, "case": case, "instruction": instr, "expected_path": path, "port": port,
             "verification": {"status": "passed", "detail": ""},
-            "verification_window": {"iterations": n, "backend": backend, "counts": counts,
+            "verification_window": {"iterations_requested": n, "backend": backend, "counts": counts,
                                     "verdict": {"status": "passed", "iterations_total": n}}}
 
 
@@ -707,8 +707,8 @@ def test_selftest_end_to_end(tmp_path):
             # within the verifier's stats-vs-trace allowance: stray timer and console exits grow
             # with a window's duration, and the traced window is the slower one (under nested TCG
             # ~0.1 exit per iteration more); a wrong path differs by a whole exit per iteration
-            n_timed = e["iterations"] + e["warmup"]
-            traced_exits = sum(vw["counts"]["exits"].values()) / vw["iterations"]
+            n_timed = e["iterations_requested"] + e["warmup"]
+            traced_exits = sum(vw["counts"]["exits"].values()) / vw["iterations_requested"]
             allowed = AGREE_TOLERANCE * n_timed + STATS_STRAY_EVENTS
             assert abs(tw["kvm_stats"]["exits"] - traced_exits * n_timed) <= allowed, (e["key"], tw, vw)
             agree = vw["verdict"]["stats_agreement"]

@@ -16,7 +16,7 @@ import numpy as np
 from exitlat.errors import ExitlatError
 
 from .bundlecheck import check_files, scan_folder
-from .bundledoc import NAME_RE, banner_for, dump_doc, entries, tsc_hz_of
+from .bundledoc import NAME_RE, banner_for, dump_doc, entries, normalize, tsc_hz_of
 from .stats import summarize
 
 
@@ -65,7 +65,7 @@ def load_bundle(path) -> Bundle:
     if not path.is_dir():
         raise ExitlatError(f"not a bundle: {path} is not a folder")
     doc = check_files(scan_folder(path), str(path))
-    return Bundle(path, doc)
+    return Bundle(path, normalize(doc))
 
 
 def resolve_bundle(arg: str | os.PathLike, root: Path | None = None) -> Path:

@@ -10,10 +10,12 @@ import jsonschema
 import numpy as np
 
 from exitlat.errors import ExitlatError
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
-READABLE_VERSIONS = (1, 2)   # v1: one traced window per case (before timed/traced windows)
+# v1: one traced window per case (before timed/traced windows); v1-2: one `iterations` per entry
+# and traced window, the kept samples in one and the requested count in the other (normalize)
+READABLE_VERSIONS = (1, 2, 3)
 
 
 BUNDLE_JSON = "bundle.json"
@@ -43,6 +45,24 @@ def banner_for(doc: dict) -> str | None:
     if emulated:
         return f"{emulated} (NOT VM-exit timings)"
     return None
+
+
+def normalize(doc: dict) -> dict:
+    """The document in the current version's names, for readers (the file stays as written): in
+    versions 1-2 an entry's `iterations` was its kept samples and a traced window's its requested
+    count; both now say which (`samples_kept`, `iterations_requested`)."""
+    if doc.get("schema_version", SCHEMA_VERSION) >= 3:
+        return doc
+    asked = (doc.get("options") or {}).get("iterations")
+    for e in doc.get("cases", []) + doc.get("baselines", []):
+        if "iterations" in e:
+            e["samples_kept"] = e.pop("iterations")
+            e["iterations_requested"] = asked if isinstance(asked, int) else e["samples_kept"]
+        vw = e.get("verification_window")
+        if isinstance(vw, dict) and "iterations" in vw:
+            vw["iterations_requested"] = vw.pop("iterations")
+            vw["samples_kept"] = (vw.get("stats") or {}).get("n", 0)
+    return doc
 
 
 def schema() -> dict:

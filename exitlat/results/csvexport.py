@@ -52,7 +52,7 @@ def case_rows(b: Bundle) -> list[dict]:
         row.update({
             "key": e["key"], "entry": label(identity(e)), "case": e["case"], "repeat": e.get("repeat", 0),
             "flow": e["flow"], "instruction": e["instruction"], "msr": e["msr"], "port": e["port"],
-            "timer": e["timer"], "expected_path": e["expected_path"], "iterations": e["iterations"],
+            "timer": e["timer"], "expected_path": e["expected_path"], "iterations": e["iterations_requested"],
             "vm_runs": s["R"], "headline_runs": s["pooled"], "headline_median": s["median"],
             "headline_ci95_low": _pair(s["ci95"], 0), "headline_ci95_high": _pair(s["ci95"], 1),
             "vm_median_min": _pair(s["spread"], 0), "vm_median_max": _pair(s["spread"], 1),

@@ -112,7 +112,8 @@ class DocumentBuilder:
             check = {"status": "not_applicable", "detail": "TCG: no VM exits to count"}
         else:
             check = self.verdicts.baseline(gk, res)
-        return {"key": key, "name": name, "flow": BASELINE_FLOWS[name], "iterations": n,
+        return {"key": key, "name": name, "flow": BASELINE_FLOWS[name],
+                "iterations_requested": self.o.iterations, "samples_kept": n,
                 "samples_key": key, "repeat": rep, "stats": stats, "tsc_backwards": bad,
                 "exit_check": check}
 
@@ -152,7 +153,8 @@ class DocumentBuilder:
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
                 "port": self.o.port if spec.instruction == "outb" else None,
                 "timer": self.o.timer, "expected_path": spec.expected_path,
-                "verification": ver, "iterations": n, "warmup": self.o.warmup, "samples_key": key,
+                "verification": ver, "iterations_requested": self.o.iterations, "samples_kept": n,
+                "warmup": self.o.warmup, "samples_key": key,
                 "stats": stats, "tsc_backwards": bad,
                 "timed_window": tw, "verification_window": vw,
                 "tracing_overhead_cycles": overhead,
@@ -181,14 +183,15 @@ class DocumentBuilder:
                          counts=getattr(res.windows.get(spec.key), "counts", None))
 
     def _traced_window(self, key: str, traced, arr, verdict: dict) -> dict:
-        out = {"iterations": self.viters, "backend": traced.backend if traced else None,
+        out = {"iterations_requested": self.viters, "samples_kept": 0,
+               "backend": traced.backend if traced else None,
                "kprobes": list(traced.kprobes) if traced else [],
                "counts": traced.counts.to_dict() if traced and traced.counts is not None else None,
                "kvm_stats": traced.kvm_stats if traced else None, "verdict": verdict,
                "stats": None, "samples_file": None, "tsc_backwards": 0}
         if arr is not None:
             good, bad = valid_samples(arr)
-            out["tsc_backwards"] = bad
+            out["tsc_backwards"], out["samples_kept"] = bad, int(good.size)
             if good.size:
                 name = f"traced-{key}.npy"
                 self.files[name] = _npy_bytes(good)

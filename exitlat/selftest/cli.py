@@ -89,7 +89,7 @@ def case_rows(run: dict, doc: dict) -> list[dict]:
         vw = c.get("verification_window") or {}
         verdict = (vw.get("verdict") or {})
         counts = vw.get("counts") or {}
-        n = verdict.get("iterations_total") or vw.get("iterations") or 0
+        n = verdict.get("iterations_total") or vw.get("iterations_requested") or 0
         rows.append({
             "run": run["name"], "case": c["case"], "key": c["key"], "instruction": c["instruction"],
             "expected_path": c["expected_path"], "backend": vw.get("backend") or run.get("tracing"),
@@ -195,7 +195,7 @@ def timer_rows(docs: dict[str, dict]) -> list[dict]:
                 continue
             vw = c.get("verification_window") or {}
             verdict = vw.get("verdict") or {}
-            n = verdict.get("iterations_total") or vw.get("iterations")
+            n = verdict.get("iterations_total") or vw.get("iterations_requested")
             backing = timer_backing(vw.get("counts"), vendor, params, n)
             if c["expected_path"] == "kvm_fastpath":
                 why = ""

@@ -93,7 +93,7 @@ def windows_of(bundle_name: str, doc: dict) -> list[Window]:
         if not vw.get("counts"):
             continue
         verdict = vw.get("verdict") or {}
-        n = verdict.get("iterations_total") or vw.get("iterations")
+        n = verdict.get("iterations_total") or vw.get("iterations_requested")
         if not n:
             continue
         out.append(Window(bundle_name, c["key"], c["case"], c["instruction"], c["expected_path"],
