@@ -10,7 +10,7 @@ import sys
 from invoke import Exit, task
 
 from exitlat.errors import ExitlatError
-from exitlat.results.taskargs import KeepHelpTask, spill_positionals
+from exitlat.report.taskargs import KeepHelpTask, spill_positionals
 
 
 def cli(fn):
@@ -214,7 +214,7 @@ def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=N
 @cli
 def doctor(c, core=None, json=False):
     """Preflight: KVM, Docker, tracing and isolation of the measured core, with fixes."""
-    from exitlat.host.isolation.cli import doctor_main
+    from exitlat.doctor import doctor_main
 
     return doctor_main(core=None if core is None else int(core), as_json=json)
 
@@ -241,7 +241,7 @@ def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
 @cli
 def results(c, root=None):
     """List result bundles (time, host, CPU, cases, status)."""
-    from exitlat.results.cli import results_main
+    from exitlat.report.cli import results_main
 
     root = _path(root, "--root", "dir")
 
@@ -258,7 +258,7 @@ def results(c, root=None):
 @cli
 def report(c, bundle, json=False, html=None, verbose=False):
     """Show one bundle: cases, paths, medians, CIs, warnings."""
-    from exitlat.results.cli import report_main
+    from exitlat.report.cli import report_main
 
     html = html if html == "-" else _path(html, "--html", "outfile")
 
@@ -281,7 +281,7 @@ def report(c, bundle, json=False, html=None, verbose=False):
 def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv=None,
             exact=False):
     """Compare bundles: headline medians over VM runs, ratios with CIs, unfair setups."""
-    from exitlat.results.cli import compare_main, split_bundle_args
+    from exitlat.report.cli import compare_main, split_bundle_args
 
     html = html if html == "-" else _path(html, "--html", "outfile")
     csv = csv if csv == "-" else _path(csv, "--csv", "outfile")
@@ -303,7 +303,7 @@ def compare(c, a, b=None, more=None, json=False, min_effect=None, html=None, csv
 @cli
 def export(c, bundle=None, format="tar.gz", output=None, root=None, exact=False):
     """Write a bundle as one deterministic .tar.gz, or bundles' cases as one CSV table."""
-    from exitlat.results.cli import export_main
+    from exitlat.report.cli import export_main
 
     output = output if output == "-" else _path(output, "--output", "outfile")
     root = _path(root, "--root", "dir")
@@ -316,7 +316,7 @@ def export(c, bundle=None, format="tar.gz", output=None, root=None, exact=False)
 @cli
 def import_(c, file, output=None):
     """Check an exported bundle, then add it to results/."""
-    from exitlat.results.cli import import_main
+    from exitlat.report.cli import import_main
 
     file, output = _path(file, "FILE", "file"), _path(output, "--output", "outdir")
 
@@ -327,7 +327,7 @@ def import_(c, file, output=None):
 @cli
 def validate(c, bundle):
     """Check a bundle fully, recomputing every statistic."""
-    from exitlat.results.cli import validate_main
+    from exitlat.report.cli import validate_main
 
     return validate_main(bundle)
 
@@ -337,7 +337,7 @@ def validate(c, bundle):
 @cli
 def plot(c, bundle, format="png", output=None):
     """Plot histogram + CDF per case, and an overview."""
-    from exitlat.results.cli import plot_main
+    from exitlat.report.cli import plot_main
 
     output = _path(output, "--output", "outdir")
 
@@ -346,5 +346,5 @@ def plot(c, bundle, format="png", output=None):
 
 # Invoke has no variadic positional arguments: the extra bundles of `invoke compare A B C …` and
 # the bundles of `invoke export [B …]` become --more / --bundle before Invoke parses the tasks'
-# arguments (exitlat/results/taskargs.py).
+# arguments (exitlat/report/taskargs.py).
 spill_positionals(__name__, {"compare": ("more", 2), "export": ("bundle", 0)})

@@ -1,7 +1,7 @@
 """`invoke bench`, above the packages it ties together: parse the options, plan the run
 (exitlat.run.plan), boot a fresh VM per repeat (exitlat.run.vm) that times every case in a window
 nothing traces and proves its path in a traced window of its own, assemble the document
-(exitlat.results.document) and write one bundle. Nothing earlier is ever overwritten; a failed or
+(exitlat.bundle.assemble) and write one bundle. Nothing earlier is ever overwritten; a failed or
 interrupted run still leaves a bundle marked incomplete with everything collected so far."""
 
 import json
@@ -36,7 +36,7 @@ def run_bench(opts: BenchOptions, argv: list[str] | None = None, wait: bool = Fa
 def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress: Progress) -> Path:
     from exitlat.build.pins import load_pins
     from exitlat.host.facts import collect_host
-    from exitlat.results.document import DocumentBuilder, document_hz
+    from exitlat.bundle.assemble import DocumentBuilder, document_hz
 
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
@@ -95,7 +95,7 @@ def keep_bundle(out_root: Path, doc: dict, samples: dict, files: dict, stop=None
     """write_bundle(), or, when that fails, the same data elsewhere: a folder that cannot take it
     (full, read-only, gone) gets nothing half-written, and the bundle goes to the rescue folder;
     a bundle that does not pass its checks is kept as plain files. Either way: one line."""
-    from exitlat.results.bundlewrite import BundleIOError, write_bundle
+    from exitlat.bundle.write import BundleIOError, write_bundle
 
     first = f"{stop.reason}; " if isinstance(stop, Interrupted) else ""
     try:
@@ -205,7 +205,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
                verify_iterations=None, build=None, wait=False, verbose=False) -> int:
     from exitlat.cases import parse_cases
-    from exitlat.results.bundle import load_bundle
+    from exitlat.bundle.read import load_bundle
 
     opts = BenchOptions(
         cases=parse_cases(case),
@@ -223,7 +223,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         build=Path(build) if build else None)
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)
-    from exitlat.results.report import render_report
+    from exitlat.report.text import render_report
 
     print(render_report(bundle, verbose))
     doc = bundle.doc

@@ -17,7 +17,7 @@ exitlat.compare.ratio_cell.
 Prints: the coverage of the headline's 95% CI for R = 3..10 (and of the old within-VM interval),
 the false-positive rate of compare on A/A pairs (R = 3 and 5; with the default 1% minimum effect
 and with none; and the old rule), and the power for a known 3% and 5% difference. Figures only,
-not a test; docs/statistics.md quotes them. --constants recomputes the tables in exitlat/results/vmstats.py
+not a test; docs/statistics.md quotes them. --constants recomputes the tables in exitlat/report/vmruns.py
 (t quantiles, c_R) instead.
 """
 
@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from exitlat.results.compare import ratio_cell  # noqa: E402
-from exitlat.results.stats import _binom_half_cdf_rank, summarize  # noqa: E402
-from exitlat.results.vmstats import _C_MEDIAN, DEFAULT_MIN_EFFECT, combine_runs, t975  # noqa: E402
+from exitlat.report.compare import ratio_cell  # noqa: E402
+from exitlat.stats.summary import _binom_half_cdf_rank, summarize  # noqa: E402
+from exitlat.report.vmruns import _C_MEDIAN, DEFAULT_MIN_EFFECT, combine_runs, t975  # noqa: E402
 
 MU = 1150.0            # cycles: a KVM-handled exit
 VM_SD = 0.01           # sd of log VM medians between VM runs

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from exitlat.results.bundledoc import SUMS, tsc_hz_of
-from exitlat.results.bundlewrite import write_bundle
-from exitlat.results.stats import summarize
+from exitlat.bundle.format import SUMS, tsc_hz_of
+from exitlat.bundle.write import write_bundle
+from exitlat.stats.summary import summarize
 
 
 def make_bundle(root: Path, name: str = "A", seed: int = 1, scale: float = 1.0,
@@ -24,7 +24,7 @@ def make_bundle(root: Path, name: str = "A", seed: int = 1, scale: float = 1.0,
 
 
 def with_stats(doc: dict, samples: dict) -> dict:
-    """A copy of doc whose entries carry the statistics of their samples, as exitlat.results.document
+    """A copy of doc whose entries carry the statistics of their samples, as exitlat.bundle.assemble
     computes them before storage (entries without samples are left without)."""
     doc = copy.deepcopy(doc)
     hz = tsc_hz_of(doc)

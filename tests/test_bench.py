@@ -8,9 +8,9 @@ from dataclasses import replace
 from exitlat.run.plan import BenchOptions, Placement, make_plan
 from exitlat.run.runrecord import VmResult
 from exitlat.run.vm import VmRun, trace_buffer_kb
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundlewrite import write_bundle
-from exitlat.results.document import DocumentBuilder
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.write import write_bundle
+from exitlat.bundle.assemble import DocumentBuilder
 from exitlat.host.facts import collect_host
 from exitlat.verify.trace.counts import ExitCounts
 from exitlat.verify.trace.tracepipe import DEFAULT_BUFFER_KB

@@ -9,9 +9,9 @@ import pytest
 
 from bundle_fixtures import edit_json, make_bundle, reseal, tree
 from bundle_fixtures import example_doc, example_samples, with_stats
-from exitlat.results.bundle import load_bundle, recheck_stats
-from exitlat.results.bundledoc import SCHEMA_VERSION
-from exitlat.results.bundlewrite import write_bundle
+from exitlat.bundle.read import load_bundle, recheck_stats
+from exitlat.bundle.format import SCHEMA_VERSION
+from exitlat.bundle.write import write_bundle
 from exitlat.errors import ExitlatError
 
 

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 from bundle_fixtures import make_bundle, reseal, tree
-from exitlat.results.archive import export_bundle, import_bundle
+from exitlat.bundle.archive import export_bundle, import_bundle
 from exitlat.errors import ExitlatError
 
 

@@ -6,9 +6,9 @@ import shutil
 from pathlib import Path
 
 from bundle_fixtures import make_bundle
-from exitlat.results.bundle import load_bundle, recheck_stats
-from exitlat.results.compare import compare, render_compare
-from exitlat.results.report import render_report
+from exitlat.bundle.read import load_bundle, recheck_stats
+from exitlat.report.compare import compare, render_compare
+from exitlat.report.text import render_report
 
 V1 = Path(__file__).parent / "fixtures" / "bundle-v1"
 V2 = Path(__file__).parent / "fixtures" / "bundle-v2"     # written by exitlat at schema 2

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundledoc import TCG_BANNER
-from exitlat.results.bundlewrite import write_bundle
-from exitlat.results.compare import compare, fieller, ratio_cell, render_compare
-from exitlat.results.vmstats import combine_runs
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.format import TCG_BANNER
+from exitlat.bundle.write import write_bundle
+from exitlat.report.compare import compare, fieller, ratio_cell, render_compare
+from exitlat.report.vmruns import combine_runs
 
 V1 = Path(__file__).parent / "fixtures" / "bundle-v1"
 
@@ -187,7 +187,7 @@ def test_schema_1_bundle_compares_with_r3(tmp_path):
 
 
 def test_parse_min_effect():
-    from exitlat.results.compare import parse_min_effect
+    from exitlat.report.compare import parse_min_effect
     from exitlat.errors import ExitlatError
     assert parse_min_effect("1%") == 0.01 and parse_min_effect("0.02") == 0.02 and parse_min_effect(0) == 0.0
     assert parse_min_effect(" 2.5% ") == pytest.approx(0.025)
@@ -205,7 +205,7 @@ def _host(i):
 
 
 def test_fifty_bundles_one_table_in_linear_time(tmp_path, monkeypatch):
-    import exitlat.results.compare as cmp
+    import exitlat.report.compare as cmp
 
     bundles = [load_bundle(make_bundle(tmp_path, f"S{i:02d}", seed=i, scale=1 + 0.003 * i, cases=(1, 2),
                                        baselines=False, repeats=2, iterations=300, edit=_host(i)))

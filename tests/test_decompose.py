@@ -1,4 +1,4 @@
-"""The decomposition of each exit's round trip (exitlat/results/decompose.py) and the timestamped pairing
+"""The decomposition of each exit's round trip (exitlat/stats/decompose.py) and the timestamped pairing
 behind it (exitlat/verify/trace/timeline.py: Timeline; kvmtrace.py: ExitCounter(timeline=True)).
 
 Most tests run on trace text: tests/fixtures/trace/decompose-*.trace, hand-written from the
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from exitlat.results.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
+from exitlat.stats.decompose import (STATUS_NOT, STATUS_OK, TSC_RATE_TOLERANCE, components, decompose,
                                dist, of_case)
 from exitlat.verify.trace.counts import CountAccumulator as _Acc
 from exitlat.verify.trace.kvmtrace import ExitCounter
@@ -335,8 +335,8 @@ def test_large_synthetic_window_medians():
 
 def test_stacked_bar_plot(tmp_path):
     from bundle_fixtures import example_doc
-    from exitlat.results.bundle import Bundle
-    from exitlat.results.plot import plot_decomposition
+    from exitlat.bundle.read import Bundle
+    from exitlat.report.plot import plot_decomposition
 
     _c, p = pair("decompose-vmx-6.1-format.trace")
     doc = example_doc(cases=(1, 2, 3))
@@ -467,7 +467,7 @@ def _synthetic_window(kind: str, n: int, pid: int = 4012):
 
 
 def _document_has_decomposition() -> bool:
-    from exitlat.results.document import DocumentBuilder
+    from exitlat.bundle.assemble import DocumentBuilder
 
     return hasattr(DocumentBuilder, "_decomposition")
 
@@ -478,12 +478,12 @@ def _document_has_decomposition() -> bool:
 def test_decomposition_goes_through_the_bundle_report_and_plot(tmp_path, emulated):
     from exitlat.run.plan import BenchOptions, Placement, make_plan
     from exitlat.run.runrecord import VmResult
-    from exitlat.results.bundle import load_bundle
-    from exitlat.results.bundlewrite import write_bundle
-    from exitlat.results.document import DocumentBuilder
+    from exitlat.bundle.read import load_bundle
+    from exitlat.bundle.write import write_bundle
+    from exitlat.bundle.assemble import DocumentBuilder
     from exitlat.host.facts import collect_host
-    from exitlat.results.plot import plot_bundle
-    from exitlat.results.report import render_report, report_json
+    from exitlat.report.plot import plot_bundle
+    from exitlat.report.text import render_report, report_json
     from exitlat.run.windows import TimedWindow, TracedWindow
 
     n = 300

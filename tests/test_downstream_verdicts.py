@@ -16,13 +16,13 @@ import pytest
 from bundle_fixtures import OMIT, example_doc, example_samples, with_stats
 from cli_support import invoke
 from exitlat.host.facts import collect_host
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundlewrite import write_bundle
-from exitlat.results.compare import compare, ratio_cell, render_compare
-from exitlat.results.document import DocumentBuilder
-from exitlat.results.html import render_page
-from exitlat.results.report import render_report, report_json, warnings_for
-from exitlat.results.vmstats import case_summaries, combine_runs
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.write import write_bundle
+from exitlat.report.compare import compare, ratio_cell, render_compare
+from exitlat.bundle.assemble import DocumentBuilder
+from exitlat.report.html import render_page
+from exitlat.report.text import render_report, report_json, warnings_for
+from exitlat.report.vmruns import case_summaries, combine_runs
 from exitlat.run.plan import BenchOptions, Placement, make_plan
 from exitlat.run.runrecord import VmResult
 from exitlat.run.windows import TimedWindow

@@ -12,10 +12,10 @@ import pytest
 
 from bundle_fixtures import edit_json, make_bundle
 from cli_support import invoke, one_line_error
-from exitlat.results.bundle import load_bundle
-from exitlat.results.compare import compare
-from exitlat.results.csvexport import COMPARE_COLUMNS, EXPORT_COLUMNS
-from exitlat.results.vmstats import case_summaries
+from exitlat.bundle.read import load_bundle
+from exitlat.report.compare import compare
+from exitlat.report.csvexport import COMPARE_COLUMNS, EXPORT_COLUMNS
+from exitlat.report.vmruns import case_summaries
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -192,8 +192,8 @@ def test_incomplete_and_schema_1_bundles(tmp_path):
     import shutil
 
     from bundle_fixtures import example_doc, example_samples, with_stats
-    from exitlat.results.bundlewrite import write_bundle
-    from exitlat.results.html import render_page
+    from exitlat.bundle.write import write_bundle
+    from exitlat.report.html import render_page
 
     doc = example_doc(cases=(1, 2), baselines=False)
     doc["status"] = {"state": "incomplete", "reason": "interrupted"}

@@ -301,7 +301,7 @@ def test_results_folder_that_fills_up(built, tmp_path, small_folder, free_kib):
                     f"(nothing half-written is left there); the bundle was written to {saved} instead")
     assert sorted(p.name for p in small_folder.iterdir()) == [".filler", old.name]
     assert (old / "bundle.json").read_text() == "{}"
-    from exitlat.results.bundle import load_bundle
+    from exitlat.bundle.read import load_bundle
 
     assert load_bundle(saved).doc["status"]["state"] == "complete"
     left = assert_nothing_left(proc.pid)

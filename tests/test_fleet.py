@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from exitlat.results.bundle import load_bundle, recheck_stats
+from exitlat.bundle.read import load_bundle, recheck_stats
 
 pytestmark = pytest.mark.slow
 

@@ -16,10 +16,10 @@ import pytest
 
 from bundle_fixtures import make_bundle
 from cli_support import invoke
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundledoc import TCG_BANNER
-from exitlat.results.compare import compare
-from exitlat.results.html import render_page
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.format import TCG_BANNER
+from exitlat.report.compare import compare
+from exitlat.report.html import render_page
 
 REPO = Path(__file__).resolve().parent.parent
 SHOTS = Path("/tmp/html-shots")

@@ -5,7 +5,7 @@ dropped (which fail the window instead of being ignored)."""
 import numpy as np
 import pytest
 
-from exitlat.results.decompose import STATUS_NOT, decompose
+from exitlat.stats.decompose import STATUS_NOT, decompose
 from exitlat.verify.trace.counts import CountAccumulator
 from exitlat.verify.trace.histparse import add_hists
 from exitlat.verify.trace.kvmtrace import ExitCounter

@@ -8,10 +8,10 @@ import pytest
 
 from bundle_fixtures import edit_json, make_bundle
 from cli_support import invoke
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundledoc import SCHEMA_VERSION, TCG_BANNER
-from exitlat.results.compare import compare, render_compare
-from exitlat.results.report import fmt_cycles, render_report, report_json
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.format import SCHEMA_VERSION, TCG_BANNER
+from exitlat.report.compare import compare, render_compare
+from exitlat.report.text import fmt_cycles, render_report, report_json
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -692,7 +692,7 @@ def test_selftest_end_to_end(tmp_path):
     assert [c["name"] for c in doc["controls"]] == list(controls.CONTROL_NAMES)
     for c in doc["controls"]:
         assert c["baseline"] == "passed" and c["verdict"] == "failed" and c["ok"], c
-    from exitlat.results.bundle import load_bundle
+    from exitlat.bundle.read import load_bundle
 
     for path in doc["bundles"].values():
         b = load_bundle(Path(path))          # full check of hashes, schema, statistics

@@ -1,4 +1,4 @@
-"""exitlat.results.stats against numpy and exact arithmetic on fixed data."""
+"""exitlat.stats.summary against numpy and exact arithmetic on fixed data."""
 
 import json
 import math
@@ -7,7 +7,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from exitlat.results.stats import PERCENTILES, median_ci, summarize
+from exitlat.stats.summary import PERCENTILES, median_ci, summarize
 
 FIXED = {
     "ties": np.array([5, 5, 5, 7, 7, 9, 9, 9, 9, 100, 5, 5], dtype=np.uint64),

@@ -1,4 +1,4 @@
-"""exitlat.results.vmstats: the VM run as the statistical unit (headline, spread, CI across VM runs,
+"""exitlat.report.vmruns: the VM run as the statistical unit (headline, spread, CI across VM runs,
 stability warnings), on hand-made per-VM statistics, raw samples and real bundles."""
 
 import json
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from bundle_fixtures import example_doc, example_samples, make_bundle, with_stats
-from exitlat.results.bundle import load_bundle
-from exitlat.results.bundlewrite import write_bundle
-from exitlat.results.stats import summarize
-from exitlat.results.vmstats import (QUANTUM, RECOMMENDED_REPEAT, SPREAD_WARN_KVM, case_summaries,
+from exitlat.bundle.read import load_bundle
+from exitlat.bundle.write import write_bundle
+from exitlat.stats.summary import summarize
+from exitlat.report.vmruns import (QUANTUM, RECOMMENDED_REPEAT, SPREAD_WARN_KVM, case_summaries,
                              combine_runs, median_factor, repeats_needed, stability_warnings,
                              summarize_runs, summary_rows, t975)
 
@@ -175,7 +175,7 @@ def test_coverage_on_a_small_fixed_simulation(r):
 
 
 def test_net_summary():
-    from exitlat.results.vmstats import net_summary
+    from exitlat.report.vmruns import net_summary
     case = dict(combine_runs([vm(1100.0), vm(1110.0), vm(1105.0)]), entry="case1 cpuid rdtscp")
     base = dict(combine_runs([vm(32.0), vm(33.0), vm(32.0)]), entry="baseline_timer")
     net = net_summary(case, base)

@@ -28,6 +28,15 @@ def runs_state(core: int | None = None, docker: bool = True) -> dict:
     return state
 
 
+def runs_state_of(core: int | None, docker: bool = True) -> dict:
+    """runs_state, for the isolation state (doctor, the bundle): an error becomes a line in it,
+    never a failure that hides the isolation checks."""
+    try:
+        return runs_state(core, docker=docker)
+    except Exception as err:
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
 def render_runs(state: dict, core: int | None = None) -> list[str]:
     """doctor's lines about exitlat runs on this host."""
     lines = []

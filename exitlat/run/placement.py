@@ -45,7 +45,9 @@ def resolve_cores(core: int | None, say) -> tuple[int, int, dict]:
     if not 0 <= core < ncpu:
         raise ExitlatError(f"--core {core} does not exist (this host has cores 0-{ncpu - 1})")
     hk = housekeeping_core(core)
-    return core, hk, collect_state(core)
+    from .cleanup import runs_state_of
+
+    return core, hk, collect_state(core, runs=runs_state_of)
 
 
 def ensure_build(progress: Progress) -> Path:

@@ -1,5 +1,5 @@
 """What one VM run recorded (VmResult), and the tool's own commit: the data bench hands to the
-bundle document (exitlat.results.document), kept apart from bench's machinery so that neither imports
+bundle document (exitlat.bundle.assemble), kept apart from bench's machinery so that neither imports
 the other."""
 
 import subprocess

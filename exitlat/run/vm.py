@@ -200,7 +200,7 @@ class VmRun:
     def _open_traced(self, key: str) -> None:
         """Start counting exits for a traced window: a fresh tracefs instance (tracepoints, hist
         triggers, fastpath kprobes) that exists only while this window runs, with the TSC as its
-        trace clock and the timeline that pairs each exit with its re-entry (exitlat.results.decompose)."""
+        trace clock and the timeline that pairs each exit with its re-entry (exitlat.stats.decompose)."""
         from exitlat.instructions import TABLE
         from exitlat.verify.trace.kprobes import fastpath_symbols
         from exitlat.verify.trace.kvmtrace import ExitCounter
@@ -210,7 +210,7 @@ class VmRun:
         if not self.plan.verifying:
             return
         # The fastpath kprobes only where the verifier reads them (an instruction with a fastpath
-        # handler): no other case's exit intervals carry a kprobe (exitlat.results.decompose).
+        # handler): no other case's exit intervals carry a kprobe (exitlat.stats.decompose).
         spec = self.spec_by_key.get(case_of(key))
         probes = fastpath_symbols() if spec is not None and TABLE[spec.instruction].fastpath else None
         self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,

@@ -107,7 +107,7 @@ def case_rows(run: dict, doc: dict) -> list[dict]:
 
 def import_bundles(out_dir: Path, runs: list[dict], dest: Path) -> dict[str, Path]:
     """Import every run's exported bundle into dest (each checked by the import); name -> path."""
-    from exitlat.results.archive import import_bundle
+    from exitlat.bundle.archive import import_bundle
 
     paths = {}
     for r in runs:
@@ -396,7 +396,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
                iters: int, warm: int, viters: int, limit: int | None, n_retries: int, keep: bool,
                mirror, capture_dir: Path | None) -> dict:
     """One emulated host, start to verdicts: the result document of that vendor."""
-    from exitlat.results.bundle import load_bundle
+    from exitlat.bundle.read import load_bundle
     from exitlat.run.qemu import qemu_binary
     from .host import L1Boot, console_log_path, vendor_timeouts
     from .l1disk import l1_build_path

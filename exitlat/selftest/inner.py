@@ -229,10 +229,10 @@ def one_run(cfg: dict, run: dict, index: int, of: int) -> dict:
 
 def _attempt(cfg: dict, run: dict, rec: dict) -> None:
     """One run_bench call; fills rec (status, bundle, archive, error)."""
-    from exitlat.results.archive import export_bundle
+    from exitlat.bundle.archive import export_bundle
     from exitlat.bench import run_bench
     from exitlat.run.plan import BenchOptions
-    from exitlat.results.bundle import load_bundle
+    from exitlat.bundle.read import load_bundle
 
     rec.update(status="error", error=None, bundle=None, archive=None, reason=None)
     opts = BenchOptions(

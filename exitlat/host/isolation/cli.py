@@ -25,11 +25,14 @@ def check_core(core: int, root: Path) -> None:
         raise ExitlatError(f"--core {core} is not an online core (online: {format_cpulist(online)})")
 
 
-def doctor_main(core: int | None, as_json: bool, root: Path = Path("/"), docker: bool = True) -> int:
+def doctor_main(core: int | None, as_json: bool, root: Path = Path("/"), docker: bool = True,
+                runs=None, render_runs=None) -> int:
+    """`runs`, `render_runs`: the exitlat runs on this host, from the layer above
+    (exitlat.doctor ties them in)."""
     if core is not None:
         check_core(core, root)
-    state = collect_state(core, root, docker=docker)
-    print(json.dumps(state, indent=2, sort_keys=True) if as_json else render(state))
+    state = collect_state(core, root, docker=docker, runs=runs)
+    print(json.dumps(state, indent=2, sort_keys=True) if as_json else render(state, render_runs))
     return 1 if state["summary"][FAIL] else 0
 
 

@@ -56,10 +56,10 @@ def run_items(host: Host) -> tuple[list[Check], list[str]]:
 
 
 def collect_state(core: int | None, root: Path = Path("/"), docker: bool = True,
-                  which=shutil.which, runs: bool | None = None) -> dict:
+                  which=shutil.which, runs=None) -> dict:
     """Doctor's verdicts for `core` as a JSON-serialisable dict (the bundle's "isolation").
-    runs (default: when checking the real root, where runs live): also the exitlat runs on this
-    host, what holds the core, and what killed runs left (exitlat.run.cleanup)."""
+    `runs(core, docker)`: what the layer above knows of exitlat runs on this host (what holds the
+    core, what killed runs left: exitlat.run.cleanup.runs_state_of), stored under "runs"."""
     fs = SysFs(root)
     warning = None
     if core is None:
@@ -79,20 +79,12 @@ def collect_state(core: int | None, root: Path = Path("/"), docker: bool = True,
         "items": [c.as_dict() for c in checks],
         "summary": summary,
         "cmdline_suggestion": cmdline_suggestion(topo, core),
-        **({"runs": _runs_state(core, docker)} if (root == Path("/") if runs is None else runs) else {}),
+        **({"runs": runs(core, docker)} if runs is not None else {}),
     }
 
 
-def _runs_state(core: int, docker: bool) -> dict:
-    from exitlat.run.cleanup import runs_state
-
-    try:
-        return runs_state(core, docker=docker)
-    except Exception as err:   # what runs on the host must never hide the isolation checks
-        return {"error": f"{type(err).__name__}: {err}"}
-
-
-def render(state: dict) -> str:
+def render(state: dict, render_runs=None) -> str:
+    """`render_runs(runs, core)`: the lines about exitlat runs (exitlat.run.cleanup.render_runs)."""
     """One line per item: status, name, what was found, and the fix when it is not a pass."""
     core = state["core"]
     lines = [f"exitlat doctor: core {core} (online {state['online']}"
@@ -117,9 +109,7 @@ def render(state: dict) -> str:
     if state.get("runs"):
         if state["runs"].get("error"):
             lines.append(f"exitlat runs on this host: could not check ({state['runs']['error']})")
-        else:
-            from exitlat.run.cleanup import render_runs
-
+        elif render_runs is not None:
             lines += render_runs(state["runs"], core)
     lines.append("details and how to revert each setting: docs/isolation.md")
     return "\n".join(lines)

@@ -5,7 +5,7 @@ set to ``x86-tsc`` (trace_pipe then prints the raw TSC as the timestamp, without
 the parser takes both forms), ``kvm_entry`` and ``syscalls:sys_{enter,exit}_ioctl`` are enabled as
 well, and a `Timeline` in the reader thread pairs every kvm_exit with its kvm_entry and times the
 trips to QEMU in between. `ExitCounter.timeline()` returns the `PairedExits`;
-exitlat/results/decompose.py turns them into each case's decomposition. Without it nothing changes:
+exitlat/stats/decompose.py turns them into each case's decomposition. Without it nothing changes:
 kvm_entry and syscall lines are not counted events and stay unparsed.
 
 Where the tracepoints fire (read in the sources of Debian's linux 6.1.192 and 6.12.117;

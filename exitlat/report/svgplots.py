@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .bundle import Bundle  # noqa: E402
+from exitlat.bundle.read import Bundle  # noqa: E402
 
 _HIST_BINS = 90
 _CDF_POINTS = 300          # quantiles per curve: smooth to the eye, small in the page

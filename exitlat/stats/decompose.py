@@ -57,7 +57,7 @@ import numpy as np
 
 from exitlat.verify.rules import ONE_TOLERANCE, STRAY_EVENTS, ZERO_TOLERANCE, expected_reasons
 
-from .stats import percentile, as_cycles
+from .summary import percentile, as_cycles
 
 STATUS_OK = "ok"
 STATUS_NOT = "not decomposed"
@@ -79,7 +79,7 @@ FIELDS = ("status", "reason", "clock", "exits", "method", "tsc", "guest_round_tr
 
 
 def dist(values) -> dict | None:
-    """{median, p99, n} of non-negative cycle counts (the percentiles of exitlat.results.stats)."""
+    """{median, p99, n} of non-negative cycle counts (the percentiles of exitlat.stats.summary)."""
     a = np.sort(as_cycles(np.asarray(values, dtype=np.int64)))
     if a.size == 0:
         return None

@@ -1,6 +1,6 @@
 """write_bundle(): one bundle folder, written under a temporary name and renamed into place, so that
 a bundle is either complete or absent, and never replaces an existing one. It stores what it is
-given: the statistics come with the document (exitlat.results.document)."""
+given: the statistics come with the document (exitlat.bundle.assemble)."""
 
 import copy
 import errno
@@ -19,10 +19,10 @@ import numpy as np
 from exitlat.build.sources import sha256_file
 from exitlat.errors import ExitlatError
 
-from .bundlecheck import walk_files
-from .bundledoc import (BUNDLE_JSON, FILE_RE, NAME_RE, SAMPLES_DIR, SCHEMA_VERSION, SUMS, dump_doc,
+from .check import walk_files
+from .format import (BUNDLE_JSON, FILE_RE, NAME_RE, SAMPLES_DIR, SCHEMA_VERSION, SUMS, dump_doc,
                         entries, validate_doc)
-from .stats import as_cycles
+from exitlat.stats.summary import as_cycles
 def default_name(hostname: str | None = None) -> str:
     host = re.sub(r"[^A-Za-z0-9-]+", "-", hostname or socket.gethostname()).strip("-")[:60] or "host"
     return f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{host}-{secrets.token_hex(3)}"
@@ -43,7 +43,7 @@ def _as_samples(key: str, arr) -> np.ndarray:
 
 def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:
     """Point every case and baseline at its samples file; return the arrays to store. The
-    statistics come with the document (exitlat.results.document computes them): storage only
+    statistics come with the document (exitlat.bundle.assemble computes them): storage only
     stores, and load_bundle()/`validate` recompute them from the stored samples."""
     incomplete = doc.get("status", {}).get("state") == "incomplete"
     keys = [e.get("samples_key") for e in entries(doc)]
@@ -67,7 +67,7 @@ def _fill_entries(doc: dict, samples: dict) -> dict[str, np.ndarray]:
             continue
         if e.get("stats") is None:
             raise ExitlatError(f"entry {e.get('key')!r} has samples but no statistics (they are "
-                               "computed before storage, by exitlat.results.document)")
+                               "computed before storage, by exitlat.bundle.assemble)")
         e["samples_file"] = f"{SAMPLES_DIR}/{key}.npy"
         store[key] = arr
     return store

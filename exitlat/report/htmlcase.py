@@ -1,4 +1,4 @@
-"""One case of an HTML page (exitlat.results.html): a table with one row per bundle (headline
+"""One case of an HTML page (exitlat.report.html): a table with one row per bundle (headline
 median and its CI across VM runs, the spread of the VM medians, percentiles, net cost, ratio to
 the first bundle, the verification verdict and its evidence), the overlaid distribution figure,
 and each bundle's VM runs. The numbers are the ones `invoke report` and `invoke compare` print:
@@ -6,11 +6,11 @@ compare's cells and each entry's stored `stats`; nothing is recomputed."""
 
 from html import escape
 
-from . import otherpath
-from .bundle import Bundle
-from .report import fmt_ci, fmt_cycles, fmt_ns, fmt_overhead, verified_text
+from exitlat.stats import otherpath
+from exitlat.bundle.read import Bundle
+from .text import fmt_ci, fmt_cycles, fmt_ns, fmt_overhead, verified_text
 from .svgplots import case_figure
-from .vmstats import run_ranges
+from exitlat.report.vmruns import run_ranges
 
 PCTS = (("p50", "median"), ("p90", "p90"), ("p99", "p99"), ("p99.9", "p99_9"))
 

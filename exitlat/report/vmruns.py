@@ -32,8 +32,8 @@ import numpy as np
 
 from exitlat.run.plan import RECOMMENDED_REPEAT
 
-from . import otherpath
-from .stats import summarize
+from exitlat.stats import otherpath
+from exitlat.stats.summary import summarize
 
 CI_METHOD = ("median of per-VM medians; 95% CI: headline ± t(R−1)·c_R·s/√R over the R VM runs "
              "(s: sd of the per-VM medians)")
@@ -247,7 +247,7 @@ def _doc_of(bundle_or_doc) -> dict:
 
 def is_loose(doc: dict) -> bool:
     """TCG or an emulated host: timings that are not exit costs get the loose thresholds."""
-    from .bundledoc import banner_for
+    from exitlat.bundle.format import banner_for
     return banner_for(doc) is not None
 
 
@@ -328,13 +328,13 @@ def case_summaries(bundle_or_doc, min_effect: float = DEFAULT_MIN_EFFECT, *,
     baseline_timer), identity (what the pooled entries share), kind (case|baseline), case,
     instruction, msr, timer and flow for a case, name for a baseline, keys (the entries, by
     repeat), repeats, verdicts (run → verdict status), pooled (pooled_text), other_path_max (the
-    largest over the pooled runs of a case; exitlat.results.otherpath) and other_path_unknown (the
+    largest over the pooled runs of a case; exitlat.stats.otherpath) and other_path_unknown (the
     pooled keys whose verdict states none).
 
     A VM run whose verification FAILED took (or may have taken) another path: it is left out of
     the headline (excluded_runs, a warning) unless pool_failed; unverified and unchecked runs are
     pooled and named in `pooled`."""
-    from .bundledoc import entries, tsc_hz_of
+    from exitlat.bundle.format import entries, tsc_hz_of
 
     doc = _doc_of(bundle_or_doc)
     hz = tsc_hz_of(doc)

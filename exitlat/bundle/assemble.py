@@ -1,7 +1,7 @@
 """The bundle document of one `invoke bench` run, assembled in one place from what the VM runs
 recorded: per case its timed window (the samples, the statistics, KVM stats), its traced window
 (exit counts, verdict, the tracing overhead) and its cost net of the same-mode timer baseline.
-Statistics are computed here, before storage; exitlat.results.bundle only stores and checks them."""
+Statistics are computed here, before storage; exitlat.bundle.read only stores and checks them."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import time
 import numpy as np
 
 from exitlat import __version__
-from .bundledoc import tsc_hz_of
+from .format import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
-from .stats import summarize
+from exitlat.stats.summary import summarize
 from exitlat.verify.verdicts import combine
 from exitlat.run.windows import traced_key
 
@@ -162,9 +162,9 @@ class DocumentBuilder:
                                        base["stats"] if base else None)}
 
     def _decomposition(self, spec, res, traced_arr, overhead, base) -> dict:
-        """Where the traced window's round trip goes (exitlat.results.decompose); "not decomposed" with
+        """Where the traced window's round trip goes (exitlat.stats.decompose); "not decomposed" with
         the reason whenever the pairing cannot be trusted."""
-        from exitlat.results.decompose import decompose
+        from exitlat.stats.decompose import decompose
 
         tl = getattr(res, "timelines", {}).get(spec.key)
         why = None

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from .bundle import Bundle, load_bundle, recheck_stats, resolve_bundle
-from .bundledoc import TCG_BANNER
+from exitlat.bundle.read import Bundle, load_bundle, recheck_stats, resolve_bundle
+from exitlat.bundle.format import TCG_BANNER
 from exitlat.errors import ExitlatError
 from exitlat.paths import results_root
 
@@ -76,7 +76,7 @@ def _write_view(output, text: str, bundles: list[Bundle], what: str | None) -> N
 
 
 def report_main(bundle, as_json=False, html=None, verbose=False) -> int:
-    from .report import render_report, report_json
+    from .text import render_report, report_json
 
     taken = _stdout_users(as_json, html=html)
     b = _load(bundle)
@@ -164,7 +164,7 @@ def export_main(bundles=None, output=None, fmt="tar.gz", root=None, exact=False)
     if fmt not in EXPORT_FORMATS:
         raise ExitlatError(f"unknown export format {fmt!r}: use tar.gz (one bundle, the default) or csv")
     if fmt == "tar.gz":
-        from .archive import export_bundle
+        from exitlat.bundle.archive import export_bundle
 
         if len(bundles) != 1:
             raise ExitlatError(f"export --format tar.gz takes exactly one bundle, got {len(bundles)} "
@@ -186,7 +186,7 @@ def export_main(bundles=None, output=None, fmt="tar.gz", root=None, exact=False)
 
 
 def import_main(file, output=None) -> int:
-    from .archive import import_bundle
+    from exitlat.bundle.archive import import_bundle
 
     print(import_bundle(Path(file), Path(output) if output else results_root()))
     return 0

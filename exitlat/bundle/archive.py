@@ -14,10 +14,10 @@ import tarfile
 import zlib
 from pathlib import Path
 
-from .bundle import load_bundle
-from .bundlecheck import FileInfo, check_files, check_rel, read_info
-from .bundledoc import NAME_RE
-from .bundlewrite import new_bundle_folder
+from .read import load_bundle
+from .check import FileInfo, check_files, check_rel, read_info
+from .format import NAME_RE
+from .write import new_bundle_folder
 from exitlat.errors import ExitlatError
 
 

@@ -1,9 +1,9 @@
 """Result bundles: one folder per run with bundle.json, raw samples (samples/<key>.npy, uint64),
 extra files (console logs, ...) and SHA256SUMS over every other file.
 
-The document's format is exitlat.results.bundledoc; write_bundle() (exitlat.results.bundlewrite)
+The document's format is exitlat.bundle.format; write_bundle() (exitlat.bundle.write)
 builds the folder under a temporary name and renames it into place, so a bundle is either complete
-or absent; load_bundle() checks everything (exitlat.results.bundlecheck: files, checksums, schema,
+or absent; load_bundle() checks everything (exitlat.bundle.check: files, checksums, schema,
 version, sample files) before anyone reads a number.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 
 from exitlat.errors import ExitlatError
 
-from .bundlecheck import check_files, scan_folder
-from .bundledoc import NAME_RE, banner_for, dump_doc, entries, normalize, tsc_hz_of
-from .stats import summarize
+from .check import check_files, scan_folder
+from .format import NAME_RE, banner_for, dump_doc, entries, normalize, tsc_hz_of
+from exitlat.stats.summary import summarize
 
 
 class Bundle:

@@ -4,7 +4,7 @@ CSV export. Values are read from the bundle document as they are; nothing is der
 
 import re
 
-from .bundle import Bundle
+from exitlat.bundle.read import Bundle
 
 
 def short_cpu(model_name) -> str:

@@ -27,7 +27,7 @@ it really covers.
 
 median_ci95 describes ONE VM run: it treats consecutive samples as independent and knows nothing
 of the variation between VM runs (a fresh VM gets a new memory layout, timer phase, ...), which is
-usually larger. Across VM runs, exitlat.results.vmstats gives the headline median and its interval; see
+usually larger. Across VM runs, exitlat.report.vmruns gives the headline median and its interval; see
 docs/statistics.md.
 """
 

@@ -1,7 +1,7 @@
 """Tables for spreadsheets and data frames: `invoke export --format csv` (one row per bundle and
 case entry, statistics and metadata; docs/bundles.md "CSV export") and `invoke compare --csv`
 (one row per compared entry and bundle). Every number is one the bundle document or compare
-already holds (entry `stats`, the across-VM summaries of exitlat.results.vmstats, compare's
+already holds (entry `stats`, the across-VM summaries of exitlat.report.vmruns, compare's
 cells): nothing is recomputed here. Empty cell: no value (null)."""
 
 import csv
@@ -9,10 +9,10 @@ import io
 import sys
 from pathlib import Path
 
-from . import otherpath
-from .bundle import Bundle
+from exitlat.stats import otherpath
+from exitlat.bundle.read import Bundle
 from .meta import META_COLUMNS, meta_columns
-from .vmstats import case_summaries, identity, label
+from exitlat.report.vmruns import case_summaries, identity, label
 
 STAT_KEYS = ["min", "p1", "p5", "p25", "p50", "p75", "p90", "p95", "p99", "p99_9", "max",
              "mean", "stdev", "mad"]

@@ -3,10 +3,10 @@ every warning a reader needs before trusting the numbers."""
 
 from tabulate import tabulate
 
-from . import otherpath
-from .bundle import Bundle
-from .bundledoc import banner_for
-from .vmstats import (SUMMARY_HEADERS, case_summaries, pooling_warnings, run_ranges,
+from exitlat.stats import otherpath
+from exitlat.bundle.read import Bundle
+from exitlat.bundle.format import banner_for
+from exitlat.report.vmruns import (SUMMARY_HEADERS, case_summaries, pooling_warnings, run_ranges,
                       stability_warnings, summary_rows)
 
 
@@ -258,7 +258,7 @@ DECOMP_HEADERS = ["case", "exits", "guest (traced)", "KVM", "of it KVM_RUN", "QE
 def decomposition_rows(doc: dict) -> tuple[list[list], list[str]]:
     """Where the cycles go, per case with a decomposition (traced-window medians, cycles), and
     one line per case that was not decomposed, with the reason."""
-    from exitlat.results.decompose import of_case
+    from exitlat.stats.decompose import of_case
 
     rows, notes = [], []
     for e in doc["cases"]:

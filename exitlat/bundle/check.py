@@ -14,7 +14,7 @@ import numpy as np
 
 from exitlat.errors import ExitlatError
 
-from .bundledoc import (BUNDLE_JSON, FILE_RE, SAMPLES_DIR, SCHEMA_VERSION, SUMS, entries,
+from .format import (BUNDLE_JSON, FILE_RE, SAMPLES_DIR, SCHEMA_VERSION, SUMS, entries,
                         validate_doc)
 _SUMS_LINE = re.compile(r"^([0-9a-f]{64})  (\S.*)$")
 

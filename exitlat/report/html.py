@@ -7,16 +7,16 @@ section per case (table, distributions, VM runs), the setup side by side with di
 highlighted and compare's unfair-difference warnings, and how the numbers were made.
 
 Every string taken from a bundle is escaped (html.escape); the numbers are the ones the terminal
-report and compare print (exitlat.results.compare.comparison)."""
+report and compare print (exitlat.report.compare.comparison)."""
 
-from .bundle import Bundle
+from exitlat.bundle.read import Bundle
 from .compare import comparison
-from . import otherpath
+from exitlat.stats import otherpath
 from .htmlcase import case_section, esc, host_html, marked_html, num, pool_note, swatch
 from .meta import meta_rows
-from .report import warnings_for
+from .text import warnings_for
 from .svgplots import palette
-from .vmstats import DEFAULT_MIN_EFFECT, stability_warnings, case_summaries
+from exitlat.report.vmruns import DEFAULT_MIN_EFFECT, stability_warnings, case_summaries
 
 STYLE = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;margin:1.2em 2em;

@@ -3,7 +3,7 @@ ratio of each headline median to the first bundle's with a confidence interval f
 VM-to-VM variation; a significance marker only for differences that are real; and a warning for
 every difference in setup that makes the comparison unfair.
 
-Each bundle's repeats of a case are samples of its configuration (exitlat.results.vmstats): the headline
+Each bundle's repeats of a case are samples of its configuration (exitlat.report.vmruns): the headline
 is the median of the per-VM medians, with standard error se = c_R · s / √R (s: sd of the per-VM
 medians). The ratio X/A = headline_X / headline_A gets Fieller's 95% interval for a ratio of two
 independent estimates — the roots ρ of (x − ρa)² = t² (se_x² + ρ² se_a²) — with t from Student's t
@@ -24,12 +24,12 @@ import math
 
 from tabulate import tabulate
 
-from .bundle import Bundle
+from exitlat.bundle.read import Bundle
 from exitlat.errors import ExitlatError
 from .meta import column, letter
-from .report import fmt_cycles
-from . import otherpath
-from .vmstats import (DEFAULT_MIN_EFFECT, RECOMMENDED_REPEAT, case_summaries, group_entries, label,
+from .text import fmt_cycles
+from exitlat.stats import otherpath
+from exitlat.report.vmruns import (DEFAULT_MIN_EFFECT, RECOMMENDED_REPEAT, case_summaries, group_entries, label,
                       pool_issues, stability_warnings, t975, welch_df)
 
 
@@ -302,9 +302,9 @@ def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> di
     """Rows (one per case/baseline, pooled over repeats) × cells (one per bundle); see the module
     docstring. Each cell: key (first entry), keys, R, n (samples over all runs), median (headline,
     in `unit`), ci95, spread, rel_spread, ratio, ratio_ci95, significant, note, pooled (which VM
-    runs the headline pools: exitlat.results.vmstats.pooled_text), pool_issues (a run left out or
+    runs the headline pools: exitlat.report.vmruns.pooled_text), pool_issues (a run left out or
     not passed), other_path_max (the largest over the pooled runs). `columns` names
-    each bundle (letter, host, CPU model: exitlat.results.meta.column)."""
+    each bundle (letter, host, CPU model: exitlat.report.meta.column)."""
     if len(bundles) < 2:
         raise ExitlatError("compare needs at least two bundles")
     return comparison(bundles, min_effect)

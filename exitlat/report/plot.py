@@ -1,7 +1,7 @@
 """`invoke plot`: per entry a histogram and a CDF of its samples, plus one overview figure, with
 cycles on the bottom axis and ns on the top one (when the TSC rate is known), and, for bundles
 whose cases carry a decomposition, one stacked bar per case: where the traced window's median
-round trip goes (exitlat/results/decompose.py).
+round trip goes (exitlat/stats/decompose.py).
 
 Plots are written outside the bundle (a bundle is sealed by its SHA256SUMS). The histogram is
 clipped at p99 so the body stays readable; the CDF keeps the whole range on a log axis."""
@@ -14,7 +14,7 @@ matplotlib.use("Agg")  # no display on servers; must precede pyplot
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .bundle import Bundle  # noqa: E402
+from exitlat.bundle.read import Bundle  # noqa: E402
 from exitlat.errors import ExitlatError  # noqa: E402
 
 _CDF_POINTS = 4000  # quantiles drawn per CDF: enough for the eye, cheap for 10M samples
@@ -125,7 +125,7 @@ def plot_decomposition(b: Bundle, path: Path) -> None:
     exit + entry and tracing; the same-mode baseline's guest code below it when known), KVM and
     QEMU. A black tick marks the timed (untraced) median, so the tracing overhead is visible
     beside the remainder; cases that were not decomposed show their reason instead of a bar."""
-    from exitlat.results.decompose import components, of_case
+    from exitlat.stats.decompose import components, of_case
 
     cases = [e for e in b.doc.get("cases", []) if of_case(e) is not None]
     if not cases:
@@ -193,7 +193,7 @@ def plot_bundle(b: Bundle, out_dir: Path, fmt: str = "png") -> list[Path]:
     p = out_dir / f"overview.{fmt}"
     plot_overview(b, p)
     written.append(p)
-    from exitlat.results.decompose import of_case
+    from exitlat.stats.decompose import of_case
 
     if any(of_case(e) is not None for e in b.doc.get("cases", [])):
         p = out_dir / f"decomposition.{fmt}"

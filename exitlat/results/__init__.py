@@ -1,1 +1,0 @@
-"""Bundles: the document, statistics, storage, archives, reports, comparisons, plots."""
