@@ -147,6 +147,7 @@ class L1Boot:
         self.echo = echo or (lambda line: progress.say(f"L1 | {line}"))
         self.timings: dict = {}
         self._run_t0: dict = {}
+        self._l2_t0: float | None = None
         self.fatal = ""
 
     def prepare(self) -> tuple[Path, Path]:
@@ -318,6 +319,11 @@ class L1Boot:
         self.timings.setdefault("events", []).append(ev)
         if ev.get("event") == "fatal":
             self.fatal = str(ev.get("message"))
+        elif ev.get("event") == "l2-boot-start":
+            self._l2_t0 = time.monotonic()
+        elif ev.get("event") == "l2-boot-done" and self._l2_t0 is not None:
+            self.timings.setdefault("l2_boot_host_s", []).append(round(time.monotonic() - self._l2_t0, 1))
+            self._l2_t0 = None
         elif ev.get("event") == "run-start":
             self._run_t0[ev.get("name")] = time.monotonic()
             self.progress.say(f"L1: run {ev.get('index')}/{ev.get('of')}: {ev.get('name')} "

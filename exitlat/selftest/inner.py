@@ -56,7 +56,9 @@ def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False
 
 
 def event(kind: str, **fields) -> None:
-    print(f"{MARK} event {json.dumps(dict(event=kind, **fields), sort_keys=True)}", flush=True)
+    # the console itself, even while bench's output goes to a log (_bench_output)
+    print(f"{MARK} event {json.dumps(dict(event=kind, **fields), sort_keys=True)}",
+          file=sys.__stdout__, flush=True)
 
 
 def _read(path: str) -> str | None:
@@ -135,6 +137,7 @@ def l1_facts() -> dict:
         "numpy": numpy.__version__,
         "mem_total_kb": _meminfo("MemTotal"),
         "uptime_s": float((_read("/proc/uptime") or "0").split()[0]),
+        "interrupts": _read("/proc/interrupts"),
         "kernel_messages": kernel_messages(),
     }
 
@@ -199,6 +202,54 @@ class ForeignTracing:
         return False
 
 
+class _QuietStream:
+    """bench's progress, to a log file that comes back with the results instead of L1's console:
+    Bochs's UART sends at 115200 baud in emulated time, and the interrupts of a console still
+    busy with the last lines landed in the next timed window (231 interrupt exits in one of 1100
+    iterations). Only L2's boot start and end go to the console, as short events (host-side
+    timing)."""
+
+    MARKS = (("starting QEMU", "l2-boot-start"), ("guest up:", "l2-boot-done"))
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, text: str) -> int:
+        self.f.write(text)
+        for needle, kind in self.MARKS:
+            if needle in text:
+                self.f.flush()
+                event(kind)
+        return len(text)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+class _bench_output:
+    """Context manager: with cfg["quiet_console"], bench's stdout and stderr go to
+    OUT/logs/<run>.log (see _QuietStream); otherwise nothing changes."""
+
+    def __init__(self, cfg: dict, run: dict):
+        self.quiet = bool(cfg.get("quiet_console"))
+        self.path = OUT / "logs" / f"{run['name']}.log"
+        self.saved = None
+
+    def __enter__(self):
+        if self.quiet:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.f = open(self.path, "a")
+            self.saved = (sys.stdout, sys.stderr)
+            sys.stdout = sys.stderr = _QuietStream(self.f)
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            sys.stdout, sys.stderr = self.saved
+            self.f.close()
+        return False
+
+
 def is_l2_hang(reason: str | None) -> bool:
     return bool(reason) and any(m in reason for m in HANG_MARKERS)
 
@@ -255,7 +306,7 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
             cap = ForeignTracing(run["foreign_tracing"])
         else:
             cap = _NoCapture()
-        with cap:
+        with cap, _bench_output(cfg, run):
             path = run_bench(opts, argv)
         b = load_bundle(path)
         doc = b.doc
@@ -329,6 +380,8 @@ def main(argv: list[str]) -> int:
         for i, run in enumerate(cfg["runs"], 1):
             summary["runs"].append(one_run(cfg, run, i, len(cfg["runs"])))
         summary["kernel_messages_after"] = kernel_messages()
+        summary["interrupts_after"] = _read("/proc/interrupts")
+        summary["uptime_after_s"] = float((_read("/proc/uptime") or "0").split()[0])
     except Exception as err:
         summary["error"] = f"{type(err).__name__}: {err}"
         summary["traceback"] = traceback.format_exc()[-4000:]

@@ -64,6 +64,14 @@ def buffer_overrun(inst: Path | None) -> int:
     return total
 
 
+# The reader parses when asked (sync) or stopped, else once per READ_EVERY_S: the buffer holds a
+# whole window (trace_buffer_kb), so nothing is lost by waiting, and the window is not disturbed by
+# a reader that wakes for every event. Such a reader made the ring buffer send an irq_work self-IPI
+# per event (each an interrupt exit of the traced vCPU), and on a one-CPU emulated host its parsing
+# took the vCPU's own time: ~0.1 interrupt exits per traced iteration, too much background.
+READ_EVERY_S = 1.0
+
+
 class TracePipe:
     """Reads one instance's trace_pipe in a thread, for the events of `tids` only.
 
@@ -82,6 +90,7 @@ class TracePipe:
         self._error: BaseException | None = None
         self._mark_seq = itertools.count()
         self._base_overrun = 0
+        self._wake = threading.Event()     # set by sync() and stop(): read now
 
     @property
     def started(self) -> bool:
@@ -104,6 +113,7 @@ class TracePipe:
     def join(self) -> None:
         """Wait for the reader to finish (after `stopping` was set)."""
         if self._thread is not None:
+            self._wake.set()
             self._thread.join(timeout=5)
             self._thread = None
 
@@ -133,7 +143,9 @@ class TracePipe:
                     continue
                 if self.stopping.is_set():
                     break
-                poller.poll(100)
+                if poller.poll(100):
+                    self._wake.wait(READ_EVERY_S)      # see READ_EVERY_S
+                    self._wake.clear()
         except BaseException as e:  # surfaced by sync()
             with self.cond:
                 self._error = e
@@ -147,6 +159,7 @@ class TracePipe:
             raise ExitlatError("trace reader thread is not running")
         mark = f"{_MARK}{os.getpid()}-{next(self._mark_seq)}"
         write_control(self.instance / "trace_marker", mark, "write a sync marker")
+        self._wake.set()
         deadline = time.monotonic() + timeout
         with self.cond:
             while mark not in self._marks_seen:
