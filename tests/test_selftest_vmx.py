@@ -264,7 +264,7 @@ def test_captured_vmx_tsc_deadline_writes_are_msr_write_exits():
     name = f"{VMX}-wrmsr-case5-timed"
     got = parse_trace_text((FIXTURES / f"{name}.txt").read_text())
     assert got.unparsed == 0 and got.to_dict()["exits"] == _expect(name)["exits"]
-    assert 110 <= got.exits["MSR_WRITE"] <= 130 and got.exits.get("MSR_READ", 0) == 0
+    assert 110 <= got.exits["MSR_WRITE"] <= 130 and got.exits.get("MSR_READ", 0) <= 5
     assert got.handled["msr_write"] == got.exits["MSR_WRITE"]
     assert "kvm_msr: msr_write 6e0 = " in (FIXTURES / f"{name}.txt").read_text()   # IA32_TSC_DEADLINE
 

@@ -28,14 +28,13 @@ DOCKERFILE = "bochs.Dockerfile"
 BOCHS_FORMAT = 1
 CPU_MODEL = "corei7_skylake_x"     # VMX with EPT, VPID, unrestricted guest, a preemption timer bit
 MEGS = 2048
-# Two emulated CPUs, as on the AMD-V host: bench pins L2's vCPU to CPU 1, and its trace reader and
-# QEMU's other threads run on CPU 0. With one CPU every wake-up of the trace reader preempted the
-# vCPU: 0.14 interrupt exits per traced iteration, too much background for the verifier (25 % of n).
+# One emulated CPU: L2's vCPU shares L1's core 0 with QEMU's other threads and bench. Two (the
+# AMD-V host's layout) made every run ~2x slower, and with IPS below they hung Bochs's BIOS.
 CPUS = 1
 # Emulated instructions per emulated second: Bochs's TSC counts instructions, while its CPU model
-# tells L1 (CPUID) that the TSC runs at 3.5 GHz. With any other rate L1's clock (the TSC) and its
-# LAPIC timer (emulated time) disagree, and every hrtimer fires early and again: at 100 MIPS, 0.1-0.2
-# interrupt exits per iteration of L2 (a timed window's background above the verifier's limit).
+# tells L1 (CPUID) that the TSC runs at 3.5 GHz, so at this rate L1's clock (the TSC) and its LAPIC
+# timer (emulated time) agree. At 100 MIPS two of four runs had timed windows with 0.1-0.2 interrupt
+# exits per iteration (above the verifier's background limit); at this rate none did.
 IPS = 3_500_000_000
 # The ATA output disk: Bochs wants whole cylinders of 16 heads x 63 sectors.
 DISK_HEADS, DISK_SPT = 16, 63
