@@ -183,8 +183,8 @@ def cleanup(c, dry_run=False):
     "mirror": "folder to try first for the L1 kernel package (named as in pins.yaml)",
     "retries": "fresh VMs for a run whose L2 hangs under nested TCG (default 2; each hang is "
                "reported)",
-    "vendor": "which emulated host: amd (default: L1 under QEMU's TCG, kvm_amd, ~4 min), intel "
-              "(L1 under Bochs, kvm_intel, ~10 min) or all",
+    "vendor": "which emulated host: amd (default: L1 under QEMU's TCG, kvm_amd, ~1 min), intel "
+              "(L1 under Bochs, kvm_intel, ~9 min) or all",
     "kernel": "the L1 kernel series, as pins.yaml emulated_host.kernels names them (default: "
               "its default_kernel)",
 })

@@ -26,8 +26,9 @@ from .inner import CAPTURE_RUNS, CONTROL_RUN, RUN_NAMES, RUNS, run_config
 
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
 DEFAULT_TIMEOUT = {"amd": 1500, "intel": 2400}    # seconds, QEMU/Bochs start → L1 powered off
-# `--vendor` default: AMD-V, the fast host (about 4 min on 2 cores); the VT-x host under Bochs takes
-# about twice that, so CI runs it as a test of its own (tests/test_selftest.py) rather than twice.
+# `--vendor` default: AMD-V, the fast host (about 1 min on 2 cores, every window verifies); the VT-x
+# host under Bochs takes ~9 min, so CI runs it as a test of its own (tests/test_selftest.py) rather
+# than twice.
 DEFAULT_VENDOR = "amd"
 VENDOR_CHOICES = ("amd", "intel", "all")
 EXIT_FAMILY = {"amd": "SVM", "intel": "VMX"}
