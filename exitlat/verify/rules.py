@@ -42,8 +42,9 @@ Tolerances (n = iterations_total; docs/verification.md has the table of every ru
 * "≈0 per iteration": count ≤ ZERO_TOLERANCE·n + allowance.
 * allowance: STRAY_EVENTS + INTERRUPT_SIDE_EXITS × (interrupt and idle exits counted in the same
   window, ASYNC_REASONS / IDLE_REASONS): background the window itself measured.
-* a check whose fixed allowance exceeds RESOLUTION·n, or whose whole allowance exceeds
-  BACKGROUND_LIMIT·n, cannot tell paths apart: "unverified", with the smallest n that verifies.
+* a check whose fixed allowance exceeds RESOLUTION·n cannot tell paths apart: "unverified", with
+  the smallest n that verifies; one whose count passes only thanks to the background may do so
+  only while its whole allowance is at most BACKGROUND_LIMIT·n (Bounds).
 * every verdict reports `other_path_max`: the largest fraction of iterations that may have taken
   another path or been disturbed (the reports mark percentiles it does not cover).
 """
@@ -137,6 +138,39 @@ def stats_tolerances() -> dict:
             "interrupt_side_exits": INTERRUPT_SIDE_EXITS, "console_slack": CONSOLE_SLACK,
             "console_default": STATS_STRAY_EVENTS, "resolution": RESOLUTION,
             "background_limit": BACKGROUND_LIMIT}
+
+
+class Bounds:
+    """"≈1" and "≈0 per iteration" for one window of n iterations, with the fixed allowance
+    (STRAY_EVENTS) and with the background the window measured (`background`: the interrupt and
+    idle side exits it may explain). A count that passes only thanks to the background sets
+    `relied`: that check rests on the background, and BACKGROUND_LIMIT decides whether it may. A
+    count within the fixed allowance proves its point however busy the window was."""
+
+    def __init__(self, n: int, background: float):
+        self.n, self.background, self.relied = n, background, False
+        self.lo = (1 - ONE_TOLERANCE) * n
+        self.hi_fixed = (1 + ONE_TOLERANCE) * n + STRAY_EVENTS
+        self.zero_fixed = ZERO_TOLERANCE * n + STRAY_EVENTS
+        self.hi, self.zero_max = self.hi_fixed + background, self.zero_fixed + background
+
+    def one(self, count: float) -> bool:
+        if not self.lo <= count <= self.hi:
+            return False
+        self.relied |= count > self.hi_fixed
+        return True
+
+    def zero(self, count: float) -> bool:
+        if count > self.zero_max:
+            return False
+        self.relied |= count > self.zero_fixed
+        return True
+
+    def gate(self, what: str) -> str:
+        """too_small() of this window's checks: the whole allowance counts only where one rested
+        on it."""
+        return too_small(self.n, STRAY_EVENTS, STRAY_EVENTS + (self.background if self.relied else 0),
+                         what)
 
 
 def side_allowance(interrupts: int, idle: int) -> int:

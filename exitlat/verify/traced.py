@@ -9,12 +9,11 @@ from exitlat.limits import MAX_PORT
 from exitlat.instructions import KVM_PATHS, TABLE
 
 from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, BACKGROUND_LIMIT, HANDLER,
-                    IDLE_REASONS,
-                    INTERRUPT_SIDE_EXITS, ONE_TOLERANCE, RESOLUTION, STATS_STRAY_EVENTS,
-                    STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, VENDORS,
-                    ZERO_TOLERANCE, bounds, check_n, check_path, check_stats, emulation_detail,
-                    expected_reasons, other_path_fraction, per_iteration, side_allowance,
-                    too_small)
+                    IDLE_REASONS, INTERRUPT_SIDE_EXITS, ONE_TOLERANCE, RESOLUTION,
+                    STATS_STRAY_EVENTS, STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED,
+                    STRAY_EVENTS, VENDORS, ZERO_TOLERANCE, Bounds, check_n, check_path,
+                    check_stats, emulation_detail, expected_reasons, other_path_fraction,
+                    per_iteration, side_allowance, too_small)
 from .trace.counts import HANDLED_SUFFIX, ExitCounts
 from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
@@ -49,7 +48,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     interrupts = sum(c for r, c in window.exits.items() if r.split("|")[0] in ASYNC_REASONS)
     idle = sum(c for r, c in window.exits.items() if r.split("|")[0] in IDLE_REASONS)
     side = side_allowance(interrupts, idle)
-    lo, hi, zero_max = bounds(n, side)
+    b = Bounds(n, side - STRAY_EVENTS)
     userspace = window.total_userspace
     user_io = window.userspace.get("IO", 0)
     port_out = window.pio_count(port, "out") if port is not None else 0
@@ -99,16 +98,13 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         first = window.unparsed_lines[0] if window.unparsed_lines else "(line not kept)"
         problems.append(f"{window.unparsed} trace lines could not be parsed, counts are "
                         f"incomplete (first: {first.strip()!r})")
-    small = too_small(n, STRAY_EVENTS, side, "exits the loop did not cause")
-    if small:
-        unproven.append(small)
 
     def about_one(count: int, what: str) -> None:
-        if not lo <= count <= hi:
+        if not b.one(count):
             problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
 
     def about_zero(count: int, what: str) -> None:
-        if count > zero_max:
+        if not b.zero(count):
             problems.append(f"expected ≈0 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
 
     if not window.total_exits:
@@ -134,13 +130,13 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                                 "confirm the trace's: no positive evidence of the path")
         about_one(count, what)
         unexplained = userspace - stray_io
-        if unexplained > zero_max:
+        if not b.zero(unexplained):
             problems.append(f"expected ≈0 userspace exits per iteration, saw {unexplained / n:.3f} "
                             f"({unexplained} in {n}: {_fmt_reasons(window.userspace)})")
         if other is not None:
             about_zero(other, "other synchronous exits (beyond the console, interrupts and idle)")
         if decodable:
-            _handler_check(window, instruction, n, lo, hi, zero_max, problems, unproven)
+            _handler_check(window, instruction, b, problems, unproven)
         deviating = abs(count - n) + max(unexplained, 0) + max(other or 0, 0) + interrupts
         summary = (f"{count / n:.3f} {'/'.join(reasons) if decodable else what}/iter, "
                    f"{unexplained / n:.3f} userspace exits/iter")
@@ -150,11 +146,11 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         # Every userspace IO exit the console explains is taken off before the port's are counted:
         # the console alone must never make an OUT look like a QEMU round trip.
         port_user_io = user_io - pio_other
-        if port_user_io < lo:
+        if port_user_io < b.lo:
             problems.append(f"expected ≈1 userspace exit (KVM_EXIT_IO) per iteration beyond the "
                             f"console's, saw {port_user_io / n:.3f} ({user_io} IO exits, "
                             f"{pio_other} console port I/O, in {n})")
-        if userspace - stray_io > hi:
+        if userspace - stray_io > b.hi:
             problems.append(f"expected ≈1 userspace exit per iteration, saw {(userspace - stray_io) / n:.3f} "
                             f"({_fmt_reasons(window.userspace)})")
         other = None
@@ -174,9 +170,12 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     tier_unverified = ""
     fast = TABLE[instruction].fastpath
     if expected_path == "kvm_fastpath":
-        tier_unverified = _fastpath_tier(window, fast, n, lo, hi, result, problems, notes)
+        tier_unverified = _fastpath_tier(window, fast, b, result, problems, notes)
     elif expected_path == "kvm" and fast:
-        tier_unverified = _normal_tier(window, fast, n, zero_max, result, problems, notes)
+        tier_unverified = _normal_tier(window, fast, b, result, problems, notes)
+    small = b.gate("exits the loop did not cause")
+    if small:
+        unproven.append(small)
     if kvm_stats is not None:
         _stats_agree(window, kvm_stats, n, decodable, interrupts, idle, result, problems, notes,
                      unproven)
@@ -203,8 +202,8 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     return result
 
 
-def _handler_check(window: ExitCounts, instruction: str, n: int, lo: float, hi: float,
-                   zero_max: float, problems: list, unproven: list) -> None:
+def _handler_check(window: ExitCounts, instruction: str, b: Bounds, problems: list,
+                   unproven: list) -> None:
     """The handler that ran: on SVM one MSR reason covers reads and writes, so the kvm_msr event's
     read/write field is what tells them apart (and kvm_cpuid/kvm_hypercall that KVM's own handler
     ran)."""
@@ -215,12 +214,13 @@ def _handler_check(window: ExitCounts, instruction: str, n: int, lo: float, hi: 
         unproven.append(f"no KVM handler events counted (kvm_{handler.split('_')[0]}): the handler "
                         "that ran is not proven")
         return
+    n = b.n
     got = window.handled.get(handler, 0)
-    if not lo <= got <= hi:
+    if not b.one(got):
         problems.append(f"expected ≈1 {handler.replace('_', ' ')} per iteration (kvm_"
                         f"{handler.split('_')[0]} event), saw {got / n:.3f} ({got} in {n})")
     twin = {"msr_read": "msr_write", "msr_write": "msr_read"}.get(handler)
-    if twin and window.handled.get(twin, 0) > zero_max:
+    if twin and not b.zero(window.handled.get(twin, 0)):
         seen = window.handled[twin]
         problems.append(f"expected ≈0 {twin.replace('_', ' ')}s per iteration, saw {seen / n:.3f} "
                         f"({seen} in {n}): the loop {twin.split('_')[1]}s the MSR")
@@ -238,9 +238,10 @@ def _agree_limit(n: int, interrupts: int, idle: int) -> float:
     return AGREE_TOLERANCE * n + AGREE_STRAY + interrupts + idle
 
 
-def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: float, hi: float,
-                   result: dict, problems: list, notes: list) -> str:
+def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], b: Bounds, result: dict,
+                   problems: list, notes: list) -> str:
     """The irq-off fastpath check; returns why the tier is unverified ('' when it was checked)."""
+    n = b.n
     syms = [s for s in symbols if s in window.probed]
     if not syms:
         why = window.probe_note or "no fastpath handler was probed"
@@ -251,8 +252,8 @@ def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: flo
     result["fastpath"] = {"symbols": syms, "calls": calls, "handled": handled,
                           "handled_per_iter": per_iteration(handled, n)}
     name = "/".join(syms)
-    if not lo <= handled <= hi:
-        if handled < lo:
+    if not b.one(handled):
+        if handled < b.lo:
             problems.append(f"took the full handler, not the fastpath: {name} handled "
                             f"{handled / n:.3f} per iteration ({handled} in {n}; {calls} calls, "
                             f"{calls - handled} returned EXIT_FASTPATH_NONE)")
@@ -264,10 +265,11 @@ def _fastpath_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, lo: flo
     return ""
 
 
-def _normal_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, zero_max: float,
-                 result: dict, problems: list, notes: list) -> str:
+def _normal_tier(window: ExitCounts, symbols: tuple[str, ...], b: Bounds, result: dict,
+                 problems: list, notes: list) -> str:
     """"Handled by KVM's normal handler" where a fastpath exists: the fastpath must have handled
     ≈0 of the exits; returns why that is unverified ('' when checked)."""
+    n = b.n
     syms = [s for s in symbols if s in window.probed]
     if not syms:
         why = window.probe_note or "no fastpath handler was probed"
@@ -277,7 +279,7 @@ def _normal_tier(window: ExitCounts, symbols: tuple[str, ...], n: int, zero_max:
     handled = sum(window.probes.get(s + HANDLED_SUFFIX, 0) for s in syms)
     result["fastpath"] = {"symbols": syms, "calls": calls, "handled": handled,
                           "handled_per_iter": per_iteration(handled, n)}
-    if handled > zero_max:
+    if not b.zero(handled):
         problems.append(f"expected the normal handler, but {'/'.join(syms)} handled {handled / n:.3f} "
                         f"per iteration in the fastpath ({handled} in {n})")
     else:
