@@ -82,6 +82,12 @@ ASYNC_REASONS = frozenset({"EXTERNAL_INTERRUPT", "INTERRUPT_WINDOW", "NMI_WINDOW
                            "PREEMPTION_TIMER", "VINTR", "NMI", "SMI", "INIT", "INIT_SIGNAL",
                            "SIPI_SIGNAL"})
 IDLE_REASONS = frozenset({"HLT", "IDLE_HALT", "MWAIT_INSTRUCTION"})
+# What an interrupt makes the guest do that exits: write its EOI and re-arm its timer (MSR writes
+# with x2APIC and TSC-deadline, or APIC page accesses). Only these may be explained by the
+# interrupts a window counted; any other extra exit (an EPT violation or misconfig, say) must fit
+# the fixed allowance, and no userspace exit is ever an interrupt's.
+SIDE_REASONS = frozenset({"MSR", "MSR_WRITE", "APIC_WRITE", "APIC_ACCESS", "EOI_INDUCED",
+                          "TPR_BELOW_THRESHOLD", "WRITE_CR8", "AVIC_UNACCELERATED_ACCESS"})
 ASYNC_STATS = ("irq_exits", "irq_window_exits", "nmi_window_exits")
 IDLE_STATS = ("halt_exits",)
 
@@ -165,6 +171,11 @@ class Bounds:
             return False
         self.relied |= count > self.zero_fixed
         return True
+
+    def zero_fixed_only(self, count: float) -> bool:
+        """≈0 where no background can explain anything (userspace exits, exits no interrupt
+        causes)."""
+        return count <= self.zero_fixed
 
     def gate(self, what: str) -> str:
         """too_small() of this window's checks: the whole allowance counts only where one rested
