@@ -27,7 +27,7 @@ _FLOWS = {
 class CaseSpec:
     number: int
     flow: str                 # where the instruction runs: user, user→kernel (ioctl), kernel
-    instruction: str          # cpuid, vmcall, rdmsr, wrmsr_tsc_deadline or outb
+    instruction: str          # a row of exitlat/instructions.py: F (cpuid, ...) or outb
     expected_path: str        # PATH_FASTPATH, PATH_KVM or PATH_QEMU
     key: str                  # case1..case6: the name on the console and on the samples disk
     msr: int | None = None    # for rdmsr / wrmsr_tsc_deadline
