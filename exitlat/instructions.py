@@ -68,6 +68,12 @@ TABLE = {i.name: i for i in (
     Instruction("wbinvd", (3, 5), PATH_KVM, "WBINVD", "WBINVD", None, "exits",
                 why_not="WBINVD at CPL 3 raises #GP inside the guest without a VM exit; "
                         "use case 3 or 5"),
+    # INVD: kvm_emulate_invd skips it as a NOP (VMX exits on it unconditionally, SVM intercepts it).
+    # Safe only where KVM intercepts it (natively it drops dirty cache lines): the module refuses
+    # it unless it runs under KVM, so TCG refuses it too.
+    Instruction("invd", (3, 5), PATH_KVM, "INVD", "INVD", None, "exits",
+                why_not="INVD at CPL 3 raises #GP inside the guest without a VM exit; "
+                        "use case 3 or 5"),
     # XSETBV of XCR0's current value (read before the batch): kvm_emulate_xsetbv, both vendors.
     Instruction("xsetbv", (5,), PATH_KVM, "XSETBV", "XSETBV", None, "exits",
                 why_not="XSETBV needs CPL 0 and the current XCR0 read before the timed loop, "

@@ -25,7 +25,7 @@ from exitlat.verify.traced import verify_case
 
 MODULE = REPO_ROOT / "guest/module"
 PROBE = REPO_ROOT / "guest/probe/exitlat-probe.c"
-NEW_KINDS = ("wbinvd", "xsetbv", "rd_tsc_adjust_msr", "wr_tsc_adjust_msr")
+NEW_KINDS = ("wbinvd", "invd", "xsetbv", "rd_tsc_adjust_msr", "wr_tsc_adjust_msr")
 needs_gcc = pytest.mark.skipif(not shutil.which("gcc"), reason="no gcc")
 
 
@@ -105,7 +105,7 @@ def test_a_row_on_one_side_only_fails():
     extra = with_row(Instruction("mov_to_cr8", (5,), PATH_KVM, "CR_ACCESS", "WRITE_CR8", None,
                                  "exits"))
     assert set(module_rows()) != set(instruction_ids(extra))
-    fewer = {n: i for n, i in TABLE.items() if n != "wbinvd"}
+    fewer = {n: i for n, i in TABLE.items() if n != "invd"}
     assert set(module_rows()) != set(instruction_ids(fewer))
 
 
@@ -130,7 +130,7 @@ def test_a_table_change_rebuilds_the_guest(monkeypatch):
     pins = load_pins()
     before = plan_build(pins)
     monkeypatch.setattr(guestgen, "TABLE", with_row(
-        Instruction("invd", (5,), PATH_KVM, "INVD", "INVD", None, "exits")))
+        Instruction("mov_from_cr8", (5,), PATH_KVM, "CR_ACCESS", "READ_CR8", None, "exits")))
     after = plan_build(pins)
     assert {k for k in before.stage_hashes if before.stage_hashes[k] != after.stage_hashes[k]} \
         == {"initramfs"}
@@ -160,7 +160,7 @@ def test_new_kinds_are_kernel_only_and_refused_at_cpl3_with_why(kind):
         case_specs([1], kind)
 
 
-@pytest.mark.parametrize("kind,vmx,svm", [("wbinvd", "WBINVD", "WBINVD"),
+@pytest.mark.parametrize("kind,vmx,svm", [("wbinvd", "WBINVD", "WBINVD"), ("invd", "INVD", "INVD"),
                                           ("xsetbv", "XSETBV", "XSETBV"),
                                           ("rd_tsc_adjust_msr", "MSR_READ", "MSR"),
                                           ("wr_tsc_adjust_msr", "MSR_WRITE", "MSR")])

@@ -144,6 +144,12 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
 	return rdmsrl_safe(MSR_EXITLAT_TSC_DEADLINE, &val) ? -EIO : 0;
 }
 
+/* INVD drops dirty cache lines where it runs natively: only under KVM, which skips it. */
+static int el_check_kvm(const struct exitlat_config *cfg)
+{
+	return kvm_para_available() ? 0 : -ENODEV;
+}
+
 static int el_check_xsetbv(const struct exitlat_config *cfg)
 {
 	/* CR4.OSXSAVE clear (no XSAVE in the vCPU, as under TCG's default CPU): XSETBV #UDs. */
@@ -218,6 +224,8 @@ static __always_inline void el_xsetbv0(u64 val)
 	/* The kvm-unit-tests x86/vmexit.c kinds (exitlat/instructions.py says each path). */ \
 	X(EXITLAT_I_WBINVD, wbinvd, NULL,               true, 0,			\
 	  asm volatile("wbinvd" : : : "memory"))					\
+	X(EXITLAT_I_INVD,   invd,   el_check_kvm,       true, 0,			\
+	  asm volatile("invd" : : : "memory"))						\
 	/* loop only: XCR0 rewritten with the value it has, read before the batch */	\
 	X(EXITLAT_I_XSETBV, xsetbv, el_check_xsetbv,    false, el_xgetbv0(), el_xsetbv0(val)) \
 	X(EXITLAT_I_RD_TSC_ADJUST_MSR, rd_tsc_adjust_msr, el_check_tsc_adjust_read, true, 0, \

@@ -665,10 +665,10 @@ static void on_fault(int sig)
 	siglongjmp(fault_jmp, 1);
 }
 
-static int module_config(const char *key, unsigned instr)
+static int module_config(const char *key, const struct instr *in)
 {
 	struct exitlat_config cfg = {
-		.instr = instr, .timer = P.timer, .port = P.port, .msr = P.msr,
+		.instr = in->module, .timer = P.timer, .port = P.port, .msr = P.msr,
 		.amd = P.amd, .batch = P.batch,
 	};
 
@@ -683,10 +683,12 @@ static int module_config(const char *key, unsigned instr)
 		else if (errno == EIO)
 			why = "the MSR access faulted (#GP) in this guest";
 		else if (errno == EOPNOTSUPP)
-			why = "the vCPU lacks a needed feature (TSC deadline timer, or RDTSCP for the timer)";
+			why = "the vCPU lacks a needed feature (TSC deadline timer, XSAVE, or RDTSCP for the timer)";
+		else if (errno == ENODEV)
+			why = "it is safe only under KVM, which intercepts it, and this guest does not run under KVM";
 		else if (errno == EPERM)
 			why = "the MSR is passed through by KVM and never exits";
-		emit_error(key, "module refused instruction %u: %s", instr, why);
+		emit_error(key, "module refused %s: %s", in->name, why);
 		return -1;
 	}
 	return 0;
@@ -703,7 +705,7 @@ static int run_key(struct key *k)
 	struct sigaction sa = { .sa_handler = on_fault };
 
 	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
-	if (k->where != USER && module_config(k->name, in->module))
+	if (k->where != USER && module_config(k->name, in))
 		return -1;
 
 	sigemptyset(&sa.sa_mask);
