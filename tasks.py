@@ -115,7 +115,8 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "iterations": "timed iterations per case (default 10000)",
     "warmup": "discarded warm-up iterations per case (default 1000)",
     "instr": "F instruction, a row of exitlat/instructions.py: cpuid (default), vmcall, rdmsr, "
-             "wrmsr_tsc_deadline, wbinvd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr",
+             "wrmsr_tsc_deadline, wbinvd, invd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr, "
+             "inl_from_qemu",
     "port": "S port for OUTB (debugcon; default 0xe9)",
     "timer": "rdtscp (default) or lfence (LFENCE;RDTSC;LFENCE)",
     "core": "host core for the vCPU (default: an isolated core, else the last one)",

@@ -18,7 +18,7 @@ from exitlat.build.stages import STAGES, plan_build
 from exitlat.bundle.format import schema
 from exitlat.cases import case_specs
 from exitlat.errors import ExitlatError
-from exitlat.instructions import F_INSTRUCTIONS, PATH_KVM, TABLE, Instruction
+from exitlat.instructions import F_INSTRUCTIONS, PATH_KVM, PATH_QEMU, QEMU_NOP_PORT, TABLE, Instruction
 from exitlat.paths import REPO_ROOT
 from exitlat.verify.trace.counts import ExitCounts
 from exitlat.verify.traced import verify_case
@@ -182,3 +182,55 @@ def test_kind_without_handler_tracepoint_is_unverified_where_reasons_do_not_deco
     w = ExitCounts({"54": n}, {}, {}, {}, 0, "test")
     r = verify_case(w, n, "kvm", "wbinvd", None, "unknown", kvm_stats={"exits": n})
     assert r["status"] == "unverified" and "no handler tracepoint" in r["detail"], r["detail"]
+
+
+# ---- inl_from_qemu: port I/O in the other direction ------------------------------------------
+
+def test_inl_from_qemu_runs_in_kernel_cases_on_its_own_port():
+    row = TABLE["inl_from_qemu"]
+    assert row.path == PATH_QEMU and row.io == "in" and row.port == QEMU_NOP_PORT == 0x1234
+    assert "inl_from_qemu" in F_INSTRUCTIONS
+    specs = case_specs([3, 4, 5, 6], "inl_from_qemu", port=0xE9)
+    assert [(s.instruction, s.expected_path, s.port) for s in specs] == [
+        ("inl_from_qemu", PATH_QEMU, 0x1234), ("outb", PATH_QEMU, 0xE9),
+        ("inl_from_qemu", PATH_QEMU, 0x1234), ("outb", PATH_QEMU, 0xE9)]
+    with pytest.raises(ExitlatError, match="case 1 cannot use inl_from_qemu: IN at CPL 3"):
+        case_specs([1], "inl_from_qemu")
+    assert "#define EXITLAT_PORT_INL_FROM_QEMU\t0x1234" in render_header()
+
+
+def test_inl_from_qemu_is_proven_by_reads_of_its_port():
+    """≈1 kvm_pio read on 0x1234 and ≈1 userspace IO exit per iteration; writes there (the
+    direction outb makes) are not it."""
+    n = 11000
+    console = {(0x3F8, "out"): 80}
+    good = ExitCounts({"IO_INSTRUCTION": n + 80}, {"IO": n + 80},
+                      {(0x1234, "in"): n, **console}, {}, 0, "test")
+    for vendor in ("intel", "amd"):
+        r = verify_case(good, n, "qemu", "inl_from_qemu", 0x1234, vendor)
+        assert r["status"] == "passed", r["detail"]
+        assert "INs from 0x1234" in r["detail"]
+    wrong = ExitCounts({"IO_INSTRUCTION": n + 80}, {"IO": n + 80},
+                       {(0x1234, "out"): n, **console}, {}, 0, "test")
+    r = verify_case(wrong, n, "qemu", "inl_from_qemu", 0x1234, "intel")
+    assert r["status"] == "failed" and "kvm_pio read on 0x1234" in r["detail"], r["detail"]
+    with pytest.raises(ExitlatError, match="needs its port"):
+        verify_case(good, n, "qemu", "inl_from_qemu", None, "intel")
+    with pytest.raises(ExitlatError, match="runs port I/O, not cpuid"):
+        verify_case(good, n, "qemu", "cpuid", None, "intel")
+
+
+def test_the_decomposition_pairs_the_reads_of_an_in_kind():
+    """Where the round trip goes is taken from the exits of the case's own direction: an IN kind's
+    reads of its port, not writes there."""
+    from exitlat.stats.decompose import _select
+    from exitlat.verify.trace.timeline import PairedExits
+
+    read = {"n": 3, "host": [1, 2, 3], "qemu": [4, 5, 6], "user": [7, 8, 9]}
+    write = {"n": 2, "host": [1, 1], "qemu": [1, 1], "user": [1, 1]}
+    paired = PairedExits("x86-tsc", True, kinds={"IO_INSTRUCTION 0x1234/in": read,
+                                                 "IO_INSTRUCTION 0x1234/out": write})
+    label, host, _qemu, _user, n = _select(paired, ("IO_INSTRUCTION",), 0x1234,
+                                           TABLE["inl_from_qemu"].io)
+    assert (label, list(host), n) == ("IO_INSTRUCTION 0x1234/in", [1, 2, 3], 3)
+    assert _select(paired, ("IO_INSTRUCTION",), 0x1234)[4] == 2     # outb: the writes

@@ -39,8 +39,9 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         raise ExitlatError(f"unknown vendor {vendor!r} (intel, amd, unknown)")
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT):
         raise ExitlatError(f"port must be 0..0xffff, got {port!r}")
-    if instruction == "outb" and port is None:
-        raise ExitlatError("an outb case needs its port to be verified")
+    io = TABLE[instruction].io          # port I/O kinds: "in" or "out"
+    if io and port is None:
+        raise ExitlatError(f"an {instruction} case needs its port to be verified")
     check_stats(kvm_stats)
 
     reasons = expected_reasons(instruction, vendor)
@@ -52,7 +53,9 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     lo, hi, zero_max = bounds(n, side)
     userspace = window.total_userspace
     user_io = window.userspace.get("IO", 0)
-    port_out = window.pio_count(port, "out") if port is not None else 0
+    # the kvm_pio events of the port under test, in the kind's direction (outb: writes)
+    port_out = window.pio_count(port, io or "out") if port is not None else 0
+    pio_what = f"kvm_pio {'read' if io == 'in' else 'write'} on {port:#x}" if port is not None else ""
     # Port I/O on other ports is the console's (the handshake lands inside the window): each is
     # one IO_INSTRUCTION exit, and at most one userspace IO exit.
     pio_other = sum(c for (p, _d), c in window.pio.items() if p != port)
@@ -122,7 +125,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         else:
             handler = HANDLER.get(instruction)
             if handler is None and port is not None:   # outb expected in KVM: port I/O tells
-                count, what = port_out, f"kvm_pio write on {port:#x}"
+                count, what = port_out, pio_what
             elif handler is None:          # no tracepoint of its own (wbinvd, xsetbv): none tells
                 count, what = None, f"{'/'.join(reasons)} exit"
                 unproven.append(f"kvm_exit reasons not decodable and KVM has no handler tracepoint "
@@ -153,7 +156,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                    f"{unexplained / n:.3f} userspace exits/iter")
     else:
         result["evidence"] = "kvm_pio + kvm_userspace_exit"
-        about_one(port_out, f"kvm_pio write on {port:#x}")
+        about_one(port_out, pio_what)
         # Every userspace IO exit the console explains is taken off before the port's are counted:
         # the console alone must never make an OUT look like a QEMU round trip.
         port_user_io = user_io - pio_other
@@ -170,7 +173,8 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
             about_zero(other, "exits besides the OUT's I/O exit (the round trip must be one exit)")
             about_zero(max(io_exits - port_out - pio_other, 0), "I/O exits on no traced port")
         deviating = (abs(port_out - n) + abs(port_user_io - n) + max(other or 0, 0) + interrupts)
-        summary = f"{port_out / n:.3f} OUTs to {port:#x}/iter, {user_io / n:.3f} userspace IO exits/iter"
+        summary = (f"{port_out / n:.3f} {'INs from' if io == 'in' else 'OUTs to'} {port:#x}/iter, "
+                   f"{user_io / n:.3f} userspace IO exits/iter")
     result["other_exits"] = other
     result["other_path_max"] = other_path_fraction(deviating, n)
     if stray_io:

@@ -62,7 +62,6 @@ struct exitlat_state {
 #define EL_ONCE_AMD	(1ULL << 8)
 #define EL_ONCE_VALID	(1ULL << 9)
 
-#define MSR_EXITLAT_TSC_ADJUST	0x3b	/* IA32_TSC_ADJUST */
 
 static u64 el_once_word(const struct exitlat_config *cfg)
 {
@@ -160,7 +159,7 @@ static int el_check_tsc_adjust_read(const struct exitlat_config *cfg)
 {
 	u64 val;
 
-	return rdmsrl_safe(MSR_EXITLAT_TSC_ADJUST, &val) ? -EIO : 0;
+	return rdmsrl_safe(EXITLAT_MSR_RD_TSC_ADJUST_MSR, &val) ? -EIO : 0;
 }
 
 /* Once, fault-protected, what the loop does: write back the value read. */
@@ -168,9 +167,17 @@ static int el_check_tsc_adjust_write(const struct exitlat_config *cfg)
 {
 	u64 val;
 
-	if (rdmsrl_safe(MSR_EXITLAT_TSC_ADJUST, &val))
+	if (rdmsrl_safe(EXITLAT_MSR_WR_TSC_ADJUST_MSR, &val))
 		return -EIO;
-	return wrmsrl_safe(MSR_EXITLAT_TSC_ADJUST, val) ? -EIO : 0;
+	return wrmsrl_safe(EXITLAT_MSR_WR_TSC_ADJUST_MSR, val) ? -EIO : 0;
+}
+
+static __always_inline u32 el_inl(u16 port)
+{
+	u32 val;
+
+	asm volatile("inl %w1, %0" : "=a"(val) : "Nd"(port) : "memory");
+	return val;
 }
 
 /* XCR0, read and written raw (the loop's XSETBV writes back what XGETBV read). */
@@ -229,10 +236,14 @@ static __always_inline void el_xsetbv0(u64 val)
 	/* loop only: XCR0 rewritten with the value it has, read before the batch */	\
 	X(EXITLAT_I_XSETBV, xsetbv, el_check_xsetbv,    false, el_xgetbv0(), el_xsetbv0(val)) \
 	X(EXITLAT_I_RD_TSC_ADJUST_MSR, rd_tsc_adjust_msr, el_check_tsc_adjust_read, true, 0, \
-	  el_rdmsr(MSR_EXITLAT_TSC_ADJUST))						\
+	  el_rdmsr(EXITLAT_MSR_RD_TSC_ADJUST_MSR))					\
 	/* loop only: IA32_TSC_ADJUST rewritten with the value it has */		\
 	X(EXITLAT_I_WR_TSC_ADJUST_MSR, wr_tsc_adjust_msr, el_check_tsc_adjust_write, false, \
-	  el_rdmsr(MSR_EXITLAT_TSC_ADJUST), el_wrmsr(MSR_EXITLAT_TSC_ADJUST, val))
+	  el_rdmsr(EXITLAT_MSR_WR_TSC_ADJUST_MSR),					\
+	  el_wrmsr(EXITLAT_MSR_WR_TSC_ADJUST_MSR, val))					\
+	/* a port no device claims: a QEMU round trip, as OUTB is for writes */		\
+	X(EXITLAT_I_INL_FROM_QEMU, inl_from_qemu, NULL, true, 0,			\
+	  el_inl(EXITLAT_PORT_INL_FROM_QEMU))
 
 /* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */
 #define EL_COUNT_ROW(id, name, check, once, SETUP, STATEMENT) + 1
