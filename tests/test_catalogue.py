@@ -234,3 +234,20 @@ def test_the_decomposition_pairs_the_reads_of_an_in_kind():
                                            TABLE["inl_from_qemu"].io)
     assert (label, list(host), n) == ("IO_INSTRUCTION 0x1234/in", [1, 2, 3], 3)
     assert _select(paired, ("IO_INSTRUCTION",), 0x1234)[4] == 2     # outb: the writes
+
+
+def test_the_selftest_runs_the_catalogue_by_name_or_together():
+    """Every kind of the catalogue has a selftest run the guest accepts; "all" stays the default
+    set until the emulated hosts have proven them."""
+    from exitlat.selftest import inner
+    from exitlat.selftest.cli import parse_runs
+
+    assert parse_runs("catalogue") == list(inner.CATALOGUE_NAMES)
+    assert parse_runs("vmcall,xsetbv") == ["vmcall", "xsetbv"]
+    assert not set(parse_runs("all")) & set(inner.CATALOGUE_NAMES)
+    assert {r[1] for r in inner.CATALOGUE_RUNS} == set(NEW_KINDS) | {"inl_from_qemu"}
+    for _name, instr, cases, _backend in inner.CATALOGUE_RUNS:
+        assert list(cases) == [c for c in TABLE[instr].cases if c % 2]   # every case it allows
+        case_specs(list(cases), instr, 0xE9)
+    with pytest.raises(ExitlatError, match="choose all, catalogue"):
+        parse_runs("mov_dr")
