@@ -27,11 +27,11 @@ _FLOWS = {
 class CaseSpec:
     number: int
     flow: str                 # where the instruction runs: user, user→kernel (ioctl), kernel
-    instruction: str          # cpuid, vmcall, rdmsr, wrmsr_tsc_deadline or outb
+    instruction: str          # a row of exitlat/instructions.py: F (cpuid, ...) or outb
     expected_path: str        # PATH_FASTPATH, PATH_KVM or PATH_QEMU
     key: str                  # case1..case6: the name on the console and on the samples disk
     msr: int | None = None    # for rdmsr / wrmsr_tsc_deadline
-    port: int | None = None   # for outb
+    port: int | None = None   # for port I/O: outb's --port, or the kind's own (inl_from_qemu)
 
 
 def _valid() -> str:
@@ -107,5 +107,5 @@ def case_specs(cases, instr: str = "cpuid", port: int = 0xE9, msr: int | None = 
             path = PATH_KVM
         spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
         specs.append(CaseSpec(n, _FLOWS[n], ins.name, path, f"case{n}", msr=spec_msr,
-                              port=port if ins.name == S_INSTRUCTION else None))
+                              port=port if ins.name == S_INSTRUCTION else ins.port))
     return specs

@@ -1,9 +1,10 @@
 """Every fact exitlat knows about an instruction it can time, in one table.
 
-Adding an exit kind means one row here and the guest's rows: its EXITLAT_I_* id
-(guest/module/exitlat_uapi.h), a row in the module's EL_INSTRUCTIONS (guest/module/exitlat_mod.c)
-and in the probe's f_instrs[] (guest/probe/exitlat-probe.c, plus a WINDOW line if CPL 3 can run
-it). The cases, the verifier and the timed-window check all read this table (docs/architecture.md).
+Adding an exit kind means one row here and one row in the module's EL_INSTRUCTIONS
+(guest/module/exitlat_mod.c: the statement one iteration runs), plus a WINDOW line in the probe
+(guest/probe/exitlat-probe.c) if CPL 3 can run it. The guest's ids and the probe's rows are
+generated from this table at build time (exitlat/build/guestgen.py). The cases, the verifier and
+the timed-window check all read it too (docs/architecture.md).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ class Instruction:
     why_not: str = ""           # why the cases it is not allowed in cannot measure it
     fastpath: tuple[str, ...] = ()  # KVM's irq-off fastpath handlers of it, per kernel version
     #                                 (return-probed to prove the fastpath: verify/trace/kprobes.py)
+    io: str | None = None       # port I/O: the kvm_pio direction of one iteration, "in" or "out"
+    port: int | None = None     # the port it always uses (None: --port, as outb)
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -42,6 +45,8 @@ class Instruction:
 
 
 DEFAULT_MSR = 0x3B          # IA32_TSC_ADJUST: intercepted and emulated inside KVM
+QEMU_NOP_PORT = 0x1234      # a port no device claims: KVM exits to QEMU, which reads all ones
+#                             (kvm-unit-tests x86/vmexit.c inl_from_qemu)
 TSC_DEADLINE_MSR = 0x6E0    # IA32_TSC_DEADLINE: KVM's irq-off fastpath where it can arm the
 #                             VMX preemption timer
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
@@ -59,10 +64,50 @@ TABLE = {i.name: i for i in (
                 fastpath=("handle_fastpath_set_msr_irqoff",     # 6.1 - 6.12
                           "handle_fastpath_wrmsr")),            # 6.18
     Instruction("wrmsr", (), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits"),
-    Instruction("outb", (2, 4, 6), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None, "io_exits"),
+    Instruction("outb", (2, 4, 6), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None, "io_exits",
+                io="out"),
+    # The kvm-unit-tests x86/vmexit.c kinds (docs/architecture.md: one row here, one guest row).
+    # WBINVD: kvm_emulate_wbinvd, which flushes only with non-coherent DMA (an assigned device),
+    # else just skips it. Intercepted on SVM always, on VMX with "WBINVD exiting" (every VMX CPU
+    # KVM supports has it; without it the guest's WBINVD runs natively, no exit).
+    Instruction("wbinvd", (3, 5), PATH_KVM, "WBINVD", "WBINVD", None, "exits",
+                why_not="WBINVD at CPL 3 raises #GP inside the guest without a VM exit; "
+                        "use case 3 or 5"),
+    # INVD: kvm_emulate_invd skips it as a NOP (VMX exits on it unconditionally, SVM intercepts it).
+    # Safe only where KVM intercepts it (natively it drops dirty cache lines): the module refuses
+    # it unless it runs under KVM, so TCG refuses it too.
+    Instruction("invd", (3, 5), PATH_KVM, "INVD", "INVD", None, "exits",
+                why_not="INVD at CPL 3 raises #GP inside the guest without a VM exit; "
+                        "use case 3 or 5"),
+    # INL from a port no device claims: KVM has no in-kernel device there, so every read is a
+    # userspace exit (KVM_EXIT_IO) and QEMU's unassigned-I/O read, as OUTB to 0xe9 is for writes.
+    Instruction("inl_from_qemu", (3, 5), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits",
+                why_not="IN at CPL 3 needs ioperm() for its port, which the probe sets up only for "
+                        "outb; use case 3 or 5", io="in", port=QEMU_NOP_PORT),
+    # XSETBV of XCR0's current value (read before the batch): kvm_emulate_xsetbv, both vendors.
+    Instruction("xsetbv", (5,), PATH_KVM, "XSETBV", "XSETBV", None, "exits",
+                why_not="XSETBV needs CPL 0 and the current XCR0 read before the timed loop, "
+                        "which only the kernel loop (case 5) does"),
+    Instruction("rd_tsc_adjust_msr", (3, 5), PATH_KVM, "MSR_READ", "MSR", "msr_read", "exits",
+                DEFAULT_MSR,
+                "RDMSR at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5"),
+    # WRMSR IA32_TSC_ADJUST of its current value: KVM adjusts the TSC offset by 0 and still asks
+    # for a guest clock update (KVM_REQ_CLOCK_UPDATE) on every write, as vmexit.flat measures it.
+    Instruction("wr_tsc_adjust_msr", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                DEFAULT_MSR,
+                "WRMSR needs CPL 0 and the current IA32_TSC_ADJUST read before the timed loop, "
+                "which only the kernel loop (case 5) does"),
 )}
 
-F_INSTRUCTIONS = tuple(n for n, i in TABLE.items() if i.cases and i.path != PATH_QEMU)
+
+
+def f_instructions(table: dict[str, Instruction]) -> tuple[str, ...]:
+    """The instructions --instr may name (cases 1, 3, 5), in table order: the first is the default."""
+    return tuple(n for n, i in table.items() if any(c % 2 for c in i.cases))
+
+
+F_INSTRUCTIONS = f_instructions(TABLE)
 S_INSTRUCTION = "outb"
 
 

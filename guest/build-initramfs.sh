@@ -2,6 +2,7 @@
 # Build the guest probes (static user program + kernel module) and pack the initramfs, inside the
 # builder container.  /repo  this repository (read-only)   /kernel  kernel tree (read-only)
 #   /deps/busybox  busybox stage outputs (read-only)   /stage/out  outputs
+#   /stage/gen  exitlat_instrs.h, generated from the instruction table (exitlat/build/guestgen.py)
 set -euo pipefail
 : "${SOURCE_DATE_EPOCH:?}"
 OUT=/stage/out W=/work
@@ -13,6 +14,8 @@ for d in probe module; do
   find "/repo/guest/$d" -maxdepth 1 -type f \( -name '*.c' -o -name '*.h' -o -name Makefile -o -name Kbuild \) \
     -exec cp {} "$W/$d/" \;
 done
+# The instruction ids, next to exitlat_uapi.h which includes it (the probe finds it there too).
+cp /stage/gen/exitlat_instrs.h "$W/module/"
 echo "== probe program"
 make -C "$W/probe" CC=gcc
 cp "$W/probe/exitlat-probe" "$OUT/"

@@ -204,9 +204,13 @@ def test_read_samples_short_and_missing(tmp_path):
 def probe(tmp_path_factory):
     if platform.machine() != "x86_64" or not shutil.which("make") or not shutil.which("gcc"):
         pytest.skip("needs x86_64 with gcc and make")
+    from exitlat.build.guestgen import generated_files
+
     out = tmp_path_factory.mktemp("probe")
+    for name, text in generated_files().items():       # what the initramfs stage generates
+        (out / name).write_text(text)
     r = subprocess.run(["make", "-s", "-C", str(REPO_ROOT / "guest" / "probe"), "CC=gcc", f"O={out}"],
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, env={**os.environ, "CPATH": str(out)})
     if r.returncode != 0:
         pytest.skip(f"cannot build the static probe here: {r.stderr.strip()[-300:]}")
     return out / "exitlat-probe"

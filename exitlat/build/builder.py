@@ -21,7 +21,8 @@ from .baseimage import ensure_base_image
 from .images import build_image, docker_client, image_origin, image_packages, unpack_image_tree
 from .pins import Pins, load_pins
 from .sources import SourceFetcher, sha256_file
-from .stages import ARTIFACTS, BUILD_FORMAT, STAGES, Stage, base_tag_of, builder_packages, plan_build
+from .stages import (ARTIFACTS, BUILD_FORMAT, STAGES, Stage, base_tag_of, builder_packages,
+                     generated_inputs, plan_build)
 
 
 class Builder:
@@ -188,6 +189,10 @@ class Builder:
         # file system rather than the container's storage driver (fuse-overlayfs makes every
         # compile's file accesses slow); removed with the stage's temporary folder.
         (tmp / "work").mkdir()
+        if st.generated:        # the files the Python side generates for it (guestgen)
+            (tmp / "gen").mkdir()
+            for name, text in generated_inputs(st).items():
+                (tmp / "gen" / name).write_text(text)
         volumes = {str(REPO_ROOT): {"bind": "/repo", "mode": "ro"},
                    str(tmp): {"bind": "/stage", "mode": "rw"},
                    str(tmp / "work"): {"bind": "/work", "mode": "rw"}}

@@ -14,6 +14,7 @@ from pathlib import Path
 from exitlat.errors import ExitlatError
 from exitlat.paths import REPO_ROOT, build_root
 
+from . import guestgen
 from .images import base_tag, short_hash
 from .pins import Pins, load_pins
 BUILD_FORMAT = 1
@@ -37,6 +38,8 @@ class Stage:
     sources: dict = field(default_factory=dict)   # pin name -> name under /sources
     deps: tuple[str, ...] = ()     # stages whose outputs it mounts
     keeps_tree: bool = False       # the kernel keeps its tree for the module build
+    generated: tuple[str, ...] = ()  # files written from the Python side into /stage/gen
+    #                                  (exitlat.build.guestgen), hashed like every other input
 
 
 STAGES = [
@@ -45,7 +48,7 @@ STAGES = [
           {"busybox": "busybox.tar"}),
     Stage("initramfs", "guest/build-initramfs.sh",
           ("guest/build-initramfs.sh", "guest/init", "guest/probe", "guest/module"),
-          deps=("kernel", "busybox")),
+          deps=("kernel", "busybox"), generated=(guestgen.HEADER,)),
     Stage("qemu", "qemu/build.sh", ("qemu",),
           {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb",
            "meson-wheel": "meson-1.5.0-py3-none-any.whl",
@@ -91,6 +94,12 @@ def builder_packages(pins: Pins) -> str:
     return " ".join(f"{name}={ver}" for name, ver in sorted(pins.toolchain.items()))
 
 
+def generated_inputs(st: Stage) -> dict[str, str]:
+    """The generated files `st` reads, name -> text: what the builder writes into /stage/gen."""
+    files = guestgen.generated_files()
+    return {name: files[name] for name in st.generated}
+
+
 def plan_build(pins: Pins, root: Path = REPO_ROOT) -> BuildPlan:
     dockerfile = (root / "docker/builder.Dockerfile").read_bytes()
     builder_key = short_hash(dockerfile, pins.base, builder_packages(pins))
@@ -98,8 +107,11 @@ def plan_build(pins: Pins, root: Path = REPO_ROOT) -> BuildPlan:
     for st in STAGES:
         srcs = {n: pins.source(n).sha256 for n in sorted(st.sources)}
         deps = {d: hashes[d] for d in st.deps}
-        hashes[st.name] = short_hash(st.name, st.script, _hash_paths((st.script, *st.files), root),
-                                     srcs, deps, builder_key, pins.source_date_epoch)
+        inputs = [st.name, st.script, _hash_paths((st.script, *st.files), root),
+                  srcs, deps, builder_key, pins.source_date_epoch]
+        if st.generated:
+            inputs.append(generated_inputs(st))
+        hashes[st.name] = short_hash(*inputs)
     return BuildPlan(pins, builder_key, hashes)
 
 

@@ -151,7 +151,7 @@ class DocumentBuilder:
         return {"key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
-                "port": self.o.port if spec.instruction == "outb" else None,
+                "port": spec.port,
                 "timer": self.o.timer, "expected_path": spec.expected_path,
                 "verification": ver, "iterations_requested": self.o.iterations, "samples_kept": n,
                 "warmup": self.o.warmup, "samples_key": key,
@@ -173,7 +173,7 @@ class DocumentBuilder:
         good = valid_samples(traced_arr)[0] if traced_arr is not None else None
         return decompose(tl, good, instruction=spec.instruction, expected_path=spec.expected_path,
                          vendor=self.ctx.vendor,
-                         port=self.o.port if spec.instruction == "outb" else None,
+                         port=spec.port,
                          host_tsc_hz=self.host_tsc_hz, guest_tsc_khz=res.hello.get("tsc_khz"),
                          tracing_overhead=overhead,
                          baseline=({"key": base["key"], "median": base["stats"]["median"]}

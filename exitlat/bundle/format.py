@@ -10,6 +10,7 @@ import jsonschema
 import numpy as np
 
 from exitlat.errors import ExitlatError
+from exitlat.instructions import TABLE
 SCHEMA_VERSION = 3
 
 
@@ -66,7 +67,12 @@ def normalize(doc: dict) -> dict:
 
 
 def schema() -> dict:
-    return json.loads(resources.files("exitlat.schemas").joinpath("bundle.schema.json").read_text())
+    """The bundle schema, with the instructions a case may run taken from the instruction table
+    (the one list of them: exitlat/instructions.py)."""
+    doc = json.loads(resources.files("exitlat.schemas").joinpath("bundle.schema.json").read_text())
+    doc["$defs"]["case"]["properties"]["instruction"]["enum"] = [
+        n for n, i in TABLE.items() if i.cases]
+    return doc
 
 
 def _where(err: jsonschema.ValidationError) -> str:

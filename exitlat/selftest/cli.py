@@ -22,7 +22,10 @@ from exitlat.limits import SELFTEST_MAX_ITERATIONS, SELFTEST_MIN_ITERATIONS
 from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
-from .inner import CAPTURE_RUNS, CONTROL_RUN, RUN_NAMES, RUNS, run_config
+from .inner import CAPTURE_RUNS, CATALOGUE_NAMES, CATALOGUE_RUNS, CONTROL_RUN, RUN_NAMES, run_config
+from .inner import RUNS as DEFAULT_RUNS
+
+RUNS = DEFAULT_RUNS + CATALOGUE_RUNS     # every run --runs may name ("all": DEFAULT_RUNS)
 
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
 DEFAULT_TIMEOUT = {"amd": 1500, "intel": 2400}    # seconds, QEMU/Bochs start → L1 powered off
@@ -51,14 +54,18 @@ def parse_vendor(text: str | None) -> list[str]:
 
 
 def parse_runs(text: str | None) -> list[str]:
-    """'all' (default) or a comma list of run names, in the order given, no repeats."""
+    """'all' (default) or a comma list of run names, in the order given, no repeats; 'catalogue'
+    stands for the exit catalogue's runs (inner.CATALOGUE_RUNS), which 'all' leaves out."""
     if text is None or str(text).strip() in ("", "all"):
         return list(RUN_NAMES)
-    names = [t.strip() for t in str(text).split(",") if t.strip()]
-    bad = [n for n in names if n not in RUN_NAMES]
+    names = []
+    for t in str(text).split(","):
+        t = t.strip()
+        names += list(CATALOGUE_NAMES) if t == "catalogue" else [t] if t else []
+    bad = [n for n in names if n not in RUN_NAMES + CATALOGUE_NAMES]
     if bad or not names:
-        raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all or a comma "
-                           f"list of {', '.join(RUN_NAMES)}")
+        raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all, catalogue "
+                           f"or a comma list of {', '.join(RUN_NAMES + CATALOGUE_NAMES)}")
     if len(set(names)) != len(names):
         raise ExitlatError(f"--runs names a run twice: {text}")
     return names

@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from exitlat.instructions import TABLE
 from exitlat.verify.rules import ONE_TOLERANCE, STRAY_EVENTS, ZERO_TOLERANCE, expected_reasons
 
 from .summary import percentile, as_cycles
@@ -142,12 +143,13 @@ def _pairing_problem(paired) -> str | None:
     return None
 
 
-def _select(paired, reasons, port) -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
-    """The exits of the case: (label, host, qemu, user, n paired), merged over kinds."""
+def _select(paired, reasons, port, io="out") -> tuple[str, np.ndarray, np.ndarray, np.ndarray, int]:
+    """The exits of the case: (label, host, qemu, user, n paired), merged over kinds; `io` the
+    direction of its port I/O."""
     from exitlat.verify.trace.timeline import exit_kind
 
     if port is not None:
-        wanted = [exit_kind(r, (port, "out")) for r in reasons]
+        wanted = [exit_kind(r, (port, io)) for r in reasons]
     else:
         wanted = [k for k in paired.kinds if k.split(" ")[0] in reasons]
     kinds = [paired.kinds[k] for k in wanted if k in paired.kinds]
@@ -294,7 +296,8 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
 
     reasons = expected_reasons(instruction, vendor)
     label, host, qemu, user, n_paired = _select(paired, reasons,
-                                                port if expected_path == "qemu" else None)
+                                                port if expected_path == "qemu" else None,
+                                                TABLE[instruction].io or "out")
     out["exits"] = label
     n = int(g.size)
     lo, hi = (1 - ONE_TOLERANCE) * n, (1 + ONE_TOLERANCE) * n + STRAY_EVENTS

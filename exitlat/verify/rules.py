@@ -15,7 +15,8 @@ the loop) against what `iterations_total` iterations (warm-up included) must pro
   MSR reads and writes share one reason, "MSR"), ≈1 event of its KVM handler (kvm_cpuid,
   kvm_hypercall, kvm_msr read or write; the other MSR direction ≈0), ≈0 userspace exits and ≈0
   other synchronous exits per iteration;
-* a QEMU case ("qemu", instruction "outb"): ≈1 kvm_pio write on `port` per iteration, ≈1
+* a QEMU case ("qemu", a port I/O kind: outb, inl_from_qemu): ≈1 kvm_pio write (outb) or read
+  (inl_from_qemu, the table's `io`) on `port` per iteration, ≈1
   userspace exit (KVM_EXIT_IO) beyond the console's, and ≈0 exits besides its I/O exit;
 * any lost trace event, and any trace line or hist entry that did not parse
   (`ExitCounts.unparsed`), fails the window: the counts would not be complete; a window without
@@ -123,8 +124,8 @@ def check_path(expected_path: str, instruction: str) -> None:
         raise ExitlatError(f"unknown expected path {expected_path!r} ({', '.join(PATHS)})")
     if instruction not in INSTRUCTIONS:
         raise ExitlatError(f"unknown instruction {instruction!r} ({', '.join(INSTRUCTIONS)})")
-    if expected_path == "qemu" and instruction != "outb":
-        raise ExitlatError(f"a QEMU-path case runs outb, not {instruction}")
+    if expected_path == "qemu" and not TABLE[instruction].io:
+        raise ExitlatError(f"a QEMU-path case runs port I/O, not {instruction}")
 
 
 def check_stats(stats) -> None:

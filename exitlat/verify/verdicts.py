@@ -21,6 +21,8 @@ class VerdictContext:
 
 
 def _port(spec, ctx: VerdictContext) -> int | None:
+    if spec.port is not None:
+        return spec.port
     return ctx.port if spec.instruction == "outb" else None
 
 

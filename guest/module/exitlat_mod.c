@@ -62,6 +62,7 @@ struct exitlat_state {
 #define EL_ONCE_AMD	(1ULL << 8)
 #define EL_ONCE_VALID	(1ULL << 9)
 
+
 static u64 el_once_word(const struct exitlat_config *cfg)
 {
 	return (cfg->instr & 0xff) | (cfg->amd ? EL_ONCE_AMD : 0) | EL_ONCE_VALID |
@@ -142,37 +143,113 @@ static int el_check_tsc_deadline(const struct exitlat_config *cfg)
 	return rdmsrl_safe(MSR_EXITLAT_TSC_DEADLINE, &val) ? -EIO : 0;
 }
 
+/* INVD drops dirty cache lines where it runs natively: only under KVM, which skips it. */
+static int el_check_kvm(const struct exitlat_config *cfg)
+{
+	return kvm_para_available() ? 0 : -ENODEV;
+}
+
+static int el_check_xsetbv(const struct exitlat_config *cfg)
+{
+	/* CR4.OSXSAVE clear (no XSAVE in the vCPU, as under TCG's default CPU): XSETBV #UDs. */
+	return boot_cpu_has(X86_FEATURE_OSXSAVE) ? 0 : -EOPNOTSUPP;
+}
+
+static int el_check_tsc_adjust_read(const struct exitlat_config *cfg)
+{
+	u64 val;
+
+	return rdmsrl_safe(EXITLAT_MSR_RD_TSC_ADJUST_MSR, &val) ? -EIO : 0;
+}
+
+/* Once, fault-protected, what the loop does: write back the value read. */
+static int el_check_tsc_adjust_write(const struct exitlat_config *cfg)
+{
+	u64 val;
+
+	if (rdmsrl_safe(EXITLAT_MSR_WR_TSC_ADJUST_MSR, &val))
+		return -EIO;
+	return wrmsrl_safe(EXITLAT_MSR_WR_TSC_ADJUST_MSR, val) ? -EIO : 0;
+}
+
+static __always_inline u32 el_inl(u16 port)
+{
+	u32 val;
+
+	asm volatile("inl %w1, %0" : "=a"(val) : "Nd"(port) : "memory");
+	return val;
+}
+
+/* XCR0, read and written raw (the loop's XSETBV writes back what XGETBV read). */
+static __always_inline u64 el_xgetbv0(void)
+{
+	u32 lo, hi;
+
+	asm volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+	return ((u64)hi << 32) | lo;
+}
+
+static __always_inline void el_xsetbv0(u64 val)
+{
+	asm volatile("xsetbv" : : "a"((u32)val), "d"((u32)(val >> 32)), "c"(0) : "memory");
+}
+
 /* ---- the instructions ----------------------------------------------------- */
 
 /*
  * The instructions the module runs, one row each:
  *
- *   X(id, name, pre-flight, ONCE, STATEMENT)
+ *   X(id, name, pre-flight, ONCE, SETUP, STATEMENT)
  *
- *   id          EXITLAT_I_* (exitlat_uapi.h)
+ *   id          EXITLAT_I_* (exitlat_instrs.h, generated from the instruction
+ *               table, exitlat/instructions.py)
  *   pre-flight  run once by CONFIG before it accepts the instruction (NULL:
  *               nothing to check)
- *   ONCE        whether ONCE may run it (false: LOOP only)
+ *   ONCE        whether ONCE may run it (false: LOOP only); the table's case 3
+ *   SETUP       evaluated once per batch before the first window, its value
+ *               the local val (e.g. the current value a write rewrites); 0:
+ *               none.  LOOP only: in ONCE it would run inside the window
  *   STATEMENT   what one iteration executes, on the locals msr, port, ahead,
- *               rax and amd, and EL_WINDOW_T0 (see the harness below)
+ *               val, rax and amd, and EL_WINDOW_T0 (see the harness below)
  *
  * The list is expanded three times: into the harness's loop functions
  * (el_batch_<name>), the table el_instrs[] that CONFIG and LOOP index, and
- * the cases of ONCE's switch.  Adding an exit kind: its EXITLAT_I_* id, one
- * row here, one in the probe's f_instrs[] (exitlat-probe.c), one in
- * exitlat/instructions.py.
+ * the cases of ONCE's switch.  Adding an exit kind: one row in
+ * exitlat/instructions.py and one row here (a test holds the two together).
  */
 #define EL_INSTRUCTIONS(X)								\
-	X(EXITLAT_I_NONE,   none,   NULL,               true, barrier())		\
-	X(EXITLAT_I_NOP,    nop,    NULL,               true, asm volatile("nop"))	\
-	X(EXITLAT_I_CPUID,  cpuid,  NULL,               true, exitlat_cpuid0())		\
-	X(EXITLAT_I_VMCALL, vmcall, el_check_hypercall, true,				\
+	X(EXITLAT_I_NONE,   none,   NULL,               true, 0, barrier())		\
+	X(EXITLAT_I_NOP,    nop,    NULL,               true, 0, asm volatile("nop"))	\
+	X(EXITLAT_I_CPUID,  cpuid,  NULL,               true, 0, exitlat_cpuid0())	\
+	X(EXITLAT_I_VMCALL, vmcall, el_check_hypercall, true, 0,			\
 	  rax = amd ? exitlat_vmmcall() : exitlat_vmcall())				\
-	X(EXITLAT_I_RDMSR,  rdmsr,  el_check_rdmsr,     true, el_rdmsr(msr))		\
+	X(EXITLAT_I_RDMSR,  rdmsr,  el_check_rdmsr,     true, 0, el_rdmsr(msr))	\
 	/* loop only: docs/probes.md, "wrmsr_tsc_deadline" */				\
-	X(EXITLAT_I_WRMSR_TSC_DEADLINE, wrmsr_tsc_deadline, el_check_tsc_deadline, false, \
+	X(EXITLAT_I_WRMSR_TSC_DEADLINE, wrmsr_tsc_deadline, el_check_tsc_deadline, false, 0, \
 	  el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, EL_WINDOW_T0 + ahead))			\
-	X(EXITLAT_I_OUTB,   outb,   NULL,               true, exitlat_outb(port, '.'))
+	X(EXITLAT_I_OUTB,   outb,   NULL,               true, 0, exitlat_outb(port, '.'))	\
+	/* The kvm-unit-tests x86/vmexit.c kinds (exitlat/instructions.py says each path). */ \
+	X(EXITLAT_I_WBINVD, wbinvd, NULL,               true, 0,			\
+	  asm volatile("wbinvd" : : : "memory"))					\
+	X(EXITLAT_I_INVD,   invd,   el_check_kvm,       true, 0,			\
+	  asm volatile("invd" : : : "memory"))						\
+	/* loop only: XCR0 rewritten with the value it has, read before the batch */	\
+	X(EXITLAT_I_XSETBV, xsetbv, el_check_xsetbv,    false, el_xgetbv0(), el_xsetbv0(val)) \
+	X(EXITLAT_I_RD_TSC_ADJUST_MSR, rd_tsc_adjust_msr, el_check_tsc_adjust_read, true, 0, \
+	  el_rdmsr(EXITLAT_MSR_RD_TSC_ADJUST_MSR))					\
+	/* loop only: IA32_TSC_ADJUST rewritten with the value it has */		\
+	X(EXITLAT_I_WR_TSC_ADJUST_MSR, wr_tsc_adjust_msr, el_check_tsc_adjust_write, false, \
+	  el_rdmsr(EXITLAT_MSR_WR_TSC_ADJUST_MSR),					\
+	  el_wrmsr(EXITLAT_MSR_WR_TSC_ADJUST_MSR, val))					\
+	/* a port no device claims: a QEMU round trip, as OUTB is for writes */		\
+	X(EXITLAT_I_INL_FROM_QEMU, inl_from_qemu, NULL, true, 0,			\
+	  el_inl(EXITLAT_PORT_INL_FROM_QEMU))
+
+/* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */
+#define EL_COUNT_ROW(id, name, check, once, SETUP, STATEMENT) + 1
+static_assert(0 EL_INSTRUCTIONS(EL_COUNT_ROW) == EXITLAT_I_COUNT,
+	      "EL_INSTRUCTIONS needs exactly one row per EXITLAT_I_* id of the instruction table");
+#undef EL_COUNT_ROW
 
 /* ---- the kernel-mode timing harness --------------------------------------- */
 
@@ -255,37 +332,39 @@ struct el_window {
 typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 
 /* One loop instance, with its own copies of the inputs (see above). */
-#define EL_TIMED_LOOP(T0, T1, AMD, STATEMENT)					\
+#define EL_TIMED_LOOP(T0, T1, AMD, SETUP, STATEMENT)				\
 	do {									\
 		const u32 msr = READ_ONCE(in->msr);				\
 		const u16 port = READ_ONCE(in->port);				\
 		const u64 ahead = READ_ONCE(in->ahead);				\
 		const bool amd = (AMD);						\
+		const u64 val = (SETUP);					\
 										\
 		(void)msr;							\
 		(void)port;							\
 		(void)ahead;							\
 		(void)amd;							\
+		(void)val;							\
 		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
 	} while (0)
 
-#define EL_BATCH_FN(id, name, check, once, STATEMENT)				\
+#define EL_BATCH_FN(id, name, check, once, SETUP, STATEMENT)				\
 	static long el_batch_##name(const struct el_window *in, u64 *buf, u64 n) \
 	{									\
 		long rax = 0;							\
 										\
 		if (in->timer == EXITLAT_T_LFENCE && in->amd)			\
 			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
-				      exitlat_rdtsc_fenced, true, STATEMENT);	\
+				      exitlat_rdtsc_fenced, true, SETUP, STATEMENT);	\
 		else if (in->timer == EXITLAT_T_LFENCE)				\
 			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
-				      exitlat_rdtsc_fenced, false, STATEMENT);	\
+				      exitlat_rdtsc_fenced, false, SETUP, STATEMENT);	\
 		else if (in->amd)						\
 			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
-				      exitlat_rdtscp, true, STATEMENT);		\
+				      exitlat_rdtscp, true, SETUP, STATEMENT);		\
 		else								\
 			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
-				      exitlat_rdtscp, false, STATEMENT);	\
+				      exitlat_rdtscp, false, SETUP, STATEMENT);	\
 		return rax;							\
 	}
 EL_INSTRUCTIONS(EL_BATCH_FN)
@@ -295,7 +374,7 @@ static const struct el_instr {
 	int (*check)(const struct exitlat_config *cfg);	/* NULL: none */
 	el_batch_fn *batch;
 } el_instrs[] = {
-#define EL_ROW(id, name, check, once, STATEMENT) [id] = { check, el_batch_##name },
+#define EL_ROW(id, name, check, once, SETUP, STATEMENT) [id] = { check, el_batch_##name },
 	EL_INSTRUCTIONS(EL_ROW)
 #undef EL_ROW
 };
@@ -378,16 +457,18 @@ static long el_once(struct exitlat_state *st)
 	const bool amd = w & EL_ONCE_AMD;
 	const u64 ahead = 0;	/* only the loop-only TSC_DEADLINE row names it */
 	const u64 __tl_t0 = 0;	/* ... with EL_WINDOW_T0 */
+	const u64 val = 0;	/* only LOOP-only rows have a SETUP */
 	long rax = 0;
 
 	(void)rax;
+	(void)val;
 	(void)ahead;
 	(void)__tl_t0;
 	if (!(w & EL_ONCE_VALID))
 		return -ENXIO;
 	/* RAX (-KVM_ENOSYS) is dropped: an ioctl result in -4095..-1 reads as an error. */
 	switch (w & 0xff) {
-#define EL_ONCE_CASE(id, name, check, once, STATEMENT)				\
+#define EL_ONCE_CASE(id, name, check, once, SETUP, STATEMENT)				\
 	case id:								\
 		if (!(once))							\
 			return -EINVAL;						\

@@ -48,19 +48,14 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define EXITLAT_ABI_VERSION 2	/* 2: EXITLAT_I_NOP, RDTSCP;LFENCE t0, bounds */
+#define EXITLAT_ABI_VERSION 3	/* 3: ids generated from the table; 2: EXITLAT_I_NOP, RDTSCP;LFENCE t0, bounds */
 #define EXITLAT_DEVICE "/dev/exitlat"
 
-/* Instruction executed by the module (cases 3-6 and the module_call baseline). */
-enum exitlat_instr {
-	EXITLAT_I_NONE = 0,	/* nothing: baseline_module_call */
-	EXITLAT_I_CPUID = 1,	/* CPUID leaf 0: in-KVM handler */
-	EXITLAT_I_VMCALL = 2,	/* VMCALL (VMMCALL on AMD), nr 0 -> -KVM_ENOSYS */
-	EXITLAT_I_RDMSR = 3,	/* RDMSR of an intercepted MSR (0x3b default) */
-	EXITLAT_I_WRMSR_TSC_DEADLINE = 4, /* WRMSR 0x6e0: irq-off fastpath (loop only) */
-	EXITLAT_I_OUTB = 5,	/* OUTB to a QEMU port: userspace exit */
-	EXITLAT_I_NOP = 6,	/* NOP: baseline_kernel_nonexiting (loop) */
-};
+/*
+ * enum exitlat_instr (EXITLAT_I_*) and the probe's rows: generated from the
+ * instruction table, exitlat/instructions.py (exitlat/build/guestgen.py).
+ */
+#include "exitlat_instrs.h"
 
 enum exitlat_timer {
 	EXITLAT_T_RDTSCP = 0,

@@ -158,7 +158,7 @@ WINDOW(nop,         asm volatile("nop"))	/* docs/probes.md: why nop */
 WINDOW(getppid,     syscall(SYS_getppid))
 WINDOW(module_once, bad |= ioctl(fd, EXITLAT_IOC_ONCE))
 WINDOW(cpuid,       exitlat_cpuid0())
-WINDOW(hypercall,   rax = amd ? exitlat_vmmcall() : exitlat_vmcall())
+WINDOW(vmcall,      rax = amd ? exitlat_vmmcall() : exitlat_vmcall())
 WINDOW(outb,        exitlat_outb(port, '.'))
 
 /* Where an instruction runs, and who times it. */
@@ -170,9 +170,11 @@ enum where {
 
 /*
  * An instruction (or what a baseline runs in its place) and what each place
- * needs to run it.  Adding an exit kind: its EXITLAT_I_* id, a row in
- * f_instrs[] below (and a WINDOW line above if CPL 3 can run it), a row in
- * exitlat_mod.c's EL_INSTRUCTIONS, a row in exitlat/instructions.py.
+ * needs to run it.  The instructions come from the instruction table
+ * (exitlat/instructions.py, generated into exitlat_instrs.h): adding an exit
+ * kind is a row there, a row in exitlat_mod.c's EL_INSTRUCTIONS, and a WINDOW
+ * line above if CPL 3 can run it (a row with case 1 and no WINDOW does not
+ * compile).
  */
 struct instr {
 	const char *name;
@@ -183,25 +185,27 @@ struct instr {
 	const char *ud;		/* it may #UD at CPL 3: why (pre-flighted once) */
 	bool rax;		/* its RAX goes in done (USER and LOOP) */
 };
-#define C(c)		(1u << (c))
-#define F_CASES		(C(1) | C(3) | C(5))
+#define C(c)		EXITLAT_C(c)
+
+/* What only the probe knows: VMCALL may #UD at CPL 3, and its RAX is reported. */
+#define UD_VMCALL	"VMCALL/VMMCALL raised #UD (not running under KVM? TCG does not implement it)"
+#define USER_WINDOW_0(kind)	NULL
+#define USER_WINDOW_1(kind)	window_##kind
 
 /* F: the instructions exitlat.instr names, one row each; the first is the default. */
+#define F_ROW(kind, id, cases_, user_, why_not_)					\
+	{ .name = #kind, .user = USER_WINDOW_##user_(kind), .module = id,		\
+	  .cases = (cases_), .why_not = why_not_,					\
+	  .ud = (id) == EXITLAT_I_VMCALL ? UD_VMCALL : NULL,				\
+	  .rax = (id) == EXITLAT_I_VMCALL },
 static const struct instr f_instrs[] = {
-	{ .name = "cpuid", .user = window_cpuid, .module = EXITLAT_I_CPUID, .cases = F_CASES },
-	{ .name = "vmcall", .user = window_hypercall, .module = EXITLAT_I_VMCALL, .cases = F_CASES,
-	  .ud = "VMCALL/VMMCALL raised #UD (not running under KVM? TCG does not implement it)",
-	  .rax = true },
-	{ .name = "rdmsr", .module = EXITLAT_I_RDMSR, .cases = C(3) | C(5),
-	  .why_not = "RDMSR at CPL 3 raises #GP inside the guest without a VM exit (use case 3 or 5)" },
-	{ .name = "wrmsr_tsc_deadline", .module = EXITLAT_I_WRMSR_TSC_DEADLINE, .cases = C(5),
-	  .why_not = "it needs CPL 0 and the guest timer restored around it, which only the kernel "
-		     "loop (case 5) does" },
+	EXITLAT_F_INSTRS(F_ROW)
 };
+#undef F_ROW
 
 /* S, and what the baselines run instead of an instruction that exits. */
 static const struct instr S_OUTB = {
-	.name = "outb", .user = window_outb, .module = EXITLAT_I_OUTB, .cases = C(2) | C(4) | C(6),
+	.name = "outb", .user = window_outb, .module = EXITLAT_I_S, .cases = EXITLAT_S_CASES,
 };
 static const struct instr NOTHING = { .name = "nothing", .user = window_nothing, .module = EXITLAT_I_NONE };
 static const struct instr NOP = { .name = "nop", .user = window_nop, .module = EXITLAT_I_NOP };
@@ -661,10 +665,10 @@ static void on_fault(int sig)
 	siglongjmp(fault_jmp, 1);
 }
 
-static int module_config(const char *key, unsigned instr)
+static int module_config(const char *key, const struct instr *in)
 {
 	struct exitlat_config cfg = {
-		.instr = instr, .timer = P.timer, .port = P.port, .msr = P.msr,
+		.instr = in->module, .timer = P.timer, .port = P.port, .msr = P.msr,
 		.amd = P.amd, .batch = P.batch,
 	};
 
@@ -679,10 +683,12 @@ static int module_config(const char *key, unsigned instr)
 		else if (errno == EIO)
 			why = "the MSR access faulted (#GP) in this guest";
 		else if (errno == EOPNOTSUPP)
-			why = "the vCPU lacks a needed feature (TSC deadline timer, or RDTSCP for the timer)";
+			why = "the vCPU lacks a needed feature (TSC deadline timer, XSAVE, or RDTSCP for the timer)";
+		else if (errno == ENODEV)
+			why = "it is safe only under KVM, which intercepts it, and this guest does not run under KVM";
 		else if (errno == EPERM)
 			why = "the MSR is passed through by KVM and never exits";
-		emit_error(key, "module refused instruction %u: %s", instr, why);
+		emit_error(key, "module refused %s: %s", in->name, why);
 		return -1;
 	}
 	return 0;
@@ -699,7 +705,7 @@ static int run_key(struct key *k)
 	struct sigaction sa = { .sa_handler = on_fault };
 
 	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
-	if (k->where != USER && module_config(k->name, in->module))
+	if (k->where != USER && module_config(k->name, in))
 		return -1;
 
 	sigemptyset(&sa.sa_mask);

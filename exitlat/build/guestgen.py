@@ -1,0 +1,107 @@
+"""The guest's view of the instruction table, generated: exitlat_instrs.h, the EXITLAT_I_* ids and
+the rows the probe plans with, written from exitlat/instructions.py at build time so that the table
+is the only place an exit kind is listed.
+
+The initramfs stage reads it from /stage/gen (exitlat.build.stages: Stage.generated) and its text
+is one of the stage's hashed inputs, so a change of the table rebuilds the guest. The module keeps
+one row per id (EL_INSTRUCTIONS, exitlat_mod.c: the statement one iteration runs) and checks at
+compile time that it has exactly one per id; the probe builds f_instrs[] from EXITLAT_F_INSTRS."""
+
+from __future__ import annotations
+
+from exitlat.instructions import S_INSTRUCTION, TABLE, Instruction, f_instructions
+
+HEADER = "exitlat_instrs.h"
+
+# Guest-only rows: what the baselines run in place of an instruction. Their ids come first.
+GUEST_ONLY = (("NONE", "nothing: baseline_module_call and baseline_kernel_timer"),
+              ("NOP", "NOP: baseline_kernel_nonexiting"))
+
+
+def guest_instructions(table: dict[str, Instruction] | None = None) -> list[Instruction]:
+    """The rows the guest runs, in id order: every row with a case (the verifier-only rows have
+    none)."""
+    return [i for i in (TABLE if table is None else table).values() if i.cases]
+
+
+def enum_name(name: str) -> str:
+    return f"EXITLAT_I_{name.upper()}"
+
+
+def instruction_ids(table: dict[str, Instruction] | None = None) -> dict[str, int]:
+    """EXITLAT_I_* name -> id, as the generated header defines them."""
+    names = [f"EXITLAT_I_{n}" for n, _ in GUEST_ONLY] + [
+        enum_name(i.name) for i in guest_instructions(table)]
+    return {n: k for k, n in enumerate(names)}
+
+
+def _c_string(text: str) -> str:
+    out = []
+    for b in text.encode():
+        ch = chr(b)
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif 0x20 <= b < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\{b:03o}")
+    return '"' + "".join(out) + '"'
+
+
+def _cases_mask(cases) -> str:
+    return " | ".join(f"EXITLAT_C({c})" for c in cases) or "0"
+
+
+def render_header(table: dict[str, Instruction] | None = None) -> str:
+    """The text of exitlat_instrs.h for `table` (default: exitlat.instructions.TABLE)."""
+    table = TABLE if table is None else table
+    rows = guest_instructions(table)
+    ids = instruction_ids(table)
+    f_names = f_instructions(table)
+    lines = [
+        "/* SPDX-License-Identifier: GPL-2.0 OR MIT */",
+        f"/* {HEADER}: generated from exitlat/instructions.py by exitlat/build/guestgen.py at",
+        " * build time; do not edit (a change of the table rebuilds the guest). */",
+        "#ifndef EXITLAT_INSTRS_H",
+        "#define EXITLAT_INSTRS_H",
+        "",
+        "/* Instruction executed by the module (cases 3-6 and the module baselines). */",
+        "enum exitlat_instr {",
+    ]
+    comments = dict(GUEST_ONLY)
+    for name, k in ids.items():
+        short = name[len("EXITLAT_I_"):]
+        what = comments.get(short) or f"{short.lower()}: exitlat/instructions.py"
+        lines.append(f"\t{name} = {k},\t/* {what} */")
+    lines += [f"\tEXITLAT_I_COUNT = {len(ids)}", "};", "",
+              "/* The MSR or port of a kind (the module's statements name them; rdmsr's is a default). */"]
+    for i in rows:
+        if i.msr is not None:
+            lines.append(f"#define EXITLAT_MSR_{i.name.upper()}\t{i.msr:#x}")
+        if i.port is not None:
+            lines.append(f"#define EXITLAT_PORT_{i.name.upper()}\t{i.port:#x}")
+    lines += ["",
+              "/* Bit c: case c may run it. */",
+              "#define EXITLAT_C(c)\t(1u << (c))", "",
+              "/*",
+              " * The F instructions (exitlat.instr), the first the default, one row each:",
+              " *   X(name, id, cases, user, why_not)",
+              " * user: 1 where CPL 3 can run it (case 1): the probe has a WINDOW of that name;",
+              " * why_not: why the F cases it leaves out cannot measure it.",
+              " */",
+              "#define EXITLAT_F_INSTRS(X) \\"]
+    for n in f_names:
+        i = table[n]
+        lines.append(f"\tX({n}, {enum_name(n)}, {_cases_mask(i.cases)}, {int(1 in i.cases)}, "
+                     f"{_c_string(i.why_not)}) \\")
+    lines += ["", "/* S: the instruction of cases 2, 4 and 6. */",
+              f"#define EXITLAT_S_CASES\t({_cases_mask(table[S_INSTRUCTION].cases)})",
+              f"#define EXITLAT_I_S\t{enum_name(S_INSTRUCTION)}", "",
+              "#endif /* EXITLAT_INSTRS_H */", ""]
+    assert len(rows) + len(GUEST_ONLY) == len(ids)
+    return "\n".join(lines)
+
+
+# Generated files: name -> text (what the initramfs stage finds in /stage/gen).
+def generated_files() -> dict[str, str]:
+    return {HEADER: render_header()}
