@@ -152,19 +152,25 @@ class Bounds:
     (STRAY_EVENTS) and with the background the window measured (`background`: the interrupt and
     idle side exits it may explain). A count that passes only thanks to the background sets
     `relied`: that check rests on the background, and BACKGROUND_LIMIT decides whether it may. A
-    count within the fixed allowance proves its point however busy the window was."""
+    count within the fixed allowance proves its point however busy the window was.
 
-    def __init__(self, n: int, background: float):
-        self.n, self.background, self.relied = n, background, False
-        self.lo = (1 - ONE_TOLERANCE) * n
-        self.hi_fixed = (1 + ONE_TOLERANCE) * n + STRAY_EVENTS
-        self.zero_fixed = ZERO_TOLERANCE * n + STRAY_EVENTS
+    `fixed`: the fixed allowance (STRAY_EVENTS, or a measured estimate's slack such as the
+    console's); `symmetric`: the allowances widen "≈1" downwards too (KVM's counters, which
+    cannot tell an exit of the loop from one of the background, unlike the trace's reasons)."""
+
+    def __init__(self, n: int, background: float, fixed: float = STRAY_EVENTS,
+                 symmetric: bool = False):
+        self.n, self.background, self.fixed, self.relied = n, background, fixed, False
+        self.lo_fixed = (1 - ONE_TOLERANCE) * n - (fixed if symmetric else 0)
+        self.lo = self.lo_fixed - (background if symmetric else 0)
+        self.hi_fixed = (1 + ONE_TOLERANCE) * n + fixed
+        self.zero_fixed = ZERO_TOLERANCE * n + fixed
         self.hi, self.zero_max = self.hi_fixed + background, self.zero_fixed + background
 
     def one(self, count: float) -> bool:
         if not self.lo <= count <= self.hi:
             return False
-        self.relied |= count > self.hi_fixed
+        self.relied |= not self.lo_fixed <= count <= self.hi_fixed
         return True
 
     def zero(self, count: float) -> bool:
@@ -181,7 +187,7 @@ class Bounds:
     def gate(self, what: str) -> str:
         """too_small() of this window's checks: the whole allowance counts only where one rested
         on it."""
-        return too_small(self.n, STRAY_EVENTS, STRAY_EVENTS + (self.background if self.relied else 0),
+        return too_small(self.n, self.fixed, self.fixed + (self.background if self.relied else 0),
                          what)
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from exitlat.instructions import KVM_PATHS
 
 from .rules import (ASYNC_STATS, CONSOLE_SLACK, IDLE_STATS, STATS_STRAY_EVENTS, STATUS_FAILED,
-                    STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, TABLE, ONE_TOLERANCE, ZERO_TOLERANCE,
+                    STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, TABLE, ZERO_TOLERANCE, Bounds,
                     check_n, check_path, check_stats, emulation_detail, other_path_fraction,
-                    per_iteration, side_allowance, stats_tolerances, too_small)
+                    per_iteration, side_allowance, stats_tolerances)
 
 
 def verify_timed_window(stats: dict | None, iterations_total: int, expected_path: str,
@@ -52,40 +52,35 @@ def verify_timed_window(stats: dict | None, iterations_total: int, expected_path
     sync = used["exits"] - bg["interrupts"] - bg["idle"] - used["io_exits"]
     port_io = used["io_exits"] - bg["console_io"]
 
-    relied = []     # checks that pass only thanks to the interrupts' side exits (rules.Bounds)
+    # the interrupts' side exits may widen these (rules.Bounds); the console's estimate has a
+    # slack of its own and no background
+    loop = Bounds(n, side - STRAY_EVENTS, symmetric=True)
+    console = Bounds(n, 0, fixed=bg["console_allowance"], symmetric=True)
 
-    def about_one(count: int, what: str, allow: float, fixed: float | None = None) -> None:
-        """`allow`: the whole allowance; `fixed`: its part that rests on no background."""
-        if not (1 - ONE_TOLERANCE) * n - allow <= count <= (1 + ONE_TOLERANCE) * n + allow:
+    def about_one(count: int, what: str, b: Bounds) -> None:
+        if not b.one(count):
             problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
-        elif abs(count - n) > ONE_TOLERANCE * n + (allow if fixed is None else fixed):
-            relied.append(what)
 
-    def about_zero(count: int, what: str, allow: float, fixed: float | None = None) -> None:
-        if count > ZERO_TOLERANCE * n + allow:
+    def about_zero(count: int, what: str, b: Bounds) -> None:
+        if not b.zero(count):
             problems.append(f"expected ≈0 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
-        elif count > ZERO_TOLERANCE * n + (allow if fixed is None else fixed):
-            relied.append(what)
 
-    console = bg["console_allowance"]
     if expected_path in KVM_PATHS:
-        about_one(sync, "exit (besides interrupts, idle and I/O)", side, STRAY_EVENTS)
+        about_one(sync, "exit (besides interrupts, idle and I/O)", loop)
         about_zero(port_io, "io_exits beyond the console's", console)
         if own not in ("exits", "io_exits"):
-            about_one(used[own], own, side, STRAY_EVENTS)
+            about_one(used[own], own, loop)
         deviating = abs(sync - n) + max(port_io, 0) + bg["interrupts"]
         summary = f"{used['exits'] / n:.3f} exits/iter, {used['io_exits'] / n:.3f} io_exits/iter"
         if "hypercalls" in used:
             summary += f", {used['hypercalls'] / n:.3f} hypercalls/iter"
     else:
         about_one(port_io, "io_exit beyond the console's", console)
-        about_zero(sync, "exits besides the OUT's I/O exit", side, STRAY_EVENTS)
+        about_zero(sync, "exits besides the OUT's I/O exit", loop)
         deviating = abs(port_io - n) + max(sync, 0) + bg["interrupts"]
         summary = f"{used['io_exits'] / n:.3f} io_exits/iter, {used['exits'] / n:.3f} exits/iter"
     result["other_path_max"] = other_path_fraction(deviating, n)
-    small = too_small(n, max(STRAY_EVENTS, console),
-                      max(side if relied else STRAY_EVENTS, console),
-                      "exits the loop did not cause")
+    small = console.gate("the console's I/O") or loop.gate("exits the loop did not cause")
     if problems and emulated:
         # PVM-like software KVM: the counters do not describe emulated code, so a mismatch proves
         # nothing either way. (Where they match, as on SVM without nrips, whose instruction skips
@@ -133,17 +128,15 @@ def verify_baseline(stats: dict | None, iterations_total: int) -> dict:
     result["exits_per_iter"] = per_iteration(exits, n)
     result["other_exits_per_iter"] = per_iteration(other, n)
     result["other_path_max"] = other_path_fraction(max(other, 0) + bg["interrupts"], n)
-    side = bg["allowance"]
+    b = Bounds(n, bg["allowance"] - STRAY_EVENTS)
     problems = []
-    relied = other > ZERO_TOLERANCE * n + STRAY_EVENTS     # rests on the interrupts' side exits
-    if other > ZERO_TOLERANCE * n + side:
+    if not b.zero(other):
         problems.append(f"expected ≈0 exits per iteration besides interrupts, idle and I/O (the "
                         f"timer must not exit), saw {other / n:.3f} ({other} in {n})")
     if io > ZERO_TOLERANCE * n + STATS_STRAY_EVENTS:
         problems.append(f"expected ≈0 I/O exits per iteration beyond the console's, saw "
                         f"{io / n:.3f} ({io} in {n})")
-    small = too_small(n, STRAY_EVENTS, side if relied else STRAY_EVENTS,
-                      "exits the timer did not cause")
+    small = b.gate("exits the timer did not cause")
     summary = (f"{other / n:.3f} other exits/iter ({other} in {n}), {io} console I/O exits, "
                f"{bg['interrupts']} interrupt and {bg['idle']} idle exits")
     if problems:
