@@ -192,3 +192,12 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause"), name
     assert {r.path for r in TABLE.values()} >= {PATH_KVM, PATH_QEMU, PATH_NONE}
+
+
+def test_the_docs_catalogue_is_the_table():
+    """docs/measuring.md carries the catalogue generated from the table, verbatim."""
+    from exitlat.catalogue import markdown
+    from exitlat.paths import REPO_ROOT
+
+    assert markdown() in (REPO_ROOT / "docs/measuring.md").read_text(), \
+        "regenerate the catalogue: python3 -m exitlat.catalogue"
