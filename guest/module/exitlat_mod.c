@@ -210,60 +210,29 @@ static __always_inline void el_outb(u8 val, u16 port)
 	asm volatile("outb %0, %w1" : : "a"(val), "Nd"(port) : "memory");
 }
 
-/* Control and debug registers, raw: no paravirt hook, no CR pinning check, no shadow update. */
-static __always_inline unsigned long el_read_cr0(void)
-{
-	unsigned long v;
-
-	asm volatile("mov %%cr0, %0" : "=r"(v));
-	return v;
-}
-
-static __always_inline void el_write_cr0(unsigned long v)
-{
-	asm volatile("mov %0, %%cr0" : : "r"(v) : "memory");
-}
-
-static __always_inline unsigned long el_read_cr4(void)
-{
-	unsigned long v;
-
-	asm volatile("mov %%cr4, %0" : "=r"(v));
-	return v;
-}
-
-static __always_inline void el_write_cr4(unsigned long v)
-{
-	asm volatile("mov %0, %%cr4" : : "r"(v) : "memory");
-}
-
-static __always_inline unsigned long el_read_cr8(void)
-{
-	unsigned long v;
-
-	asm volatile("mov %%cr8, %0" : "=r"(v));
-	return v;
-}
-
-static __always_inline void el_write_cr8(unsigned long v)
-{
-	asm volatile("mov %0, %%cr8" : : "r"(v) : "memory");
-}
+/*
+ * Control and debug registers, raw: no paravirt hook, no CR pinning check, no
+ * shadow update (el_read_cr0/el_write_cr0, ... el_read_dr7/el_write_dr7).
+ */
+#define EL_REG_ACCESSORS(reg)							\
+	static __always_inline unsigned long el_read_##reg(void)		\
+	{									\
+		unsigned long v;						\
+										\
+		asm volatile("mov %%" #reg ", %0" : "=r"(v));			\
+		return v;							\
+	}									\
+	static __always_inline void el_write_##reg(unsigned long v)		\
+	{									\
+		asm volatile("mov %0, %%" #reg : : "r"(v) : "memory");		\
+	}
+EL_REG_ACCESSORS(cr0)
+EL_REG_ACCESSORS(cr4)
+EL_REG_ACCESSORS(cr8)
+EL_REG_ACCESSORS(dr7)
+#undef EL_REG_ACCESSORS
 
 #define EL_DR7_RESET	0x400UL		/* DR7 with no breakpoint armed */
-
-static __always_inline unsigned long el_read_dr7(void)
-{
-	unsigned long v;
-
-	asm volatile("mov %%dr7, %0" : "=r"(v));
-	return v;
-}
-
-static __always_inline void el_write_dr7(unsigned long v)
-{
-	asm volatile("mov %0, %%dr7" : : "r"(v) : "memory");
-}
 
 /* MOV to DR7 rewrites its reset value: refused while a breakpoint (a debugger's) is armed. */
 static int el_check_dr7(const struct exitlat_config *cfg)
