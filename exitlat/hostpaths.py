@@ -43,7 +43,8 @@ def host_facts(host: dict | None) -> set[str]:
     if str(params.get("kvm_intel.preemption_timer", "")).strip().upper() in ("N", "0"):
         facts.add("no_preemption_timer")
     vmx = cpu.get("vmx_flags")
-    if isinstance(vmx, list) and vendor == "intel" and "tpr_shadow" not in vmx:
+    # /proc/cpuinfo's "vmx flags" names the TPR shadow "vtpr" (VMX_FEATURE_VIRTUAL_TPR)
+    if isinstance(vmx, list) and vendor == "intel" and "vtpr" not in vmx:
         facts.add("no_tpr_shadow")
     release = (host.get("kernel") or {}).get("release")
     for major, minor in ((6, 4),):

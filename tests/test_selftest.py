@@ -38,7 +38,9 @@ from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.paths import REPO_ROOT
 from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.progress import Progress
-from exitlat.selftest import controls, host, inner, l1disk
+from exitlat.cases import case_specs
+from exitlat.instructions import TABLE
+from exitlat.selftest import cli, controls, host, inner, l1disk
 from exitlat.selftest.cli import evaluate, parse_runs, render_text, selftest_main
 from exitlat.selftest.cpio import CpioWriter, files_in, read_names
 from exitlat.selftest.image import extract_kernel, image_key, load_order, modinfo
@@ -395,7 +397,7 @@ def test_l1_phases_complete(tmp_path):
 
 
 def test_parse_runs():
-    assert parse_runs("all") == list(inner.RUN_NAMES)
+    assert parse_runs("all") == list(inner.RUN_NAMES + inner.CATALOGUE_NAMES)
     assert parse_runs("vmcall,cpuid-hist") == ["vmcall", "cpuid-hist"]
     for bad, msg in (("cpuid", "unknown --runs cpuid"), ("vmcall,vmcall", "twice"), (",", "unknown")):
         with pytest.raises(ExitlatError, match=msg):
@@ -669,13 +671,9 @@ def _require_emulated_host_machine():
 # Bochs with every run on 6.12 (~9 min).
 E2E = [pytest.param("amd", "6.12", "all", id="amd-6.12"),
        pytest.param("amd", "6.1", "all", id="amd-6.1"),
-       pytest.param("intel", "6.12", "all", id="intel-6.12")]
-REASONS = {"amd": {"cpuid": "CPUID", "vmcall": "VMMCALL", "rdmsr": "MSR", "wrmsr_tsc_deadline": "MSR",
-                   "outb": "IO_INSTRUCTION"},
-           "intel": {"cpuid": "CPUID", "vmcall": "VMCALL", "rdmsr": "MSR_READ",
-                     "wrmsr_tsc_deadline": "MSR_WRITE", "outb": "IO_INSTRUCTION"}}
-
-
+       # the VT-x host runs the catalogue by hand (`--vendor intel --runs catalogue`, ~11 min under
+       # Bochs; docs/verification.md has its table): CI keeps to the default runs there
+       pytest.param("intel", "6.12", "default", id="intel-6.12")]
 @pytest.mark.slow
 @pytest.mark.kvm_emulated
 @pytest.mark.parametrize("vendor, kernel, runs", E2E)
@@ -697,19 +695,27 @@ def test_selftest_end_to_end(tmp_path, vendor, kernel, runs):
     assert doc["ok"] and not doc["problems"]
     assert doc["vendor"] == vendor and doc["kernel"] == kernel
     assert doc["l1"]["kernel"].startswith(kernel + ".")
-    reason = REASONS[vendor]
     seen = set()
     for row in doc["cases"]:
+        seen.add((row["run"], row["key"]))
+        ins = TABLE[row["instruction"]]
+        if row.get("refused"):          # a vCPU feature the emulated CPU model lacks
+            assert cli.cpu_lacks(row), row
+            continue
         assert row["verdict"] == "passed", row
-        assert 0.98 <= row["exits_per_iter"][reason[row["instruction"]]] <= 1.3, row
-        if row["expected_path"] == "kvm":
-            assert row["userspace_per_iter"].get("IO", 0) < 0.5, row
+        (reason,) = ins.reasons(vendor)
+        own = row["exits_per_iter"].get(reason, 0)
+        if row["expected_path"] == "none":
+            assert own < 0.05, row
         else:
+            assert 0.98 * ins.exits <= own <= 1.3 * ins.exits, row
+        if row["expected_path"] == "qemu":
             assert row["userspace_per_iter"]["IO"] >= 0.98, row
-        seen.add((row["run"], row["case"]))
+        else:
+            assert row["userspace_per_iter"].get("IO", 0) < 0.5, row
     wanted = parse_runs(runs)
-    assert len(seen) == sum(len(r[2]) for r in inner.RUNS if r[0] in wanted)
-    if runs == "all":
+    assert len(seen) == sum(len(case_specs(list(r[2]), r[1])) for r in cli.RUNS if r[0] in wanted)
+    if runs in ("all", "default"):
         assert {r["backend"] for r in doc["cases"]} == {"hist", "stream"}
     assert [c["name"] for c in doc["controls"]] == list(controls.CONTROL_NAMES)
     for c in doc["controls"]:

@@ -33,7 +33,8 @@ RUNS = (
     ("wrmsr_tsc_deadline", "wrmsr_tsc_deadline", (5,), "hist"),
 )
 RUN_NAMES = tuple(r[0] for r in RUNS)
-# The exit catalogue (docs/measuring.md): every kind each F case allows, one run per case, as
+# The exit catalogue (docs/measuring.md): every kind each F case allows, one run per case (part of
+# "all"; alone: --runs catalogue), as
 # `invoke bench --case N --instr all` runs them (kinds this vCPU cannot run are left out, with why).
 CATALOGUE_RUNS = (
     ("catalogue-kernel", "all", (5,), "hist"),
