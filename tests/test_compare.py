@@ -254,3 +254,20 @@ def test_compare_cli_takes_bundles_positionally(tmp_path):
     assert r.returncode == 0 and "D   node03.rack0.example.net" in r.stdout, r.stdout
     r = invoke("compare", "A", results=res_dir)
     assert r.returncode != 0
+
+
+def test_no_ratio_where_the_paths_differ(tmp_path):
+    """The same instruction verified on another path (an exit on one host, none on another) is
+    not the same thing: the row gets no ratio, and a note names it."""
+    def no_exit(doc):
+        for e in doc["cases"]:
+            if e["case"] == 5:
+                e["expected_path"] = "none"
+    a = load_bundle(make_bundle(tmp_path, "A", seed=1, repeats=3))
+    b = load_bundle(make_bundle(tmp_path, "B", seed=2, repeats=3, edit=no_exit))
+    res = compare([a, b])
+    rows = {r["entry"].split(" r")[0]: r["cells"][1] for r in res["rows"]}
+    case5 = [c for e, c in rows.items() if e.startswith("case5")]
+    assert case5 and all(c["ratio"] is None and "no exit" in c["note"] for c in case5)
+    assert all(c["ratio"] is not None for e, c in rows.items() if e.startswith("case3"))
+    assert any("paths differ" in n and "B no exit" in n for n in res["notes"])

@@ -241,6 +241,10 @@ def _repeat_text(reps: list[int]) -> str:
     return " r" + ",".join(str(r) for r in reps)
 
 
+def path_label(path: str) -> str:
+    return "no exit" if path == "none" else path
+
+
 def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
     """compare()'s rows and columns for one or more bundles (the HTML report of one bundle uses
     it too: cells without ratios). Linear in the number of bundles: each is summarised once and
@@ -256,6 +260,10 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
     for b in bundles:
         for ident, _ in group_entries(b.entries()):
             order.setdefault(ident, None)
+    # the path each bundle expected (and verified) for an identity: a ratio needs the same path
+    paths = [{ident: es[0].get("expected_path") for ident, es in group_entries(b.entries())
+              if "expected_path" in es[0]} for b in bundles]
+    other_paths: list[str] = []
     rows = []
     for ident in order:
         cells = []
@@ -267,13 +275,21 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
                     "significant": None, "note": None, "pooled": None, "pool_issues": False,
                     "other_path_max": None}
             if s is not None:
-                view = s["ns"] if unit == "ns" else s
+                view = (s["ns"] if unit == "ns" else s) or {}    # no samples: no ns either
                 cell.update(key=s["keys"][0], keys=s["keys"], R=s["R"], n=s["n"] or None,
-                            median=view["median"], ci95=view["ci95"], spread=view["spread"],
+                            median=view.get("median"), ci95=view.get("ci95"),
+                            spread=view.get("spread"),
                             rel_spread=s["rel_spread"], note=s["note"] if s["R"] < 2 else None,
                             pooled=s["pooled"], pool_issues=pool_issues(s),
                             other_path_max=s["other_path_max"])
-            if i > 0 and s is not None and ref is not None and s["median"] is not None:
+            path = paths[i].get(ident)
+            if i > 0 and path != paths[0].get(ident) and None not in (path, paths[0].get(ident)):
+                # the same instruction took another path there (host rules: docs/measuring.md):
+                # no ratio, which would compare a VM exit with none, or KVM with QEMU
+                cell["note"] = f"path {path_label(path)}, A: {path_label(paths[0][ident])}"
+                other_paths.append(f"{label(ident)}: A {path_label(paths[0][ident])}, "
+                                   f"{chr(65 + i)} {path_label(path)}")
+            elif i > 0 and s is not None and ref is not None and s["median"] is not None:
                 scale = hzs[0] / hzs[i] if unit == "ns" else 1.0
                 cell.update(ratio_cell(ref, s, scale, min_effect))
             cells.append(cell)
@@ -283,6 +299,9 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
     unfair = {b.name: unfairness(bundles[0], b) for b in bundles[1:]}
     single = [b.name for i, b in enumerate(bundles) if any(s["R"] == 1 for s in sums[i].values())]
     notes = []
+    if other_paths:
+        notes.append("no ratio where the bundles' paths differ (the same instruction exits on one "
+                     "host and not on another, or goes to QEMU on one): " + "; ".join(other_paths))
     if single and len(bundles) > 1:
         notes.append(f"run-to-run variation unknown (R=1) in {', '.join(single)}: where a side has "
                      f"one VM run there is no CI and no '*'; measure with --repeat {RECOMMENDED_REPEAT}")

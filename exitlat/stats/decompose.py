@@ -255,7 +255,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
 
     paired:        exitlat.verify.trace.timeline.PairedExits of the traced window, or None (then `unavailable` says why).
     guest_samples: the traced window's valid guest samples (cycles).
-    instruction, expected_path, vendor, port: the case (port only for outb).
+    instruction, expected_path, vendor, port: the case (port: port I/O kinds, whichever path).
     host_tsc_hz, guest_tsc_khz: the host's TSC rate (bundle host.tsc.hz) and the guest's
                    (guest.tsc_khz), to check that guest and host cycles are the same unit.
     tracing_overhead: document.tracing_overhead() of the case (traced vs timed median).
@@ -282,6 +282,12 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
         out["status"], out["reason"] = STATUS_NOT, reason
         return out
 
+    if expected_path == "none":
+        return refuse("no exit to decompose: the instruction did not exit (path none); its round "
+                      "trip is its own cost in the guest")
+    if TABLE[instruction].exits != 1:
+        return refuse(f"{TABLE[instruction].exits} exits per iteration: one guest sample holds "
+                      "several host round trips, which this pairing does not split")
     if paired is None:
         return refuse(unavailable or "no traced window")
     out["pairing"] = paired.summary()
@@ -296,7 +302,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
 
     reasons = expected_reasons(instruction, vendor)
     label, host, qemu, user, n_paired = _select(paired, reasons,
-                                                port if expected_path == "qemu" else None,
+                                                port if TABLE[instruction].io else None,
                                                 TABLE[instruction].io or "out")
     out["exits"] = label
     n = int(g.size)
