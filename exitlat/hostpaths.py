@@ -42,6 +42,8 @@ def host_facts(host: dict | None) -> set[str]:
         facts.add("npt")
     if str(params.get("kvm_intel.preemption_timer", "")).strip().upper() in ("N", "0"):
         facts.add("no_preemption_timer")
+    if str(params.get("kvm_intel.enable_apicv", "")).strip() in _YES:
+        facts.add("apicv")
     vmx = cpu.get("vmx_flags")
     # /proc/cpuinfo's "vmx flags" names the TPR shadow "vtpr" (VMX_FEATURE_VIRTUAL_TPR)
     if isinstance(vmx, list) and vendor == "intel" and "vtpr" not in vmx:

@@ -79,6 +79,8 @@ KERNEL_GS_BASE_MSR = 0xC0000102
 SPEC_CTRL_MSR = 0x48
 PRED_CMD_MSR = 0x49
 TSX_CTRL_MSR = 0x122
+X2APIC_EOI_MSR = 0x80B      # the local APIC's EOI register in x2APIC mode
+X2APIC_SELF_IPI_MSR = 0x83F  # x2APIC SELF IPI: the vector in bits 0-7
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -210,6 +212,28 @@ TABLE = {i.name: i for i in (
                 kut="wr_tsx_ctrl_msr",
                 what="kvm_set_msr(IA32_TSX_CTRL), where ARCH_CAPABILITIES has TSX_CTRL",
                 needs="IA32_TSX_CTRL (ARCH_CAPABILITIES.TSX_CTRL_MSR)"),
+    # The local APIC in x2APIC mode (part of the catalogue's interrupt kinds). EOI with nothing in
+    # service (the loop runs in an ioctl, not in a handler): KVM's apic_set_eoi finds no vector
+    # and returns; APICv's virtual-interrupt delivery virtualizes the write (no exit).
+    Instruction("eoi", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits", X2APIC_EOI_MSR,
+                "an EOI needs CPL 0 and interrupts off, so that no handler is in service, which "
+                "only the kernel loop (case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv's virtual-interrupt delivery: x2APIC EOI writes do "
+                                     "not exit"),),
+                what="x2APIC EOI with nothing in service: kvm_lapic_reg_write(APIC_EOI)",
+                needs="x2APIC mode"),
+    # SELF IPI of the reschedule vector with IRQs off: the send only (vmexit.flat's "ipi" figure
+    # of its x2apic_self_ipi tests, without their delivery); the vector stays pending in IRR and
+    # is taken once when the batch turns IRQs back on.
+    Instruction("x2apic_self_ipi", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                X2APIC_SELF_IPI_MSR,
+                "a self-IPI needs CPL 0 and interrupts off (it is taken after the batch), which "
+                "only the kernel loop (case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes x2APIC SELF IPI writes: no exit"),),
+                what="x2APIC SELF IPI (send only; delivered after the batch): "
+                     "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
     # PAUSE: PLE (VMX) and the pause filter (SVM) exit only for a spin of many PAUSEs close
     # together (ple_gap 128 cycles, ple_window 4096; pause_filter_count 3000); one PAUSE per timed
     # window is never such a spin. vmexit.flat's ple_round_robin needs several vCPUs (part 2).

@@ -138,6 +138,11 @@ def test_host_facts_decide_the_paths():
     shadow_less = dict(INTEL_EPT, cpu={"vendor": "GenuineIntel", "vmx_flags": ["ept"]})
     assert choose_path(TABLE["mov_from_cr8"], shadow_less).path == PATH_KVM
     assert choose_path(TABLE["mov_from_cr8"], INTEL_EPT).path == PATH_NONE
+    # APICv virtualizes x2APIC EOI and SELF IPI writes (Bochs runs kvm_intel with it off)
+    apicv = dict(INTEL_EPT, kvm={"parameters": {"kvm_intel.ept": "Y", "kvm_intel.enable_apicv": "Y"}})
+    assert [choose_path(TABLE[k], apicv).path for k in ("eoi", "x2apic_self_ipi")] == [PATH_NONE] * 2
+    assert [choose_path(TABLE[k], INTEL_EPT).path for k in ("eoi", "x2apic_self_ipi")] == [PATH_KVM] * 2
+    assert choose_path(TABLE["eoi"], AMD).path == PATH_KVM
     # no host record: the row's default, said as such
     c = choose_path(TABLE["toggle_cr0_wp"], None)
     assert c.path == PATH_KVM and "default" in c.basis
@@ -192,7 +197,8 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         row = TABLE[name]
         assert row.what, name
         if row.kut is None:
-            assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause"), name
+            assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
+                            "x2apic_self_ipi"), name
     assert {r.path for r in TABLE.values()} >= {PATH_KVM, PATH_QEMU, PATH_NONE}
 
 

@@ -42,6 +42,8 @@
 #include <asm/asm.h>
 #include <asm/processor-flags.h>
 #include <asm/msr-index.h>
+#include <asm/apicdef.h>
+#include <asm/irq_vectors.h>
 #include <linux/delay.h>
 
 #include "exitlat_uapi.h"
@@ -284,6 +286,17 @@ static int el_check_ibpb(const struct exitlat_config *cfg)
 	return wrmsrl_safe(EXITLAT_MSR_WR_IBPB_MSR, PRED_CMD_IBPB) ? -EIO : 0;
 }
 
+/* x2APIC mode (IA32_APIC_BASE.EXTD): the EOI and SELF IPI MSRs #GP in xAPIC mode. */
+static int el_check_x2apic(const struct exitlat_config *cfg)
+{
+	u64 base;
+
+	if (!boot_cpu_has(X86_FEATURE_X2APIC) || rdmsrl_safe(MSR_IA32_APICBASE, &base) ||
+	    !(base & X2APIC_ENABLE))
+		return -EOPNOTSUPP;
+	return 0;
+}
+
 static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 {
 	u64 caps;
@@ -375,6 +388,11 @@ static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 	X(EXITLAT_I_WR_TSX_CTRL_MSR, wr_tsx_ctrl_msr, el_check_tsx_ctrl, false,		\
 	  el_rdmsr(EXITLAT_MSR_WR_TSX_CTRL_MSR),					\
 	  el_wrmsr(EXITLAT_MSR_WR_TSX_CTRL_MSR, val))					\
+	/* loop only (IRQs off): the local APIC in x2APIC mode */			\
+	X(EXITLAT_I_EOI, eoi, el_check_x2apic, false, 0,				\
+	  el_wrmsr(EXITLAT_MSR_EOI, 0))							\
+	X(EXITLAT_I_X2APIC_SELF_IPI, x2apic_self_ipi, el_check_x2apic, false, 0,	\
+	  el_wrmsr(EXITLAT_MSR_X2APIC_SELF_IPI, RESCHEDULE_VECTOR))			\
 	X(EXITLAT_I_PAUSE,  pause,  NULL,               true, 0, asm volatile("pause"))
 
 /* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */
