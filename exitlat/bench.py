@@ -41,6 +41,10 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
     plan = plan_bench(opts, host, progress.say)
+    if opts.reference:          # a kind vmexit.flat has no test of is one line, before any VM
+        from .reference.tests import tests_for
+
+        tests_for(_f_kinds(plan))
     out_root.mkdir(parents=True, exist_ok=True)
     _say_plan_notes(plan, progress)
     remove_leftovers(progress)
@@ -60,11 +64,16 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
         # at once, everything after them (the bundle) finishes first.
         with deferred():
             results, stop = _run_vms(plan, progress)
+            refs = None
+            if opts.reference and stop is None and all(r.status == "complete" for r in results):
+                refs, stop = _run_reference(plan, progress)
             others = other_runs(since, lock.folder, running)
             hello = next((r.hello for r in results if r.hello), {})
             doc, samples, files = DocumentBuilder(plan, document_hz(host, hello)).build(
                 argv, host, results)
             doc["run"]["other_runs_seen"] = others
+            if refs is not None:
+                add_reference(doc, files, plan, refs)
             path = keep_bundle(out_root, doc, samples, files, stop)
         progress.say(f"bundle: {path}")
     if stop is None and stopping():
@@ -78,6 +87,43 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
                      else f"the run had completed: bundle {path}")
         raise stop
     return path
+
+
+def _run_reference(plan: RunPlan, progress: Progress):
+    """kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/); a stop request keeps
+    what ran and is returned."""
+    from .reference.runner import ReferenceRuns, run_reference
+    from .reference.tests import tests_for
+
+    tests = tests_for(_f_kinds(plan))
+    try:
+        with interruptible():
+            return run_reference(plan, tests, progress), None
+    except KeyboardInterrupt as err:
+        runs = ReferenceRuns(tests, error=reason_of(err))
+        return runs, err
+
+
+def _f_kinds(plan: RunPlan) -> list[str]:
+    """The F kinds the cases time (the reference has no test of the S port's OUTB)."""
+    from exitlat.instructions import PATH_QEMU
+
+    return list(dict.fromkeys(s.instruction for s in plan.specs if s.expected_path != PATH_QEMU
+                              or s.instruction == "inl_from_qemu"))
+
+
+def add_reference(doc: dict, files: dict, plan: RunPlan, refs) -> None:
+    """The bundle's `reference` section and the reference's serial output as files."""
+    from .bundle.assemble import emulated_note
+    from .reference.section import build_section
+
+    doc["reference"] = build_section(refs, doc, plan.vendor, plan.manifest,
+                                     emulated_note(plan.options.emulated_host))
+    for i, vm in enumerate(refs.timed):
+        files[f"reference-serial-r{i}.log"] = vm.serial
+    for name, vm in [("baseline", refs.baseline), *refs.traced.items()]:
+        if vm is not None:
+            files[f"reference-serial-traced-{name}.log"] = vm.serial
 
 
 def remove_leftovers(progress: Progress) -> None:
@@ -203,7 +249,7 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
-               verify_iterations=None, build=None, wait=False, verbose=False) -> int:
+               verify_iterations=None, build=None, wait=False, verbose=False, reference=False) -> int:
     from exitlat.cases import parse_cases
     from exitlat.bundle.read import load_bundle
 
@@ -220,7 +266,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         baselines=not no_baselines, tracing=tracing,
         verify_iterations=None if verify_iterations is None else parse_int(
             verify_iterations, "--verify-iterations", 1, MAX_ITERATIONS),
-        build=Path(build) if build else None)
+        build=Path(build) if build else None, reference=bool(reference))
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)
     from exitlat.report.text import render_report

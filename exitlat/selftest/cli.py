@@ -23,9 +23,11 @@ from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
 from .inner import CAPTURE_RUNS, CATALOGUE_NAMES, CATALOGUE_RUNS, CONTROL_RUN, RUN_NAMES, run_config
+from .inner import REFERENCE_NAMES, REFERENCE_RUNS
 from .inner import RUNS as DEFAULT_RUNS
 
-RUNS = DEFAULT_RUNS + CATALOGUE_RUNS     # every run --runs may name ("all": DEFAULT_RUNS)
+RUNS = DEFAULT_RUNS + CATALOGUE_RUNS + REFERENCE_RUNS   # every run --runs may name ("all": DEFAULT_RUNS)
+GROUPS = {"catalogue": CATALOGUE_NAMES, "reference": REFERENCE_NAMES}
 
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
 DEFAULT_TIMEOUT = {"amd": 1500, "intel": 2400}    # seconds, QEMU/Bochs start → L1 powered off
@@ -61,11 +63,12 @@ def parse_runs(text: str | None) -> list[str]:
     names = []
     for t in str(text).split(","):
         t = t.strip()
-        names += list(CATALOGUE_NAMES) if t == "catalogue" else [t] if t else []
-    bad = [n for n in names if n not in RUN_NAMES + CATALOGUE_NAMES]
+        names += list(GROUPS[t]) if t in GROUPS else [t] if t else []
+    every = RUN_NAMES + CATALOGUE_NAMES + REFERENCE_NAMES
+    bad = [n for n in names if n not in every]
     if bad or not names:
-        raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all, catalogue "
-                           f"or a comma list of {', '.join(RUN_NAMES + CATALOGUE_NAMES)}")
+        raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all, catalogue, "
+                           f"reference or a comma list of {', '.join(every)}")
     if len(set(names)) != len(names):
         raise ExitlatError(f"--runs names a run twice: {text}")
     return names
@@ -466,6 +469,9 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         problems += [f"{b['run']} {b['key']}: baseline exit check {b['status']}: {b['detail'][:200]}"
                      for b in base_rows if b["status"] != "passed"]
         problems += vendor_problems(vendor, res.summary.get("l1") or {}, docs)
+        from .reference import reference_problems
+
+        problems += reference_problems(docs)
         timings = dict(res.timings)
         timings.pop("events", None)
         timings["l1_image"] = img_timing

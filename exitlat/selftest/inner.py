@@ -44,6 +44,14 @@ CATALOGUE_RUNS = (
     ("inl_from_qemu", "inl_from_qemu", (3, 5), "hist"),
 )
 CATALOGUE_NAMES = tuple(r[0] for r in CATALOGUE_RUNS)
+# kvm-unit-tests' vmexit.flat beside case 5 (`bench --reference`, exitlat/reference/): chosen by name
+# or together with --runs reference. It proves the reference's plumbing and its exits per
+# iteration (vmcall: 2 CPUID + 1 VMMCALL); its ratios here are never exit costs.
+REFERENCE_RUNS = (
+    ("reference-cpuid", "cpuid", (5,), "hist"),
+    ("reference-vmcall", "vmcall", (5,), "stream"),
+)
+REFERENCE_NAMES = tuple(r[0] for r in REFERENCE_RUNS)
 # A run whose verdicts must NOT pass (controls.py): windows far too small to tell paths apart,
 # timed while another tracefs instance traces every syscall (as a forgotten `perf trace` or a
 # colleague's instance would).
@@ -63,7 +71,7 @@ CAPTURE_RUNS = (
 
 def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False) -> dict:
     return {"name": name, "instr": instr, "cases": list(cases), "tracing": tracing,
-            "capture": capture}
+            "capture": capture, "reference": name in REFERENCE_NAMES}
 
 
 def event(kind: str, **fields) -> None:
@@ -306,7 +314,8 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
         build=Path(cfg["build"]), tracing=run["tracing"],
         emulated_host=cfg.get("emulated_note") or True,
         boot_timeout=float(cfg.get("l2_boot_timeout", L2_BOOT_TIMEOUT_S)),
-        verify_iterations=int(run.get("verify_iterations", cfg["verify_iterations"])))
+        verify_iterations=int(run.get("verify_iterations", cfg["verify_iterations"])),
+        reference=bool(run.get("reference")))
     argv = ["invoke", "selftest", f"--runs={run['name']}"]
     try:
         if run.get("capture"):

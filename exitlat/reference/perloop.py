@@ -1,0 +1,70 @@
+"""What each vmexit.flat test's loop really exits with, from its traced VM run.
+
+A traced run boots vmexit.flat with one test and counts every exit of its vCPU thread from the
+first instruction to the test's result line; a baseline run boots it with no test (the same boot,
+setup and exit path). The difference is the test's loops. Its iterations are the count of the
+reason its name promises (one per iteration by construction); vmexit.flat doubles its iteration
+count from 64 until a round lasts 2^30 cycles, so the iterations of a clean count are
+64·(2^k − 1). Every other reason is divided by the same number: for `vmcall` on a kernel after
+kvm-unit-tests 542ecfdb that is 2 CPUID + 1 VMCALL/VMMCALL."""
+
+from __future__ import annotations
+
+EXTRA_NEGLIGIBLE = 0.05   # extra exits per iteration below which a test is taken as its name says
+FIRST_ROUND = 64          # vmexit.flat's first round: iterations = 32, doubled before it runs
+
+
+def doubling_rounds(n: int) -> int | None:
+    """k when n = 64·(2^k − 1), the iterations of vmexit.flat's k doubling rounds; else None."""
+    if n <= 0 or n % FIRST_ROUND:
+        return None
+    m = n // FIRST_ROUND + 1
+    return m.bit_length() - 1 if m & (m - 1) == 0 else None
+
+
+def per_iteration(test_exits: dict, baseline_exits: dict, named: str) -> dict:
+    """From cumulative exits by reason of a test's run and the baseline's: the iterations (the
+    named reason's count), exits per iteration by reason, and whether the loop is what its name
+    says. Fails closed: no named exit, or a negative difference, is `measured: false` with why."""
+    delta = {r: int(test_exits.get(r, 0)) - int(baseline_exits.get(r, 0))
+             for r in sorted(set(test_exits) | set(baseline_exits))}
+    out = {"named_reason": named, "iterations": None, "doubling_rounds": None,
+           "exits_by_reason": {r: v for r, v in delta.items() if v}, "per_iteration": {},
+           "extra_per_iteration": None, "as_named": False, "measured": False, "detail": ""}
+    n = delta.get(named, 0)
+    if n <= 0:
+        out["detail"] = f"no {named} exits beyond the baseline's: the loop's iterations are unknown"
+        return out
+    below = {r: v for r, v in delta.items() if v < 0 and -v > max(2, 0.01 * n)}
+    if below:
+        out["detail"] = ("fewer exits than the baseline run: "
+                         + ", ".join(f"{r} {v}" for r, v in below.items()))
+        return out
+    per = {r: round(v / n, 4) for r, v in delta.items() if v > 0}
+    extra = round(sum(v for r, v in per.items() if r != named), 4)
+    out.update(iterations=n, doubling_rounds=doubling_rounds(n), per_iteration=per,
+               extra_per_iteration=extra, measured=True, as_named=extra < EXTRA_NEGLIGIBLE)
+    rounds = (f"{n} iterations = 64·(2^{out['doubling_rounds']} − 1)" if out["doubling_rounds"]
+              else f"{n} iterations (not vmexit.flat's 64·(2^k − 1): other {named} exits mixed in)")
+    out["detail"] = f"{rounds}; per iteration: {describe(per, named)}"
+    return out
+
+
+def describe(per: dict, named: str) -> str:
+    """'1 VMMCALL + 2.00 CPUID' (the named reason first, then the others by count)."""
+    parts = [f"1 {named}"] + [f"{v:.2f} {r}" for r, v in sorted(per.items(), key=lambda x: -x[1])
+                              if r != named and v >= 0.005]
+    return " + ".join(parts)
+
+
+def corrected_value(value: float, per: dict, named: str, clean_costs: dict) -> tuple[float | None, str]:
+    """The test's figure less its extra exits, each costed at the figure of a clean test of the same
+    reason (e.g. vmcall − 2 × cpuid); (None, why) when an extra reason has no clean figure."""
+    extra = {r: v for r, v in per.items() if r != named and v >= EXTRA_NEGLIGIBLE}
+    missing = [r for r in extra if r not in clean_costs]
+    if missing:
+        return None, f"no clean vmexit.flat figure for {', '.join(missing)} exits"
+    corr = value - sum(v * clean_costs[r][1] for r, v in extra.items())
+    how = " − ".join([f"{value:g}"] + [f"{v:.2f} × {clean_costs[r][1]:g} ({clean_costs[r][0]})"
+                                       for r, v in extra.items()])
+    return corr, f"{how} = {corr:.0f}"

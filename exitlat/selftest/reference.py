@@ -1,0 +1,39 @@
+"""The selftest's judgement of a run with `--reference` (inner.REFERENCE_RUNS): the reference ran
+complete beside the cases, every test's exits per iteration were measured, and the known shape of
+the pinned tag's loops holds on the real KVM of the emulated host: `cpuid` is one CPUID per
+iteration, `vmcall` one VMCALL/VMMCALL plus two CPUIDs (kvm-unit-tests 542ecfdb: is_intel() in the
+loop). Figures and ratios are reported, never judged: under nested emulation they are not costs."""
+
+from __future__ import annotations
+
+# test -> {reason or "<named>": exits per iteration} the pinned vmexit.flat must show
+EXPECTED = {"cpuid": {"<named>": 1.0}, "vmcall": {"<named>": 1.0, "CPUID": 2.0}}
+TOLERANCE = 0.05     # per iteration: the baseline run subtracts boot and setup, not interrupts
+
+
+def reference_problems(docs: dict[str, dict]) -> list[str]:
+    out = []
+    for name, doc in docs.items():
+        if not (doc.get("options") or {}).get("reference"):
+            continue
+        ref = doc.get("reference")
+        if not ref:
+            out.append(f"{name}: --reference ran but the bundle has no reference section")
+            continue
+        if ref["state"] != "complete":
+            out.append(f"{name}: reference incomplete: {ref.get('reason')}")
+        for t in ref["tests"]:
+            e = t["exits"]
+            if not e.get("measured"):
+                out.append(f"{name}: reference {t['test']}: exits per iteration {e.get('detail')}")
+                continue
+            per = dict(e["per_iteration"])
+            for reason, want in EXPECTED.get(t["test"], {}).items():
+                reason = e["named_reason"] if reason == "<named>" else reason
+                got = per.get(reason, 0.0)
+                if abs(got - want) > TOLERANCE:
+                    out.append(f"{name}: reference {t['test']}: {got:.3f} {reason} exits per "
+                               f"iteration, expected {want:g} ({e['detail']})")
+            if not t.get("values"):
+                out.append(f"{name}: reference {t['test']}: no figure from vmexit.flat")
+    return out
