@@ -115,3 +115,34 @@ def compare_lines(bundles) -> list[str]:
                        + f", exitlat case 5 mean {_n(ours.get('mean'), 1)}, ratio {ratio_text(t)} "
                        f"{ci_text(t)}; exits per iteration: {exits_text(t)}")
     return (["", "vs kvm-unit-tests (each bundle's own reference run):"] + out) if out else []
+
+
+def reference_html(bundles) -> str:
+    """The HTML page's "vs kvm-unit-tests" section: per bundle with a reference, the table, the
+    corrections and the warnings ('' when no bundle has one)."""
+    from html import escape
+
+    parts = []
+    for b in bundles:
+        ref = b.doc.get("reference")
+        if not ref:
+            continue
+        parts.append(f"<h3>{escape(b.name)}: kvm-unit-tests {escape(str(ref.get('tag') or ref.get('version')))} "
+                     f"{escape(ref['test_binary'])} ({len(ref.get('runs', []))} VM run(s), "
+                     f"{escape(ref['state'])})</h3>")
+        head = "".join(f"<th>{escape(h)}</th>" for h in HEADERS)
+        body = "".join("<tr>" + "".join(f"<td>{escape(str(c))}</td>" for c in r) + "</tr>"
+                       for r in rows(ref))
+        parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        items = notes(ref) + [f"warning: {w}" for w in reference_warnings(b.doc)]
+        if ref.get("emulated"):
+            items.append(f"{ref['emulated']}: the ratios prove the plumbing, not an exit cost")
+        if ref.get("command_line"):
+            items.append("command line: " + " ".join(ref["command_line"]))
+        parts.append("<ul>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>")
+    if not parts:
+        return ""
+    return ("<h2>vs kvm-unit-tests</h2><p>vmexit.flat's figure (a mean of per-iteration cycles) "
+            "beside exitlat's case-5 mean of the same exit; a loop that takes more exits than its "
+            "name says is compared only through a corrected figure (docs/measuring.md).</p>"
+            + "\n".join(parts))
