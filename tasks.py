@@ -176,7 +176,8 @@ def cleanup(c, dry_run=False):
 @task(help={
     "runs": "which runs: all (default) or a comma list of cpuid-hist, cpuid-stream, vmcall, "
             "rdmsr, wrmsr_tsc_deadline, and the exit catalogue's (catalogue: all of them): wbinvd, "
-            "invd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr, inl_from_qemu",
+            "invd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr, inl_from_qemu; and kvm-unit-tests' "
+            "vmexit.flat beside case 5 (reference: both of them): reference-cpuid, reference-vmcall",
     "iterations": "timed iterations per case inside L1 (default 1000; 100-200000)",
     "warmup": "warm-up iterations per case (default 100)",
     "verify_iterations": "iterations of each traced window (default: as --iterations)",
