@@ -40,11 +40,12 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
 
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
-    plan = plan_bench(opts, host, progress.say)
-    if opts.reference:          # a kind vmexit.flat has no test of is one line, before any VM
-        from .reference.tests import tests_for
+    if opts.reference:          # a kind vmexit.flat has no test of is one line, before anything
+        from .cases import case_specs
+        from .reference.tests import matching_tests
 
-        tests_for(_f_kinds(plan))
+        matching_tests(_f_kinds(case_specs(opts.cases, opts.instr, opts.port)))
+    plan = plan_bench(opts, host, progress.say)
     out_root.mkdir(parents=True, exist_ok=True)
     _say_plan_notes(plan, progress)
     remove_leftovers(progress)
@@ -93,9 +94,9 @@ def _run_reference(plan: RunPlan, progress: Progress):
     """kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/); a stop request keeps
     what ran and is returned."""
     from .reference.runner import ReferenceRuns, run_reference
-    from .reference.tests import tests_for
+    from .reference.tests import matching_tests
 
-    tests = tests_for(_f_kinds(plan))
+    tests = matching_tests(_f_kinds(plan.specs))
     try:
         with interruptible():
             return run_reference(plan, tests, progress), None
@@ -104,12 +105,11 @@ def _run_reference(plan: RunPlan, progress: Progress):
         return runs, err
 
 
-def _f_kinds(plan: RunPlan) -> list[str]:
-    """The F kinds the cases time (the reference has no test of the S port's OUTB)."""
-    from exitlat.instructions import PATH_QEMU
+def _f_kinds(specs) -> list[str]:
+    """The kinds the cases time that the reference may have (not the S port's OUTB)."""
+    from exitlat.instructions import S_INSTRUCTION
 
-    return list(dict.fromkeys(s.instruction for s in plan.specs if s.expected_path != PATH_QEMU
-                              or s.instruction == "inl_from_qemu"))
+    return list(dict.fromkeys(s.instruction for s in specs if s.instruction != S_INSTRUCTION))
 
 
 def add_reference(doc: dict, files: dict, plan: RunPlan, refs) -> None:

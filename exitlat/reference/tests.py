@@ -56,7 +56,7 @@ TESTS = {t.test: t for t in (
 BY_KIND = {t.kind: t for t in TESTS.values() if t.kind}
 
 
-def tests_for(kinds) -> list[RefTest]:
+def matching_tests(kinds) -> list[RefTest]:
     """The vmexit.flat tests to run beside exitlat's kinds: cpuid always, then each kind's test;
     a kind without a vmexit.flat test is one line."""
     missing = [k for k in kinds if k not in BY_KIND]

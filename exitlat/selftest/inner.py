@@ -70,8 +70,10 @@ CAPTURE_RUNS = (
 
 
 def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False) -> dict:
+    ref = name in REFERENCE_NAMES
+    # the reference runs take two VM runs: the ratio's interval across VM runs needs R >= 2
     return {"name": name, "instr": instr, "cases": list(cases), "tracing": tracing,
-            "capture": capture, "reference": name in REFERENCE_NAMES}
+            "capture": capture, "reference": ref, **({"repeat": 2} if ref else {})}
 
 
 def event(kind: str, **fields) -> None:
@@ -308,7 +310,7 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
     opts = BenchOptions(
         cases=list(run["cases"]), iterations=int(run.get("iterations", cfg["iterations"])),
         warmup=int(run.get("warmup", cfg["warmup"])), instr=run["instr"], core=int(cfg["core"]),
-        accel="kvm", repeat=1, container=False, output=OUT / "results",
+        accel="kvm", repeat=int(run.get("repeat", 1)), container=False, output=OUT / "results",
         baselines=run.get("baselines", run["instr"] == "cpuid"),   # every baseline's ≈0-exit proof, twice
         label=f"selftest {run['name']} ({cfg.get('machine', 'emulated AMD-V host')})",
         build=Path(cfg["build"]), tracing=run["tracing"],

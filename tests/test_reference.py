@@ -1,0 +1,226 @@
+"""kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/), on real outputs: a bundle that
+`invoke selftest --runs reference-vmcall` wrote on the emulated AMD-V host (tests/fixtures/reference/
+amd-vmcall-bundle: case 5 vmcall, two VM runs, vmexit.flat `cpuid vmcall`, its traced runs), and
+vmexit.flat's serial output under TCG, where VMMCALL raises #UD."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from exitlat.bundle.read import load_bundle
+from exitlat.errors import ExitlatError
+from exitlat.reference.check import check_reference
+from exitlat.reference.output import parse_output
+from exitlat.reference.perloop import corrected_value, doubling_rounds, per_iteration
+from exitlat.reference.runner import reference_argv
+from exitlat.reference.section import BAND, exitlat_side, ratio_ci
+from exitlat.reference.tests import BY_KIND, TESTS, matching_tests
+from exitlat.report.reference import reference_lines
+from exitlat.report.text import render_report
+from exitlat.run.qemu import QemuConfig, RunFiles, qemu_argv
+from exitlat.selftest.reference import reference_problems
+
+from bundle_fixtures import edit_json
+from cli_support import invoke, one_line_error
+
+FIX = Path(__file__).parent / "fixtures" / "reference"
+BUNDLE = FIX / "amd-vmcall-bundle"
+
+
+@pytest.fixture
+def bundle(tmp_path) -> Path:
+    dst = tmp_path / BUNDLE.name
+    shutil.copytree(BUNDLE, dst)
+    return dst
+
+
+def ref_of(path: Path = BUNDLE) -> dict:
+    return json.loads((path / "bundle.json").read_text())["reference"]
+
+
+# -- vmexit.flat's output ----------------------------------------------------------------------
+def test_the_real_serial_outputs_parse_to_the_bundle_s_figures():
+    ref = ref_of()
+    for i, vm in enumerate(ref["runs"]):
+        text = (BUNDLE / f"reference-serial-r{i}.log").read_text()
+        values, skipped = parse_output(text, ["cpuid", "vmcall"])
+        assert values == vm["values"] and set(values) == {"cpuid", "vmcall"} and not skipped
+        assert "enabling apic" in text          # the test OS's own lines are ignored
+
+
+def test_a_test_that_crashed_has_no_figure():
+    """TCG's -cpu max is AuthenticAMD without SVM: VMMCALL raises #UD and the test OS dies."""
+    text = (FIX / "tcg-cpuid-vmcall-ud.serial.log").read_text()
+    values, skipped = parse_output(text, ["cpuid", "vmcall"])
+    assert values == {"cpuid": 131} and not skipped
+    assert "Unhandled exception 6 #UD" in text
+
+
+def test_skipped_and_unwanted_lines():
+    values, skipped = parse_output("tscdeadline (skipped)\r\ncpuid 1042\r\nipi 99\r\n  ipi x 3\n",
+                                   ["cpuid", "tscdeadline"])
+    assert values == {"cpuid": 1042} and skipped == ["tscdeadline"]
+
+
+# -- what each loop exited with ------------------------------------------------------------------
+def test_vmcall_is_two_cpuid_and_one_vmmcall_per_iteration():
+    """The known fact since kvm-unit-tests 542ecfdb, from the real traced runs' counts."""
+    ref = ref_of()
+    base = ref["traced_runs"]["baseline"]["counts"]["exits"]
+    vmcall = per_iteration(ref["traced_runs"]["vmcall"]["counts"]["exits"], base, "VMMCALL")
+    n = vmcall["iterations"]
+    assert n == 16320 and vmcall["doubling_rounds"] == 8        # 64·(2^8 − 1): eight rounds
+    assert vmcall["exits_by_reason"]["CPUID"] == 2 * n          # exactly two per iteration
+    assert vmcall["per_iteration"]["VMMCALL"] == 1.0
+    assert vmcall["per_iteration"]["CPUID"] == 2.0
+    assert not vmcall["as_named"] and "1 VMMCALL + 2.00 CPUID" in vmcall["detail"]
+    cpuid = per_iteration(ref["traced_runs"]["cpuid"]["counts"]["exits"], base, "CPUID")
+    assert cpuid["as_named"] and doubling_rounds(cpuid["iterations"]) is not None
+    # the bundle says the same
+    stored = {t["test"]: t["exits"] for t in ref["tests"]}
+    assert stored["vmcall"]["per_iteration"] == vmcall["per_iteration"]
+
+
+def test_per_iteration_fails_closed():
+    assert not per_iteration({"CPUID": 300}, {"CPUID": 300}, "CPUID")["measured"]
+    out = per_iteration({"CPUID": 1000, "NPF": 10}, {"CPUID": 10, "NPF": 300}, "CPUID")
+    assert not out["measured"] and "fewer exits than the baseline" in out["detail"]
+    odd = per_iteration({"CPUID": 1000}, {}, "CPUID")
+    assert odd["measured"] and odd["doubling_rounds"] is None and "not vmexit.flat's" in odd["detail"]
+
+
+def test_doubling_rounds():
+    assert [doubling_rounds(64 * (2 ** k - 1)) for k in (1, 7, 9, 14)] == [1, 7, 9, 14]
+    assert doubling_rounds(8127) is None and doubling_rounds(0) is None and doubling_rounds(128) is None
+
+
+def test_corrected_figure_needs_a_clean_figure_for_every_extra_exit():
+    per = {"VMMCALL": 1.0, "CPUID": 2.0}
+    value, how = corrected_value(3000.0, per, "VMMCALL", {"CPUID": ("cpuid", 1000.0)})
+    assert value == 1000.0 and "3000 − 2.00 × 1000 (cpuid)" in how
+    assert corrected_value(3000.0, per, "VMMCALL", {})[0] is None
+
+
+# -- the section -----------------------------------------------------------------------------------
+def test_the_section_of_a_real_run():
+    b = load_bundle(BUNDLE)                       # schema and checksums
+    check_reference(b.doc)                        # every figure recomputed
+    ref = b.doc["reference"]
+    assert ref["git_tree"] == "797f7f8b386a6962299d0ea5d4278b87ff8b8e98" and ref["tag"] == "v2026-04-17"
+    assert "isa-debug-exit,iobase=0xf4,iosize=0x4" in ref["command_line"]
+    assert all(vm["timed_window"]["tracing"] == "off" for vm in ref["runs"])
+    vm = {t["test"]: t for t in ref["tests"]}["vmcall"]
+    assert vm["compared"] == "corrected" and len(vm["values"]) == len(ref["runs"]) == 2
+    # apples to apples: exitlat's side is the mean of the case-5 samples, per VM run
+    ours = exitlat_side(b.doc, "vmcall")
+    assert vm["exitlat"]["means"] == ours["means"] and ours["keys"] == ["case5-r0", "case5-r1"]
+    r, ci, _ = ratio_ci(vm["corrected"]["values"], ours["means"])
+    assert vm["ratio"] == pytest.approx(r) and ci and ci[0] < r < ci[1]
+    assert reference_problems({"reference-vmcall": b.doc}) == []
+
+
+def test_a_raw_figure_of_a_loop_with_extra_exits_is_never_compared():
+    ref = ref_of()
+    vm = {t["test"]: t for t in ref["tests"]}["vmcall"]
+    raw = vm["exitlat"]["mean"] / vm["mean"]
+    assert raw < 0.5 < vm["ratio"]           # about three exits' worth vs one
+    assert any("not what its name says" in w for w in ref["warnings"])
+
+
+def test_validate_fails_on_an_edited_reference(bundle):
+    def bump(doc):
+        doc["reference"]["tests"][1]["ratio"] *= 1.5
+    edit_json(bundle, bump)
+    with pytest.raises(ExitlatError, match="ratio"):
+        check_reference(load_bundle(bundle).doc)
+    one_line_error(invoke("validate", bundle), "reference test vmcall", "ratio")
+
+
+def test_validate_fails_on_a_raw_comparison_of_an_impure_loop(bundle):
+    def raw(doc):
+        t = doc["reference"]["tests"][1]
+        t["compared"] = "raw"
+        t["ratio"] = t["exitlat"]["mean"] / t["mean"]
+    edit_json(bundle, raw)
+    with pytest.raises(ExitlatError, match="not what its name says"):
+        check_reference(load_bundle(bundle).doc)
+
+
+@pytest.mark.parametrize("edit, field", [
+    (lambda r: r["tests"][0].pop("exits"), "exits"),
+    (lambda r: r.__setitem__("suite", "other-tests"), "suite"),
+    (lambda r: r["runs"][0].__setitem__("values", {"cpuid": "fast"}), "values"),
+    (lambda r: r["tests"][1].__setitem__("ratio", -1), "ratio"),
+])
+def test_the_schema_refuses_a_broken_section(bundle, edit, field):
+    edit_json(bundle, lambda doc: edit(doc["reference"]))
+    with pytest.raises(ExitlatError) as err:
+        load_bundle(bundle)
+    assert "reference" in str(err.value) and "\n" not in str(err.value)
+    one_line_error(invoke("validate", bundle), "reference")
+
+
+def test_bundles_without_a_reference_stay_valid(tmp_path):
+    from bundle_fixtures import make_bundle
+
+    b = load_bundle(make_bundle(tmp_path))
+    assert "reference" not in b.doc
+    check_reference(b.doc)
+    assert reference_lines(b.doc) == []
+
+
+# -- what people read --------------------------------------------------------------------------------
+def test_the_report_shows_it_beside_case_5():
+    text = render_report(load_bundle(BUNDLE))
+    assert "vs kvm-unit-tests (v2026-04-17 x86/vmexit.flat" in text
+    assert "1 VMMCALL + 2.00 CPUID" in text and "corrected" in text
+    assert "vmcall: corrected figure = " in text and "× " in text
+    assert "timings are not exit costs" in text
+
+
+def test_the_html_page_and_compare_show_it(tmp_path, bundle):
+    res = invoke("report", bundle, "--html", tmp_path / "r.html")
+    assert res.returncode == 0, res.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert "<h2>vs kvm-unit-tests</h2>" in page and "1 VMMCALL + 2.00 CPUID" in page
+    other = tmp_path / "B"
+    shutil.copytree(BUNDLE, other)
+    res = invoke("compare", bundle, other)
+    assert res.returncode == 0, res.stderr
+    assert "vs kvm-unit-tests (each bundle's own reference run)" in res.stdout
+
+
+# -- the run ----------------------------------------------------------------------------------------
+def test_the_reference_runs_on_the_cases_qemu_and_accelerator(tmp_path):
+    build = tmp_path / "build"
+    argv = reference_argv(build, "kvm", tmp_path, ["cpuid", "vmcall"], True)
+    cases = qemu_argv(QemuConfig(build, "kvm", 320, [], 0xE9, "null"), RunFiles(tmp_path))
+    assert argv[0] == cases[0]
+    assert argv[1:6] == cases[1:6]     # -accel kvm -cpu host,migratable=no,+invtsc -global vapic off
+    assert argv[argv.index("-kernel") + 1] == str(build / "vmexit.flat")
+    assert argv[argv.index("-append") + 1] == "cpuid vmcall"
+
+
+def test_which_tests_run():
+    assert [t.test for t in matching_tests(["vmcall"])] == ["cpuid", "vmcall"]
+    assert [t.test for t in matching_tests(["cpuid"])] == ["cpuid"]
+    assert TESTS["vmcall"].reason("amd") == "VMMCALL" and TESTS["vmcall"].reason("intel") == "VMCALL"
+    with pytest.raises(ExitlatError, match="no test of rdmsr"):
+        matching_tests(["rdmsr"])
+    from exitlat.instructions import TABLE
+
+    assert all(k in TABLE for k in BY_KIND)        # every mapped kind is one exitlat has
+
+
+def test_a_kind_without_a_reference_test_is_one_line():
+    one_line_error(invoke("bench", "--case", "5", "--instr", "xsetbv", "--reference", "--accel",
+                          "tcg"), "--reference", "xsetbv")
+
+
+def test_the_band_is_the_documented_one():
+    doc = (Path(__file__).parent.parent / "docs" / "measuring.md").read_text()
+    assert f"between **{BAND[0]} and {BAND[1]}**" in doc
