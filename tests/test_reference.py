@@ -224,3 +224,42 @@ def test_a_kind_without_a_reference_test_is_one_line():
 def test_the_band_is_the_documented_one():
     doc = (Path(__file__).parent.parent / "docs" / "measuring.md").read_text()
     assert f"between **{BAND[0]} and {BAND[1]}**" in doc
+
+
+# -- on a real KVM: the emulated AMD-V host ------------------------------------------------------
+@pytest.mark.slow
+@pytest.mark.kvm_emulated
+def test_selftest_runs_the_reference_beside_case_5(tmp_path):
+    """`invoke selftest --runs reference` (about 1½ minutes): vmexit.flat beside case 5 cpuid and
+    vmcall on the emulated AMD-V host; every bundle carries a complete reference whose loops show
+    what the pinned tag does (cpuid: 1 CPUID; vmcall: 1 VMMCALL + 2 CPUID), its timed runs ran
+    untraced, and each matching kind has a ratio with an interval across its two VM runs."""
+    import os
+    import subprocess
+    import sys
+
+    from test_selftest import _require_emulated_host_machine
+
+    _require_emulated_host_machine()
+    env = dict(os.environ, EXITLAT_RESULTS_DIR=str(tmp_path / "results"))
+    res = subprocess.run([sys.executable, "-m", "invoke", "selftest", "--json", "--vendor", "amd",
+                          "--runs", "reference"], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, env=env, timeout=1800)
+    assert res.stdout.strip(), f"no JSON (exit {res.returncode}): {res.stderr[-2000:]}"
+    doc = json.loads(res.stdout)
+    assert res.returncode == 0 and doc["ok"], f"{doc['problems']}\n{res.stderr[-3000:]}"
+    assert set(doc["bundles"]) == {"reference-cpuid", "reference-vmcall"}
+    for name, path in doc["bundles"].items():
+        b = load_bundle(Path(path))
+        check_reference(b.doc)
+        ref = b.doc["reference"]
+        assert ref["state"] == "complete" and ref["emulated"]
+        assert all(vm["timed_window"]["tracing"] == "off" for vm in ref["runs"])
+        tests = {t["test"]: t for t in ref["tests"]}
+        assert tests["cpuid"]["exits"]["as_named"]
+        kind = name.split("-", 1)[1]
+        assert tests[kind]["ratio"] is not None and tests[kind]["ratio_ci95"] is not None
+        if kind == "vmcall":
+            e = tests["vmcall"]["exits"]
+            assert e["exits_by_reason"]["CPUID"] == 2 * e["iterations"] == 2 * e["exits_by_reason"]["VMMCALL"]
+            assert tests["vmcall"]["compared"] == "corrected"

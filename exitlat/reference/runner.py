@@ -3,8 +3,8 @@ same accelerator and CPU model, the same vCPU pinning (measured core, housekeepi
 runtime container or not as the cases were, on the same plan (exitlat.run.plan.RunPlan).
 
 * **timed runs** (one per --repeat): every test in one VM, nothing traced; tracefs is read before
-  and after (the cases' rule: tracing someone left on is caught, not measured) and KVM's own
-  counters are read when the last result line is out.
+  and after (the cases' rule: tracing someone left on is caught, not measured). KVM's own
+  counters cannot be read around it: vmexit.flat ends QEMU right after its last line.
 * **traced runs**: one VM per test, and one with no test (the baseline), each counted from its
   first instruction to its result line by the project's exit counter (exitlat.verify.trace); their
   figures are never used, only their exits (exitlat/reference/perloop.py)."""
@@ -63,14 +63,13 @@ class RefVm:
     timed_window: dict | None = None   # TimedWindow.to_dict(): tracing around a timed run
     counts: dict | None = None         # ExitCounts.to_dict(): a traced run's exits
     backend: str | None = None
-    kvm_stats: dict | None = None
     wall_s: float | None = None
 
     def to_dict(self) -> dict:
         return {"role": self.role, "tests": self.tests, "status": self.status, "reason": self.reason,
                 "values": self.values, "skipped": self.skipped, "exit_code": self.exit_code,
                 "timed_window": self.timed_window, "counts": self.counts, "backend": self.backend,
-                "kvm_stats": self.kvm_stats, "wall_s": self.wall_s}
+                "wall_s": self.wall_s}
 
 
 def _start(plan, argv, folder, say):
@@ -132,8 +131,6 @@ def run_vm(plan, role: str, tests: list[str], say, trace: bool = False) -> RefVm
                          boot + PER_TEST_TIMEOUT_S * max(1, len(vm.tests)))
         if tracer is not None and vm.tests:      # the loops' exits, before exit()'s own
             vm.counts = tracer.snapshot().to_dict()
-        if plan.accel == "kvm":
-            vm.kvm_stats = qmp.kvm_stats()
         vm.exit_code = qemu.wait(30)
         if tracer is not None and not vm.tests:
             vm.counts = tracer.snapshot().to_dict()
