@@ -96,12 +96,12 @@ def _run_reference(plan: RunPlan, progress: Progress):
     from .reference.runner import ReferenceRuns, run_reference
     from .reference.tests import matching_tests
 
-    tests = matching_tests(_f_kinds(plan.specs))
+    runs = ReferenceRuns(matching_tests(_f_kinds(plan.specs)))
     try:
         with interruptible():
-            return run_reference(plan, tests, progress), None
+            return run_reference(plan, runs, progress), None
     except KeyboardInterrupt as err:
-        runs = ReferenceRuns(tests, error=reason_of(err))
+        runs.error = reason_of(err)
         return runs, err
 
 

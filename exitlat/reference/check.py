@@ -43,6 +43,8 @@ def check_reference(doc: dict) -> None:
             if ours is None or not _close(ours["mean"], t["exitlat"]["mean"]) or \
                     [round(m, 6) for m in ours["means"]] != [round(m, 6) for m in t["exitlat"]["means"]]:
                 raise ExitlatError(f"{where}: exitlat's means do not match the cases' statistics")
+        if t["compared"] == "corrected":
+            _check_corrected(ref, t, where)
         if t["ratio"] is not None:
             ref_vals = t["values"] if t["compared"] == "raw" else (t.get("corrected") or {}).get("values")
             if not ref_vals or t["exitlat"] is None:
@@ -53,3 +55,23 @@ def check_reference(doc: dict) -> None:
                                    f"vmexit.flat's ({r})")
             if t["compared"] == "raw" and not t["exits"].get("as_named"):
                 raise ExitlatError(f"{where}: a raw comparison of a loop that is not what its name says")
+
+
+def _check_corrected(ref: dict, t: dict, where: str) -> None:
+    """A corrected figure is the test's figure less its extra exits per iteration, each costed at
+    the same VM run's figure of a clean test of that reason (perloop.corrected_value)."""
+    from .perloop import corrected_value
+
+    corr = t.get("corrected") or {}
+    e = t["exits"]
+    clean = {o["exits"]["named_reason"]: (o["test"], o["values"]) for o in ref["tests"]
+             if o["exits"].get("as_named") and o["values"]}
+    want = []
+    for i, v in enumerate(t["values"]):
+        costs = {r: (n, vals[i]) for r, (n, vals) in clean.items() if i < len(vals)}
+        value, _ = corrected_value(v, e.get("per_iteration") or {}, e["named_reason"], costs)
+        want.append(value)
+    if None in want or len(want) != len(corr.get("values") or []) or \
+            not all(_close(a, b) for a, b in zip(want, corr["values"])):
+        raise ExitlatError(f"{where}: corrected figures {corr.get('values')} are not its figures "
+                           f"less its extra exits at the clean tests' figures ({want})")

@@ -177,11 +177,11 @@ class ReferenceRuns:
     error: str | None = None
 
 
-def run_reference(plan, tests: list[RefTest], progress) -> ReferenceRuns:
+def run_reference(plan, out: ReferenceRuns, progress) -> ReferenceRuns:
     """The timed runs (one per VM run of the cases), then, under KVM with verification on, the
-    traced runs: a baseline and one per test."""
+    traced runs: a baseline and one per test; into `out`, so that a stop keeps what ran."""
     say = progress.say
-    out = ReferenceRuns(tests)
+    tests = out.tests
     if not (plan.build / FLAT).is_file():
         out.error = f"the build folder {plan.build} has no {FLAT} (rebuild: `invoke build`)"
         say(f"reference: {out.error}")

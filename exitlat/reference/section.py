@@ -110,8 +110,13 @@ def build_section(runs, doc: dict, vendor: str, manifest: dict, emulated: str | 
                                     detail="events were lost or unparsed: counts are lower bounds")
     # a clean test's figure costs the extra exits of the others (vmcall − 2 × cpuid)
     values = {t.test: [vm.values[t.test] for vm in complete if t.test in vm.values] for t in runs.tests}
-    clean = {per_loop[t.test]["named_reason"]: (t.test, statistics.fmean(values[t.test]))
+    clean = {per_loop[t.test]["named_reason"]: (t.test, values[t.test])
              for t in runs.tests if per_loop[t.test].get("as_named") and values[t.test]}
+
+    def costs(i=None) -> dict:
+        """The clean figures by reason: of VM run i (a correction within one VM run), or the means."""
+        return {r: (name, vals[i] if i is not None else statistics.fmean(vals))
+                for r, (name, vals) in clean.items()}
     tests, warnings = [], []
     for t in runs.tests:
         vals = values[t.test]
@@ -128,13 +133,13 @@ def build_section(runs, doc: dict, vendor: str, manifest: dict, emulated: str | 
                 ref_vals, entry["compared"] = vals, "raw"
             elif loop.get("measured"):
                 per, named = loop["per_iteration"], loop["named_reason"]
-                corr, how = corrected_value(entry["mean"], per, named, clean)
+                corr, how = corrected_value(entry["mean"], per, named, costs())
                 ref_vals = None
                 if corr is None:
                     entry["ratio_note"] = (f"not compared: its loop takes "
                                            f"{describe(per, named)} exits per iteration ({how})")
-                else:
-                    ref_vals = [corrected_value(v, per, named, clean)[0] for v in vals]
+                else:       # each VM run corrected with the clean figures of the same VM run
+                    ref_vals = [corrected_value(v, per, named, costs(i))[0] for i, v in enumerate(vals)]
                     entry["corrected"] = {"mean": corr, "values": ref_vals, "how": how}
                     entry["compared"] = "corrected"
             else:
@@ -148,7 +153,7 @@ def build_section(runs, doc: dict, vendor: str, manifest: dict, emulated: str | 
                     w = _band_warning(t.test, r, f"exitlat mean vs vmexit.flat's "
                                       f"{'corrected ' if entry['compared'] == 'corrected' else ''}figure")
                     if w:
-                        warnings.append(w + (f" (and: {emulated})" if emulated else ""))
+                        warnings.append(w + (f"; here above all: {emulated}" if emulated else ""))
         elif vals and t.kind and not ours:
             entry["ratio_note"] = f"no exitlat case {COMPARED_CASE} of {t.kind} in this bundle"
         if loop.get("measured") and not loop.get("as_named"):
