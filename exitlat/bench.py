@@ -275,6 +275,9 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
     doc = bundle.doc
     if doc["status"]["state"] != "complete":
         raise ExitlatError(f"run incomplete: {doc['status']['reason']} (bundle kept: {path})")
+    ref = doc.get("reference")
+    if ref is not None and ref["state"] != "complete":
+        raise ExitlatError(f"kvm-unit-tests reference incomplete: {ref['reason']} (bundle kept: {path})")
     failed = [c["key"] for c in doc["cases"] if c["verification"]["status"] == "failed"]
     if failed and opts.verify:
         raise CheckFailed(f"path verification failed for {', '.join(failed)} (bundle: {path})")

@@ -284,3 +284,24 @@ def test_selftest_runs_the_reference_beside_case_5(tmp_path):
             e = tests["vmcall"]["exits"]
             assert e["exits_by_reason"]["CPUID"] == 2 * e["iterations"] == 2 * e["exits_by_reason"]["VMMCALL"]
             assert tests["vmcall"]["compared"] == "corrected"
+
+
+def test_a_reference_run_that_died_makes_the_section_incomplete():
+    """vmexit.flat's real death under TCG (#UD on VMMCALL, isa-debug-exit code 127) as the runner
+    records it: the section says incomplete, nothing is compared, the report warns."""
+    from exitlat.reference.runner import ReferenceRuns, RefVm
+    from exitlat.reference.section import build_section
+    from exitlat.report.reference import reference_warnings
+
+    text = (FIX / "tcg-cpuid-vmcall-ud.serial.log").read_text()
+    values, skipped = parse_output(text, ["cpuid", "vmcall"])
+    vm = RefVm("timed", ["cpuid", "vmcall"], status="incomplete", values=values, skipped=skipped,
+               reason="vmexit.flat ended with QEMU exit code 127 (isa-debug-exit 1 is success)",
+               exit_code=127, serial=text.encode())
+    doc = json.loads((BUNDLE / "bundle.json").read_text())
+    sec = build_section(ReferenceRuns(matching_tests(["vmcall"]), timed=[vm]), doc, "amd",
+                        doc["build_manifest"])
+    assert sec["state"] == "incomplete" and "exit code 127" in sec["reason"]
+    assert all(t["ratio"] is None and t["values"] == [] for t in sec["tests"])
+    warn = reference_warnings({"reference": sec})
+    assert any("incomplete" in w and "127" in w for w in warn)
