@@ -41,10 +41,9 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
     if opts.reference:          # a kind vmexit.flat has no test of is one line, before anything
-        from .cases import case_specs
-        from .reference.tests import matching_tests
+        from .reference.tests import kinds_of, matching_tests
 
-        matching_tests(_f_kinds(case_specs(opts.cases, opts.instr, opts.port)))
+        matching_tests(kinds_of(opts.instr))
     plan = plan_bench(opts, host, progress.say)
     out_root.mkdir(parents=True, exist_ok=True)
     _say_plan_notes(plan, progress)
@@ -94,22 +93,15 @@ def _run_reference(plan: RunPlan, progress: Progress):
     """kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/); a stop request keeps
     what ran and is returned."""
     from .reference.runner import ReferenceRuns, run_reference
-    from .reference.tests import matching_tests
+    from .reference.tests import kinds_of, matching_tests
 
-    runs = ReferenceRuns(matching_tests(_f_kinds(plan.specs)))
+    runs = ReferenceRuns(matching_tests(kinds_of(plan.options.instr)))
     try:
         with interruptible():
             return run_reference(plan, runs, progress), None
     except KeyboardInterrupt as err:
         runs.error = reason_of(err)
         return runs, err
-
-
-def _f_kinds(specs) -> list[str]:
-    """The kinds the cases time that the reference may have (not the S port's OUTB)."""
-    from exitlat.instructions import S_INSTRUCTION
-
-    return list(dict.fromkeys(s.instruction for s in specs if s.instruction != S_INSTRUCTION))
 
 
 def add_reference(doc: dict, files: dict, plan: RunPlan, refs) -> None:

@@ -18,7 +18,7 @@ from exitlat.reference.output import parse_output
 from exitlat.reference.perloop import corrected_value, doubling_rounds, per_iteration
 from exitlat.reference.runner import reference_argv
 from exitlat.reference.section import BAND, exitlat_side, ratio_ci
-from exitlat.reference.tests import BY_KIND, TESTS, matching_tests
+from exitlat.reference.tests import BY_KIND, TESTS, kinds_of, matching_tests
 from exitlat.report.reference import reference_lines
 from exitlat.report.text import render_report
 from exitlat.run.qemu import QemuConfig, RunFiles, qemu_argv
@@ -228,6 +228,8 @@ def test_the_reference_runs_on_the_cases_qemu_and_accelerator(tmp_path):
 def test_which_tests_run():
     assert [t.test for t in matching_tests(["vmcall"])] == ["cpuid", "vmcall"]
     assert [t.test for t in matching_tests(["cpuid"])] == ["cpuid"]
+    assert kinds_of("cpuid, vmcall") == ["cpuid", "vmcall"] and "wbinvd" in kinds_of("all")
+    assert [t.test for t in matching_tests(kinds_of("vmcall,cpuid"))] == ["cpuid", "vmcall"]
     assert TESTS["vmcall"].reason("amd") == "VMMCALL" and TESTS["vmcall"].reason("intel") == "VMCALL"
     with pytest.raises(ExitlatError, match="no test of rdmsr"):
         matching_tests(["rdmsr"])

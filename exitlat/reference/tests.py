@@ -65,3 +65,12 @@ def matching_tests(kinds) -> list[RefTest]:
                            f"{', '.join(missing)}; it has {', '.join(sorted(BY_KIND))}")
     names = list(dict.fromkeys([*ALWAYS, *(BY_KIND[k].test for k in kinds)]))
     return [TESTS[n] for n in names]
+
+
+def kinds_of(instr: str) -> list[str]:
+    """The kinds of `bench --instr` (one, a comma list, or "all": every kind with a vmexit.flat
+    test), read from the option's text so that it is checked before anything runs."""
+    text = str(instr or "cpuid").strip()
+    if text == "all":
+        return list(BY_KIND)
+    return list(dict.fromkeys(k.strip() for k in text.split(",") if k.strip()))
