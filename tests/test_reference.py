@@ -307,3 +307,19 @@ def test_a_reference_run_that_died_makes_the_section_incomplete():
     assert all(t["ratio"] is None and t["values"] == [] for t in sec["tests"])
     warn = reference_warnings({"reference": sec})
     assert any("incomplete" in w and "127" in w for w in warn)
+
+
+def test_the_selftest_judges_the_loops_and_reports_the_ratios():
+    from exitlat.selftest.reference import reference_rows, render_rows
+
+    doc = json.loads((BUNDLE / "bundle.json").read_text())
+    assert reference_problems({"r": doc}) == []
+    rows = reference_rows({"r": doc})
+    assert [r["test"] for r in rows] == ["cpuid", "vmcall"] and rows[1]["compared"] == "corrected"
+    assert "never exit costs" in "\n".join(render_rows(rows))
+    # a vmexit.flat whose vmcall loop took one CPUID per iteration is not the pinned tag's
+    doc["reference"]["tests"][1]["exits"]["per_iteration"]["CPUID"] = 1.0
+    probs = reference_problems({"r": doc})
+    assert len(probs) == 1 and "1.000 CPUID exits per iteration, expected 2" in probs[0]
+    doc["reference"]["state"], doc["reference"]["reason"] = "incomplete", "no result for vmcall"
+    assert any("incomplete: no result for vmcall" in p for p in reference_problems({"r": doc}))

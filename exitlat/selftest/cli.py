@@ -289,6 +289,9 @@ def render_text(result: dict) -> str:
                    f"{'all' if not bad else len(bases) - len(bad)} ≈0 exits/iter (KVM stats; at most "
                    f"{worst:.3f}): the timer does not exit"
                    + ("" if not bad else f"; FAILED: {', '.join(b['run'] + ' ' + b['key'] for b in bad)}"))
+    from .reference import render_rows
+
+    out += render_rows(result.get("reference") or [])
     for tr in result.get("timer") or []:
         out.append(f"WRMSR TSC-deadline ({tr['run']} {tr['key']}): expected {tr['expected_path']}, "
                    f"{tr['verdict']}; timer: {tr['timer']}"
@@ -469,7 +472,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         problems += [f"{b['run']} {b['key']}: baseline exit check {b['status']}: {b['detail'][:200]}"
                      for b in base_rows if b["status"] != "passed"]
         problems += vendor_problems(vendor, res.summary.get("l1") or {}, docs)
-        from .reference import reference_problems
+        from .reference import reference_problems, reference_rows
 
         problems += reference_problems(docs)
         timings = dict(res.timings)
@@ -483,6 +486,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         result = {"ok": not problems, "problems": problems, "vendor": vendor, "kernel": series,
                   "timings": timings, "l1": res.summary.get("l1"), "runs": runs_done, "cases": rows,
                   "baselines": base_rows, "timer": timer_rows(docs, res.summary.get("l1")),
+                  "reference": reference_rows(docs),
                   "controls": controls, "bundles": {k: str(v) for k, v in paths.items()},
                   "control_bundles": {k: str(v) for k, v in control.items()},
                   "console_log": str(console),

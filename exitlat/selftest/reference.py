@@ -37,3 +37,35 @@ def reference_problems(docs: dict[str, dict]) -> list[str]:
             if not t.get("values"):
                 out.append(f"{name}: reference {t['test']}: no figure from vmexit.flat")
     return out
+
+
+def reference_rows(docs: dict[str, dict]) -> list[dict]:
+    """Per run with a reference and per vmexit.flat test: what its loop exited with and the ratio
+    (reported, never judged: nested emulation)."""
+    from exitlat.report.reference import ci_text, exits_text, ratio_text
+
+    rows = []
+    for name, doc in docs.items():
+        for t in (doc.get("reference") or {}).get("tests", []):
+            rows.append({"run": name, "test": t["test"], "exits_per_iter": exits_text(t),
+                         "vmexit_flat": t.get("mean"), "compared": t.get("compared"),
+                         "corrected": (t.get("corrected") or {}).get("mean"),
+                         "exitlat_mean": (t.get("exitlat") or {}).get("mean"),
+                         "ratio": ratio_text(t), "ratio_ci95": ci_text(t)})
+    return rows
+
+
+def render_rows(rows: list[dict]) -> list[str]:
+    from tabulate import tabulate
+
+    if not rows:
+        return []
+    n = lambda v: "-" if v is None else f"{v:,.0f}"
+    table = [[r["run"], r["test"], r["exits_per_iter"], n(r["vmexit_flat"])
+              + (f" (corrected {n(r['corrected'])})" if r["corrected"] is not None else ""),
+              n(r["exitlat_mean"]), r["ratio"], r["ratio_ci95"]] for r in rows]
+    return ["", tabulate(table, headers=["run", "vmexit.flat test", "exits per iteration (traced run)",
+                                         "vmexit.flat", "exitlat case 5 mean", "exitlat / vmexit.flat",
+                                         "CI95"], tablefmt="simple", disable_numparse=True),
+            "vs kvm-unit-tests: the exits per iteration are checked; the figures and ratios are "
+            "the emulated host's, never exit costs"]
