@@ -130,3 +130,31 @@ def test_the_reference_stage_is_planned_and_hashed():
     assert ("reference", "vmexit.flat") in ARTIFACTS
     plan = plan_build(load_pins())
     assert len(plan.stage_hashes["reference"]) >= 12
+
+
+@pytest.mark.slow
+def test_the_build_holds_vmexit_flat_and_the_project_qemu_runs_it():
+    """`invoke build` (the mirror first where there is one) puts vmexit.flat, hashed, in the build
+    folder with kvm-unit-tests' identity in the manifest; the project's slim QEMU boots it with
+    isa-debug-exit (TCG here: the chain, not a cost) and it prints its cpuid figure."""
+    import json
+    from types import SimpleNamespace
+
+    from cli_support import invoke
+    from exitlat.build.sources import sha256_file
+    from exitlat.reference.runner import SUCCESS_CODE, run_vm
+
+    args = ["build"] + (["--mirror", str(MIRROR)] if (MIRROR / PIN.file).is_file() else [])
+    res = invoke(*args, timeout=3600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    folder = Path(res.stdout.strip().splitlines()[-1])
+    m = json.loads((folder / "manifest.json").read_text())
+    assert m["artifacts"]["vmexit.flat"] == sha256_file(folder / "vmexit.flat")
+    assert m["versions"]["kvm_unit_tests"]["git_tree"] == PIN.git_tree
+    assert m["providers"]["kvm-unit-tests"]["sha256"] == PIN.sha256
+    plan = SimpleNamespace(build=folder, accel="tcg", core=0, housekeeping=0, verifying=False,
+                           options=SimpleNamespace(container=False, boot_timeout=None, tracing="auto"))
+    vm = run_vm(plan, "timed", ["cpuid"], print)
+    assert vm.status == "complete", vm.reason
+    assert vm.exit_code == SUCCESS_CODE and vm.values["cpuid"] > 0
+    assert b"enabling apic" in vm.serial
