@@ -52,6 +52,9 @@ REFERENCE_RUNS = (
     ("reference-vmcall", "vmcall", (5,), "stream"),
 )
 REFERENCE_NAMES = tuple(r[0] for r in REFERENCE_RUNS)
+# Default runs that also run the reference (one VM run), so that every full selftest proves its
+# plumbing and the vmcall loop's 2 CPUID + 1 VMMCALL.
+WITH_REFERENCE = ("vmcall",)
 # A run whose verdicts must NOT pass (controls.py): windows far too small to tell paths apart,
 # timed while another tracefs instance traces every syscall (as a forgotten `perf trace` or a
 # colleague's instance would).
@@ -70,10 +73,11 @@ CAPTURE_RUNS = (
 
 
 def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False) -> dict:
-    ref = name in REFERENCE_NAMES
+    own = name in REFERENCE_NAMES
     # the reference runs take two VM runs: the ratio's interval across VM runs needs R >= 2
     return {"name": name, "instr": instr, "cases": list(cases), "tracing": tracing,
-            "capture": capture, "reference": ref, **({"repeat": 2} if ref else {})}
+            "capture": capture, "reference": own or name in WITH_REFERENCE,
+            **({"repeat": 2} if own else {})}
 
 
 def event(kind: str, **fields) -> None:
