@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import statistics
 
-from .perloop import corrected_value, describe, per_iteration
+from .perloop import console_io, corrected_value, describe, per_iteration
 from .tests import COMPARED_CASE
 
 SUITE = "kvm-unit-tests"
@@ -59,6 +59,8 @@ def ratio_ci(ref: list[float], ours: list[float]) -> tuple[float | None, list | 
     ra, rb = se_a / a, se_b / b
     t = t975(welch_df(ra * ra, len(ref), rb * rb, len(ours)))
     ci = fieller(a, se_a, b, se_b, t)
+    if ci:          # a ratio of two positive figures: Fieller's lower end may dip below 0
+        ci = [max(0.0, ci[0]), ci[1]]
     return ratio, ci, (None if ci else "ratio CI unbounded: vmexit.flat's runs scatter too much")
 
 
@@ -103,7 +105,8 @@ def build_section(runs, doc: dict, vendor: str, manifest: dict, emulated: str | 
             per_loop[t.test] = {"named_reason": named, "measured": False, "as_named": False,
                                 "detail": f"not measured: {why}"}
             continue
-        per_loop[t.test] = per_iteration(vm.counts.get("exits") or {}, base_exits, named)
+        console = console_io(vm.counts.get("pio")) - console_io((base.counts or {}).get("pio"))
+        per_loop[t.test] = per_iteration(vm.counts.get("exits") or {}, base_exits, named, console)
         c = vm.counts
         if c.get("lost") or c.get("unparsed") or (base.counts or {}).get("lost"):
             per_loop[t.test].update(measured=False, as_named=False,

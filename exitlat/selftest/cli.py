@@ -438,7 +438,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         t_bx = time.monotonic()
         bochs_image = ensure_bochs_image(pins, progress, build_root() / "logs" / "image-bochs.log")
         img_timing["bochs_image_s"] = round(time.monotonic() - t_bx, 1)
-    run_list = [run_config(n, i, c, tr) for n, i, c, tr in RUNS if n in wanted]
+    run_list = [run_config(n, i, c, tr, vendor=vendor) for n, i, c, tr in RUNS if n in wanted]
     run_list.sort(key=lambda r: wanted.index(r["name"]))
     run_list.append(dict(CONTROL_RUN))
     if capture_dir is not None:
