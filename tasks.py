@@ -114,9 +114,9 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "case": "cases to run: 1-6, 1,3,5, 2 or all",
     "iterations": "timed iterations per case (default 10000)",
     "warmup": "discarded warm-up iterations per case (default 1000)",
-    "instr": "F instruction, a row of exitlat/instructions.py: cpuid (default), vmcall, rdmsr, "
-             "wrmsr_tsc_deadline, wbinvd, invd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr, "
-             "inl_from_qemu",
+    "instr": "F instructions (exitlat/instructions.py; catalogue: docs/measuring.md): one "
+             "(default cpuid), a comma list (cpuid,mov_to_cr8) or all (every kind each F case "
+             "allows; kinds this vCPU lacks are left out with why)",
     "port": "S port for OUTB (debugcon; default 0xe9)",
     "timer": "rdtscp (default) or lfence (LFENCE;RDTSC;LFENCE)",
     "core": "host core for the vCPU (default: an isolated core, else the last one)",
@@ -174,10 +174,11 @@ def cleanup(c, dry_run=False):
 
 
 @task(help={
-    "runs": "which runs: all (default) or a comma list of cpuid-hist, cpuid-stream, vmcall, "
-            "rdmsr, wrmsr_tsc_deadline, and the exit catalogue's (catalogue: all of them): wbinvd, "
-            "invd, xsetbv, rd_tsc_adjust_msr, wr_tsc_adjust_msr, inl_from_qemu; and kvm-unit-tests' "
-            "vmexit.flat beside case 5 (reference: both of them): reference-cpuid, reference-vmcall",
+    "runs": "which runs: all (default), default (all but the exit catalogue), catalogue (its "
+            "runs: catalogue-kernel, catalogue-ioctl, catalogue-user: --instr all in cases 5, 3, "
+            "1) or a comma list of cpuid-hist, cpuid-stream, vmcall, rdmsr, wrmsr_tsc_deadline "
+            "and those; reference (by name only: kvm-unit-tests' vmexit.flat beside case 5, "
+            "--instr cpuid,vmcall --reference, two VM runs)",
     "iterations": "timed iterations per case inside L1 (default 1000; 100-200000)",
     "warmup": "warm-up iterations per case (default 100)",
     "verify_iterations": "iterations of each traced window (default: as --iterations)",

@@ -1,6 +1,6 @@
 """The six measurement cases, which instruction each runs and which host path its exits must take.
 
-F (the "fast" instruction, chosen with --instr) runs in cases 1, 3 and 5; S (OUTB to the debugcon
+F (the "fast" instructions, chosen with --instr: one, a list or all) run in cases 1, 3 and 5; S (OUTB to the debugcon
 port, always) runs in cases 2, 4 and 6. See docs/probes.md for the reasoning behind each rule.
 """
 
@@ -8,7 +8,8 @@ from dataclasses import dataclass
 
 from .errors import ExitlatError
 from .limits import MAX_PORT
-from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH, PATH_KVM,
+from .hostpaths import choose_path
+from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH,
                            S_INSTRUCTION, TABLE)
 
 ALL_CASES = (1, 2, 3, 4, 5, 6)
@@ -28,10 +29,12 @@ class CaseSpec:
     number: int
     flow: str                 # where the instruction runs: user, user→kernel (ioctl), kernel
     instruction: str          # a row of exitlat/instructions.py: F (cpuid, ...) or outb
-    expected_path: str        # PATH_FASTPATH, PATH_KVM or PATH_QEMU
-    key: str                  # case1..case6: the name on the console and on the samples disk
+    expected_path: str        # PATH_FASTPATH, PATH_KVM, PATH_QEMU or PATH_NONE
+    key: str                  # case1..case6, or case<n>_<instr> with several F instructions: the
+    #                           name on the console and on the samples disk (case_keys)
     msr: int | None = None    # for rdmsr / wrmsr_tsc_deadline
     port: int | None = None   # for port I/O: outb's --port, or the kind's own (inl_from_qemu)
+    path_basis: str = ""      # why this path is expected here (exitlat.hostpaths.choose_path)
 
 
 def _valid() -> str:
@@ -71,41 +74,74 @@ def check_port(port: int) -> int:
 def tsc_deadline_fastpath(host: dict | None) -> bool:
     """Whether KVM's irq-off fastpath can handle a WRMSR to IA32_TSC_DEADLINE on this host: only
     with the VMX preemption timer (kvm_can_use_hv_timer()), so never on AMD/Hygon (SVM has none)
-    and not on Intel with kvm_intel.preemption_timer=N. Unknown hosts (no host facts) say yes and
-    leave the proof to the verifier's fastpath probe."""
-    if not host:
-        return True
-    vendor = (host.get("cpu") or {}).get("vendor")
-    if vendor in ("AuthenticAMD", "HygonGenuine"):
-        return False
-    timer = ((host.get("kvm") or {}).get("parameters") or {}).get("kvm_intel.preemption_timer")
-    return str(timer).upper() not in ("N", "0")
+    and not on Intel with kvm_intel.preemption_timer=N (the table's host rules for it). Unknown
+    hosts (no host facts) say yes and leave the proof to the verifier's fastpath probe."""
+    return choose_path(TABLE["wrmsr_tsc_deadline"], host).path == PATH_FASTPATH
 
 
-def case_specs(cases, instr: str = "cpuid", port: int = 0xE9, msr: int | None = None,
-               fastpath: bool = True) -> list[CaseSpec]:
-    """One CaseSpec per case, refusing combinations that cannot measure what they claim.
-    `fastpath`: whether WRMSR TSC_DEADLINE can take KVM's fastpath here (tsc_deadline_fastpath);
-    where it cannot, case 5 still runs it and expects the normal in-kernel handler."""
-    if instr not in F_INSTRUCTIONS:
-        raise ExitlatError(f"unknown instruction {instr!r} (--instr); choose one of {', '.join(F_INSTRUCTIONS)}")
+def parse_instrs(text) -> tuple[str, ...] | str:
+    """--instr: one F kind, a comma list of them, or 'all' (returned as "all": every kind the
+    cases allow). Unknown names and repeats are one-line errors."""
+    words = [w.strip() for w in str(text).lower().split(",")] if str(text).strip() else []
+    if words == ["all"]:
+        return "all"
+    if not words or "" in words:
+        raise ExitlatError(f"no instruction in --instr {text!r}; choose all or a comma list of "
+                           f"{', '.join(F_INSTRUCTIONS)}")
+    bad = [w for w in words if w not in F_INSTRUCTIONS]
+    if bad:
+        raise ExitlatError(f"unknown instruction {bad[0]!r} (--instr); choose all or a comma list "
+                           f"of {', '.join(F_INSTRUCTIONS)}")
+    if len(set(words)) != len(words):
+        raise ExitlatError(f"--instr names an instruction twice: {text}")
+    return tuple(words)
+
+
+def case_keys(cases, instrs: tuple[str, ...]) -> list[tuple[int, str, str]]:
+    """(case, instruction, key) in the order the guest runs them: each case as given; an F case
+    once per instruction that it allows (exitlat-probe.c builds the same list). A single F
+    instruction keeps the key case<n>; several make it case<n>_<instruction>."""
+    out = []
+    for n in cases:
+        if n % 2 == 0:
+            out.append((n, S_INSTRUCTION, f"case{n}"))
+            continue
+        for name in instrs:
+            if n in TABLE[name].cases:
+                out.append((n, name, f"case{n}" if len(instrs) == 1 else f"case{n}_{name}"))
+    return out
+
+
+def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
+               host: dict | None = None) -> list[CaseSpec]:
+    """One CaseSpec per case and F instruction, refusing combinations that cannot measure what
+    they claim. `instr`: a name, a comma list, a tuple of names or "all" (every kind each F case
+    allows; the others are left out, not refused). `host`: the host's facts, which decide the
+    path of host-dependent kinds (exitlat.hostpaths); without them each kind's default."""
+    chosen = parse_instrs(",".join(instr) if isinstance(instr, (tuple, list)) else instr)
+    everything = chosen == "all"
+    instrs = F_INSTRUCTIONS if everything else chosen
     check_port(port)
     if msr is not None and not 0 <= msr <= 0xFFFFFFFF:
         raise ExitlatError(f"MSR index must be a 32-bit number, got {msr!r}")
-    if instr == "rdmsr" and msr in PASSTHROUGH_MSRS:
+    if "rdmsr" in instrs and msr in PASSTHROUGH_MSRS:
         raise ExitlatError(f"MSR {msr:#x} is passed through by KVM and never exits; "
                            f"use {DEFAULT_MSR:#x} (IA32_TSC_ADJUST)")
-    specs = []
     for n in cases:
         if n not in ALL_CASES:
             raise ExitlatError(f"unknown case {n!r}; {_valid()}")
-        ins = TABLE[S_INSTRUCTION if n % 2 == 0 else instr]
-        if n not in ins.cases:
-            raise ExitlatError(f"case {n} cannot use {ins.name}: {ins.why_not}")
-        path = ins.path
-        if path == PATH_FASTPATH and not fastpath:
-            path = PATH_KVM
+        for name in ((S_INSTRUCTION,) if n % 2 == 0 else () if everything else instrs):
+            ins = TABLE[name]
+            if n not in ins.cases:
+                raise ExitlatError(f"case {n} cannot use {ins.name}: {ins.why_not}")
+    specs = []
+    for n, name, key in case_keys(cases, instrs):
+        ins = TABLE[name]
+        choice = choose_path(ins, host)
         spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
-        specs.append(CaseSpec(n, _FLOWS[n], ins.name, path, f"case{n}", msr=spec_msr,
-                              port=port if ins.name == S_INSTRUCTION else ins.port))
+        specs.append(CaseSpec(n, _FLOWS[n], ins.name, choice.path, key, msr=spec_msr,
+                              port=port if ins.name == S_INSTRUCTION else ins.port,
+                              path_basis=choice.basis))
+    if not specs:
+        raise ExitlatError(f"no case of {','.join(map(str, cases))} can run {instr}")
     return specs

@@ -4,7 +4,9 @@ Adding an exit kind means one row here and one row in the module's EL_INSTRUCTIO
 (guest/module/exitlat_mod.c: the statement one iteration runs), plus a WINDOW line in the probe
 (guest/probe/exitlat-probe.c) if CPL 3 can run it. The guest's ids and the probe's rows are
 generated from this table at build time (exitlat/build/guestgen.py). The cases, the verifier and
-the timed-window check all read it too (docs/architecture.md).
+the timed-window check all read it too (docs/architecture.md). Where the path a kind takes depends
+on the host (EPT, TPR shadow, a pass-through MSR), its row says so in `host_paths`, decided from the
+host's facts by exitlat.hostpaths.
 """
 
 from __future__ import annotations
@@ -15,8 +17,21 @@ from dataclasses import dataclass
 PATH_FASTPATH = "kvm_fastpath"   # handled in KVM's irq-off fastpath, before IRQs are re-enabled
 PATH_KVM = "kvm"                 # handled by KVM's normal in-kernel exit handler
 PATH_QEMU = "qemu"               # exit to QEMU userspace (KVM_RUN returns) and back
+PATH_NONE = "none"               # no exit: virtualized in hardware, or passed through by KVM
 KVM_PATHS = (PATH_KVM, PATH_FASTPATH)
-PATHS = KVM_PATHS + (PATH_QEMU,)
+PATHS = KVM_PATHS + (PATH_QEMU, PATH_NONE)
+PATH_TEXT = {PATH_FASTPATH: "KVM fastpath", PATH_KVM: "KVM", PATH_QEMU: "QEMU round trip",
+             PATH_NONE: "no exit (virtualized in hardware or passed through)"}
+
+
+@dataclass(frozen=True)
+class HostPath:
+    """The path a kind takes instead of its row's `path` on hosts of `vendor` ("intel"/"amd") where
+    every one of `facts` holds (exitlat.hostpaths.host_facts names them); the first match wins."""
+    path: str
+    vendor: str
+    facts: tuple[str, ...] = ()
+    why: str = ""
 
 
 @dataclass(frozen=True)
@@ -34,6 +49,14 @@ class Instruction:
     #                                 (return-probed to prove the fastpath: verify/trace/kprobes.py)
     io: str | None = None       # port I/O: the kvm_pio direction of one iteration, "in" or "out"
     port: int | None = None     # the port it always uses (None: --port, as outb)
+    exits: int = 1              # exits of its reason one iteration takes where it exits (a toggle
+    #                             writes twice)
+    rearm: bool = False         # on the path "none", KVM intercepts it again after any other exit
+    #                             (mov_dr): its own exits then count as background, not the path
+    host_paths: tuple[HostPath, ...] = ()   # host-dependent paths, first match wins (else `path`)
+    kut: str | None = None      # the kvm-unit-tests x86/vmexit.c test it corresponds to
+    what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
+    needs: str = ""             # the vCPU feature without which the guest refuses it
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -47,60 +70,153 @@ class Instruction:
 DEFAULT_MSR = 0x3B          # IA32_TSC_ADJUST: intercepted and emulated inside KVM
 QEMU_NOP_PORT = 0x1234      # a port no device claims: KVM exits to QEMU, which reads all ones
 #                             (kvm-unit-tests x86/vmexit.c inl_from_qemu)
+ELCR_PORT = 0x4D0           # the 8259 PIC's edge/level register: KVM's in-kernel PIC answers it
+PM_TIMER_PORT = 0x608       # ACPI PM timer of -machine pc: PIIX4 PM at the PMBASE SeaBIOS 1.16
+#                             gives it (0x600), + 8 (the module checks that it counts)
 TSC_DEADLINE_MSR = 0x6E0    # IA32_TSC_DEADLINE: KVM's irq-off fastpath where it can arm the
 #                             VMX preemption timer
+KERNEL_GS_BASE_MSR = 0xC0000102
+SPEC_CTRL_MSR = 0x48
+PRED_CMD_MSR = 0x49
+TSX_CTRL_MSR = 0x122
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
+_CPL0 = "{what} at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5"
+_LOOP = "{what} needs CPL 0 and {setup} read before the timed loop, which only the kernel loop (case 5) does"
+# Where VMX lets the guest own a CR0/CR4 bit (cr0/cr4_guest_owned_bits), writing it never exits.
+_EPT_OWNS = "with EPT the guest owns CR0.WP (Linux ≥ 6.4) and CR4.PGE: writes do not exit"
+
 TABLE = {i.name: i for i in (
-    Instruction("cpuid", (1, 3, 5), PATH_KVM, "CPUID", "CPUID", "cpuid", "exits"),
-    Instruction("vmcall", (1, 3, 5), PATH_KVM, "VMCALL", "VMMCALL", "hypercall", "hypercalls"),
+    Instruction("cpuid", (1, 3, 5), PATH_KVM, "CPUID", "CPUID", "cpuid", "exits", kut="cpuid",
+                what="kvm_emulate_cpuid: KVM's CPUID table lookup"),
+    Instruction("vmcall", (1, 3, 5), PATH_KVM, "VMCALL", "VMMCALL", "hypercall", "hypercalls",
+                kut="vmcall", what="kvm_emulate_hypercall: an unknown hypercall, -KVM_ENOSYS"),
     Instruction("rdmsr", (3, 5), PATH_KVM, "MSR_READ", "MSR", "msr_read", "exits", DEFAULT_MSR,
-                "RDMSR at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5"),
+                _CPL0.format(what="RDMSR"), what="kvm_get_msr of --msr (default IA32_TSC_ADJUST)"),
     Instruction("wrmsr_tsc_deadline", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
                 TSC_DEADLINE_MSR,
                 "WRMSR to IA32_TSC_DEADLINE needs CPL 0 and the guest's timer saved and restored "
                 "around it, which only the kernel loop (case 5) does",
                 fastpath=("handle_fastpath_set_msr_irqoff",     # 6.1 - 6.12
-                          "handle_fastpath_wrmsr")),            # 6.18
+                          "handle_fastpath_wrmsr"),             # 6.18
+                host_paths=(
+                    # only the VMX preemption timer lets the irq-off fastpath arm the deadline
+                    HostPath(PATH_KVM, "amd", why="SVM has no preemption timer: an hrtimer, "
+                             "armed by the normal handler"),
+                    HostPath(PATH_KVM, "intel", ("no_preemption_timer",),
+                             "kvm_intel.preemption_timer=N: an hrtimer, armed by the normal handler")),
+                what="the guest's TSC-deadline timer re-armed 2^30 cycles ahead",
+                needs="the TSC-deadline timer (CPUID.1:ECX.TSC_DEADLINE)"),
     Instruction("wrmsr", (), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits"),
     Instruction("outb", (2, 4, 6), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None, "io_exits",
-                io="out"),
+                io="out", what="KVM_EXIT_IO to QEMU's isa-debugcon and back"),
     # The kvm-unit-tests x86/vmexit.c kinds (docs/architecture.md: one row here, one guest row).
     # WBINVD: kvm_emulate_wbinvd, which flushes only with non-coherent DMA (an assigned device),
     # else just skips it. Intercepted on SVM always, on VMX with "WBINVD exiting" (every VMX CPU
     # KVM supports has it; without it the guest's WBINVD runs natively, no exit).
     Instruction("wbinvd", (3, 5), PATH_KVM, "WBINVD", "WBINVD", None, "exits",
-                why_not="WBINVD at CPL 3 raises #GP inside the guest without a VM exit; "
-                        "use case 3 or 5"),
+                why_not=_CPL0.format(what="WBINVD"), kut="wbinvd",
+                what="kvm_emulate_wbinvd: skipped unless the VM has non-coherent DMA"),
     # INVD: kvm_emulate_invd skips it as a NOP (VMX exits on it unconditionally, SVM intercepts it).
     # Safe only where KVM intercepts it (natively it drops dirty cache lines): the module refuses
     # it unless it runs under KVM, so TCG refuses it too.
     Instruction("invd", (3, 5), PATH_KVM, "INVD", "INVD", None, "exits",
-                why_not="INVD at CPL 3 raises #GP inside the guest without a VM exit; "
-                        "use case 3 or 5"),
+                why_not=_CPL0.format(what="INVD"), kut="invd",
+                what="kvm_emulate_invd: skipped as a NOP"),
     # INL from a port no device claims: KVM has no in-kernel device there, so every read is a
     # userspace exit (KVM_EXIT_IO) and QEMU's unassigned-I/O read, as OUTB to 0xe9 is for writes.
-    Instruction("inl_from_qemu", (3, 5), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
-                "io_exits",
-                why_not="IN at CPL 3 needs ioperm() for its port, which the probe sets up only for "
-                        "outb; use case 3 or 5", io="in", port=QEMU_NOP_PORT),
+    Instruction("inl_from_qemu", (1, 3, 5), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="in", port=QEMU_NOP_PORT, kut="inl_from_qemu",
+                what="KVM_EXIT_IO to QEMU's unassigned-port read and back"),
     # XSETBV of XCR0's current value (read before the batch): kvm_emulate_xsetbv, both vendors.
     Instruction("xsetbv", (5,), PATH_KVM, "XSETBV", "XSETBV", None, "exits",
-                why_not="XSETBV needs CPL 0 and the current XCR0 read before the timed loop, "
-                        "which only the kernel loop (case 5) does"),
+                why_not=_LOOP.format(what="XSETBV", setup="the current XCR0"),
+                what="kvm_emulate_xsetbv of XCR0's current value", needs="XSAVE (CR4.OSXSAVE)"),
     Instruction("rd_tsc_adjust_msr", (3, 5), PATH_KVM, "MSR_READ", "MSR", "msr_read", "exits",
-                DEFAULT_MSR,
-                "RDMSR at CPL 3 raises #GP inside the guest without a VM exit; use case 3 or 5"),
+                DEFAULT_MSR, _CPL0.format(what="RDMSR"), kut="rd_tsc_adjust_msr",
+                what="kvm_get_msr(IA32_TSC_ADJUST)"),
     # WRMSR IA32_TSC_ADJUST of its current value: KVM adjusts the TSC offset by 0 and still asks
     # for a guest clock update (KVM_REQ_CLOCK_UPDATE) on every write, as vmexit.flat measures it.
     Instruction("wr_tsc_adjust_msr", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
-                DEFAULT_MSR,
-                "WRMSR needs CPL 0 and the current IA32_TSC_ADJUST read before the timed loop, "
-                "which only the kernel loop (case 5) does"),
+                DEFAULT_MSR, _LOOP.format(what="WRMSR", setup="the current IA32_TSC_ADJUST"),
+                kut="wr_tsc_adjust_msr",
+                what="kvm_set_msr(IA32_TSC_ADJUST): TSC offset update and a clock-update request"),
+    # The ELCR (0x4d0) belongs to KVM's in-kernel 8259 PIC (kernel_irqchip, QEMU's default with
+    # KVM): an I/O exit KVM answers from its PIO bus, no userspace exit. The write rewrites the
+    # value the read gave (vmexit.flat writes 0).
+    Instruction("inl_from_kernel", (1, 3, 5), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="in", port=ELCR_PORT, kut="inl_from_kernel",
+                what="an IN of the ELCR, answered by KVM's in-kernel PIC (no userspace exit)"),
+    Instruction("outl_to_kernel", (5,), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="out", port=ELCR_PORT, kut="outl_to_kernel",
+                why_not="the OUT rewrites the ELCR's current value, read before the timed loop, "
+                        "which only the kernel loop (case 5) does",
+                what="an OUT to the ELCR, handled by KVM's in-kernel PIC (no userspace exit)"),
+    # ACPI PM timer: QEMU's PIIX4 PM device computes it from QEMU's clock on every read.
+    Instruction("inl_from_pmtimer", (1, 3, 5), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="in", port=PM_TIMER_PORT, kut="inl_from_pmtimer",
+                what="KVM_EXIT_IO to QEMU's ACPI PM timer (a clock read in QEMU) and back"),
+    # MOV to DR7 of its reset value 0x400 (the module refuses while a breakpoint is armed). The
+    # first access exits; KVM then stops intercepting debug registers until the next exit of any
+    # kind re-arms it (KVM_DEBUGREG_WONT_EXIT, both vendors): one DR exit per other exit.
+    Instruction("mov_dr", (3, 5), PATH_NONE, "DR_ACCESS", "WRITE_DR7", None, "exits", rearm=True,
+                why_not=_CPL0.format(what="MOV to DR7"), kut="mov_dr",
+                what="MOV to DR7: intercepted once, then the guest owns the debug registers "
+                     "until the next exit"),
+    # CR8 (the TPR): VMX's TPR shadow and SVM's V_TPR keep it in hardware; a write of the TPR
+    # Linux keeps (0) raises no interrupt, so neither direction exits where the shadow exists.
+    Instruction("mov_from_cr8", (3, 5), PATH_NONE, "CR_ACCESS", "READ_CR8", None, "exits",
+                why_not=_CPL0.format(what="MOV from CR8"), kut="mov_from_cr8",
+                host_paths=(HostPath(PATH_KVM, "intel", ("no_tpr_shadow",),
+                                     "no TPR shadow: every CR8 access exits (CR_ACCESS)"),),
+                what="MOV from CR8: read from the TPR shadow (VMX) or V_TPR (SVM)"),
+    # It rewrites the TPR Linux runs with (CR8 = 1: setup_local_APIC's 0x10), read before the
+    # loop; vmexit.flat writes 0, its OS's TPR.
+    Instruction("mov_to_cr8", (5,), PATH_NONE, "CR_ACCESS", "WRITE_CR8", None, "exits",
+                rearm=True, why_not=_LOOP.format(what="MOV to CR8", setup="the current TPR"),
+                kut="mov_to_cr8",
+                host_paths=(HostPath(PATH_KVM, "intel", ("no_tpr_shadow",),
+                                     "no TPR shadow: every CR8 access exits (CR_ACCESS)"),),
+                what="MOV to CR8 of its value: the TPR shadow (VMX) or V_TPR (SVM; KVM intercepts CR8 "
+                     "writes again only while an interrupt is pending)"),
+    # Two CR writes per iteration (clear the bit, restore it), as vmexit.flat does, with IRQs off.
+    Instruction("toggle_cr0_wp", (5,), PATH_KVM, "CR_ACCESS", "CR0_SEL_WRITE", None, "exits",
+                exits=2, why_not=_LOOP.format(what="a CR0 write", setup="CR0"),
+                kut="toggle_cr0_wp",
+                host_paths=(HostPath(PATH_NONE, "intel", ("ept", "kernel>=6.4"), _EPT_OWNS),),
+                what="CR0.WP cleared and set: kvm_set_cr0 (SVM's selective CR0 intercept)"),
+    Instruction("toggle_cr4_pge", (5,), PATH_KVM, "CR_ACCESS", "WRITE_CR4", None, "exits",
+                exits=2, why_not=_LOOP.format(what="a CR4 write", setup="CR4"),
+                kut="toggle_cr4_pge",
+                host_paths=(HostPath(PATH_NONE, "intel", ("ept",), _EPT_OWNS),),
+                what="CR4.PGE cleared and set: kvm_set_cr4 and a guest TLB flush"),
+    # MSRs KVM passes through: KERNEL_GS_BASE always; SPEC_CTRL once the guest wrote a non-zero
+    # value; PRED_CMD once the guest's CPUID has IBPB. At most the first write exits.
+    Instruction("wr_kernel_gs_base", (5,), PATH_NONE, "MSR_WRITE", "MSR", "msr_write", "exits",
+                KERNEL_GS_BASE_MSR, _LOOP.format(what="WRMSR", setup="the current KERNEL_GS_BASE"),
+                kut="wr_kernel_gs_base", what="WRMSR KERNEL_GS_BASE: passed through, no exit"),
+    Instruction("wr_ibrs_msr", (5,), PATH_NONE, "MSR_WRITE", "MSR", "msr_write", "exits",
+                SPEC_CTRL_MSR, _LOOP.format(what="WRMSR", setup="the current IA32_SPEC_CTRL"),
+                exits=2, kut="wr_ibrs_msr",
+                what="IA32_SPEC_CTRL.IBRS set and restored: passed through after the first "
+                     "non-zero write", needs="IA32_SPEC_CTRL (CPUID: SPEC_CTRL or AMD IBRS)"),
+    Instruction("wr_ibpb_msr", (3, 5), PATH_NONE, "MSR_WRITE", "MSR", "msr_write", "exits",
+                PRED_CMD_MSR, _CPL0.format(what="WRMSR"), kut="wr_ibpb_msr",
+                what="IA32_PRED_CMD.IBPB: passed through, the barrier itself is the cost",
+                needs="IBPB (CPUID: SPEC_CTRL or AMD IBPB)"),
+    Instruction("wr_tsx_ctrl_msr", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                TSX_CTRL_MSR, _LOOP.format(what="WRMSR", setup="the current IA32_TSX_CTRL"),
+                kut="wr_tsx_ctrl_msr",
+                what="kvm_set_msr(IA32_TSX_CTRL), where ARCH_CAPABILITIES has TSX_CTRL",
+                needs="IA32_TSX_CTRL (ARCH_CAPABILITIES.TSX_CTRL_MSR)"),
+    # PAUSE: PLE (VMX) and the pause filter (SVM) exit only for a spin of many PAUSEs close
+    # together (ple_gap 128 cycles, ple_window 4096; pause_filter_count 3000); one PAUSE per timed
+    # window is never such a spin. vmexit.flat's ple_round_robin needs several vCPUs (part 2).
+    Instruction("pause", (1, 3, 5), PATH_NONE, "PAUSE_INSTRUCTION", "PAUSE_INSTRUCTION", None,
+                "exits",
+                what="one PAUSE: below PLE's and the pause filter's spin thresholds, no exit"),
 )}
-
-
 
 def f_instructions(table: dict[str, Instruction]) -> tuple[str, ...]:
     """The instructions --instr may name (cases 1, 3, 5), in table order: the first is the default."""

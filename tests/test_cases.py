@@ -87,7 +87,8 @@ def test_tsc_deadline_expects_the_fastpath_only_where_kvm_can_take_it():
     for host, path in ((intel, "kvm_fastpath"), (no_timer, "kvm"),
                        ({"cpu": {"vendor": "AuthenticAMD"}, "kvm": {"parameters": {}}}, "kvm"),
                        ({"cpu": {"vendor": "HygonGenuine"}, "kvm": {"parameters": {}}}, "kvm")):
-        spec = case_specs([5], "wrmsr_tsc_deadline", fastpath=tsc_deadline_fastpath(host))[0]
+        spec = case_specs([5], "wrmsr_tsc_deadline", host=host)[0]
+        assert tsc_deadline_fastpath(host) == (path == "kvm_fastpath")
         assert spec.expected_path == path, host
 
 

@@ -1,5 +1,6 @@
 """kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/), on real outputs: a bundle that
-`invoke selftest --runs reference-vmcall` wrote on the emulated AMD-V host (tests/fixtures/reference/
+`invoke selftest --runs reference-vmcall` (the selftest's reference run before --instr took a list)
+wrote on the emulated AMD-V host (tests/fixtures/reference/
 amd-vmcall-bundle: case 5 vmcall, two VM runs, vmexit.flat `cpuid vmcall`, its traced runs), and
 vmexit.flat's serial output under TCG, where VMMCALL raises #UD."""
 
@@ -256,10 +257,10 @@ def test_the_band_is_the_documented_one():
 @pytest.mark.slow
 @pytest.mark.kvm_emulated
 def test_selftest_runs_the_reference_beside_case_5(tmp_path):
-    """`invoke selftest --runs reference` (about 1½ minutes): vmexit.flat beside case 5 cpuid and
-    vmcall on the emulated AMD-V host; every bundle carries a complete reference whose loops show
-    what the pinned tag does (cpuid: 1 CPUID; vmcall: 1 VMMCALL + 2 CPUID), its timed runs ran
-    untraced, and each matching kind has a ratio with an interval across its two VM runs."""
+    """`invoke selftest --runs reference` (about a minute): `bench --case 5 --instr cpuid,vmcall
+    --reference` on the emulated AMD-V host; its bundle carries a complete reference whose loops
+    show what the pinned tag does (cpuid: 1 CPUID; vmcall: 1 VMMCALL + 2 CPUID), its timed runs
+    ran untraced, and both kinds have a ratio with an interval across the two VM runs."""
     import os
     import subprocess
     import sys
@@ -274,82 +275,29 @@ def test_selftest_runs_the_reference_beside_case_5(tmp_path):
     assert res.stdout.strip(), f"no JSON (exit {res.returncode}): {res.stderr[-2000:]}"
     doc = json.loads(res.stdout)
     assert res.returncode == 0 and doc["ok"], f"{doc['problems']}\n{res.stderr[-3000:]}"
-    assert set(doc["bundles"]) == {"reference-cpuid", "reference-vmcall"}
-    for name, path in doc["bundles"].items():
-        b = load_bundle(Path(path))
-        check_reference(b.doc)
-        ref = b.doc["reference"]
-        assert ref["state"] == "complete" and ref["emulated"]
-        assert all(vm["timed_window"]["tracing"] == "off" for vm in ref["runs"])
-        tests = {t["test"]: t for t in ref["tests"]}
-        assert tests["cpuid"]["exits"]["as_named"]
-        kind = name.split("-", 1)[1]
+    assert set(doc["bundles"]) == {"reference"}
+    b = load_bundle(Path(doc["bundles"]["reference"]))
+    check_reference(b.doc)
+    ref = b.doc["reference"]
+    assert ref["state"] == "complete" and ref["emulated"]
+    assert ref["command_line"][ref["command_line"].index("-append") + 1] == "cpuid vmcall"
+    assert all(vm["timed_window"]["tracing"] == "off" for vm in ref["runs"]) and len(ref["runs"]) == 2
+    tests = {t["test"]: t for t in ref["tests"]}
+    assert tests["cpuid"]["exits"]["as_named"] and tests["cpuid"]["compared"] == "raw"
+    for kind in ("cpuid", "vmcall"):
         assert tests[kind]["ratio"] is not None
         assert tests[kind]["ratio_ci95"] is not None or "unbounded" in tests[kind]["ratio_note"]
-        if kind == "vmcall":
-            e = tests["vmcall"]["exits"]
-            assert e["exits_by_reason"]["CPUID"] == 2 * e["iterations"] == 2 * e["exits_by_reason"]["VMMCALL"]
-            assert tests["vmcall"]["compared"] == "corrected"
+    e = tests["vmcall"]["exits"]
+    assert e["exits_by_reason"]["CPUID"] == 2 * e["iterations"] == 2 * e["exits_by_reason"]["VMMCALL"]
+    assert tests["vmcall"]["compared"] == "corrected"
 
 
-def test_a_reference_run_that_died_makes_the_section_incomplete():
-    """vmexit.flat's real death under TCG (#UD on VMMCALL, isa-debug-exit code 127) as the runner
-    records it: the section says incomplete, nothing is compared, the report warns."""
-    from exitlat.reference.runner import ReferenceRuns, RefVm
-    from exitlat.reference.section import build_section
-    from exitlat.report.reference import reference_warnings
-
-    text = (FIX / "tcg-cpuid-vmcall-ud.serial.log").read_text()
-    values, skipped = parse_output(text, ["cpuid", "vmcall"])
-    vm = RefVm("timed", ["cpuid", "vmcall"], status="incomplete", values=values, skipped=skipped,
-               reason="vmexit.flat ended with QEMU exit code 127 (isa-debug-exit 1 is success)",
-               exit_code=127, serial=text.encode())
-    doc = json.loads((BUNDLE / "bundle.json").read_text())
-    sec = build_section(ReferenceRuns(matching_tests(["vmcall"]), timed=[vm]), doc, "amd",
-                        doc["build_manifest"])
-    assert sec["state"] == "incomplete" and "exit code 127" in sec["reason"]
-    assert all(t["ratio"] is None and t["values"] == [] for t in sec["tests"])
-    warn = reference_warnings({"reference": sec})
-    assert any("incomplete" in w and "127" in w for w in warn)
-
-
-def test_the_selftest_judges_the_loops_and_reports_the_ratios():
-    from exitlat.selftest.reference import reference_rows, render_rows
-
-    doc = json.loads((BUNDLE / "bundle.json").read_text())
-    assert reference_problems({"r": doc}) == []
-    rows = reference_rows({"r": doc})
-    assert [r["test"] for r in rows] == ["cpuid", "vmcall"] and rows[1]["compared"] == "corrected"
-    assert "never exit costs" in "\n".join(render_rows(rows))
-    # a vmexit.flat whose vmcall loop took one CPUID per iteration is not the pinned tag's
-    doc["reference"]["tests"][1]["exits"]["per_iteration"]["CPUID"] = 1.0
-    probs = reference_problems({"r": doc})
-    assert len(probs) == 1 and "1.000 CPUID exits per iteration, expected 2" in probs[0]
-    doc["reference"]["state"], doc["reference"]["reason"] = "incomplete", "no result for vmcall"
-    assert any("incomplete: no result for vmcall" in p for p in reference_problems({"r": doc}))
-
-
-def test_on_vmx_interrupts_are_background_and_the_console_is_not_the_loop():
-    """The emulated VT-x host (Bochs): 262,080 vmcall iterations with 0.11 interrupt exits each
-    (the host's timer under Bochs) are still 1 VMCALL + 2 CPUID of the loop's own, so the figure
-    is corrected and compared; the result line's serial I/O is not counted as the loop's."""
-    from exitlat.reference.perloop import console_io
-
-    ref = json.loads((FIX / "intel-bochs-vmcall.reference.json").read_text())["reference"]
-    base = ref["traced_runs"]["baseline"]["counts"]
-    runs = {n: ref["traced_runs"][n]["counts"] for n in ("cpuid", "vmcall")}
-    out = {}
-    for name, named in (("cpuid", "CPUID"), ("vmcall", "VMCALL")):
-        console = console_io(runs[name]["pio"]) - console_io(base["pio"])
-        assert console > 0
-        out[name] = per_iteration(runs[name]["exits"], base["exits"], named, console)
-    v = out["vmcall"]
-    assert v["iterations"] == 262080 == 64 * (2 ** 12 - 1)
-    assert v["exits_by_reason"]["CPUID"] == 2 * 262080
-    assert v["per_iteration"]["EXTERNAL_INTERRUPT"] > EXTRA_NEGLIGIBLE        # busy, but background
-    assert v["extra_per_iteration"] == 2.0 and v["background_per_iteration"] > 0.1
-    assert out["cpuid"]["as_named"] and out["cpuid"]["per_iteration"].get("IO_INSTRUCTION", 0) < 0.001
-    clean = {"CPUID": ("cpuid", ref["tests"][0]["values"][0])}
-    value, how = corrected_value(ref["tests"][1]["values"][0], v["per_iteration"], "VMCALL", clean)
-    assert value == ref["tests"][1]["values"][0] - 2 * ref["tests"][0]["values"][0]
-    assert "EXTERNAL_INTERRUPT" not in how
+def test_a_toggle_takes_two_named_exits_per_iteration():
+    """toggle_cr0_wp writes CR0 twice per iteration (the table's `exits`): its iterations are half
+    its named exits, and the two writes are its own, not extra ones."""
+    t = TESTS["toggle_cr0_wp"]
+    assert t.per_iteration == 2 and t.svm_reason == "CR0_SEL_WRITE"
+    out = per_iteration({"CR0_SEL_WRITE": 27 + 2 * 8128, "CPUID": 277}, {"CR0_SEL_WRITE": 27, "CPUID": 277},
+                        "CR0_SEL_WRITE", named_per_iteration=t.per_iteration)
+    assert out["iterations"] == 8128 and out["as_named"] and out["per_iteration"] == {"CR0_SEL_WRITE": 2.0}
+    assert out["detail"].endswith("per iteration: 2 CR0_SEL_WRITE")

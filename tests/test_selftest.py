@@ -38,7 +38,9 @@ from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.paths import REPO_ROOT
 from exitlat.build.pins import DEFAULT_PINS, load_pins
 from exitlat.progress import Progress
-from exitlat.selftest import controls, host, inner, l1disk
+from exitlat.cases import case_specs
+from exitlat.instructions import TABLE
+from exitlat.selftest import cli, controls, host, inner, l1disk
 from exitlat.selftest.cli import evaluate, parse_runs, render_text, selftest_main
 from exitlat.selftest.cpio import CpioWriter, files_in, read_names
 from exitlat.selftest.image import extract_kernel, image_key, load_order, modinfo
@@ -395,7 +397,7 @@ def test_l1_phases_complete(tmp_path):
 
 
 def test_parse_runs():
-    assert parse_runs("all") == list(inner.RUN_NAMES)
+    assert parse_runs("all") == list(inner.RUN_NAMES + inner.CATALOGUE_NAMES)
     assert parse_runs("vmcall,cpuid-hist") == ["vmcall", "cpuid-hist"]
     for bad, msg in (("cpuid", "unknown --runs cpuid"), ("vmcall,vmcall", "twice"), (",", "unknown")):
         with pytest.raises(ExitlatError, match=msg):
@@ -466,11 +468,14 @@ def synthetic_doc(n=1000):
     outb = _counts({"IO_INSTRUCTION": n + 150}, {"IO": n + 150}, {(0xE9, "out"): n, **console})
     rdmsr = _counts({"MSR": n + 30, "IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 9}, {"IO": 150},
                     console, {"msr_read": n, "msr_write": 30})
+    # MOV from CR8 (V_TPR): no exit of its own, the console's and an interrupt's only
+    cr8 = _counts({"IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 5, "MSR": 6}, {"IO": 150}, console)
     return {"run": {"exit_vendor": "amd", "core": 1, "pinned_threads": {"321": 1, "320": 0}},
             "cases": [_case("case1-r0", 1, "cpuid", "kvm", cpuid, n),
                       _case("case2-r0", 2, "outb", "qemu", outb, n, port=0xE9),
                       _case("case3-r0", 3, "cpuid", "kvm", cpuid_stream, n, backend="stream"),
-                      _case("case5-r0", 5, "rdmsr", "kvm", rdmsr, n)]}
+                      _case("case5-r0", 5, "rdmsr", "kvm", rdmsr, n),
+                      _case("case5_mov_from_cr8-r0", 5, "mov_from_cr8", "none", cr8, n)]}
 
 
 def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
@@ -493,7 +498,7 @@ def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
 
 def test_controls_fail_on_synthetic_windows():
     windows = controls.windows_of("b", synthetic_doc())
-    assert [w.tid for w in windows] == [321] * 4
+    assert [w.tid for w in windows] == [321] * 5
     results = {c["name"]: c for c in controls.run_controls(windows, control_run_doc())}
     assert set(results) == set(controls.CONTROL_NAMES)
     for name, c in results.items():
@@ -520,7 +525,7 @@ def test_evaluate_reports_every_problem():
     summary = {"runs": [{"name": "cpuid-hist", "status": "ok", "bundle": "b", "tracing": "hist"},
                         {"name": "vmcall", "status": "error", "error": "guest did not boot"}]}
     rows, ctl, problems = evaluate(summary, {"cpuid-hist": doc}, ["cpuid-hist", "vmcall", "rdmsr"])
-    assert [r["verdict"] for r in rows] == ["passed", "failed", "passed", "passed"]
+    assert [r["verdict"] for r in rows] == ["passed", "failed", "passed", "passed", "passed"]
     assert rows[0]["exits_per_iter"]["CPUID"] == 1.0
     assert any("vmcall: guest did not boot" in p for p in problems)
     assert any("rdmsr: did not run" in p for p in problems)
@@ -666,13 +671,9 @@ def _require_emulated_host_machine():
 # Bochs with every run on 6.12 (~9 min).
 E2E = [pytest.param("amd", "6.12", "all", id="amd-6.12"),
        pytest.param("amd", "6.1", "all", id="amd-6.1"),
-       pytest.param("intel", "6.12", "all", id="intel-6.12")]
-REASONS = {"amd": {"cpuid": "CPUID", "vmcall": "VMMCALL", "rdmsr": "MSR", "wrmsr_tsc_deadline": "MSR",
-                   "outb": "IO_INSTRUCTION"},
-           "intel": {"cpuid": "CPUID", "vmcall": "VMCALL", "rdmsr": "MSR_READ",
-                     "wrmsr_tsc_deadline": "MSR_WRITE", "outb": "IO_INSTRUCTION"}}
-
-
+       # the VT-x host runs the catalogue by hand (`--vendor intel --runs catalogue`, ~11 min under
+       # Bochs; docs/verification.md has its table): CI keeps to the default runs there
+       pytest.param("intel", "6.12", "default", id="intel-6.12")]
 @pytest.mark.slow
 @pytest.mark.kvm_emulated
 @pytest.mark.parametrize("vendor, kernel, runs", E2E)
@@ -694,19 +695,27 @@ def test_selftest_end_to_end(tmp_path, vendor, kernel, runs):
     assert doc["ok"] and not doc["problems"]
     assert doc["vendor"] == vendor and doc["kernel"] == kernel
     assert doc["l1"]["kernel"].startswith(kernel + ".")
-    reason = REASONS[vendor]
     seen = set()
     for row in doc["cases"]:
+        seen.add((row["run"], row["key"]))
+        ins = TABLE[row["instruction"]]
+        if row.get("refused"):          # a vCPU feature the emulated CPU model lacks
+            assert cli.cpu_lacks(row), row
+            continue
         assert row["verdict"] == "passed", row
-        assert 0.98 <= row["exits_per_iter"][reason[row["instruction"]]] <= 1.3, row
-        if row["expected_path"] == "kvm":
-            assert row["userspace_per_iter"].get("IO", 0) < 0.5, row
+        (reason,) = ins.reasons(vendor)
+        own = row["exits_per_iter"].get(reason, 0)
+        if row["expected_path"] == "none":
+            assert own < 0.05, row
         else:
+            assert 0.98 * ins.exits <= own <= 1.3 * ins.exits, row
+        if row["expected_path"] == "qemu":
             assert row["userspace_per_iter"]["IO"] >= 0.98, row
-        seen.add((row["run"], row["case"]))
+        else:
+            assert row["userspace_per_iter"].get("IO", 0) < 0.5, row
     wanted = parse_runs(runs)
-    assert len(seen) == sum(len(r[2]) for r in inner.RUNS if r[0] in wanted)
-    if runs == "all":
+    assert len(seen) == sum(len(case_specs(list(r[2]), r[1])) for r in cli.RUNS if r[0] in wanted)
+    if runs in ("all", "default"):
         assert {r["backend"] for r in doc["cases"]} == {"hist", "stream"}
     assert [c["name"] for c in doc["controls"]] == list(controls.CONTROL_NAMES)
     for c in doc["controls"]:

@@ -85,15 +85,18 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
               "#define EXITLAT_C(c)\t(1u << (c))", "",
               "/*",
               " * The F instructions (exitlat.instr), the first the default, one row each:",
-              " *   X(name, id, cases, user, why_not)",
+              " *   X(name, id, cases, user, why_not, port, needs)",
               " * user: 1 where CPL 3 can run it (case 1): the probe has a WINDOW of that name;",
-              " * why_not: why the F cases it leaves out cannot measure it.",
+              " * why_not: why the F cases it leaves out cannot measure it;",
+              " * port: the port it always uses (case 1 asks ioperm for it), -1: none;",
+              " * needs: the vCPU feature without which the module refuses it (\"\": none).",
               " */",
               "#define EXITLAT_F_INSTRS(X) \\"]
     for n in f_names:
         i = table[n]
         lines.append(f"\tX({n}, {enum_name(n)}, {_cases_mask(i.cases)}, {int(1 in i.cases)}, "
-                     f"{_c_string(i.why_not)}) \\")
+                     f"{_c_string(i.why_not)}, {-1 if i.port is None else hex(i.port)}, "
+                     f"{_c_string(i.needs)}) \\")
     lines += ["", "/* S: the instruction of cases 2, 4 and 6. */",
               f"#define EXITLAT_S_CASES\t({_cases_mask(table[S_INSTRUCTION].cases)})",
               f"#define EXITLAT_I_S\t{enum_name(S_INSTRUCTION)}", "",

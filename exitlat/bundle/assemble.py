@@ -130,7 +130,10 @@ class DocumentBuilder:
         vw = None
         if got is None:
             errs = [e.get("message", "") for e in res.errors if e.get("key") == spec.key]
-            ver = {"status": "skipped", "detail": "no samples" + (f": {errs[0]}" if errs else "")}
+            refused = getattr(res, "refused", {}).get(spec.key)
+            ver = ({"status": "skipped", "detail": f"left out by the guest: {refused}",
+                    "refused": refused} if refused else
+                   {"status": "skipped", "detail": "no samples" + (f": {errs[0]}" if errs else "")})
             tw["verdict"] = dict(ver)
         elif self.accel != "kvm":
             ver = {"status": "not_applicable", "detail": "TCG: no VM exits to verify"}
@@ -153,6 +156,7 @@ class DocumentBuilder:
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
                 "port": spec.port,
                 "timer": self.o.timer, "expected_path": spec.expected_path,
+                "path_basis": spec.path_basis,
                 "verification": ver, "iterations_requested": self.o.iterations, "samples_kept": n,
                 "warmup": self.o.warmup, "samples_key": key,
                 "stats": stats, "tsc_backwards": bad,

@@ -15,6 +15,14 @@ def _read(path: Path) -> str | None:
         return None
 
 
+# CPU flags that decide an exit kind's path or whether it can run (SVM features, speculation
+# controls, TSX); VMX's own features are the "vmx flags" line, kept whole.
+PATH_FLAGS = frozenset({"npt", "avic", "x2avic", "pausefilter", "pfthreshold", "v_spec_ctrl", "vgif",
+                        "vnmi", "ibrs", "ibpb", "stibp", "ssbd", "amd_ssbd", "virt_ssbd",
+                        "arch_capabilities", "rtm", "hle", "x2apic", "tsc_deadline_timer",
+                        "xsave", "hypervisor"})
+
+
 def cpu_info(root: Path = Path("/")) -> dict:
     text = _read(root / "proc/cpuinfo") or ""
     first = text.split("\n\n")[0]
@@ -49,6 +57,9 @@ def cpu_info(root: Path = Path("/")) -> dict:
         "virtualization": "vmx" if "vmx" in flags else "svm" if "svm" in flags else None,
         "constant_tsc": "constant_tsc" in flags,
         "nonstop_tsc": "nonstop_tsc" in flags,
+        # what decides the paths of host-dependent exit kinds (exitlat.hostpaths)
+        "path_flags": sorted(flags & PATH_FLAGS),
+        "vmx_flags": fields["vmx flags"].split() if "vmx flags" in fields else None,
     }
 
 

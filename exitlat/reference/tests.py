@@ -1,10 +1,8 @@
-"""Which kvm-unit-tests x86/vmexit.c tests exitlat can stand beside, in one table.
-
-Each row: the vmexit.flat test name (as `tests[]` in x86/vmexit.c of the pinned tag names it),
-the exitlat kind (exitlat/instructions.py) whose case-5 figure it is compared with, or None where
-exitlat has no such kind (kept so that the names are checked in one place), and the kvm_exit
-reasons its name promises one of per loop iteration (on VMX, on SVM). What a test's loop really
-exits with is measured, never assumed (exitlat/reference/perloop.py): since kvm-unit-tests commit
+"""Which kvm-unit-tests x86/vmexit.c tests exitlat can stand beside: read from the one instruction
+table (exitlat/instructions.py), whose `kut` names each kind's vmexit.flat test (as `tests[]` in
+x86/vmexit.c of the pinned tag names it), with the kvm_exit reasons one iteration promises (on
+VMX, on SVM) and how many of them (`exits`: a toggle writes twice). What a test's loop really exits
+with is measured, never assumed (exitlat/reference/perloop.py): since kvm-unit-tests commit
 542ecfdb, `vmcall` also runs two CPUIDs per iteration (is_intel())."""
 
 from __future__ import annotations
@@ -12,48 +10,33 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exitlat.errors import ExitlatError
+from exitlat.instructions import TABLE
 
 # exitlat's case for every comparison: kernel → exit → kernel, like vmexit.flat's CPL-0 loops.
 COMPARED_CASE = 5
 # Always run beside the kinds asked for: the figure people quote, and the cost of the extra CPUID
 # exits of the vmcall test (exitlat/reference/perloop.py's corrected figure).
 ALWAYS = ("cpuid",)
+# Where the two loops differ beyond the exit itself (shown beside the test).
+NOTES = {"vmcall": "since kvm-unit-tests 542ecfdb each iteration also runs is_intel(): 2 CPUID exits"}
 
 
 @dataclass(frozen=True)
 class RefTest:
     test: str                   # the vmexit.flat test name
-    kind: str | None            # exitlat's instruction of the same exit, None: none yet
+    kind: str                   # exitlat's instruction of the same exit
     vmx_reason: str             # kvm_exit reason its name promises, VMX
     svm_reason: str             # and SVM
-    note: str = ""              # where the two loops differ beyond the exit itself
+    per_iteration: int = 1      # of that reason per iteration (2: a toggle)
+    note: str = ""
 
     def reason(self, vendor: str) -> str:
         return self.svm_reason if vendor == "amd" else self.vmx_reason
 
 
-TESTS = {t.test: t for t in (
-    RefTest("cpuid", "cpuid", "CPUID", "CPUID"),
-    RefTest("vmcall", "vmcall", "VMCALL", "VMMCALL",
-            "since kvm-unit-tests 542ecfdb each iteration also runs is_intel(): 2 CPUID exits"),
-    RefTest("wbinvd", "wbinvd", "WBINVD", "WBINVD"),
-    RefTest("invd", "invd", "INVD", "INVD"),
-    RefTest("inl_from_qemu", "inl_from_qemu", "IO_INSTRUCTION", "IO_INSTRUCTION"),
-    RefTest("rd_tsc_adjust_msr", "rd_tsc_adjust_msr", "MSR_READ", "MSR"),
-    RefTest("wr_tsc_adjust_msr", "wr_tsc_adjust_msr", "MSR_WRITE", "MSR"),
-    RefTest("tscdeadline_immed", "wrmsr_tsc_deadline", "MSR_WRITE", "MSR",
-            "an already expired deadline: each iteration also takes the timer interrupt"),
-    # No exitlat kind yet: named so that a catalogue kind can be matched by one edit here.
-    RefTest("mov_from_cr8", None, "CR_ACCESS", "READ_CR8"),
-    RefTest("mov_to_cr8", None, "CR_ACCESS", "WRITE_CR8"),
-    RefTest("inl_from_pmtimer", None, "IO_INSTRUCTION", "IO_INSTRUCTION"),
-    RefTest("inl_from_kernel", None, "IO_INSTRUCTION", "IO_INSTRUCTION"),
-    RefTest("outl_to_kernel", None, "IO_INSTRUCTION", "IO_INSTRUCTION"),
-    RefTest("mov_dr", None, "DR_ACCESS", "WRITE_DR7"),
-    RefTest("toggle_cr0_wp", None, "CR_ACCESS", "WRITE_CR0"),
-    RefTest("toggle_cr4_pge", None, "CR_ACCESS", "WRITE_CR4"),
-)}
-BY_KIND = {t.kind: t for t in TESTS.values() if t.kind}
+TESTS = {i.kut: RefTest(i.kut, i.name, i.vmx_reason, i.svm_reason, i.exits, NOTES.get(i.kut, ""))
+         for i in TABLE.values() if i.kut}
+BY_KIND = {t.kind: t for t in TESTS.values()}
 
 
 def matching_tests(kinds) -> list[RefTest]:

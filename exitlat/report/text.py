@@ -60,6 +60,9 @@ def tagged_warnings(doc: dict) -> list[tuple[str, str]]:
                         + (f" ({detail})" if detail else "")))
         elif v == "unverified":
             out.append(("path unverified", f"{e['key']}: exit path UNVERIFIED ({detail})"))
+        elif v == "skipped" and e["verification"].get("refused"):
+            out.append(("left out", f"{e['key']}: left out by the guest "
+                                    f"({e['verification']['refused']})"))
         elif v == "skipped" and doc.get("accel") == "kvm":
             out.append(("path skipped", f"{e['key']}: exit path not verified (skipped)"))
     for e in doc["baselines"]:
@@ -80,10 +83,14 @@ def tagged_warnings(doc: dict) -> list[tuple[str, str]]:
             out.append(("samples", f"{e['key']}: {e['tsc_backwards']} samples dropped: the TSC "
                                    "went backwards"))
     out += [("samples", w) for w in tsc_backwards_warnings(doc)]
+    # a kind the guest refused (--instr all) is said once, as "left out", not again as missing
+    refused = [e for e in doc["cases"] if e["verification"].get("refused")]
     for e in doc["cases"] + doc["baselines"]:
-        if e["stats"] is None:
+        if e["stats"] is None and e not in refused:
             out.append(("samples", f"{e['key']}: no samples"))
-    out += [("headline", w) for w in pooling_warnings(case_summaries(doc))]
+    gone = tuple(f"headline case{e['case']} {e['instruction']} " for e in refused)
+    out += [("headline", w) for w in pooling_warnings(case_summaries(doc))
+            if not (w.startswith(gone) and "no samples" in w)]
     out += [("tails", w) for w in other_path_warnings(doc)]
     if not (doc["host"].get("tsc") or {}).get("hz") and not doc["guest"].get("tsc_khz"):
         out.append(("tsc", "TSC frequency unknown: no ns values"))
@@ -213,11 +220,19 @@ def other_path_notes(doc: dict) -> list[str]:
             for (name, note), labels in runs.items()]
 
 
+def path_label(path: str) -> str:
+    """The expected path as the case table names it: "none" is a proven absence of exits, not a
+    missing value."""
+    return "no exit" if path == "none" else path
+
+
 def verified_text(v: dict) -> str:
     """A verification verdict in a few words: status, per-iteration exits where known."""
     s = v["status"]
     if s == "unverified":
         return "UNVERIFIED"
+    if s == "skipped" and v.get("refused"):
+        return "left out (guest refused)"
     parts = []
     for k, short in (("expected_reason_per_iter", "exit"), ("userspace_exits_per_iter", "user")):
         if isinstance(v.get(k), (int, float)):
@@ -239,7 +254,8 @@ def case_rows(doc: dict) -> list[list]:
         net = e.get("net_cycles") or {}
         opm = otherpath.fraction(e) if s else None
         pcts = [otherpath.mark(fmt_cycles(s.get(k)), k, opm) for k in CASE_PERCENTILES]
-        rows.append([e["key"], e["flow"], instr, e["expected_path"], verified_text(e["verification"]),
+        rows.append([e["key"], e["flow"], instr, path_label(e["expected_path"]),
+                     verified_text(e["verification"]),
                      s.get("n", 0), *pcts, fmt_ns(_ns(e, "median")), fmt_ci(s.get("median_ci95")),
                      fmt_cycles(net.get("median")), fmt_overhead(e.get("tracing_overhead_cycles"))])
     return rows

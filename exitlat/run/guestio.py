@@ -38,7 +38,7 @@ def _align(n: int, a: int = 4096) -> int:
 class GuestPlan:
     """What the guest probe runs; every field becomes one `exitlat.<name>=` kernel argument."""
     cases: list[int]
-    instr: str = "cpuid"
+    instr: str = "cpuid"              # the F instructions, comma-separated (cases.case_keys pairs them)
     port: int = 0xE9
     timer: str = "rdtscp"
     iterations: int = 10000
@@ -107,11 +107,13 @@ class GuestPlan:
     def key_counts(self) -> dict[str, int]:
         """Key -> number of samples, in the order the guest runs them: baselines first, then each
         case as given, each followed by its traced window when verify_iterations > 0."""
+        from exitlat.cases import case_keys
+
         counts = dict.fromkeys(BASELINE_KEYS, self.iterations) if self.baselines else {}
-        for c in self.cases:
-            counts[f"case{c}"] = self.iterations
+        for _c, _instr, key in case_keys(self.cases, tuple(self.instr.split(","))):
+            counts[key] = self.iterations
             if self.verify_iterations:
-                counts[f"case{c}{TRACED_SUFFIX}"] = self.verify_iterations
+                counts[f"{key}{TRACED_SUFFIX}"] = self.verify_iterations
         return counts
 
     def keys(self) -> list[str]:

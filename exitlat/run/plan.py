@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from exitlat.cases import CaseSpec, case_specs, tsc_deadline_fastpath
+from exitlat.cases import CaseSpec, case_specs, parse_instrs
+from exitlat.instructions import F_INSTRUCTIONS
 from exitlat.errors import ExitlatError
 from exitlat.verify.verdicts import VerdictContext
 
@@ -29,7 +30,7 @@ class BenchOptions:
     cases: list[int]
     iterations: int = 10000
     warmup: int = 1000
-    instr: str = "cpuid"
+    instr: str = "cpuid"           # one F kind, a comma list, or "all" (cases.parse_instrs)
     port: int = 0xE9
     timer: str = "rdtscp"
     core: int | None = None
@@ -159,13 +160,22 @@ def make_plan(o: BenchOptions, host: dict, accel: str, placement: Placement | No
     from exitlat.verify.rules import exit_vendor
 
     check_options(o)
-    specs = case_specs(o.cases, o.instr, o.port, fastpath=tsc_deadline_fastpath(host))
+    specs = case_specs(o.cases, o.instr, o.port, host=host)
     vendor = exit_vendor((host.get("cpu") or {}).get("vendor") or "")
     viters = traced_iterations(o, accel)
-    guest = GuestPlan(cases=list(o.cases), instr=o.instr, port=o.port, timer=o.timer,
+    # the F instructions, in the order asked (table order for "all"): the guest pairs them with
+    # the cases as case_specs did (cases.case_keys)
+    used = {s.instruction for s in specs if s.number % 2}
+    asked = parse_instrs(o.instr)
+    f_instrs = [n for n in (F_INSTRUCTIONS if asked == "all" else asked) if n in used] or ["cpuid"]
+    guest = GuestPlan(cases=list(o.cases), instr=",".join(f_instrs), port=o.port, timer=o.timer,
                       iterations=o.iterations, warmup=o.warmup, baselines=o.baselines,
                       handshake=True, vendor=None if vendor == "unknown" else vendor,
                       verify_iterations=viters)
+    timed_keys = [k for k in guest.keys() if k.startswith("case") and not k.endswith("_traced")]
+    if timed_keys != [s.key for s in specs]:      # the guest and the verifier must pair the same
+        raise ExitlatError(f"internal: the guest's keys {timed_keys} are not the cases' "
+                           f"{[s.key for s in specs]}")
     repeat = o.repeat if o.repeat is not None else (RECOMMENDED_REPEAT if accel == "kvm" else 1)
     return RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest,
                    placement or Placement(core=o.core or 0),

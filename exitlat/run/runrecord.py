@@ -17,6 +17,7 @@ class VmResult:
     samples: dict = field(default_factory=dict)
     windows: dict = field(default_factory=dict)    # case key -> windows.TracedWindow
     errors: list = field(default_factory=list)
+    refused: dict = field(default_factory=dict)    # key -> why the guest left it out (--instr all)
     console: bytes = b""
     argv: list = field(default_factory=list)
     qemu_version: str | None = None

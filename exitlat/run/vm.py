@@ -140,7 +140,9 @@ class VmRun:
                     raise
                 # the guest's own error (already the reason) kept it from writing samples
             r.timings["collect_s"] = time.monotonic() - t_c
-            missing = [k for k in self.guest.keys() if k not in r.samples]
+            # a kind the guest left out (refused, with why) has no samples by design
+            missing = [k for k in self.guest.keys()
+                       if k not in r.samples and case_of(k) not in r.refused]
             if missing and r.status == "complete":
                 r.status, r.reason = "incomplete", f"guest wrote no samples for {', '.join(missing)}"
         except KeyboardInterrupt as err:
@@ -309,6 +311,9 @@ class VmRun:
                 self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}"
                                   + self._live_verdict(key))
                 console.send("go\n")
+            elif kind == "refused":     # a kind of a list this vCPU cannot run: left out
+                r.refused[str(ev.get("key"))] = str(ev.get("message") or "refused")
+                self.progress.say(f"{ev.get('key')}: left out: {ev.get('message')}")
             elif kind == "error":
                 r.errors.append(ev)
                 self.progress.say(f"guest error{' in ' + ev['key'] if ev.get('key') else ''}: "

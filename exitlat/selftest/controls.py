@@ -15,6 +15,9 @@ failure of the control comes from the one thing the control changed, not from th
                    evidence of the path (must not pass: unverified)
 * read-as-write    an RDMSR window verified as a WRMSR (on SVM one MSR reason covers both: only
                    the kvm_msr event's read/write field tells them apart)
+* noexit-as-kvm    a window of a kind that did not exit (path "none": MOV from CR8, PAUSE, ...)
+                   verified as handled in KVM: its missing exits must fail it
+* kvm-as-noexit    a CPUID window verified as "no exit": its exits must fail it
 
 Two more come from a real run of their own (inner.CONTROL_RUN): cases 1 and 2 with 20
 iterations, while another tracefs instance traces every syscall:
@@ -30,6 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from exitlat.errors import ExitlatError
+from exitlat.instructions import TABLE
 from exitlat.verify.trace.counts import ExitCounts
 from exitlat.verify.trace.traceparse import parse_trace_text
 from exitlat.verify.traced import verify_case
@@ -37,7 +41,8 @@ from exitlat.verify.traced import verify_case
 # One trace_pipe line cut off in the middle of its event name, as a torn read would leave it.
 TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"
 CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line",
-                 "qemu-extra-exit", "no-kvm-exit", "read-as-write", "small-n", "tracing-elsewhere")
+                 "qemu-extra-exit", "no-kvm-exit", "read-as-write", "noexit-as-kvm",
+                 "kvm-as-noexit", "small-n", "tracing-elsewhere")
 MUST_FAIL, MUST_NOT_PASS = "failed", "not passed"
 
 
@@ -185,6 +190,12 @@ def run_controls(windows: list[Window], control_doc: dict | None = None) -> list
     record("read-as-write", "an RDMSR window verified as a WRMSR",
            _pick(windows, lambda w: w.instruction == "rdmsr"),
            lambda w: w.counts, lambda w: ("kvm", "wrmsr", None))
+    record("noexit-as-kvm", "a window of a kind that did not exit verified as handled in KVM",
+           _pick(windows, lambda w: w.expected_path == "none" and not TABLE[w.instruction].rearm),
+           lambda w: w.counts, lambda w: ("kvm", w.instruction, w.port))
+    record("kvm-as-noexit", "a CPUID window (one exit per iteration) verified as no exit",
+           _pick(windows, lambda w: w.instruction == "cpuid" and w.expected_path == "kvm"),
+           lambda w: w.counts, lambda w: ("none", "cpuid", None))
     results += control_run_rows(control_doc)
     return results
 

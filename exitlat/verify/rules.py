@@ -89,6 +89,9 @@ IDLE_REASONS = frozenset({"HLT", "IDLE_HALT", "MWAIT_INSTRUCTION"})
 # the fixed allowance, and no userspace exit is ever an interrupt's.
 SIDE_REASONS = frozenset({"MSR", "MSR_WRITE", "APIC_WRITE", "APIC_ACCESS", "EOI_INDUCED",
                           "TPR_BELOW_THRESHOLD", "WRITE_CR8", "AVIC_UNACCELERATED_ACCESS"})
+# The guest's console: ttyS0, the 16550 UART at COM1 (QEMU -serial on -machine pc). Its port I/O
+# (the handshake's lines) lands in every window and is background; port I/O anywhere else is not.
+CONSOLE_PORTS = range(0x3F8, 0x400)
 ASYNC_STATS = ("irq_exits", "irq_window_exits", "nmi_window_exits")
 IDLE_STATS = ("halt_exits",)
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from exitlat.errors import ExitlatError
 from exitlat.limits import MAX_PORT
-from exitlat.instructions import KVM_PATHS, TABLE
+from exitlat.instructions import KVM_PATHS, PATH_NONE, TABLE
 
-from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, BACKGROUND_LIMIT, HANDLER,
+from .rules import (AGREE_STRAY, AGREE_TOLERANCE, ASYNC_REASONS, BACKGROUND_LIMIT, CONSOLE_PORTS,
+                    HANDLER,
                     IDLE_REASONS, INTERRUPT_SIDE_EXITS, ONE_TOLERANCE, RESOLUTION,
                     STATS_STRAY_EVENTS, STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED,
                     SIDE_REASONS, STRAY_EVENTS, VENDORS, ZERO_TOLERANCE, Bounds, check_n,
@@ -40,6 +41,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= MAX_PORT):
         raise ExitlatError(f"port must be 0..0xffff, got {port!r}")
     io = TABLE[instruction].io          # port I/O kinds: "in" or "out"
+    per = TABLE[instruction].exits      # exits of its reason one iteration takes (toggles: 2)
     if io and port is None:
         raise ExitlatError(f"an {instruction} case needs its port to be verified")
     check_stats(kvm_stats)
@@ -56,9 +58,10 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     # the kvm_pio events of the port under test, in the kind's direction (outb: writes)
     port_out = window.pio_count(port, io or "out") if port is not None else 0
     pio_what = f"kvm_pio {'read' if io == 'in' else 'write'} on {port:#x}" if port is not None else ""
-    # Port I/O on other ports is the console's (the handshake lands inside the window): each is
-    # one IO_INSTRUCTION exit, and at most one userspace IO exit.
-    pio_other = sum(c for (p, _d), c in window.pio.items() if p != port)
+    # Port I/O on the console's ports is the console's (the handshake lands inside the window):
+    # each is one IO_INSTRUCTION exit, and at most one userspace IO exit. I/O on any other port is
+    # not background: it counts against the path.
+    pio_other = sum(c for (p, _d), c in window.pio.items() if p != port and p in CONSOLE_PORTS)
     stray_io = min(max(user_io - (port_out if expected_path == "qemu" else 0), 0), pio_other)
     io_exits = window.exits.get("IO_INSTRUCTION", 0)
 
@@ -103,9 +106,9 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         problems.append(f"{window.unparsed} trace lines could not be parsed, counts are "
                         f"incomplete (first: {first.strip()!r})")
 
-    def about_one(count: int, what: str) -> None:
-        if not b.one(count):
-            problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} ({count} in {n})")
+    def about_one(count: int, what: str, k: int = 1) -> None:
+        if not b.one(count / k):
+            problems.append(f"expected ≈{k} {what} per iteration, saw {count / n:.3f} ({count} in {n})")
 
     def about_zero(count: int, what: str, background: bool = True) -> None:
         if not (b.zero(count) if background else b.zero_fixed_only(count)):
@@ -120,8 +123,19 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     if not window.total_exits:
         # Nothing says an exit happened at all: handler events alone cannot prove the path.
         unproven.append("no kvm_exit events in the window: no evidence of the exits' path")
-    if expected_path in KVM_PATHS:
-        if decodable:
+    if expected_path == PATH_NONE:
+        other, deviating, summary = _no_exit(window, n, TABLE[instruction].rearm, reasons,
+                                             reason_count, decodable,
+                                             interrupts, idle, io_exits, pio_other, stray_io,
+                                             b, result, problems, notes, unproven)
+    elif expected_path in KVM_PATHS:
+        if decodable and io:        # port I/O KVM answers itself (the in-kernel PIC's ELCR)
+            result["evidence"] = "kvm_exit reason + kvm_pio"
+            count, what = port_out, pio_what
+            other = window.total_exits - io_exits - interrupts - idle
+            about_zero(max(io_exits - port_out - pio_other, 0), "I/O exits on no traced port",
+                       background=False)
+        elif decodable:
             result["evidence"] = "kvm_exit reason"
             count, what = reason_count, f"{'/'.join(reasons)} exit"
             other = window.total_exits - reason_count - interrupts - idle - min(io_exits, pio_other)
@@ -143,7 +157,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                 unproven.append("kvm_exit reasons not decodable and KVM's exit count does not "
                                 "confirm the trace's: no positive evidence of the path")
         if count is not None:
-            about_one(count, what)
+            about_one(count, what, 1 if io else per)
         unexplained = userspace - stray_io
         if not b.zero_fixed_only(unexplained):
             problems.append(f"expected ≈0 userspace exits per iteration, saw {unexplained / n:.3f} "
@@ -155,10 +169,11 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                        background=False)
         if decodable:
             _handler_check(window, instruction, b, problems, unproven)
-        deviating = (n if count is None else abs(count - n)) + max(unexplained, 0) + \
+        k = 1 if io else per
+        deviating = (n if count is None else abs(count / k - n)) + max(unexplained, 0) + \
             max(other or 0, 0) + interrupts
         summary = (f"{'?' if count is None else f'{count / n:.3f}'} "
-                   f"{'/'.join(reasons) if decodable else what}/iter, "
+                   f"{what if io or not decodable else '/'.join(reasons)}/iter, "
                    f"{unexplained / n:.3f} userspace exits/iter")
     else:
         result["evidence"] = "kvm_pio + kvm_userspace_exit"
@@ -224,6 +239,50 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     result["detail"] = f"{head} ({expected_path}, {instruction}, n={n}): {body}" + \
         ("" if not notes else " [" + "; ".join(notes) + "]")
     return result
+
+
+def _no_exit(window: ExitCounts, n: int, rearm: bool, reasons, own: int, decodable: bool,
+             interrupts: int,
+             idle: int, io_exits: int, pio_other: int, stray_io: int, b: Bounds, result: dict,
+             problems: list, notes: list, unproven: list):
+    """The path "none": ≈0 exits of the kind's reason and ≈0 other synchronous exits and
+    userspace exits per iteration, in a window the trace demonstrably saw (it counted the
+    console's exits). A kind KVM intercepts again after each other exit (mov_dr: `rearm`) may
+    take one exit of its own per other exit in the window, and no more."""
+    instruction = result["expected_reason"]
+    result["evidence"] = "kvm_exit reasons (none of the kind's)"
+    if not decodable:
+        unproven.append("kvm_exit reasons not decodable: that the instruction did not exit "
+                        "cannot be proven")
+        return None, n, "no exit unproven"
+    sync = window.total_exits - interrupts - idle - min(io_exits, pio_other)
+    other = sync - own
+    if rearm:       # one re-armed intercept per other exit of the window, background or not
+        limit = Bounds(n, window.total_exits - own)
+        if not limit.zero(own):
+            problems.append(f"expected ≈0 {instruction} exits per iteration (one per other exit "
+                            f"at most), saw {own / n:.3f} ({own} in {n})")
+        b.relied |= limit.relied
+    elif not b.zero_fixed_only(own):
+        problems.append(f"expected no {instruction} exit (virtualized in hardware or passed "
+                        f"through), saw {own / n:.3f} per iteration ({own} in {n})")
+    side = sum(c for r, c in window.exits.items()
+               if r.split("|")[0] in SIDE_REASONS and r not in reasons)
+    if not b.zero(side):
+        problems.append(f"expected ≈0 timer and EOI exits per iteration (beyond what the "
+                        f"interrupts explain), saw {side / n:.3f} ({side} in {n})")
+    if not b.zero_fixed_only(other - side):
+        problems.append(f"expected ≈0 other synchronous exits per iteration, saw "
+                        f"{(other - side) / n:.3f} ({other - side} in {n}: "
+                        f"{_fmt_reasons(window.exits)})")
+    unexplained = window.total_userspace - stray_io
+    if not b.zero_fixed_only(unexplained):
+        problems.append(f"expected ≈0 userspace exits per iteration, saw {unexplained / n:.3f} "
+                        f"({unexplained} in {n}: {_fmt_reasons(window.userspace)})")
+    notes.append("no exit: virtualized in hardware or passed through")
+    deviating = own + max(other, 0) + max(unexplained, 0) + interrupts
+    return other, deviating, (f"{own / n:.3f} {instruction}/iter, {sync / n:.3f} synchronous "
+                              f"exits/iter, {unexplained / n:.3f} userspace exits/iter")
 
 
 def _handler_check(window: ExitCounts, instruction: str, b: Bounds, problems: list,

@@ -40,6 +40,9 @@
 #include <asm/msr.h>
 #include <asm/cpufeature.h>
 #include <asm/asm.h>
+#include <asm/processor-flags.h>
+#include <asm/msr-index.h>
+#include <linux/delay.h>
 
 #include "exitlat_uapi.h"
 
@@ -194,6 +197,103 @@ static __always_inline void el_xsetbv0(u64 val)
 	asm volatile("xsetbv" : : "a"((u32)val), "d"((u32)(val >> 32)), "c"(0) : "memory");
 }
 
+static __always_inline u8 el_inb(u16 port)
+{
+	u8 val;
+
+	asm volatile("inb %w1, %0" : "=a"(val) : "Nd"(port) : "memory");
+	return val;
+}
+
+static __always_inline void el_outb(u8 val, u16 port)
+{
+	asm volatile("outb %0, %w1" : : "a"(val), "Nd"(port) : "memory");
+}
+
+/*
+ * Control and debug registers, raw: no paravirt hook, no CR pinning check, no
+ * shadow update (el_read_cr0/el_write_cr0, ... el_read_dr7/el_write_dr7).
+ */
+#define EL_REG_ACCESSORS(reg)							\
+	static __always_inline unsigned long el_read_##reg(void)		\
+	{									\
+		unsigned long v;						\
+										\
+		asm volatile("mov %%" #reg ", %0" : "=r"(v));			\
+		return v;							\
+	}									\
+	static __always_inline void el_write_##reg(unsigned long v)		\
+	{									\
+		asm volatile("mov %0, %%" #reg : : "r"(v) : "memory");		\
+	}
+EL_REG_ACCESSORS(cr0)
+EL_REG_ACCESSORS(cr4)
+EL_REG_ACCESSORS(cr8)
+EL_REG_ACCESSORS(dr7)
+#undef EL_REG_ACCESSORS
+
+#define EL_DR7_RESET	0x400UL		/* DR7 with no breakpoint armed */
+
+/* MOV to DR7 rewrites its reset value: refused while a breakpoint (a debugger's) is armed. */
+static int el_check_dr7(const struct exitlat_config *cfg)
+{
+	return el_read_dr7() == EL_DR7_RESET ? 0 : -EBUSY;
+}
+
+/* The ACPI PM timer counts at 3.58 MHz: two reads 10 us apart differ; all ones is no device. */
+static int el_check_pmtimer(const struct exitlat_config *cfg)
+{
+	u32 a = el_inl(EXITLAT_PORT_INL_FROM_PMTIMER), b;
+
+	udelay(10);
+	b = el_inl(EXITLAT_PORT_INL_FROM_PMTIMER);
+	return a == b || a == 0xffffffff ? -ENXIO : 0;
+}
+
+/* An MSR the loop rewrites with the value it has: read and written once, fault-protected. */
+static int el_check_msr_rewrite(u32 msr)
+{
+	u64 val;
+
+	if (rdmsrl_safe(msr, &val))
+		return -EIO;
+	return wrmsrl_safe(msr, val) ? -EIO : 0;
+}
+
+static int el_check_kernel_gs_base(const struct exitlat_config *cfg)
+{
+	return el_check_msr_rewrite(EXITLAT_MSR_WR_KERNEL_GS_BASE);
+}
+
+static int el_check_spec_ctrl(const struct exitlat_config *cfg)
+{
+	u64 val;
+
+	if (!boot_cpu_has(X86_FEATURE_MSR_SPEC_CTRL))
+		return -EOPNOTSUPP;
+	if (rdmsrl_safe(EXITLAT_MSR_WR_IBRS_MSR, &val) ||
+	    wrmsrl_safe(EXITLAT_MSR_WR_IBRS_MSR, val | SPEC_CTRL_IBRS))
+		return -EIO;
+	return wrmsrl_safe(EXITLAT_MSR_WR_IBRS_MSR, val) ? -EIO : 0;
+}
+
+static int el_check_ibpb(const struct exitlat_config *cfg)
+{
+	if (!boot_cpu_has(X86_FEATURE_IBPB))
+		return -EOPNOTSUPP;
+	return wrmsrl_safe(EXITLAT_MSR_WR_IBPB_MSR, PRED_CMD_IBPB) ? -EIO : 0;
+}
+
+static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
+{
+	u64 caps;
+
+	if (!boot_cpu_has(X86_FEATURE_ARCH_CAPABILITIES) ||
+	    rdmsrl_safe(MSR_IA32_ARCH_CAPABILITIES, &caps) || !(caps & ARCH_CAP_TSX_CTRL_MSR))
+		return -EOPNOTSUPP;
+	return el_check_msr_rewrite(EXITLAT_MSR_WR_TSX_CTRL_MSR);
+}
+
 /* ---- the instructions ----------------------------------------------------- */
 
 /*
@@ -243,7 +343,39 @@ static __always_inline void el_xsetbv0(u64 val)
 	  el_wrmsr(EXITLAT_MSR_WR_TSC_ADJUST_MSR, val))					\
 	/* a port no device claims: a QEMU round trip, as OUTB is for writes */		\
 	X(EXITLAT_I_INL_FROM_QEMU, inl_from_qemu, NULL, true, 0,			\
-	  el_inl(EXITLAT_PORT_INL_FROM_QEMU))
+	  el_inl(EXITLAT_PORT_INL_FROM_QEMU))						\
+	/* the ELCR of KVM's in-kernel PIC: byte accesses, as vmexit.flat's */		\
+	X(EXITLAT_I_INL_FROM_KERNEL, inl_from_kernel, NULL, true, 0,			\
+	  el_inb(EXITLAT_PORT_INL_FROM_KERNEL))						\
+	/* loop only: the ELCR rewritten with the value it has */			\
+	X(EXITLAT_I_OUTL_TO_KERNEL, outl_to_kernel, NULL, false,			\
+	  el_inb(EXITLAT_PORT_OUTL_TO_KERNEL),						\
+	  el_outb(val, EXITLAT_PORT_OUTL_TO_KERNEL))					\
+	X(EXITLAT_I_INL_FROM_PMTIMER, inl_from_pmtimer, el_check_pmtimer, true, 0,	\
+	  el_inl(EXITLAT_PORT_INL_FROM_PMTIMER))					\
+	X(EXITLAT_I_MOV_DR, mov_dr, el_check_dr7, true, 0, el_write_dr7(EL_DR7_RESET))	\
+	X(EXITLAT_I_MOV_FROM_CR8, mov_from_cr8, NULL, true, 0, el_read_cr8())		\
+	/* loop only: the TPR rewritten with the value it has */			\
+	X(EXITLAT_I_MOV_TO_CR8, mov_to_cr8, NULL, false, el_read_cr8(), el_write_cr8(val)) \
+	/* loop only (IRQs off): the bit cleared, then CR0/CR4 as read before the batch */ \
+	X(EXITLAT_I_TOGGLE_CR0_WP, toggle_cr0_wp, NULL, false, el_read_cr0(),		\
+	  el_write_cr0(val & ~X86_CR0_WP); el_write_cr0(val))				\
+	X(EXITLAT_I_TOGGLE_CR4_PGE, toggle_cr4_pge, NULL, false, el_read_cr4(),		\
+	  el_write_cr4(val ^ X86_CR4_PGE); el_write_cr4(val))				\
+	/* loop only: MSRs rewritten with the value read before the batch */		\
+	X(EXITLAT_I_WR_KERNEL_GS_BASE, wr_kernel_gs_base, el_check_kernel_gs_base, false, \
+	  el_rdmsr(EXITLAT_MSR_WR_KERNEL_GS_BASE),					\
+	  el_wrmsr(EXITLAT_MSR_WR_KERNEL_GS_BASE, val))					\
+	X(EXITLAT_I_WR_IBRS_MSR, wr_ibrs_msr, el_check_spec_ctrl, false,		\
+	  el_rdmsr(EXITLAT_MSR_WR_IBRS_MSR),						\
+	  el_wrmsr(EXITLAT_MSR_WR_IBRS_MSR, val | SPEC_CTRL_IBRS);			\
+	  el_wrmsr(EXITLAT_MSR_WR_IBRS_MSR, val))					\
+	X(EXITLAT_I_WR_IBPB_MSR, wr_ibpb_msr, el_check_ibpb, true, 0,			\
+	  el_wrmsr(EXITLAT_MSR_WR_IBPB_MSR, PRED_CMD_IBPB))				\
+	X(EXITLAT_I_WR_TSX_CTRL_MSR, wr_tsx_ctrl_msr, el_check_tsx_ctrl, false,		\
+	  el_rdmsr(EXITLAT_MSR_WR_TSX_CTRL_MSR),					\
+	  el_wrmsr(EXITLAT_MSR_WR_TSX_CTRL_MSR, val))					\
+	X(EXITLAT_I_PAUSE,  pause,  NULL,               true, 0, asm volatile("pause"))
 
 /* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */
 #define EL_COUNT_ROW(id, name, check, once, SETUP, STATEMENT) + 1

@@ -166,6 +166,22 @@ static inline __attribute__((always_inline)) void exitlat_outb(__u16 port, __u8 
 	asm volatile("outb %b0, %w1" : : "a"(val), "Nd"(port) : "memory");
 }
 
+static inline __attribute__((always_inline)) __u32 exitlat_inl(__u16 port)
+{
+	__u32 val;
+
+	asm volatile("inl %w1, %0" : "=a"(val) : "Nd"(port) : "memory");
+	return val;
+}
+
+static inline __attribute__((always_inline)) __u8 exitlat_inb(__u16 port)
+{
+	__u8 val;
+
+	asm volatile("inb %w1, %0" : "=a"(val) : "Nd"(port) : "memory");
+	return val;
+}
+
 /*
  * The timed loop, shared by every case: READ_T0/READ_T1 the timer pair (see
  * the top of this file), BODY the statement under test.  Buffer and count are

@@ -50,7 +50,8 @@
 #define MAX_ITERS	EXITLAT_MAX_ITERS
 #define HEADER_SIZE	4096
 #define ALIGN_4K(x)	(((x) + 4095) & ~4095ULL)
-#define MAX_KEYS	18	/* 6 baselines + 6 cases + 6 traced windows */
+#define MAX_F		32	/* F instructions one plan may list (exitlat.instr=a,b,...) */
+#define MAX_KEYS	(6 + 2 * (3 * MAX_F + 3))	/* baselines + cases, each with its traced window */
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
 
 /* ---- the user-mode timing harness ---------------------------------------- */
@@ -160,6 +161,11 @@ WINDOW(module_once, bad |= ioctl(fd, EXITLAT_IOC_ONCE))
 WINDOW(cpuid,       exitlat_cpuid0())
 WINDOW(vmcall,      rax = amd ? exitlat_vmmcall() : exitlat_vmcall())
 WINDOW(outb,        exitlat_outb(port, '.'))
+/* port I/O at CPL 3 needs ioperm() for the kind's port (main() asks for it) */
+WINDOW(inl_from_qemu,    exitlat_inl(EXITLAT_PORT_INL_FROM_QEMU))
+WINDOW(inl_from_kernel,  exitlat_inb(EXITLAT_PORT_INL_FROM_KERNEL))
+WINDOW(inl_from_pmtimer, exitlat_inl(EXITLAT_PORT_INL_FROM_PMTIMER))
+WINDOW(pause,       asm volatile("pause"))
 
 /* Where an instruction runs, and who times it. */
 enum where {
@@ -184,6 +190,8 @@ struct instr {
 	const char *why_not;	/* why the F cases it leaves out cannot */
 	const char *ud;		/* it may #UD at CPL 3: why (pre-flighted once) */
 	bool rax;		/* its RAX goes in done (USER and LOOP) */
+	int port;		/* the port it always uses (case 1: ioperm), -1: none */
+	const char *needs;	/* the vCPU feature the module refuses it without */
 };
 #define C(c)		EXITLAT_C(c)
 
@@ -193,23 +201,30 @@ struct instr {
 #define USER_WINDOW_1(kind)	window_##kind
 
 /* F: the instructions exitlat.instr names, one row each; the first is the default. */
-#define F_ROW(kind, id, cases_, user_, why_not_)					\
+#define F_ROW(kind, id, cases_, user_, why_not_, port_, needs_)			\
 	{ .name = #kind, .user = USER_WINDOW_##user_(kind), .module = id,		\
 	  .cases = (cases_), .why_not = why_not_,					\
 	  .ud = (id) == EXITLAT_I_VMCALL ? UD_VMCALL : NULL,				\
-	  .rax = (id) == EXITLAT_I_VMCALL },
+	  .rax = (id) == EXITLAT_I_VMCALL, .port = (port_), .needs = needs_ },
 static const struct instr f_instrs[] = {
 	EXITLAT_F_INSTRS(F_ROW)
 };
 #undef F_ROW
 
 /* S, and what the baselines run instead of an instruction that exits. */
+_Static_assert(ARRAY_SIZE(f_instrs) <= MAX_F, "raise MAX_F: more F rows than a plan may list");
+
+/* S (its port is exitlat.port), and what the baselines run instead of an instruction that exits. */
 static const struct instr S_OUTB = {
 	.name = "outb", .user = window_outb, .module = EXITLAT_I_S, .cases = EXITLAT_S_CASES,
+	.port = -1,
 };
-static const struct instr NOTHING = { .name = "nothing", .user = window_nothing, .module = EXITLAT_I_NONE };
-static const struct instr NOP = { .name = "nop", .user = window_nop, .module = EXITLAT_I_NOP };
-static const struct instr GETPPID = { .name = "getppid", .user = window_getppid, .module = -1 };
+static const struct instr NOTHING = { .name = "nothing", .user = window_nothing,
+				      .module = EXITLAT_I_NONE, .port = -1 };
+static const struct instr NOP = { .name = "nop", .user = window_nop, .module = EXITLAT_I_NOP,
+				  .port = -1 };
+static const struct instr GETPPID = { .name = "getppid", .user = window_getppid, .module = -1,
+				      .port = -1 };
 
 /* Case c: F (exitlat.instr) or S, in one of the three places (docs/probes.md). */
 static const struct { bool s; enum where where; } cases[7] = {
@@ -232,7 +247,8 @@ static const struct { const char *key; const struct instr *instr; enum where whe
 
 struct plan {
 	int cases[6], ncases;
-	const struct instr *f;	/* exitlat.instr */
+	const struct instr *f[MAX_F];	/* exitlat.instr: one or a comma list */
+	int nf;
 	unsigned port, msr;
 	int timer;		/* EXITLAT_T_* */
 	uint64_t iters, warmup;
@@ -257,7 +273,7 @@ struct key {
 };
 
 static struct plan P = {
-	.f = &f_instrs[0], .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
+	.f = { &f_instrs[0] }, .nf = 1, .port = 0xe9, .msr = 0x3b, .timer = EXITLAT_T_RDTSCP,
 	.iters = 0, .warmup = 1000, .baselines = 1, .handshake = 0,
 	.batch = EXITLAT_BATCH_DEFAULT, .handshake_timeout = 60,
 };
@@ -389,7 +405,7 @@ static void parse_cases(const char *v)
 /* An F instruction by name, from f_instrs[]. */
 static const struct instr *parse_f_instr(const char *name)
 {
-	char valid[256] = "";
+	char valid[512] = "";
 
 	for (size_t i = 0; i < ARRAY_SIZE(f_instrs); i++) {
 		if (!strcmp(name, f_instrs[i].name))
@@ -398,6 +414,25 @@ static const struct instr *parse_f_instr(const char *name)
 			 i ? ", " : "", f_instrs[i].name);
 	}
 	plan_error("unknown instruction '%s' (valid: %s)", name, valid);
+}
+
+/* exitlat.instr: a comma list of F instructions, each once. */
+static void parse_f_instrs(const char *v)
+{
+	char buf[1024], *tok, *save;
+
+	snprintf(buf, sizeof(buf), "%s", v);
+	P.nf = 0;
+	for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+		const struct instr *f = parse_f_instr(tok);
+
+		for (int i = 0; i < P.nf; i++)
+			if (P.f[i] == f)
+				plan_error("instruction %s given twice", tok);
+		P.f[P.nf++] = f;
+	}
+	if (!P.nf)
+		plan_error("exitlat.instr is empty");
 }
 
 static void parse_plan(char *cmdline)
@@ -419,7 +454,7 @@ static void parse_plan(char *cmdline)
 			parse_cases(v);
 			have_cases = 1;
 		} else if (!strcmp(k, "instr")) {
-			P.f = parse_f_instr(v);
+			parse_f_instrs(v);
 		} else if (!strcmp(k, "port")) {
 			P.port = parse_num(k, v, 0, 0xffff);
 		} else if (!strcmp(k, "timer")) {
@@ -461,15 +496,18 @@ static void parse_plan(char *cmdline)
 		plan_error("no exitlat.cases on the kernel command line");
 	if (!have_iters)
 		plan_error("no exitlat.iters on the kernel command line");
-	for (int i = 0; i < P.ncases; i++) {
+	/* One F instruction must suit every F case; of a list, each case runs those it allows
+	 * (exitlat/cases.py case_keys, which refuses a pair the user named explicitly). */
+	for (int i = 0; P.nf == 1 && i < P.ncases; i++) {
 		int c = P.cases[i];
 
-		if (!cases[c].s && !(P.f->cases & C(c)))
-			plan_error("case %d cannot use %s: %s", c, P.f->name, P.f->why_not);
+		if (!cases[c].s && !(P.f[0]->cases & C(c)))
+			plan_error("case %d cannot use %s: %s", c, P.f[0]->name, P.f[0]->why_not);
 	}
-	if (P.f->module == EXITLAT_I_RDMSR && ((P.msr >= 0x174 && P.msr <= 0x176) ||
-					       (P.msr >= 0xc0000100 && P.msr <= 0xc0000102)))
-		plan_error("msr 0x%x is passed through by KVM and never exits (use 0x3b, IA32_TSC_ADJUST)", P.msr);
+	for (int i = 0; i < P.nf; i++)
+		if (P.f[i]->module == EXITLAT_I_RDMSR && ((P.msr >= 0x174 && P.msr <= 0x176) ||
+							  (P.msr >= 0xc0000100 && P.msr <= 0xc0000102)))
+			plan_error("msr 0x%x is passed through by KVM and never exits (use 0x3b, IA32_TSC_ADJUST)", P.msr);
 }
 
 /* ---- environment --------------------------------------------------------- */
@@ -665,6 +703,38 @@ static void on_fault(int sig)
 	siglongjmp(fault_jmp, 1);
 }
 
+/*
+ * A kind this vCPU or machine cannot run: of a list (--instr all) it is left
+ * out with why ("refused"), not an error; asked for alone, it is an error.
+ */
+static __attribute__((format(printf, 2, 3))) void refuse(const char *key, const char *fmt, ...)
+{
+	char msg[400], jmsg[600], jkey[64], json[800];
+	va_list ap;
+
+	va_start(ap, fmt);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
+	va_end(ap);
+	if (P.nf == 1) {
+		emit_error(key, "%s", msg);
+		return;
+	}
+	jstr(jmsg, sizeof(jmsg), msg);
+	jstr(jkey, sizeof(jkey), key);
+	snprintf(json, sizeof(json), "{\"event\":\"refused\",\"key\":%s,\"message\":%s}", jkey, jmsg);
+	emit(json);
+}
+
+/* The ACPI PM timer counts (3.58 MHz): two reads 20 us apart differ; all ones is no device. */
+static bool pm_timer_counts(void)
+{
+	uint32_t a = exitlat_inl(EXITLAT_PORT_INL_FROM_PMTIMER), b;
+
+	usleep(20);
+	b = exitlat_inl(EXITLAT_PORT_INL_FROM_PMTIMER);
+	return a != b && a != 0xffffffff;
+}
+
 static int module_config(const char *key, const struct instr *in)
 {
 	struct exitlat_config cfg = {
@@ -677,18 +747,31 @@ static int module_config(const char *key, const struct instr *in)
 		return -1;
 	}
 	if (ioctl(mod_fd, EXITLAT_IOC_CONFIG, &cfg)) {
-		const char *why = strerror(errno);
-		if (errno == ENOEXEC)
+		const int err = errno;
+		const char *why = strerror(err);
+		char needs[160];
+
+		if (err == ENOEXEC)
 			why = "the instruction faulted (#UD): VMCALL/VMMCALL needs KVM (TCG does not implement it) or the vendor is wrong";
-		else if (errno == EIO)
+		else if (err == EIO)
 			why = "the MSR access faulted (#GP) in this guest";
-		else if (errno == EOPNOTSUPP)
-			why = "the vCPU lacks a needed feature (TSC deadline timer, XSAVE, or RDTSCP for the timer)";
-		else if (errno == ENODEV)
+		else if (err == EOPNOTSUPP && in->needs && *in->needs) {
+			snprintf(needs, sizeof(needs), "the vCPU lacks %s", in->needs);
+			why = needs;
+		} else if (err == EOPNOTSUPP)
+			why = "the vCPU lacks a needed feature (RDTSCP, for the rdtscp timer)";
+		else if (err == ENODEV)
 			why = "it is safe only under KVM, which intercepts it, and this guest does not run under KVM";
-		else if (errno == EPERM)
+		else if (err == EPERM)
 			why = "the MSR is passed through by KVM and never exits";
-		emit_error(key, "module refused %s: %s", in->name, why);
+		else if (err == EBUSY)
+			why = "the guest kernel uses it now (a breakpoint is armed in DR7)";
+		else if (err == ENXIO)
+			why = "no device answers at its port on this machine";
+		if (err != EINVAL && err != ENOMEM && err != E2BIG)
+			refuse(key, "module refused %s: %s", in->name, why);
+		else
+			emit_error(key, "module refused %s: %s", in->name, why);
 		return -1;
 	}
 	return 0;
@@ -721,6 +804,12 @@ static int run_key(struct key *k)
 	}
 	if (k->where == USER && in->ud)		/* pre-flight: one iteration, #UD under TCG */
 		window(&w, k->buf, 1);
+	/* pre-flight of what the module checks in cases 3 and 5 (the I/O bitmap allows it now) */
+	if (k->where == USER && in->module == EXITLAT_I_INL_FROM_PMTIMER && !pm_timer_counts()) {
+		refuse(k->name, "inl_from_pmtimer: no ACPI PM timer counts at port 0x%x on this machine",
+		       EXITLAT_PORT_INL_FROM_PMTIMER);
+		return -1;
+	}
 
 	if (k->of >= 0)
 		snprintf(ready, sizeof(ready), ",\"window\":\"traced\",\"of\":\"%s\"", keys[k->of].name);
@@ -870,7 +959,7 @@ int main(int argc, char **argv)
 	static char cmdline[4096];
 	const char *cmd_arg = NULL;
 	cpu_set_t cpus;
-	int out_fd, need_module = 0, need_io = 0;
+	int out_fd, need_module = 0;
 	uint64_t need = HEADER_SIZE, total = 0;
 	struct exitlat_info info = { 0 };
 	int mod_errno, stale_abi = 0;
@@ -918,20 +1007,29 @@ int main(int argc, char **argv)
 		add_key(baselines[i].key, baselines[i].instr, baselines[i].where, P.iters, P.warmup, -1);
 	for (int i = 0; i < P.ncases; i++) {
 		const int c = P.cases[i];
-		const struct instr *in = cases[c].s ? &S_OUTB : P.f;
-		char name[32];
 
-		snprintf(name, sizeof(name), "case%d", c);
-		add_key(name, in, cases[c].where, P.iters, P.warmup, -1);
-		if (P.viters) {		/* the traced window: same path, no warm-up */
-			snprintf(name, sizeof(name), "case%d_traced", c);
-			add_key(name, in, cases[c].where, P.viters, 0, nkeys - 1);
+		for (int j = 0; j < (cases[c].s ? 1 : P.nf); j++) {
+			const struct instr *in = cases[c].s ? &S_OUTB : P.f[j];
+			char name[32], traced[40];
+
+			if (!(in->cases & C(c)))
+				continue;
+			/* one F instruction: case<n>; several: case<n>_<instruction> */
+			if (cases[c].s || P.nf == 1)
+				snprintf(name, sizeof(name), "case%d", c);
+			else
+				snprintf(name, sizeof(name), "case%d_%s", c, in->name);
+			add_key(name, in, cases[c].where, P.iters, P.warmup, -1);
+			if (P.viters) {		/* the traced window: same path, no warm-up */
+				snprintf(traced, sizeof(traced), "%s_traced", name);
+				if (strlen(traced) >= sizeof(keys[0].name))
+					plan_error("key %s is too long", traced);
+				add_key(traced, in, cases[c].where, P.viters, 0, nkeys - 1);
+			}
 		}
 	}
-	for (int i = 0; i < nkeys; i++) {
+	for (int i = 0; i < nkeys; i++)
 		need_module |= keys[i].where != USER;
-		need_io |= keys[i].where == USER && keys[i].instr == &S_OUTB;
-	}
 	if (need_module && stale_abi)
 		emit_error(NULL, "%s speaks ABI %u, this probe needs %u (stale exitlat.ko?): cases 3-6 "
 			   "and the module baselines will fail", EXITLAT_DEVICE, info.abi_version,
@@ -951,11 +1049,17 @@ int main(int argc, char **argv)
 			plan_error("cannot allocate %llu MiB for samples (give the guest more memory)",
 				   (unsigned long long)(total * 8 >> 20));
 
-	if (need_io && ioperm(P.port, 1, 1)) {
-		emit_error("case2", "ioperm(0x%x): %s", P.port, strerror(errno));
-		for (int i = 0; i < nkeys; i++)
-			if (keys[i].where == USER && keys[i].instr == &S_OUTB)
-				keys[i].skip = true;
+	/* Port I/O at CPL 3 (case 2's OUTB, case 1's port kinds): the I/O bitmap, set up once. */
+	for (int i = 0; i < nkeys; i++) {
+		const struct instr *in = keys[i].instr;
+		const int port = in == &S_OUTB ? (int)P.port : in->port;
+
+		if (keys[i].where != USER || port < 0 || keys[i].of >= 0)
+			continue;
+		if (ioperm(port, in == &S_OUTB ? 1 : 4, 1)) {
+			emit_error(keys[i].name, "ioperm(0x%x): %s", port, strerror(errno));
+			keys[i].skip = true;
+		}
 	}
 	if (P.handshake) {
 		struct termios t;

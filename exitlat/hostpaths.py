@@ -1,0 +1,66 @@
+"""Which path a host-dependent exit kind takes on this host: the host's facts that decide it
+(EPT, the TPR shadow, the VMX preemption timer, the KVM version) and the instruction table's
+`host_paths` rules read against them. The plan resolves every case's expected path here once; the
+verifier then proves it, so a wrong rule shows up as a failed window, never as a wrong number."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from exitlat.instructions import PATH_TEXT, Instruction
+
+_YES = ("Y", "1", "y")
+_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "amd"}
+
+
+@dataclass(frozen=True)
+class PathChoice:
+    path: str
+    basis: str          # why: the rule and the facts it rested on, or "default"
+
+
+def kernel_at_least(release: str | None, major: int, minor: int) -> bool | None:
+    m = re.match(r"(\d+)\.(\d+)", release or "")
+    return None if not m else (int(m.group(1)), int(m.group(2))) >= (major, minor)
+
+
+def host_facts(host: dict | None) -> set[str]:
+    """The facts `HostPath.facts` may name, as far as the host's record tells them. A fact that
+    cannot be read is left out, so a rule needing it does not apply and the kind's default path is
+    expected (the verifier then says whether the host agrees)."""
+    host = host or {}
+    cpu = host.get("cpu") or {}
+    params = (host.get("kvm") or {}).get("parameters") or {}
+    facts: set[str] = set()
+    vendor = _VENDORS.get((cpu.get("vendor") or "").strip())
+    if vendor:
+        facts.add(vendor)
+    if str(params.get("kvm_intel.ept", "")).strip() in _YES:
+        facts.add("ept")
+    if str(params.get("kvm_amd.npt", "")).strip() in _YES:
+        facts.add("npt")
+    if str(params.get("kvm_intel.preemption_timer", "")).strip().upper() in ("N", "0"):
+        facts.add("no_preemption_timer")
+    vmx = cpu.get("vmx_flags")
+    # /proc/cpuinfo's "vmx flags" names the TPR shadow "vtpr" (VMX_FEATURE_VIRTUAL_TPR)
+    if isinstance(vmx, list) and vendor == "intel" and "vtpr" not in vmx:
+        facts.add("no_tpr_shadow")
+    release = (host.get("kernel") or {}).get("release")
+    for major, minor in ((6, 4),):
+        if kernel_at_least(release, major, minor):
+            facts.add(f"kernel>={major}.{minor}")
+    return facts
+
+
+def choose_path(ins: Instruction, host: dict | None) -> PathChoice:
+    """The path `ins` must take on `host` (no host record: the row's default)."""
+    facts = host_facts(host)
+    for rule in ins.host_paths:
+        if rule.vendor in facts and all(f in facts for f in rule.facts):
+            on = ", ".join((rule.vendor,) + rule.facts)
+            return PathChoice(rule.path, f"{PATH_TEXT[rule.path]} on this host ({on}): {rule.why}")
+    if ins.host_paths:
+        return PathChoice(ins.path, f"{PATH_TEXT[ins.path]}: the default (no host rule of "
+                                    f"{ins.name} matched this host)")
+    return PathChoice(ins.path, PATH_TEXT[ins.path])

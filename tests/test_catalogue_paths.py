@@ -1,0 +1,205 @@
+"""The exit catalogue's paths: "no exit" proven (and refused when the kind did exit), port I/O that
+KVM answers itself (the ELCR of the in-kernel PIC), kinds with two exits per iteration, the
+host rules that decide a kind's path, and --instr lists / all pairing the same keys on both sides.
+Counts are shaped like the emulated AMD-V host's real windows (selftest --runs catalogue)."""
+
+import pytest
+
+from exitlat.cases import case_keys, case_specs, parse_instrs
+from exitlat.errors import ExitlatError
+from exitlat.hostpaths import choose_path, host_facts
+from exitlat.instructions import (ELCR_PORT, F_INSTRUCTIONS, PATH_KVM, PATH_NONE, PATH_QEMU,
+                                  TABLE)
+from exitlat.run.guestio import GuestPlan
+from exitlat.run.plan import BenchOptions, make_plan
+from exitlat.verify.timed import verify_timed_window
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.traced import verify_case
+
+N = 10_000
+CONSOLE = {(0x3F8, "out"): 150}
+
+
+def win(exits, user=None, pio=None, handled=None):
+    return ExitCounts(exits, user or {"IO": 150}, {**CONSOLE, **(pio or {})}, handled or {}, 0,
+                      "test")
+
+
+# ---- "no exit" ---------------------------------------------------------------------------------
+
+def quiet(**extra):
+    """A window where the instruction under test never exited: the console, a few interrupts."""
+    return win({"IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 12, "VINTR": 5, "MSR": 20, **extra})
+
+
+@pytest.mark.parametrize("kind", ["mov_from_cr8", "pause", "wr_kernel_gs_base"])
+def test_no_exit_is_proven_and_said(kind):
+    r = verify_case(quiet(), N, PATH_NONE, kind, None, "amd")
+    assert r["status"] == "passed", r["detail"]
+    assert "no exit: virtualized in hardware or passed through" in r["detail"]
+    assert r["other_path_max"] < 0.01
+
+
+def test_a_no_exit_kind_that_exits_fails():
+    own = TABLE["mov_from_cr8"].svm_reason
+    r = verify_case(quiet(**{own: N}), N, PATH_NONE, "mov_from_cr8", None, "amd")
+    assert r["status"] == "failed" and "expected no READ_CR8 exit" in r["detail"], r["detail"]
+    # an exit of another reason per iteration fails it too
+    r = verify_case(quiet(NPF=N), N, PATH_NONE, "mov_from_cr8", None, "amd")
+    assert r["status"] == "failed" and "other synchronous exits" in r["detail"], r["detail"]
+    # and one to QEMU per iteration
+    w = win({"IO_INSTRUCTION": 150 + N}, {"IO": 150 + N}, {(0x1234, "in"): N})
+    assert verify_case(w, N, PATH_NONE, "pause", None, "amd")["status"] == "failed"
+
+
+def test_a_rearmed_intercept_may_exit_once_per_other_exit_and_no_more():
+    """MOV to DR7: KVM intercepts again after any exit, so each background exit may bring one DR
+    exit; an exit per iteration is still a failure."""
+    fine = quiet(WRITE_DR7=400)       # above 2 % of n + 16, within it + the 187 other exits
+    assert verify_case(fine, N, PATH_NONE, "mov_dr", None, "amd")["status"] == "passed"
+    every = quiet(WRITE_DR7=N)
+    r = verify_case(every, N, PATH_NONE, "mov_dr", None, "amd")
+    assert r["status"] == "failed" and "one per other exit" in r["detail"], r["detail"]
+    # a kind that is not re-armed gets no such allowance
+    r = verify_case(quiet(MSR=20 + 187), N, PATH_NONE, "wr_kernel_gs_base", None, "amd")
+    assert r["status"] == "passed", r["detail"]      # MSR exits: interrupts' side exits
+    r = verify_case(quiet(READ_CR8=400), N, PATH_NONE, "mov_from_cr8", None, "amd")
+    assert r["status"] == "failed", r["detail"]
+
+
+def test_no_exit_needs_a_window_the_trace_saw_and_decoded():
+    assert verify_case(win({}, {}), N, PATH_NONE, "pause", None, "amd")["status"] == "unverified"
+    undecoded = win({"12345": 150}, {"IO": 150})
+    r = verify_case(undecoded, N, PATH_NONE, "pause", None, "amd")
+    assert r["status"] == "unverified" and "cannot be proven" in r["detail"], r["detail"]
+
+
+def test_timed_window_of_no_exit():
+    stats = {"exits": 150 + 30, "io_exits": 150, "irq_exits": 12, "halt_exits": 0}
+    r = verify_timed_window(stats, N, PATH_NONE, "mov_from_cr8", console_io=150)
+    assert r["status"] == "passed", r["detail"]
+    stats["exits"] += N
+    r = verify_timed_window(stats, N, PATH_NONE, "mov_from_cr8", console_io=150)
+    assert r["status"] == "failed" and "it must not exit" in r["detail"], r["detail"]
+    # mov_dr's re-armed exits ride on the background, not on the iterations
+    rearm = {"exits": 150 + 12 + 150 + 12, "io_exits": 150, "irq_exits": 12, "halt_exits": 0}
+    assert verify_timed_window(rearm, N, PATH_NONE, "mov_dr", console_io=150)["status"] == "passed"
+
+
+# ---- port I/O answered inside KVM, two exits per iteration ---------------------------------------
+
+def test_elcr_read_is_handled_in_kvm_without_a_userspace_exit():
+    pio = {(ELCR_PORT, "in"): N}
+    good = win({"IO_INSTRUCTION": 150 + N, "EXTERNAL_INTERRUPT": 9}, {"IO": 150}, pio)
+    r = verify_case(good, N, PATH_KVM, "inl_from_kernel", ELCR_PORT, "amd")
+    assert r["status"] == "passed", r["detail"]
+    # the same reads gone to QEMU (split irqchip: no in-kernel PIC) are not this path ...
+    to_qemu = win({"IO_INSTRUCTION": 150 + N}, {"IO": 150 + N}, pio)
+    r = verify_case(to_qemu, N, PATH_KVM, "inl_from_kernel", ELCR_PORT, "amd")
+    assert r["status"] == "failed" and "userspace exits" in r["detail"], r["detail"]
+    # ... and writes there are not reads
+    writes = win({"IO_INSTRUCTION": 150 + N}, {"IO": 150}, {(ELCR_PORT, "out"): N})
+    assert verify_case(writes, N, PATH_KVM, "inl_from_kernel", ELCR_PORT, "amd")["status"] == "failed"
+    # the timed window: ≈1 io_exit per iteration beyond the console's
+    stats = {"exits": 150 + N + 9, "io_exits": 150 + N, "irq_exits": 9, "halt_exits": 0}
+    assert verify_timed_window(stats, N, PATH_KVM, "inl_from_kernel", 150)["status"] == "passed"
+
+
+def test_a_toggle_takes_two_exits_per_iteration():
+    two = win({"WRITE_CR4": 2 * N, "IO_INSTRUCTION": 150})
+    assert verify_case(two, N, PATH_KVM, "toggle_cr4_pge", None, "amd")["status"] == "passed"
+    one = win({"WRITE_CR4": N, "IO_INSTRUCTION": 150})
+    r = verify_case(one, N, PATH_KVM, "toggle_cr4_pge", None, "amd")
+    assert r["status"] == "failed" and "expected ≈2 WRITE_CR4 exit" in r["detail"], r["detail"]
+    stats = {"exits": 150 + 2 * N, "io_exits": 150, "irq_exits": 0, "halt_exits": 0}
+    assert verify_timed_window(stats, N, PATH_KVM, "toggle_cr4_pge", 150)["status"] == "passed"
+    stats["exits"] = 150 + N
+    assert verify_timed_window(stats, N, PATH_KVM, "toggle_cr4_pge", 150)["status"] == "failed"
+
+
+# ---- which path on which host ------------------------------------------------------------------
+
+# vmx flags as the emulated VT-x host's /proc/cpuinfo lists them (Bochs corei7_skylake_x)
+INTEL_EPT = {"cpu": {"vendor": "GenuineIntel", "vmx_flags": ["vnmi", "flexpriority", "vtpr", "vapic",
+                                                            "ept", "vpid", "ple"]},
+             "kvm": {"parameters": {"kvm_intel.ept": "Y", "kvm_intel.preemption_timer": "Y"}},
+             "kernel": {"release": "6.12.0-1-amd64"}}
+AMD = {"cpu": {"vendor": "AuthenticAMD"}, "kvm": {"parameters": {"kvm_amd.npt": "1"}},
+       "kernel": {"release": "6.1.0"}}
+
+
+def test_host_facts_decide_the_paths():
+    assert {"intel", "ept", "kernel>=6.4"} <= host_facts(INTEL_EPT)
+    assert choose_path(TABLE["toggle_cr0_wp"], INTEL_EPT).path == PATH_NONE
+    assert choose_path(TABLE["toggle_cr4_pge"], INTEL_EPT).path == PATH_NONE
+    assert choose_path(TABLE["toggle_cr0_wp"], AMD).path == PATH_KVM
+    old = dict(INTEL_EPT, kernel={"release": "6.1.0"})      # CR0.WP guest-owned only since 6.4
+    assert choose_path(TABLE["toggle_cr0_wp"], old).path == PATH_KVM
+    shadow_less = dict(INTEL_EPT, cpu={"vendor": "GenuineIntel", "vmx_flags": ["ept"]})
+    assert choose_path(TABLE["mov_from_cr8"], shadow_less).path == PATH_KVM
+    assert choose_path(TABLE["mov_from_cr8"], INTEL_EPT).path == PATH_NONE
+    # no host record: the row's default, said as such
+    c = choose_path(TABLE["toggle_cr0_wp"], None)
+    assert c.path == PATH_KVM and "default" in c.basis
+    assert "ept" in choose_path(TABLE["toggle_cr0_wp"], INTEL_EPT).basis
+    spec = case_specs([5], "toggle_cr0_wp", host=INTEL_EPT)[0]
+    assert (spec.expected_path, "kernel>=6.4" in spec.path_basis) == (PATH_NONE, True)
+
+
+# ---- --instr lists and all -----------------------------------------------------------------------
+
+def test_instr_lists_and_all():
+    assert parse_instrs("cpuid") == ("cpuid",)
+    assert parse_instrs("cpuid, mov_dr") == ("cpuid", "mov_dr")
+    assert parse_instrs("ALL") == "all"
+    for bad, msg in (("cpuid,cpuid", "twice"), ("cpuid,,vmcall", "no instruction"),
+                     ("mov_cr9", "unknown instruction 'mov_cr9'"), ("", "no instruction")):
+        with pytest.raises(ExitlatError, match=msg):
+            parse_instrs(bad)
+    specs = case_specs([5], "all")
+    assert [s.instruction for s in specs] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases]
+    assert all(s.key == f"case5_{s.instruction}" for s in specs)
+    # all: case 1 runs only what CPL 3 can run; an explicit pair it cannot is refused
+    assert {s.instruction for s in case_specs([1], "all")} == {
+        n for n in F_INSTRUCTIONS if 1 in TABLE[n].cases}
+    with pytest.raises(ExitlatError, match="case 1 cannot use mov_dr"):
+        case_specs([1], "cpuid,mov_dr")
+    # one F instruction keeps the keys of old bundles
+    assert [s.key for s in case_specs([1, 2], "cpuid")] == ["case1", "case2"]
+    assert [k for _, _, k in case_keys([2, 3], ("cpuid", "vmcall"))] == [
+        "case2", "case3_cpuid", "case3_vmcall"]
+
+
+def test_the_plan_and_the_guest_pair_the_same_keys():
+    for instr in ("all", "cpuid", "inl_from_kernel,pause"):
+        plan = make_plan(BenchOptions(cases=[1, 2, 3, 5], instr=instr, verify_iterations=5),
+                         AMD, "kvm")
+        timed = [k for k in plan.guest.keys() if k.startswith("case") and "_traced" not in k]
+        assert timed == [s.key for s in plan.specs]
+        assert max(len(k) for k in plan.guest.keys()) <= 31      # the probe's key name field
+        assert set(plan.guest.instr.split(",")) == {s.instruction for s in plan.specs
+                                                    if s.number % 2}
+    g = GuestPlan(cases=[5], instr="cpuid,vmcall", verify_iterations=3)
+    assert g.keys() == ["baseline_timer", "baseline_nonexiting", "baseline_syscall",
+                        "baseline_module_call", "baseline_kernel_timer",
+                        "baseline_kernel_nonexiting", "case5_cpuid", "case5_cpuid_traced",
+                        "case5_vmcall", "case5_vmcall_traced"]
+
+
+def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
+    """The catalogue's correspondence to kvm-unit-tests' x86/vmexit.c (docs/measuring.md)."""
+    for name in F_INSTRUCTIONS:
+        row = TABLE[name]
+        assert row.what, name
+        if row.kut is None:
+            assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause"), name
+    assert {r.path for r in TABLE.values()} >= {PATH_KVM, PATH_QEMU, PATH_NONE}
+
+
+def test_the_docs_catalogue_is_the_table():
+    """docs/measuring.md carries the catalogue generated from the table, verbatim."""
+    from exitlat.catalogue import markdown
+    from exitlat.paths import REPO_ROOT
+
+    assert markdown() in (REPO_ROOT / "docs/measuring.md").read_text(), \
+        "regenerate the catalogue: python3 -m exitlat.catalogue"
