@@ -137,13 +137,15 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
     "build": "use this build folder (default: the build of the current inputs, made if missing)",
     "wait": "when another exitlat run holds the core, wait for it (default: refuse, naming it)",
     "verbose": "the report at the end with every warning and the whole metadata",
+    "reference": "also run kvm-unit-tests' x86/vmexit.flat (cpuid and the --instr's test) on the "
+                 "same QEMU, core and container, and put it beside case 5 in the bundle",
 })
 @cli
 def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port="0xe9",
           timer="rdtscp", core=None, accel="auto", repeat="auto", label=None, output=None,
           no_container=False, no_verify=False, require_isolation=False, debugcon="auto",
           no_baselines=False, tracing="auto", verify_iterations=None, build=None, wait=False,
-          verbose=False):
+          verbose=False, reference=False):
     """Run cases in a VM, verify each exit's path on the host, write a result bundle."""
     from exitlat.bench import bench_main
 
@@ -155,7 +157,7 @@ def bench(c, case="1-6", iterations="10000", warmup="1000", instr="cpuid", port=
                       require_isolation=require_isolation, debugcon=debugcon,
                       no_baselines=no_baselines, tracing=tracing,
                       verify_iterations=verify_iterations, build=build, wait=wait,
-                      verbose=verbose)
+                      verbose=verbose, reference=reference)
 
 
 @task(help={"dry_run": "list what would be removed, remove nothing"})
@@ -175,7 +177,8 @@ def cleanup(c, dry_run=False):
     "runs": "which runs: all (default), default (all but the exit catalogue), catalogue (its "
             "runs: catalogue-kernel, catalogue-ioctl, catalogue-user: --instr all in cases 5, 3, "
             "1) or a comma list of cpuid-hist, cpuid-stream, vmcall, rdmsr, wrmsr_tsc_deadline "
-            "and those",
+            "and those; reference (by name only: kvm-unit-tests' vmexit.flat beside case 5, "
+            "--instr cpuid,vmcall --reference, two VM runs)",
     "iterations": "timed iterations per case inside L1 (default 1000; 100-200000)",
     "warmup": "warm-up iterations per case (default 100)",
     "verify_iterations": "iterations of each traced window (default: as --iterations)",

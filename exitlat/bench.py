@@ -40,6 +40,10 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
 
     out_root = Path(opts.output) if opts.output else results_root()
     host = collect_host(with_docker=opts.container)
+    if opts.reference:          # a kind vmexit.flat has no test of is one line, before anything
+        from .reference.tests import kinds_of, matching_tests
+
+        matching_tests(kinds_of(opts.instr))
     plan = plan_bench(opts, host, progress.say)
     out_root.mkdir(parents=True, exist_ok=True)
     _say_plan_notes(plan, progress)
@@ -60,11 +64,16 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
         # at once, everything after them (the bundle) finishes first.
         with deferred():
             results, stop = _run_vms(plan, progress)
+            refs = None
+            if opts.reference and stop is None and all(r.status == "complete" for r in results):
+                refs, stop = _run_reference(plan, progress)
             others = other_runs(since, lock.folder, running)
             hello = next((r.hello for r in results if r.hello), {})
             doc, samples, files = DocumentBuilder(plan, document_hz(host, hello)).build(
                 argv, host, results)
             doc["run"]["other_runs_seen"] = others
+            if refs is not None:
+                add_reference(doc, files, plan, refs)
             path = keep_bundle(out_root, doc, samples, files, stop)
         progress.say(f"bundle: {path}")
     if stop is None and stopping():
@@ -78,6 +87,35 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
                      else f"the run had completed: bundle {path}")
         raise stop
     return path
+
+
+def _run_reference(plan: RunPlan, progress: Progress):
+    """kvm-unit-tests' vmexit.flat beside the cases (exitlat/reference/); a stop request keeps
+    what ran and is returned."""
+    from .reference.runner import ReferenceRuns, run_reference
+    from .reference.tests import kinds_of, matching_tests
+
+    runs = ReferenceRuns(matching_tests(kinds_of(plan.options.instr)))
+    try:
+        with interruptible():
+            return run_reference(plan, runs, progress), None
+    except KeyboardInterrupt as err:
+        runs.error = reason_of(err)
+        return runs, err
+
+
+def add_reference(doc: dict, files: dict, plan: RunPlan, refs) -> None:
+    """The bundle's `reference` section and the reference's serial output as files."""
+    from .bundle.assemble import emulated_note
+    from .reference.section import build_section
+
+    doc["reference"] = build_section(refs, doc, plan.vendor, plan.manifest,
+                                     emulated_note(plan.options.emulated_host))
+    for i, vm in enumerate(refs.timed):
+        files[f"reference-serial-r{i}.log"] = vm.serial
+    for name, vm in [("baseline", refs.baseline), *refs.traced.items()]:
+        if vm is not None:
+            files[f"reference-serial-traced-{name}.log"] = vm.serial
 
 
 def remove_leftovers(progress: Progress) -> None:
@@ -203,7 +241,7 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
-               verify_iterations=None, build=None, wait=False, verbose=False) -> int:
+               verify_iterations=None, build=None, wait=False, verbose=False, reference=False) -> int:
     from exitlat.cases import parse_cases
     from exitlat.bundle.read import load_bundle
 
@@ -220,7 +258,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         baselines=not no_baselines, tracing=tracing,
         verify_iterations=None if verify_iterations is None else parse_int(
             verify_iterations, "--verify-iterations", 1, MAX_ITERATIONS),
-        build=Path(build) if build else None)
+        build=Path(build) if build else None, reference=bool(reference))
     path = run_bench(opts, ["invoke", "bench", *sys.argv[2:]] if len(sys.argv) > 1 else None, wait=wait)
     bundle = load_bundle(path)
     from exitlat.report.text import render_report
@@ -229,6 +267,9 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
     doc = bundle.doc
     if doc["status"]["state"] != "complete":
         raise ExitlatError(f"run incomplete: {doc['status']['reason']} (bundle kept: {path})")
+    ref = doc.get("reference")
+    if ref is not None and ref["state"] != "complete":
+        raise ExitlatError(f"kvm-unit-tests reference incomplete: {ref['reason']} (bundle kept: {path})")
     failed = [c["key"] for c in doc["cases"] if c["verification"]["status"] == "failed"]
     if failed and opts.verify:
         raise CheckFailed(f"path verification failed for {', '.join(failed)} (bundle: {path})")

@@ -13,8 +13,9 @@ invoke doctor ${core:+--core "$core"}
 invoke build || exit 2
 status=0
 run() { invoke bench --accel kvm --iterations "$iters" --output "$out" "${extra[@]}" "$@" || status=1; }
-run --case 1-6 --instr cpuid --label "hw-run cpuid"
-run --case 1,3,5 --instr vmcall --label "hw-run vmcall"
+# --reference: kvm-unit-tests' vmexit.flat on the same core and QEMU beside case 5 (the calibration)
+run --case 1-6 --instr cpuid --reference --label "hw-run cpuid"
+run --case 1,3,5 --instr vmcall --reference --label "hw-run vmcall"
 run --case 3,5 --instr rdmsr --label "hw-run rdmsr"
 run --case 5 --instr wrmsr_tsc_deadline --label "hw-run tsc-deadline fastpath"
 invoke results

@@ -332,6 +332,7 @@ class Builder:
                 "kernel_release": _read(folder / "kernel.release"),
                 "busybox": _read(folder / "busybox.version"),
                 "qemu": _read(folder / "qemu.version"),
+                "kvm_unit_tests": reference_version(self.pins),
             },
             "build_flags": {
                 "SOURCE_DATE_EPOCH": self.pins.source_date_epoch,
@@ -390,6 +391,12 @@ def _cpu_seconds(tail: list[str]) -> float | None:
 
 def _config_lines(path: Path) -> list[str]:
     return [l.strip() for l in path.read_text().splitlines() if l.strip() and not l.startswith("#")]
+
+
+def reference_version(pins: Pins) -> dict:
+    """The reference's identity in the manifest: kvm-unit-tests' tag, commit and git tree."""
+    pin = pins.source("kvm-unit-tests")
+    return {"version": pin.version, "tag": pin.tag, "commit": pin.commit, "git_tree": pin.git_tree}
 
 
 def _read(p: Path) -> str | None:

@@ -23,6 +23,9 @@ class SourcePin:
     urls: tuple[str, ...]
     debian_source: str | None
     debian_version: str | None
+    git_tree: str | None = None    # the content's git tree id (exitlat.build.gittree), when pinned
+    commit: str | None = None
+    tag: str | None = None
 
     def debian_pool_url(self, archive: str) -> str | None:
         """Where the Debian archive keeps this file: pool/main/<prefix>/<source package>/<file>."""
@@ -62,7 +65,8 @@ class Pins:
         deb = s.get("debian") or {}
         return SourcePin(name=name, version=str(s["version"]), file=s["file"], sha256=s["sha256"],
                          urls=tuple(s["urls"]), debian_source=deb.get("source"),
-                         debian_version=deb.get("version"))
+                         debian_version=deb.get("version"), git_tree=s.get("git_tree"),
+                         commit=s.get("commit"), tag=s.get("tag"))
 
     def sources(self) -> list[SourcePin]:
         return [self.source(n) for n in sorted(self.raw["sources"])]

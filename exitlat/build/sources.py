@@ -34,6 +34,22 @@ class Fetched:
     origin: str    # the folder or URL it came from
 
 
+def content_problem(pin: SourcePin, path: Path) -> str | None:
+    """None when the pin names no git tree or the archive's content has it, else why not: the
+    content check beside the sha256, for archives a forge makes on the fly."""
+    if not pin.git_tree:
+        return None
+    from .gittree import tree_id
+
+    try:
+        got = tree_id(path)
+    except ExitlatError as err:
+        return f"content check failed: {err}"
+    if got != pin.git_tree:
+        return f"content mismatch (git tree {got[:12]}…, pinned {pin.git_tree[:12]}…)"
+    return None
+
+
 class ChecksumMismatch(ExitlatError):
     pass
 
@@ -97,7 +113,8 @@ class SourceFetcher:
     def fetch(self, pin: SourcePin) -> Fetched:
         cached = self.cache / pin.sha256[:16] / pin.file
         first = cached.parent / (pin.file + ".origin")   # who served it the first time
-        if cached.is_file() and sha256_file(cached) == pin.sha256:
+        if cached.is_file() and not content_problem(pin, cached) and (
+                sha256_file(cached) == pin.sha256 or pin.git_tree):
             origin = first.read_text().strip() if first.is_file() else "unknown"
             return Fetched(pin, cached, "cache", f"{cached} (first from {origin})")
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -117,10 +134,16 @@ class SourceFetcher:
                     self.log(f"  downloading {pin.file} from {origin}")
                     _download(origin, tmp, self.timeout, stop=self.stop)
                 got = sha256_file(tmp)
-                if got != pin.sha256:
+                content = content_problem(pin, tmp)
+                if content:
+                    problems.append(f"{provider}: {content}")
+                    continue
+                if got != pin.sha256 and not (pin.git_tree and provider == "upstream"):
                     problems.append(f"{provider}: checksum mismatch (got {got[:12]}…, "
                                     f"pinned {pin.sha256[:12]}…)")
                     continue
+                if got != pin.sha256:    # a forge's own archive of the pinned tree: same content
+                    origin = f"{origin} (archive sha256 {got[:12]}…, content: git tree {pin.git_tree[:12]}… ok)"
                 os.replace(tmp, cached)
                 first.write_text(f"{provider}: {origin}\n")
                 return Fetched(pin, cached, provider, origin)
@@ -131,7 +154,7 @@ class SourceFetcher:
                 tmp.unlink(missing_ok=True)
         if not problems:
             problems.append("no provider configured (give --mirror DIR or allow the network)")
-        mismatch = any("checksum mismatch" in p for p in problems)
+        mismatch = any("mismatch" in p for p in problems)
         cls = ChecksumMismatch if mismatch else ExitlatError
         raise cls(f"cannot get {pin.name} {pin.version} ({pin.file}): " + "; ".join(problems))
 

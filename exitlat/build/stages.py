@@ -1,4 +1,5 @@
-"""What `invoke build` makes, and from what: the stages (kernel, busybox, initramfs, qemu), the
+"""What `invoke build` makes, and from what: the stages (kernel, busybox, initramfs, qemu, and
+kvm-unit-tests' vmexit.flat as the reference), the
 files and pinned sources each reads, and the hashes that name their folders.
 
 Each stage runs one script from this repository inside the builder image. A stage's folder is
@@ -27,6 +28,7 @@ ARTIFACTS = [
     ("initramfs", "initramfs.cpio.gz"), ("initramfs", "initramfs.list"),
     ("initramfs", "exitlat-probe"), ("initramfs", "exitlat.ko"),
     ("qemu", "qemu"), ("qemu", "qemu.version"),
+    ("reference", "vmexit.flat"), ("reference", "kvm-unit-tests.config"),
 ]
 
 
@@ -53,6 +55,9 @@ STAGES = [
           {"qemu": "qemu.tar", "seabios": "seabios.deb", "qemu-firmware": "qemu-firmware.deb",
            "meson-wheel": "meson-1.5.0-py3-none-any.whl",
            "pycotap-wheel": "pycotap-1.3.1-py3-none-any.whl"}),
+    # kvm-unit-tests' x86/vmexit.flat, the reference beside the cases (exitlat/reference/).
+    Stage("reference", "reference/build.sh", ("reference/build.sh",),
+          {"kvm-unit-tests": "kvm-unit-tests.tar.gz"}),
 ]
 
 

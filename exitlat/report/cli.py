@@ -196,6 +196,9 @@ def validate_main(bundle) -> int:
     """All load checks, then every statistic recomputed from the raw samples."""
     b = _load(bundle)
     recheck_stats(b)
+    from exitlat.reference.check import check_reference
+
+    check_reference(b.doc)
     n = sum(1 for e in b.entries() if e["stats"] is not None)
     extra = f" — {b.banner}" if b.banner else ""
     print(f"ok: {b.path} (schema {b.doc['schema_version']}, {n} sample files, checksums and "

@@ -22,6 +22,7 @@ docs/statistics.md has the method and its simulated false-positive rate and powe
 
 import math
 
+from .reference import compare_lines
 from tabulate import tabulate
 
 from exitlat.bundle.read import Bundle
@@ -314,7 +315,8 @@ def comparison(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) ->
             "tcg": [b.name for b in bundles if b.is_tcg],
             "not_exit_timings": {b.name: b.banner for b in bundles if b.banner}, "rows": rows,
             "notes": notes, "stability": stability,
-            "unfair": unfair, "warnings": general_warnings(bundles)}
+            "unfair": unfair, "warnings": general_warnings(bundles),
+            "vs_kvm_unit_tests": compare_lines(bundles)}
 
 
 def compare(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -> dict:
@@ -441,6 +443,7 @@ def render_compare(res: dict, layout: str = "auto") -> str:
         out += others
     if res["unit"] == "ns":
         out.append("TSC frequencies differ: medians and ratios are in ns, not cycles")
+    out += res.get("vs_kvm_unit_tests", [])
     lines = [f"note: {n}" for n in res.get("notes", [])]
     lines += [f"stability: {name}: {w}" for name, ws in res.get("stability", {}).items() for w in ws]
     lines += [f"unfair: {w}" for ws in res["unfair"].values() for w in ws]

@@ -236,6 +236,9 @@ def render_page(bundles: list[Bundle], min_effect: float = DEFAULT_MIN_EFFECT) -
     for i, row in enumerate(res["rows"]):
         if row["identity"][0] == "case":
             parts.append(case_section(i, row, bundles, cols, colors, res["unit"], hzs))
+    from .reference import reference_html
+
+    parts.append(reference_html(bundles))
     parts += ["<h2>setup" + (" side by side (differences highlighted)" if compare else "") + "</h2>",
               _metadata(bundles, cols, colors)]
     parts += ["<footer>", _notes(res, compare),

@@ -6,6 +6,7 @@ from tabulate import tabulate
 from exitlat.stats import otherpath
 from exitlat.bundle.read import Bundle
 from exitlat.bundle.format import banner_for
+from exitlat.report.reference import reference_lines, reference_warnings
 from exitlat.report.vmruns import (SUMMARY_HEADERS, case_summaries, pooling_warnings, run_ranges,
                       stability_warnings, summary_rows)
 
@@ -384,8 +385,10 @@ def render_report(b: Bundle, verbose: bool = False) -> str:
             [f"stability: {w}" for w in stability_warnings(sums)]
     else:
         warns = grouped_warnings(d, stability_warnings(sums), b.name)
+    warns += [f"reference: {w}" for w in reference_warnings(d)]
     if warns:
         out += [""] + warns
+    out += reference_lines(d)
     drows, dnotes = decomposition_rows(d)
     if drows:
         out += ["", "where the cycles go (traced window; medians in cycles; docs/measuring.md):",
@@ -448,4 +451,5 @@ def report_json(b: Bundle) -> dict:
         "other_path_notes": other_path_notes(d),
         "cases": [{k: e[k] for k in keep if k in e} for e in d["cases"]],
         "baselines": [{k: e[k] for k in keep if k in e} for e in d["baselines"]],
+        "reference": d.get("reference"),
     }

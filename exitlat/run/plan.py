@@ -48,6 +48,7 @@ class BenchOptions:
     tracing: str = "auto"                   # verification backend: auto, hist or stream
     verify_iterations: int | None = None    # traced window per case (None: min(iterations, 10000))
     emulated_host: bool | str = False       # set by selftest: the host is an emulated machine (its note)
+    reference: bool = False                 # also run kvm-unit-tests' vmexit.flat (exitlat/reference/)
 
 
 def parse_int(text, what: str, lo: int, hi: int) -> int:

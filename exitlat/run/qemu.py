@@ -61,16 +61,20 @@ def qemu_binary(build: Path) -> Path:
     return build / "qemu" / "bin" / "qemu"
 
 
-def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
-    if cfg.accel == "kvm":
+def accel_args(accel: str) -> list[str]:
+    """The accelerator and CPU model of every VM exitlat starts (the cases and the reference)."""
+    if accel == "kvm":
         # -cpu host: the guest sees the host CPU; +invtsc makes the TSC invariant so RDTSC(P)
         # never exits and the guest trusts it; migratable=no is required for invtsc.
         # vapic off: QEMU's TPR-access patching adds userspace exits of its own (reason
         # TPR_ACCESS), noise for a latency tool; it also makes user-mode OUTB #GP under nested TCG.
-        accel = ["-accel", "kvm", "-cpu", "host,migratable=no,+invtsc",
-                 "-global", "kvm-apic.vapic=off"]
-    else:
-        accel = ["-accel", "tcg,thread=single", "-cpu", "max"]
+        return ["-accel", "kvm", "-cpu", "host,migratable=no,+invtsc",
+                "-global", "kvm-apic.vapic=off"]
+    return ["-accel", "tcg,thread=single", "-cpu", "max"]
+
+
+def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
+    accel = accel_args(cfg.accel)
     chardev = (f"file,id=dbg,path={files.debugcon}" if cfg.debugcon == "file"
                else "null,id=dbg")
     return [

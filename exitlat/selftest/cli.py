@@ -24,9 +24,12 @@ from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
 from .inner import CAPTURE_RUNS, CATALOGUE_NAMES, CATALOGUE_RUNS, CONTROL_RUN, RUN_NAMES, run_config
+from .inner import REFERENCE_NAMES, REFERENCE_RUNS
 from .inner import RUNS as DEFAULT_RUNS
 
-RUNS = DEFAULT_RUNS + CATALOGUE_RUNS     # every run --runs may name ("all": every one of them)
+# every run --runs may name ("all": the default and the catalogue's; the reference's by name)
+RUNS = DEFAULT_RUNS + CATALOGUE_RUNS + REFERENCE_RUNS
+GROUPS = {"catalogue": CATALOGUE_NAMES}
 
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
 DEFAULT_TIMEOUT = {"amd": 1500, "intel": 2400}    # seconds, QEMU/Bochs start → L1 powered off
@@ -64,11 +67,12 @@ def parse_runs(text: str | None) -> list[str]:
     names = []
     for t in str(text).split(","):
         t = t.strip()
-        names += list(CATALOGUE_NAMES) if t == "catalogue" else [t] if t else []
-    bad = [n for n in names if n not in RUN_NAMES + CATALOGUE_NAMES]
+        names += list(GROUPS[t]) if t in GROUPS else [t] if t else []
+    every = RUN_NAMES + CATALOGUE_NAMES + REFERENCE_NAMES
+    bad = [n for n in names if n not in every]
     if bad or not names:
         raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all, default, catalogue "
-                           f"or a comma list of {', '.join(RUN_NAMES + CATALOGUE_NAMES)}")
+                           f"or a comma list of {', '.join(every)}")
     if len(set(names)) != len(names):
         raise ExitlatError(f"--runs names a run twice: {text}")
     return names
@@ -309,6 +313,9 @@ def render_text(result: dict) -> str:
                    f"{'all' if not bad else len(bases) - len(bad)} ≈0 exits/iter (KVM stats; at most "
                    f"{worst:.3f}): the timer does not exit"
                    + ("" if not bad else f"; FAILED: {', '.join(b['run'] + ' ' + b['key'] for b in bad)}"))
+    from .reference import render_rows
+
+    out += render_rows(result.get("reference") or [])
     for tr in result.get("timer") or []:
         out.append(f"WRMSR TSC-deadline ({tr['run']} {tr['key']}): expected {tr['expected_path']}, "
                    f"{tr['verdict']}; timer: {tr['timer']}"
@@ -455,7 +462,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         t_bx = time.monotonic()
         bochs_image = ensure_bochs_image(pins, progress, build_root() / "logs" / "image-bochs.log")
         img_timing["bochs_image_s"] = round(time.monotonic() - t_bx, 1)
-    run_list = [run_config(n, i, c, tr) for n, i, c, tr in RUNS if n in wanted]
+    run_list = [run_config(n, i, c, tr, vendor=vendor) for n, i, c, tr in RUNS if n in wanted]
     run_list.sort(key=lambda r: wanted.index(r["name"]))
     run_list.append(dict(CONTROL_RUN))
     if capture_dir is not None:
@@ -489,6 +496,9 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         problems += [f"{b['run']} {b['key']}: baseline exit check {b['status']}: {b['detail'][:200]}"
                      for b in base_rows if b["status"] != "passed"]
         problems += vendor_problems(vendor, res.summary.get("l1") or {}, docs)
+        from .reference import reference_problems, reference_rows
+
+        problems += reference_problems(docs)
         timings = dict(res.timings)
         timings.pop("events", None)
         timings["l1_image"] = img_timing
@@ -500,6 +510,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         result = {"ok": not problems, "problems": problems, "vendor": vendor, "kernel": series,
                   "timings": timings, "l1": res.summary.get("l1"), "runs": runs_done, "cases": rows,
                   "baselines": base_rows, "timer": timer_rows(docs, res.summary.get("l1")),
+                  "reference": reference_rows(docs),
                   "controls": controls, "bundles": {k: str(v) for k, v in paths.items()},
                   "control_bundles": {k: str(v) for k, v in control.items()},
                   "console_log": str(console),
