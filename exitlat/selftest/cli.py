@@ -24,7 +24,7 @@ from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
 from .inner import CAPTURE_RUNS, CATALOGUE_NAMES, CATALOGUE_RUNS, CONTROL_RUN, RUN_NAMES, run_config
-from .inner import REFERENCE_NAMES, REFERENCE_RUNS
+from .inner import EMULATED_CPU_LACKS, REFERENCE_NAMES, REFERENCE_RUNS
 from .inner import RUNS as DEFAULT_RUNS
 
 # every run --runs may name ("all": the default and the catalogue's; the reference's by name)
@@ -128,12 +128,6 @@ def import_bundles(out_dir: Path, runs: list[dict], dest: Path) -> dict[str, Pat
             continue
         paths[r["name"]] = import_bundle(out_dir / "bundles" / r["archive"], dest)
     return paths
-
-
-# Kinds whose vCPU feature the emulated hosts' CPU models lack (TCG's EPYC, Bochs's Skylake):
-# the guest refuses them with why, and that refusal is the verdict they can have there.
-EMULATED_CPU_LACKS = frozenset({"wr_ibrs_msr", "wr_ibpb_msr", "wr_tsx_ctrl_msr",
-                                "xsetbv"})       # XSAVE: not in L2's vCPU on the Bochs host
 
 
 def cpu_lacks(row: dict) -> bool:
