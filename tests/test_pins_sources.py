@@ -160,6 +160,28 @@ def test_missing_mirror_folder(tmp_path, tiny):
         SourceFetcher(tiny[2](), mirror=tmp_path / "nope")
 
 
+def test_mirror_from_the_environment(tmp_path, tiny, monkeypatch):
+    """EXITLAT_MIRROR serves where no --mirror is given (CI points it at the shared mirror); a
+    missing folder there is named with the variable, and without any mirror the error says how
+    to give one."""
+    payload, digest, make = tiny
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "busybox-test.tar").write_bytes(payload)
+    monkeypatch.setenv("EXITLAT_MIRROR", str(mirror))
+    got = SourceFetcher(make(), cache=tmp_path / "cache", use_network=False).fetch(
+        make().source("busybox"))
+    assert got.provider == "mirror" and got.path.read_bytes() == payload
+    monkeypatch.setenv("EXITLAT_MIRROR", str(tmp_path / "nope"))
+    with pytest.raises(ExitlatError, match=r"mirror folder not found: .*nope \(from EXITLAT_MIRROR\)"):
+        SourceFetcher(make())
+    monkeypatch.delenv("EXITLAT_MIRROR")
+    pins = make(urls=["http://127.0.0.1:9/down.tar"])
+    with pytest.raises(ExitlatError, match=r"--mirror DIR or EXITLAT_MIRROR=DIR\)$"):
+        SourceFetcher(pins, cache=tmp_path / "c2", log=lambda m: None, timeout=3).fetch(
+            pins.source("busybox"))
+
+
 def test_missing_mirror_is_a_file(tmp_path, tiny):
     f = tmp_path / "file"
     f.write_text("x")

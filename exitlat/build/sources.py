@@ -72,12 +72,19 @@ def _download(url: str, dest: Path, timeout: float, progress=None, stop=None) ->
                 progress(done, total)
 
 
+MIRROR_ENV = "EXITLAT_MIRROR"
+
+
 class SourceFetcher:
     """Tries providers in order; each failure is remembered so the final error names all of them."""
 
     def __init__(self, pins: Pins, mirror: Path | str | None = None, cache: Path | None = None,
                  timeout: float = 30.0, use_network: bool = True, log=print):
         self.pins = pins
+        # --mirror, else EXITLAT_MIRROR: a folder of pinned files to try first (CI points it at
+        # the shared mirror, which holds the inputs no reachable registry serves)
+        from_env = not mirror and bool(os.environ.get(MIRROR_ENV))
+        mirror = mirror or os.environ.get(MIRROR_ENV) or None
         self.mirror = Path(mirror) if mirror else None
         self.cache = Path(cache) if cache else cache_root() / "sources"
         self.timeout = timeout
@@ -86,7 +93,8 @@ class SourceFetcher:
         self.stop = threading.Event()   # set by cancel(): downloads in other threads end early
         if self.mirror is not None:
             if not self.mirror.exists():
-                raise ExitlatError(f"mirror folder not found: {self.mirror}")
+                raise ExitlatError(f"mirror folder not found: {self.mirror}"
+                                   + (f" (from {MIRROR_ENV})" if from_env else ""))
             if not self.mirror.is_dir():
                 raise ExitlatError(f"mirror {self.mirror} is a file; give the folder that holds "
                                    "the files named as in pins.yaml")
@@ -156,7 +164,9 @@ class SourceFetcher:
             problems.append("no provider configured (give --mirror DIR or allow the network)")
         mismatch = any("mismatch" in p for p in problems)
         cls = ChecksumMismatch if mismatch else ExitlatError
-        raise cls(f"cannot get {pin.name} {pin.version} ({pin.file}): " + "; ".join(problems))
+        hint = "" if mismatch or self.mirror is not None else (
+            f" (put {pin.file} in a folder and give it as --mirror DIR or {MIRROR_ENV}=DIR)")
+        raise cls(f"cannot get {pin.name} {pin.version} ({pin.file}): " + "; ".join(problems) + hint)
 
     def fetch_all(self) -> dict[str, Fetched]:
         return {pin.name: self.fetch(pin) for pin in self.pins.sources()}
