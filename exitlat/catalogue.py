@@ -21,6 +21,14 @@ def _path(i) -> str:
     return out
 
 
+def _kut(i) -> str:
+    if i.kut:
+        return f"`{i.kut}`"
+    if i.kut_testdev:
+        return f"`{i.kut_testdev}` (not run by `--reference`)"
+    return "-"
+
+
 def markdown() -> str:
     rows = [BEGIN, "",
             "| kind | cases | what one iteration exercises | expected path (default; host rules) "
@@ -32,7 +40,7 @@ def markdown() -> str:
         port = f" (port {i.port:#x})" if i.port is not None else ""
         msr = f" (MSR {i.msr:#x})" if i.msr is not None and name != "rdmsr" else ""
         rows.append(f"| `{name}` | {cases} | {i.what}{port}{msr} | {_path(i)} | "
-                    f"{i.vmx_reason} / {i.svm_reason} | {f'`{i.kut}`' if i.kut else '-'} | "
+                    f"{i.vmx_reason} / {i.svm_reason} | {_kut(i)} | "
                     f"{i.needs or '-'} |")
     rows += ["", "Paths: " + "; ".join(f"`{p}` = {t}" for p, t in PATH_TEXT.items()) + ".", "",
              END]

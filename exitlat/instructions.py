@@ -57,6 +57,19 @@ class Instruction:
     kut: str | None = None      # the kvm-unit-tests x86/vmexit.c test it corresponds to
     what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
     needs: str = ""             # the vCPU feature without which the guest refuses it
+    testdev: int | None = None  # MMIO to QEMU's pci-testdev: the test it selects in the memory
+    #                             BAR (0 no-eventfd, 1 wildcard-eventfd, 2 datamatch-eventfd)
+
+    @property
+    def mmio(self) -> bool:
+        """An MMIO write (its exit: an NPT/EPT fault on the device's page), not port I/O."""
+        return self.testdev is not None
+
+    @property
+    def kut_testdev(self) -> str | None:
+        """vmexit.flat's test of the same write (its pci-mem tests, which `--reference` does not
+        run: they need pci-testdev in the reference's VM too)."""
+        return None if self.testdev is None else f"mmio-{TESTDEV_TESTS[self.testdev]}:pci-mem"
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -81,6 +94,19 @@ PRED_CMD_MSR = 0x49
 TSX_CTRL_MSR = 0x122
 X2APIC_EOI_MSR = 0x80B      # the local APIC's EOI register in x2APIC mode
 X2APIC_SELF_IPI_MSR = 0x83F  # x2APIC SELF IPI: the vector in bits 0-7
+# QEMU's pci-testdev (-device pci-testdev, added to the VM only for the kinds that need it): a
+# memory BAR whose tests are selected by writing their number to offset 0; a write to the selected
+# test's register either exits to QEMU (no-eventfd) or, through the ioeventfd QEMU registers with
+# KVM when the test is selected, is completed inside KVM (no userspace exit).
+TESTDEV_NO_EVENTFD, TESTDEV_WILDCARD, TESTDEV_DATAMATCH = 0, 1, 2
+# On SVM an MMIO access to a page no memslot backs is a nested page fault; on VMX KVM marks such
+# pages misconfigured in the EPT after the first access (its MMIO cache), so every later one is an
+# EPT misconfiguration exit.
+MMIO_VMX_REASON, MMIO_SVM_REASON = "EPT_MISCONFIG", "NPF"
+TESTDEV_TESTS = ("no-eventfd", "wildcard-eventfd", "datamatch-eventfd")   # QEMU's names
+_TESTDEV_NEEDS = "a pci-testdev (QEMU -device pci-testdev, which bench adds for these kinds)"
+_TESTDEV_LOOP = ("its test is selected on the device before the timed loop, which only the "
+                 "kernel loop (case 5) does")
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -234,6 +260,22 @@ TABLE = {i.name: i for i in (
                                      "APICv virtualizes x2APIC SELF IPI writes: no exit"),),
                 what="x2APIC SELF IPI (send only; delivered after the batch): "
                      "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
+    # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
+    # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
+    # for all three; who completes the write is what differs.
+    Instruction("mmio_no_eventfd", (5,), PATH_QEMU, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_NO_EVENTFD,
+                what="an MMIO write KVM decodes and hands to QEMU (KVM_EXIT_MMIO) and back",
+                needs=_TESTDEV_NEEDS),
+    Instruction("mmio_eventfd", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_WILDCARD,
+                what="an MMIO write KVM decodes and completes by signalling QEMU's ioeventfd (any "
+                     "value): no userspace exit",
+                needs=_TESTDEV_NEEDS),
+    Instruction("mmio_datamatch", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_DATAMATCH,
+                what="an MMIO write KVM decodes, matches against the ioeventfd's value and "
+                     "completes by signalling it: no userspace exit", needs=_TESTDEV_NEEDS),
     # PAUSE: PLE (VMX) and the pause filter (SVM) exit only for a spin of many PAUSEs close
     # together (ple_gap 128 cycles, ple_window 4096; pause_filter_count 3000); one PAUSE per timed
     # window is never such a spin. vmexit.flat's ple_round_robin needs several vCPUs (part 2).

@@ -13,3 +13,6 @@ CONFIG_ISA_DEBUG=y
 # -device virtio-blk-pci (bench's sample disk; the emulated host's output disk)
 CONFIG_VIRTIO_PCI=y
 CONFIG_VIRTIO_BLK=y
+# -device pci-testdev (the mmio_* kinds of the exit catalogue, only in VMs whose plan has one): a
+# memory BAR whose writes exit to QEMU or complete in KVM through an ioeventfd
+CONFIG_PCI_TESTDEV=y

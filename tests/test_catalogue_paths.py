@@ -151,6 +151,58 @@ def test_host_facts_decide_the_paths():
     assert (spec.expected_path, "kernel>=6.4" in spec.path_basis) == (PATH_NONE, True)
 
 
+# ---- MMIO: QEMU round trip vs. ioeventfd -------------------------------------------------------
+
+def mmio_window(vendor_reason: str, user_mmio: int) -> ExitCounts:
+    """N MMIO writes that each fault (NPF / EPT_MISCONFIG); `user_mmio` of them went to QEMU."""
+    return win({"IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 9, vendor_reason: N},
+               {"IO": 150, **({"MMIO": user_mmio} if user_mmio else {})})
+
+
+@pytest.mark.parametrize("vendor,reason", [("amd", "NPF"), ("intel", "EPT_MISCONFIG")])
+def test_mmio_to_qemu_and_to_an_ioeventfd_are_told_apart(vendor, reason):
+    """The same fault exit either way: only the userspace MMIO exits say who completed the
+    write, so each path fails on the other's window (the selftest's controls do the same on
+    real windows)."""
+    to_qemu, in_kvm = mmio_window(reason, N), mmio_window(reason, 0)
+    r = verify_case(to_qemu, N, PATH_QEMU, "mmio_no_eventfd", None, vendor)
+    assert r["status"] == "passed" and "userspace MMIO exits/iter" in r["detail"], r["detail"]
+    for kind in ("mmio_eventfd", "mmio_datamatch"):
+        assert verify_case(in_kvm, N, PATH_KVM, kind, None, vendor)["status"] == "passed"
+        r = verify_case(to_qemu, N, PATH_KVM, kind, None, vendor)
+        assert r["status"] == "failed" and "userspace exits" in r["detail"], r["detail"]
+    r = verify_case(in_kvm, N, PATH_QEMU, "mmio_no_eventfd", None, vendor)
+    assert r["status"] == "failed" and "KVM completed the writes itself" in r["detail"], r["detail"]
+    # a fault of the other vendor's name (or none) is not the write's exit
+    other = "EPT_MISCONFIG" if vendor == "amd" else "NPF"
+    r = verify_case(mmio_window(other, N), N, PATH_QEMU, "mmio_no_eventfd", None, vendor)
+    assert r["status"] == "failed", r["detail"]
+    # reasons the trace could not decode prove nothing
+    undecoded = win({"12345": N + 150}, {"IO": 150, "MMIO": N})
+    r = verify_case(undecoded, N, PATH_QEMU, "mmio_no_eventfd", None, vendor)
+    assert r["status"] == "unverified", r["detail"]
+
+
+def test_mmio_timed_window_counts_the_fault_exit():
+    ok = {"exits": N + 150 + 9, "io_exits": 150, "irq_exits": 9, "halt_exits": 0}
+    for path, kind in ((PATH_QEMU, "mmio_no_eventfd"), (PATH_KVM, "mmio_eventfd")):
+        assert verify_timed_window(ok, N, path, kind, console_io=150)["status"] == "passed"
+        none = dict(ok, exits=150 + 9)
+        assert verify_timed_window(none, N, path, kind, console_io=150)["status"] == "failed"
+
+
+def test_mmio_kinds_bring_their_device():
+    """Only a VM whose plan has an MMIO kind gets pci-testdev (the others stay as they were)."""
+    assert GuestPlan(cases=[5], instr="cpuid,mov_dr").devices() == ()
+    assert GuestPlan(cases=[5], instr="cpuid,mmio_eventfd").devices() == ("pci-testdev",)
+    from pathlib import Path
+
+    from exitlat.run.qemu import QemuConfig, RunFiles, qemu_argv
+    argv = qemu_argv(QemuConfig(Path("/b"), "kvm", 256, [], 0xE9, "null", True, ("pci-testdev",)),
+                     RunFiles(Path("/r")))
+    assert argv[argv.index("pci-testdev") - 1] == "-device"
+
+
 # ---- --instr lists and all -----------------------------------------------------------------------
 
 def test_instr_lists_and_all():
@@ -198,7 +250,9 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         assert row.what, name
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
-                            "x2apic_self_ipi"), name
+                            "x2apic_self_ipi") or row.mmio, name
+        if row.mmio:        # vmexit.flat's pci-mem tests
+            assert row.kut_testdev.endswith(":pci-mem"), name
     assert {r.path for r in TABLE.values()} >= {PATH_KVM, PATH_QEMU, PATH_NONE}
 
 

@@ -470,12 +470,18 @@ def synthetic_doc(n=1000):
                     console, {"msr_read": n, "msr_write": 30})
     # MOV from CR8 (V_TPR): no exit of its own, the console's and an interrupt's only
     cr8 = _counts({"IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 5, "MSR": 6}, {"IO": 150}, console)
+    # MMIO writes to pci-testdev: one NPF each, completed by QEMU or by KVM (ioeventfd)
+    mmio_qemu = _counts({"NPF": n, "IO_INSTRUCTION": 150}, {"IO": 150, "MMIO": n}, console)
+    mmio_kvm = _counts({"NPF": n, "IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 3}, {"IO": 150},
+                       console)
     return {"run": {"exit_vendor": "amd", "core": 1, "pinned_threads": {"321": 1, "320": 0}},
             "cases": [_case("case1-r0", 1, "cpuid", "kvm", cpuid, n),
                       _case("case2-r0", 2, "outb", "qemu", outb, n, port=0xE9),
                       _case("case3-r0", 3, "cpuid", "kvm", cpuid_stream, n, backend="stream"),
                       _case("case5-r0", 5, "rdmsr", "kvm", rdmsr, n),
-                      _case("case5_mov_from_cr8-r0", 5, "mov_from_cr8", "none", cr8, n)]}
+                      _case("case5_mov_from_cr8-r0", 5, "mov_from_cr8", "none", cr8, n),
+                      _case("case5_mmio_no_eventfd-r0", 5, "mmio_no_eventfd", "qemu", mmio_qemu, n),
+                      _case("case5_mmio_eventfd-r0", 5, "mmio_eventfd", "kvm", mmio_kvm, n)]}
 
 
 def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
@@ -498,7 +504,7 @@ def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
 
 def test_controls_fail_on_synthetic_windows():
     windows = controls.windows_of("b", synthetic_doc())
-    assert [w.tid for w in windows] == [321] * 5
+    assert [w.tid for w in windows] == [321] * 7
     results = {c["name"]: c for c in controls.run_controls(windows, control_run_doc())}
     assert set(results) == set(controls.CONTROL_NAMES)
     for name, c in results.items():
@@ -525,7 +531,7 @@ def test_evaluate_reports_every_problem():
     summary = {"runs": [{"name": "cpuid-hist", "status": "ok", "bundle": "b", "tracing": "hist"},
                         {"name": "vmcall", "status": "error", "error": "guest did not boot"}]}
     rows, ctl, problems = evaluate(summary, {"cpuid-hist": doc}, ["cpuid-hist", "vmcall", "rdmsr"])
-    assert [r["verdict"] for r in rows] == ["passed", "failed", "passed", "passed", "passed"]
+    assert [r["verdict"] for r in rows] == ["passed", "failed"] + ["passed"] * 5
     assert rows[0]["exits_per_iter"]["CPUID"] == 1.0
     assert any("vmcall: guest did not boot" in p for p in problems)
     assert any("rdmsr: did not run" in p for p in problems)

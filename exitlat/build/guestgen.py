@@ -74,12 +74,15 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
         what = comments.get(short) or f"{short.lower()}: exitlat/instructions.py"
         lines.append(f"\t{name} = {k},\t/* {what} */")
     lines += [f"\tEXITLAT_I_COUNT = {len(ids)}", "};", "",
-              "/* The MSR or port of a kind (the module's statements name them; rdmsr's is a default). */"]
+              "/* The MSR, port or pci-testdev test of a kind (the module's statements name them; rdmsr's "
+              "is a default). */"]
     for i in rows:
         if i.msr is not None:
             lines.append(f"#define EXITLAT_MSR_{i.name.upper()}\t{i.msr:#x}")
         if i.port is not None:
             lines.append(f"#define EXITLAT_PORT_{i.name.upper()}\t{i.port:#x}")
+        if i.testdev is not None:
+            lines.append(f"#define EXITLAT_TESTDEV_{i.name.upper()}\t{i.testdev}")
     lines += ["",
               "/* Bit c: case c may run it. */",
               "#define EXITLAT_C(c)\t(1u << (c))", "",

@@ -36,6 +36,7 @@ class QemuConfig:
     port: int            # the debugcon (S) port
     debugcon: str        # "file" (counts bytes) or "null" (no write(2) in QEMU's exit path)
     mem_lock: bool = True
+    devices: tuple[str, ...] = ()   # devices the plan's kinds need (GuestPlan.devices)
 
 
 BASE_KERNEL_ARGS = [
@@ -93,5 +94,6 @@ def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
         "-device", f"isa-debugcon,iobase={cfg.port:#x},chardev=dbg",
         "-drive", f"file={files.disk},format=raw,if=none,id=samples,cache=unsafe",
         "-device", "virtio-blk-pci,drive=samples",
+        *[a for d in cfg.devices for a in ("-device", d)],
         "-qmp", f"unix:{files.qmp},server=on,wait=off",
     ]

@@ -105,7 +105,7 @@ class VmRun:
                               "small): running with mem-lock=off; raise `ulimit -l` to lock it")
         self.result.mem_lock = mem_lock
         cfg = QemuConfig(self.build, self.accel, mem_mb, self.guest.kernel_args(), self.o.port,
-                         debugcon, mem_lock)
+                         debugcon, mem_lock, self.guest.devices())
         r.argv = qemu_argv(cfg, files)
         qemu = console = qmp = None
         t0 = time.monotonic()

@@ -190,6 +190,7 @@ def controls_possible(wanted: list[str]) -> dict[str, bool]:
     specs = [(n, [i] if i != "all" else list(F_INSTRUCTIONS), c, b)
              for n, i, c, b in RUNS if n in wanted]
     none_kinds = {n for n, i in TABLE.items() if i.path == PATH_NONE}
+    mmio = {n for n, i in TABLE.items() if i.mmio}
     return {"outb-as-kvm": any("cpuid" in instrs and set(cases) & {2, 4, 6}
                                for _n, instrs, cases, _b in specs),
             "cpuid-as-qemu": any("cpuid" in instrs for _n, instrs, _c, _b in specs),
@@ -200,6 +201,10 @@ def controls_possible(wanted: list[str]) -> dict[str, bool]:
             "read-as-write": any("rdmsr" in instrs for _n, instrs, _c, _b in specs),
             "noexit-as-kvm": any(none_kinds & set(instrs) for _n, instrs, _c, _b in specs),
             "kvm-as-noexit": any("cpuid" in instrs for _n, instrs, _c, _b in specs),
+            "mmio-eventfd-as-qemu": any(mmio & set(instrs) and 5 in cases
+                                        for _n, instrs, cases, _b in specs),
+            "mmio-qemu-as-eventfd": any(mmio & set(instrs) and 5 in cases
+                                        for _n, instrs, cases, _b in specs),
             "small-n": True, "tracing-elsewhere": True}
 
 

@@ -18,6 +18,10 @@ failure of the control comes from the one thing the control changed, not from th
 * noexit-as-kvm    a window of a kind that did not exit (path "none": MOV from CR8, PAUSE, ...)
                    verified as handled in KVM: its missing exits must fail it
 * kvm-as-noexit    a CPUID window verified as "no exit": its exits must fail it
+* mmio-eventfd-as-qemu  an MMIO window KVM completed through an ioeventfd verified as a QEMU
+                   round trip (mmio_no_eventfd): its missing userspace MMIO exits must fail it
+* mmio-qemu-as-eventfd  an MMIO window QEMU completed verified as an ioeventfd write: its
+                   userspace exits must fail it
 
 Two more come from a real run of their own (inner.CONTROL_RUN): cases 1 and 2 with 20
 iterations, while another tracefs instance traces every syscall:
@@ -42,7 +46,8 @@ from exitlat.verify.traced import verify_case
 TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"
 CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line",
                  "qemu-extra-exit", "no-kvm-exit", "read-as-write", "noexit-as-kvm",
-                 "kvm-as-noexit", "small-n", "tracing-elsewhere")
+                 "kvm-as-noexit", "mmio-eventfd-as-qemu", "mmio-qemu-as-eventfd", "small-n",
+                 "tracing-elsewhere")
 MUST_FAIL, MUST_NOT_PASS = "failed", "not passed"
 
 
@@ -196,6 +201,14 @@ def run_controls(windows: list[Window], control_doc: dict | None = None) -> list
     record("kvm-as-noexit", "a CPUID window (one exit per iteration) verified as no exit",
            _pick(windows, lambda w: w.instruction == "cpuid" and w.expected_path == "kvm"),
            lambda w: w.counts, lambda w: ("none", "cpuid", None))
+    record("mmio-eventfd-as-qemu", "an ioeventfd MMIO window (no userspace exit) verified as a "
+           "QEMU round trip",
+           _pick(windows, lambda w: TABLE[w.instruction].mmio and w.expected_path == "kvm"),
+           lambda w: w.counts, lambda w: ("qemu", "mmio_no_eventfd", None))
+    record("mmio-qemu-as-eventfd", "a QEMU MMIO window (KVM_EXIT_MMIO per write) verified as an "
+           "ioeventfd write",
+           _pick(windows, lambda w: TABLE[w.instruction].mmio and w.expected_path == "qemu"),
+           lambda w: w.counts, lambda w: ("kvm", "mmio_eventfd", None))
     results += control_run_rows(control_doc)
     return results
 

@@ -175,6 +175,10 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
         summary = (f"{'?' if count is None else f'{count / n:.3f}'} "
                    f"{what if io or not decodable else '/'.join(reasons)}/iter, "
                    f"{unexplained / n:.3f} userspace exits/iter")
+    elif TABLE[instruction].mmio:
+        other, deviating, summary = _qemu_mmio(window, n, reasons, reason_count, decodable,
+                                               interrupts, idle, io_exits, pio_other, stray_io,
+                                               b, result, problems, unproven)
     else:
         result["evidence"] = "kvm_pio + kvm_userspace_exit"
         about_one(port_out, pio_what)
@@ -283,6 +287,44 @@ def _no_exit(window: ExitCounts, n: int, rearm: bool, reasons, own: int, decodab
     deviating = own + max(other, 0) + max(unexplained, 0) + interrupts
     return other, deviating, (f"{own / n:.3f} {instruction}/iter, {sync / n:.3f} synchronous "
                               f"exits/iter, {unexplained / n:.3f} userspace exits/iter")
+
+
+def _qemu_mmio(window: ExitCounts, n: int, reasons, own: int, decodable: bool, interrupts: int,
+               idle: int, io_exits: int, pio_other: int, stray_io: int, b: Bounds, result: dict,
+               problems: list, unproven: list):
+    """An MMIO write QEMU completes: ≈1 fault exit of the kind's reason (NPF / EPT_MISCONFIG) and
+    ≈1 KVM_EXIT_MMIO per iteration; no other userspace exit beyond the console's, no other
+    synchronous exit. Without decodable reasons the fault exits cannot be told from others."""
+    what = "/".join(reasons)
+    result["evidence"] = "kvm_exit reason + kvm_userspace_exit (MMIO)"
+    user_mmio = window.userspace.get("MMIO", 0)
+    if not b.one(user_mmio):
+        problems.append(f"expected ≈1 userspace exit (KVM_EXIT_MMIO) per iteration, saw "
+                        f"{user_mmio / n:.3f} ({user_mmio} in {n}): "
+                        + ("KVM completed the writes itself (an ioeventfd?)" if user_mmio < b.lo
+                           else "more MMIO exits than writes"))
+    rest_user = window.total_userspace - user_mmio - stray_io
+    if not b.zero_fixed_only(rest_user):
+        problems.append(f"expected ≈0 userspace exits besides MMIO per iteration, saw "
+                        f"{rest_user / n:.3f} ({_fmt_reasons(window.userspace)})")
+    if not decodable:
+        unproven.append(f"kvm_exit reasons not decodable: the {what} exits of the writes cannot "
+                        "be told from others")
+        return None, n, f"{user_mmio / n:.3f} userspace MMIO exits/iter"
+    if not b.one(own):
+        problems.append(f"expected ≈1 {what} exit per iteration, saw {own / n:.3f} ({own} in {n})")
+    other = window.total_exits - own - interrupts - idle - min(io_exits, pio_other)
+    side = sum(c for r, c in window.exits.items()
+               if r.split("|")[0] in SIDE_REASONS and r not in reasons)
+    if not b.zero(side):
+        problems.append(f"expected ≈0 timer and EOI exits per iteration (beyond what the "
+                        f"interrupts explain), saw {side / n:.3f} ({side} in {n})")
+    if not b.zero_fixed_only(other - side):
+        problems.append(f"expected ≈0 exits besides the write's {what} per iteration, saw "
+                        f"{(other - side) / n:.3f} ({_fmt_reasons(window.exits)})")
+    deviating = abs(own - n) + abs(user_mmio - n) + max(other, 0) + max(rest_user, 0) + interrupts
+    return other, deviating, (f"{own / n:.3f} {what}/iter, {user_mmio / n:.3f} userspace MMIO "
+                              f"exits/iter")
 
 
 def _handler_check(window: ExitCounts, instruction: str, b: Bounds, problems: list,

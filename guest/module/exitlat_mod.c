@@ -45,6 +45,8 @@
 #include <asm/apicdef.h>
 #include <asm/irq_vectors.h>
 #include <linux/delay.h>
+#include <linux/pci.h>
+#include <linux/io.h>
 
 #include "exitlat_uapi.h"
 
@@ -307,6 +309,113 @@ static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 	return el_check_msr_rewrite(EXITLAT_MSR_WR_TSX_CTRL_MSR);
 }
 
+/*
+ * QEMU's pci-testdev (the mmio_* kinds; QEMU hw/misc/pci-testdev.c).  Its
+ * memory BAR holds one test at a time: writing a test's number to offset 0
+ * selects it, and QEMU then registers that test's ioeventfd with KVM (none
+ * for no-eventfd); the test's header, read back at offset 0, names its
+ * register.  Selecting is itself a QEMU round trip and changes KVM's I/O
+ * bus, so it runs in the batch's SETUP, outside every window, and only when
+ * another test was selected before.  The BAR is mapped once, at the first
+ * CONFIG of such a kind (one probe uses the module at a time).
+ */
+#define EL_TD_VENDOR	0x1b36	/* PCI_VENDOR_ID_REDHAT */
+#define EL_TD_DEVICE	0x0005	/* PCI_DEVICE_ID_REDHAT_TEST */
+#define EL_TD_VALUE	0xfa	/* the value the datamatch test's ioeventfd matches */
+#define EL_TD_TEST	0	/* header: u8, the test's number (a write selects) */
+#define EL_TD_WIDTH	1	/* u8: the register's access width */
+#define EL_TD_OFFSET	4	/* u32: the register's offset in the BAR */
+#define EL_TD_DATA	8	/* u8: the value it matches (datamatch) */
+#define EL_TD_NAME	16	/* the test's name, NUL-terminated */
+#define EL_TD_TESTS	3
+
+static struct pci_dev *el_td_dev;
+static void __iomem *el_td_bar;
+static int el_td_selected = -1;
+static u32 el_td_reg[EL_TD_TESTS];
+static const char *const el_td_names[EL_TD_TESTS] = {
+	[EXITLAT_TESTDEV_MMIO_NO_EVENTFD] = "mmio-no-eventfd",
+	[EXITLAT_TESTDEV_MMIO_EVENTFD] = "mmio-wildcard-eventfd",
+	[EXITLAT_TESTDEV_MMIO_DATAMATCH] = "mmio-datamatch-eventfd",
+};
+
+/* The register of test t, selected first where another test is (a QEMU round trip). */
+static void __iomem *el_td_select(int t)
+{
+	if (el_td_selected != t) {
+		writeb(t, el_td_bar + EL_TD_TEST);
+		el_td_selected = t;
+	}
+	return el_td_bar + el_td_reg[t];
+}
+
+/* Map the BAR once; select test t and check its header is the one QEMU documents. */
+static int el_check_testdev(int t)
+{
+	char name[32];
+	u32 reg;
+	int i;
+
+	if (!el_td_bar) {
+		struct pci_dev *dev = pci_get_device(EL_TD_VENDOR, EL_TD_DEVICE, NULL);
+
+		if (!dev)
+			return -EOPNOTSUPP;
+		if (!(pci_resource_flags(dev, 0) & IORESOURCE_MEM) || pci_enable_device_mem(dev)) {
+			pci_dev_put(dev);
+			return -ENXIO;
+		}
+		el_td_bar = pci_iomap(dev, 0, 0);
+		if (!el_td_bar) {
+			pci_disable_device(dev);
+			pci_dev_put(dev);
+			return -ENXIO;
+		}
+		el_td_dev = dev;
+	}
+	writeb(t, el_td_bar + EL_TD_TEST);
+	el_td_selected = t;
+	for (i = 0; i < sizeof(name) - 1; i++) {
+		name[i] = readb(el_td_bar + EL_TD_NAME + i);
+		if (!name[i])
+			break;
+	}
+	name[i] = 0;
+	reg = readl(el_td_bar + EL_TD_OFFSET);
+	if (readb(el_td_bar + EL_TD_TEST) != t || strcmp(name, el_td_names[t]) ||
+	    readb(el_td_bar + EL_TD_WIDTH) != 1 || readb(el_td_bar + EL_TD_DATA) !=
+	    (t == EXITLAT_TESTDEV_MMIO_EVENTFD ? 0xce : EL_TD_VALUE) ||
+	    reg == 0 || reg >= pci_resource_len(el_td_dev, 0))
+		return -ENXIO;
+	el_td_reg[t] = reg;
+	return 0;
+}
+
+static int el_check_mmio_no_eventfd(const struct exitlat_config *cfg)
+{
+	return el_check_testdev(EXITLAT_TESTDEV_MMIO_NO_EVENTFD);
+}
+
+static int el_check_mmio_eventfd(const struct exitlat_config *cfg)
+{
+	return el_check_testdev(EXITLAT_TESTDEV_MMIO_EVENTFD);
+}
+
+static int el_check_mmio_datamatch(const struct exitlat_config *cfg)
+{
+	return el_check_testdev(EXITLAT_TESTDEV_MMIO_DATAMATCH);
+}
+
+static void el_testdev_release(void)
+{
+	if (!el_td_bar)
+		return;
+	pci_iounmap(el_td_dev, el_td_bar);
+	pci_disable_device(el_td_dev);
+	pci_dev_put(el_td_dev);
+	el_td_bar = NULL;
+}
+
 /* ---- the instructions ----------------------------------------------------- */
 
 /*
@@ -393,6 +502,16 @@ static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 	  el_wrmsr(EXITLAT_MSR_EOI, 0))							\
 	X(EXITLAT_I_X2APIC_SELF_IPI, x2apic_self_ipi, el_check_x2apic, false, 0,	\
 	  el_wrmsr(EXITLAT_MSR_X2APIC_SELF_IPI, RESCHEDULE_VECTOR))			\
+	/* loop only: a byte to pci-testdev's test, selected in SETUP */	\
+	X(EXITLAT_I_MMIO_NO_EVENTFD, mmio_no_eventfd, el_check_mmio_no_eventfd, false, \
+	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_NO_EVENTFD),		\
+	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
+	X(EXITLAT_I_MMIO_EVENTFD, mmio_eventfd, el_check_mmio_eventfd, false,	\
+	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_EVENTFD),		\
+	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
+	X(EXITLAT_I_MMIO_DATAMATCH, mmio_datamatch, el_check_mmio_datamatch, false, \
+	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_DATAMATCH),		\
+	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
 	X(EXITLAT_I_PAUSE,  pause,  NULL,               true, 0, asm volatile("pause"))
 
 /* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */
@@ -747,6 +866,7 @@ static int __init el_init(void)
 static void __exit el_exit(void)
 {
 	misc_deregister(&el_dev);
+	el_testdev_release();
 }
 
 module_init(el_init);
