@@ -57,19 +57,30 @@ class Instruction:
     kut: str | None = None      # the kvm-unit-tests x86/vmexit.c test it corresponds to
     what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
     needs: str = ""             # the vCPU feature without which the guest refuses it
-    testdev: int | None = None  # MMIO to QEMU's pci-testdev: the test it selects in the memory
-    #                             BAR (0 no-eventfd, 1 wildcard-eventfd, 2 datamatch-eventfd)
+    testdev: int | None = None  # a write to QEMU's pci-testdev: the test it selects (QEMU's
+    #                             number: 0-2 in the memory BAR, 3-5 in the I/O BAR; TESTDEV_TESTS)
 
     @property
     def mmio(self) -> bool:
         """An MMIO write (its exit: an NPT/EPT fault on the device's page), not port I/O."""
-        return self.testdev is not None
+        return self.testdev is not None and self.io is None
+
+    @property
+    def testdev_reg(self) -> int | None:
+        """The offset of its pci-testdev test's register in its BAR (QEMU: the BAR's test area,
+        2048 bytes of memory or 128 ports, + the test's number); the guest module refuses the kind
+        where the device's header says otherwise."""
+        if self.testdev is None:
+            return None
+        return (TESTDEV_IO_AREA if self.io else TESTDEV_MEM_AREA) + self.testdev
 
     @property
     def kut_testdev(self) -> str | None:
-        """vmexit.flat's test of the same write (its pci-mem tests, which `--reference` does not
-        run: they need pci-testdev in the reference's VM too)."""
-        return None if self.testdev is None else f"mmio-{TESTDEV_TESTS[self.testdev]}:pci-mem"
+        """vmexit.flat's test of the same write (its pci-mem and pci-io tests, which `--reference`
+        does not run: they need pci-testdev in the reference's VM too)."""
+        if self.testdev is None:
+            return None
+        return f"{TESTDEV_TESTS[self.testdev]}:pci-{'io' if self.io else 'mem'}"
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -98,12 +109,14 @@ X2APIC_SELF_IPI_MSR = 0x83F  # x2APIC SELF IPI: the vector in bits 0-7
 # memory BAR whose tests are selected by writing their number to offset 0; a write to the selected
 # test's register either exits to QEMU (no-eventfd) or, through the ioeventfd QEMU registers with
 # KVM when the test is selected, is completed inside KVM (no userspace exit).
-TESTDEV_NO_EVENTFD, TESTDEV_WILDCARD, TESTDEV_DATAMATCH = 0, 1, 2
+TESTDEV_VENDOR, TESTDEV_DEVICE = 0x1B36, 0x0005      # PCI_VENDOR_ID_REDHAT, ..._REDHAT_TEST
+TESTDEV_MEM_AREA, TESTDEV_IO_AREA = 2048, 128       # where each BAR's test registers start
 # On SVM an MMIO access to a page no memslot backs is a nested page fault; on VMX KVM marks such
 # pages misconfigured in the EPT after the first access (its MMIO cache), so every later one is an
 # EPT misconfiguration exit.
 MMIO_VMX_REASON, MMIO_SVM_REASON = "EPT_MISCONFIG", "NPF"
-TESTDEV_TESTS = ("no-eventfd", "wildcard-eventfd", "datamatch-eventfd")   # QEMU's names
+TESTDEV_TESTS = tuple(f"{bar}-{test}" for bar in ("mmio", "portio")       # QEMU's names,
+                      for test in ("no-eventfd", "wildcard-eventfd", "datamatch-eventfd"))  # by number
 _TESTDEV_NEEDS = "a pci-testdev (QEMU -device pci-testdev, which bench adds for these kinds)"
 _TESTDEV_LOOP = ("its test is selected on the device before the timed loop, which only the "
                  "kernel loop (case 5) does")
@@ -264,18 +277,33 @@ TABLE = {i.name: i for i in (
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.
     Instruction("mmio_no_eventfd", (5,), PATH_QEMU, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
-                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_NO_EVENTFD,
+                "exits", why_not=_TESTDEV_LOOP, testdev=0,
                 what="an MMIO write KVM decodes and hands to QEMU (KVM_EXIT_MMIO) and back",
                 needs=_TESTDEV_NEEDS),
     Instruction("mmio_eventfd", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
-                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_WILDCARD,
+                "exits", why_not=_TESTDEV_LOOP, testdev=1,
                 what="an MMIO write KVM decodes and completes by signalling QEMU's ioeventfd (any "
                      "value): no userspace exit",
                 needs=_TESTDEV_NEEDS),
     Instruction("mmio_datamatch", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
-                "exits", why_not=_TESTDEV_LOOP, testdev=TESTDEV_DATAMATCH,
+                "exits", why_not=_TESTDEV_LOOP, testdev=2,
                 what="an MMIO write KVM decodes, matches against the ioeventfd's value and "
                      "completes by signalling it: no userspace exit", needs=_TESTDEV_NEEDS),
+    # The same three writes as OUTs to pci-testdev's I/O BAR (vmexit.flat's pci-io tests): an I/O
+    # exit either way, with a userspace exit only without the ioeventfd. Its port is the firmware's
+    # choice: the guest reports the BAR (hello: testdev_io) and the verifier adds testdev_reg.
+    Instruction("pio_no_eventfd", (5,), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=3,
+                what="an OUT KVM hands to QEMU's pci-testdev (KVM_EXIT_IO) and back",
+                needs=_TESTDEV_NEEDS),
+    Instruction("pio_eventfd", (5,), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=4,
+                what="an OUT KVM completes by signalling QEMU's ioeventfd (any value): no "
+                     "userspace exit", needs=_TESTDEV_NEEDS),
+    Instruction("pio_datamatch", (5,), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+                "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=5,
+                what="an OUT KVM matches against the ioeventfd's value and completes by "
+                     "signalling it: no userspace exit", needs=_TESTDEV_NEEDS),
     # PAUSE: PLE (VMX) and the pause filter (SVM) exit only for a spin of many PAUSEs close
     # together (ple_gap 128 cycles, ple_window 4096; pause_filter_count 3000); one PAUSE per timed
     # window is never such a spin. vmexit.flat's ple_round_robin needs several vCPUs (part 2).

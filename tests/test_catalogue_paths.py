@@ -191,10 +191,43 @@ def test_mmio_timed_window_counts_the_fault_exit():
         assert verify_timed_window(none, N, path, kind, console_io=150)["status"] == "failed"
 
 
+def test_pci_testdev_port_io_is_verified_on_the_port_the_guest_reported():
+    """pio_*: the firmware places the I/O BAR, the guest reports it (hello: testdev_io), and the
+    run's port is that base + the table's register offset; OUTs anywhere else are not the kind's,
+    and without the report the window fails rather than guess."""
+    from exitlat.cases import case_specs
+    from exitlat.verify.verdicts import VerdictContext, run_port, traced_verdict
+
+    ctx = VerdictContext("amd", 0xE9)
+    spec = case_specs([5], "pio_eventfd")[0]
+    assert spec.port is None and TABLE["pio_eventfd"].testdev_reg == 132
+    assert run_port(spec, ctx, {"testdev_io": 0xC000}) == 0xC084
+    assert run_port(spec, ctx, {}) is None and run_port(spec, ctx, {"testdev_io": True}) is None
+    assert run_port(case_specs([5], "cpuid")[0], ctx, {"testdev_io": 0xC000}) is None
+    port = 0xC084
+    in_kvm = win({"IO_INSTRUCTION": 150 + N, "EXTERNAL_INTERRUPT": 4}, {"IO": 150},
+                 {(port, "out"): N})
+    to_qemu = win({"IO_INSTRUCTION": 150 + N}, {"IO": 150 + N}, {(port - 1, "out"): N})
+    assert verify_case(in_kvm, N, PATH_KVM, "pio_eventfd", port, "amd")["status"] == "passed"
+    r = verify_case(to_qemu, N, PATH_QEMU, "pio_no_eventfd", port - 1, "intel")
+    assert r["status"] == "passed", r["detail"]
+    # each path fails on the other's window; OUTs to another port are not the kind's
+    assert verify_case(to_qemu, N, PATH_KVM, "pio_eventfd", port - 1, "amd")["status"] == "failed"
+    assert verify_case(in_kvm, N, PATH_QEMU, "pio_no_eventfd", port, "amd")["status"] == "failed"
+    assert verify_case(in_kvm, N, PATH_KVM, "pio_eventfd", port + 1, "amd")["status"] == "failed"
+
+    class Traced:
+        counts, kvm_stats, error = in_kvm, None, None
+    v = traced_verdict(spec, Traced(), N, ctx, {})
+    assert v["status"] == "failed" and "did not report the port" in v["detail"]
+    assert traced_verdict(spec, Traced(), N, ctx, {"testdev_io": 0xC000})["status"] == "passed"
+
+
 def test_mmio_kinds_bring_their_device():
     """Only a VM whose plan has an MMIO kind gets pci-testdev (the others stay as they were)."""
     assert GuestPlan(cases=[5], instr="cpuid,mov_dr").devices() == ()
     assert GuestPlan(cases=[5], instr="cpuid,mmio_eventfd").devices() == ("pci-testdev",)
+    assert GuestPlan(cases=[5], instr="pio_datamatch").devices() == ("pci-testdev",)
     from pathlib import Path
 
     from exitlat.run.qemu import QemuConfig, RunFiles, qemu_argv
@@ -250,9 +283,10 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         assert row.what, name
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
-                            "x2apic_self_ipi") or row.mmio, name
-        if row.mmio:        # vmexit.flat's pci-mem tests
-            assert row.kut_testdev.endswith(":pci-mem"), name
+                            "x2apic_self_ipi") or row.testdev is not None, name
+        if row.testdev is not None:     # vmexit.flat's pci-mem and pci-io tests
+            assert row.kut_testdev.startswith("mmio-" if row.mmio else "portio-"), name
+            assert row.kut_testdev.endswith(":pci-mem" if row.mmio else ":pci-io"), name
     assert {r.path for r in TABLE.values()} >= {PATH_KVM, PATH_QEMU, PATH_NONE}
 
 

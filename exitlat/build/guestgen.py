@@ -9,7 +9,8 @@ compile time that it has exactly one per id; the probe builds f_instrs[] from EX
 
 from __future__ import annotations
 
-from exitlat.instructions import S_INSTRUCTION, TABLE, Instruction, f_instructions
+from exitlat.instructions import (S_INSTRUCTION, TABLE, TESTDEV_DEVICE, TESTDEV_VENDOR, Instruction,
+                                  f_instructions)
 
 HEADER = "exitlat_instrs.h"
 
@@ -83,7 +84,11 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
             lines.append(f"#define EXITLAT_PORT_{i.name.upper()}\t{i.port:#x}")
         if i.testdev is not None:
             lines.append(f"#define EXITLAT_TESTDEV_{i.name.upper()}\t{i.testdev}")
-    lines += ["",
+            lines.append(f"#define EXITLAT_TESTDEV_REG_{i.name.upper()}\t{i.testdev_reg}")
+    lines += ["", "/* QEMU's pci-testdev (the mmio_* and pio_* kinds). */",
+              f"#define EXITLAT_TESTDEV_VENDOR\t{TESTDEV_VENDOR:#06x}",
+              f"#define EXITLAT_TESTDEV_DEVICE\t{TESTDEV_DEVICE:#06x}",
+              "",
               "/* Bit c: case c may run it. */",
               "#define EXITLAT_C(c)\t(1u << (c))", "",
               "/*",

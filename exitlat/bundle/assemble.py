@@ -15,7 +15,7 @@ from exitlat import __version__
 from .format import tsc_hz_of
 from exitlat.run.runrecord import VmResult, git_commit
 from exitlat.stats.summary import summarize
-from exitlat.verify.verdicts import combine
+from exitlat.verify.verdicts import combine, run_port
 from exitlat.run.windows import traced_key
 
 # The timer-only baseline that runs in the same mode as each case's timed window.
@@ -154,7 +154,7 @@ class DocumentBuilder:
         return {"key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
-                "port": spec.port,
+                "port": run_port(spec, self.ctx, res.hello),
                 "timer": self.o.timer, "expected_path": spec.expected_path,
                 "path_basis": spec.path_basis,
                 "verification": ver, "iterations_requested": self.o.iterations, "samples_kept": n,
@@ -177,7 +177,7 @@ class DocumentBuilder:
         good = valid_samples(traced_arr)[0] if traced_arr is not None else None
         return decompose(tl, good, instruction=spec.instruction, expected_path=spec.expected_path,
                          vendor=self.ctx.vendor,
-                         port=spec.port,
+                         port=run_port(spec, self.ctx, res.hello),
                          host_tsc_hz=self.host_tsc_hz, guest_tsc_khz=res.hello.get("tsc_khz"),
                          tracing_overhead=overhead,
                          baseline=({"key": base["key"], "median": base["stats"]["median"]}

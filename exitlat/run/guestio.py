@@ -105,12 +105,13 @@ class GuestPlan:
         return args + list(self.extra)
 
     def devices(self) -> tuple[str, ...]:
-        """The QEMU devices its kinds need beyond every run's (pci-testdev for the MMIO kinds): a
+        """The QEMU devices its kinds need beyond every run's (pci-testdev for mmio_*, pio_*): a
         VM gets a device only when a kind of its plan uses it."""
         from exitlat.instructions import TABLE
 
         names = [n.strip() for n in self.instr.split(",")]
-        return ("pci-testdev",) if any(n in TABLE and TABLE[n].mmio for n in names) else ()
+        return (("pci-testdev",) if any(n in TABLE and TABLE[n].testdev is not None for n in names)
+                else ())
 
     def key_counts(self) -> dict[str, int]:
         """Key -> number of samples, in the order the guest runs them: baselines first, then each

@@ -26,6 +26,20 @@ def _port(spec, ctx: VerdictContext) -> int | None:
     return ctx.port if spec.instruction == "outb" else None
 
 
+def run_port(spec, ctx: VerdictContext, hello: dict | None) -> int | None:
+    """The port a case's port I/O used in one VM run: the S port, the kind's own, or for the pio_*
+    kinds pci-testdev's register in the I/O BAR the guest reported (`testdev_io` of its hello: the
+    firmware assigns the BAR at boot); None where the guest did not report it."""
+    from exitlat.instructions import TABLE
+
+    row = TABLE.get(spec.instruction)
+    if row is not None and row.io and row.testdev is not None:
+        base = (hello or {}).get("testdev_io")
+        ok = isinstance(base, int) and not isinstance(base, bool) and 0 < base <= 0xFF00
+        return base + row.testdev_reg if ok else None
+    return _port(spec, ctx)
+
+
 def _with_tracing(v: dict, timed) -> dict:
     """A timed window whose freedom from tracing is unknown is unverified; one with tracing on fails."""
     problem = timed.tracing_problem() if timed is not None else "no timed window recorded"
@@ -70,15 +84,22 @@ def baseline_verdict(timed, n: int) -> dict:
     return _with_tracing(verify_baseline(timed.kvm_stats if timed else None, n), timed)
 
 
-def traced_verdict(spec, traced, n: int, ctx: VerdictContext) -> dict:
+def traced_verdict(spec, traced, n: int, ctx: VerdictContext, hello: dict | None = None) -> dict:
     """The traced window: exit reasons, userspace exits, port writes, fastpath probes, and the
     agreement of KVM's stats with the trace."""
+    from exitlat.instructions import TABLE
+
     from .traced import verify_case
 
     if traced is None or traced.counts is None:
         why = (traced.error if traced is not None and traced.error else "no traced window recorded")
         return {"status": "failed", "detail": f"failed: {why}"}
-    return verify_case(traced.counts, n, spec.expected_path, spec.instruction, _port(spec, ctx),
+    port = run_port(spec, ctx, hello)
+    if port is None and TABLE[spec.instruction].io:
+        return {"status": "failed", "detail": f"failed: the guest did not report the port of "
+                                              f"{spec.instruction} (pci-testdev's I/O BAR): its "
+                                              "writes cannot be told from others"}
+    return verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
                        ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params)
 
 
@@ -104,14 +125,16 @@ class Verdicts:
     def console_io(self, res, spec=None) -> int | None:
         """The console's I/O exits per window: the run's baselines, else the case's traced window."""
         traced = res.windows.get(spec.key) if spec is not None else None
-        return console_io_of(res.timed, traced, spec.port if spec is not None else None)
+        port = run_port(spec, self.ctx, getattr(res, "hello", None)) if spec is not None else None
+        return console_io_of(res.timed, traced, port)
 
     def timed(self, spec, res) -> dict:
         return timed_verdict(spec, res.timed.get(spec.key), self.n_timed, self.ctx,
                              console_io=self.console_io(res, spec))
 
     def traced(self, spec, res) -> dict:
-        return traced_verdict(spec, res.windows.get(spec.key), self.n_traced, self.ctx)
+        return traced_verdict(spec, res.windows.get(spec.key), self.n_traced, self.ctx,
+                              getattr(res, "hello", None))
 
     def baseline(self, key: str, res) -> dict:
         return baseline_verdict(res.timed.get(key), self.n_timed)

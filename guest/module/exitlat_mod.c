@@ -310,110 +310,131 @@ static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 }
 
 /*
- * QEMU's pci-testdev (the mmio_* kinds; QEMU hw/misc/pci-testdev.c).  Its
- * memory BAR holds one test at a time: writing a test's number to offset 0
- * selects it, and QEMU then registers that test's ioeventfd with KVM (none
- * for no-eventfd); the test's header, read back at offset 0, names its
- * register.  Selecting is itself a QEMU round trip and changes KVM's I/O
- * bus, so it runs in the batch's SETUP, outside every window, and only when
- * another test was selected before.  The BAR is mapped once, at the first
- * CONFIG of such a kind (one probe uses the module at a time).
+ * QEMU's pci-testdev (the mmio_* and pio_* kinds; QEMU hw/misc/pci-testdev.c).
+ * It runs one test at a time: writing a test's number to offset 0 of its BAR
+ * (memory BAR 0 for tests 0-2, I/O BAR 1 for 3-5) selects it, and QEMU then
+ * registers that test's ioeventfd with KVM (none for no-eventfd); the test's
+ * header, read back at offset 0, names its register.  Selecting is itself a
+ * QEMU round trip and changes KVM's I/O buses, so it runs in the batch's
+ * SETUP, outside every window, and only when another test was selected.  The
+ * device is found and mapped at the first CONFIG of such a kind (one probe
+ * uses the module at a time).
  */
-#define EL_TD_VENDOR	0x1b36	/* PCI_VENDOR_ID_REDHAT */
-#define EL_TD_DEVICE	0x0005	/* PCI_DEVICE_ID_REDHAT_TEST */
-#define EL_TD_VALUE	0xfa	/* the value the datamatch test's ioeventfd matches */
+#define EL_TD_VALUE	0xfa	/* the value the datamatch tests' ioeventfds match */
+#define EL_TD_NOMATCH	0xce	/* the wildcard tests' header value */
 #define EL_TD_TEST	0	/* header: u8, the test's number (a write selects) */
 #define EL_TD_WIDTH	1	/* u8: the register's access width */
 #define EL_TD_OFFSET	4	/* u32: the register's offset in the BAR */
 #define EL_TD_DATA	8	/* u8: the value it matches (datamatch) */
 #define EL_TD_NAME	16	/* the test's name, NUL-terminated */
-#define EL_TD_TESTS	3
+#define EL_TD_TESTS	6
+#define EL_TD_IO(t)	((t) >= 3)	/* tests 3-5 live in the I/O BAR */
 
 static struct pci_dev *el_td_dev;
-static void __iomem *el_td_bar;
+static void __iomem *el_td_mem;		/* BAR 0, mapped */
+static u16 el_td_port;			/* BAR 1's first port */
 static int el_td_selected = -1;
-static u32 el_td_reg[EL_TD_TESTS];
 static const char *const el_td_names[EL_TD_TESTS] = {
-	[EXITLAT_TESTDEV_MMIO_NO_EVENTFD] = "mmio-no-eventfd",
-	[EXITLAT_TESTDEV_MMIO_EVENTFD] = "mmio-wildcard-eventfd",
-	[EXITLAT_TESTDEV_MMIO_DATAMATCH] = "mmio-datamatch-eventfd",
+	"mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
+	"portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd",
 };
 
-/* The register of test t, selected first where another test is (a QEMU round trip). */
-static void __iomem *el_td_select(int t)
+static u8 el_td_readb(int t, unsigned int off)
 {
-	if (el_td_selected != t) {
-		writeb(t, el_td_bar + EL_TD_TEST);
-		el_td_selected = t;
-	}
-	return el_td_bar + el_td_reg[t];
+	return EL_TD_IO(t) ? el_inb(el_td_port + off) : readb(el_td_mem + off);
 }
 
-/* Map the BAR once; select test t and check its header is the one QEMU documents. */
-static int el_check_testdev(int t)
+/*
+ * Test t's register, selected first where another test is (a QEMU round
+ * trip): its port for the I/O tests, its mapped address for the memory ones.
+ * reg is the table's offset, which el_check_testdev() found in the header.
+ */
+static unsigned long el_td_select(int t, unsigned int reg)
+{
+	if (el_td_selected != t) {
+		if (EL_TD_IO(t))
+			el_outb(t - 3, el_td_port + EL_TD_TEST);
+		else
+			writeb(t, el_td_mem + EL_TD_TEST);
+		el_td_selected = t;
+	}
+	return EL_TD_IO(t) ? el_td_port + reg : (unsigned long)(el_td_mem + reg);
+}
+
+static int el_td_find(void)
+{
+	struct pci_dev *dev;
+
+	if (el_td_dev)
+		return 0;
+	dev = pci_get_device(EXITLAT_TESTDEV_VENDOR, EXITLAT_TESTDEV_DEVICE, NULL);
+	if (!dev)
+		return -EOPNOTSUPP;
+	if (!(pci_resource_flags(dev, 0) & IORESOURCE_MEM) ||
+	    !(pci_resource_flags(dev, 1) & IORESOURCE_IO) || pci_resource_start(dev, 1) > 0xff00 ||
+	    pci_enable_device(dev))
+		goto bad;
+	el_td_mem = pci_iomap(dev, 0, 0);
+	if (!el_td_mem) {
+		pci_disable_device(dev);
+		goto bad;
+	}
+	el_td_port = pci_resource_start(dev, 1);
+	el_td_dev = dev;
+	return 0;
+bad:
+	pci_dev_put(dev);
+	return -ENXIO;
+}
+
+/* Select test t and check that its header is the one exitlat's table describes. */
+static int el_check_testdev(int t, unsigned int reg)
 {
 	char name[32];
-	u32 reg;
-	int i;
+	u32 off = 0;
+	int i, err = el_td_find();
 
-	if (!el_td_bar) {
-		struct pci_dev *dev = pci_get_device(EL_TD_VENDOR, EL_TD_DEVICE, NULL);
-
-		if (!dev)
-			return -EOPNOTSUPP;
-		if (!(pci_resource_flags(dev, 0) & IORESOURCE_MEM) || pci_enable_device_mem(dev)) {
-			pci_dev_put(dev);
-			return -ENXIO;
-		}
-		el_td_bar = pci_iomap(dev, 0, 0);
-		if (!el_td_bar) {
-			pci_disable_device(dev);
-			pci_dev_put(dev);
-			return -ENXIO;
-		}
-		el_td_dev = dev;
-	}
-	writeb(t, el_td_bar + EL_TD_TEST);
-	el_td_selected = t;
+	if (err)
+		return err;
+	el_td_selected = -1;
+	el_td_select(t, reg);
 	for (i = 0; i < sizeof(name) - 1; i++) {
-		name[i] = readb(el_td_bar + EL_TD_NAME + i);
+		name[i] = el_td_readb(t, EL_TD_NAME + i);
 		if (!name[i])
 			break;
 	}
 	name[i] = 0;
-	reg = readl(el_td_bar + EL_TD_OFFSET);
-	if (readb(el_td_bar + EL_TD_TEST) != t || strcmp(name, el_td_names[t]) ||
-	    readb(el_td_bar + EL_TD_WIDTH) != 1 || readb(el_td_bar + EL_TD_DATA) !=
-	    (t == EXITLAT_TESTDEV_MMIO_EVENTFD ? 0xce : EL_TD_VALUE) ||
-	    reg == 0 || reg >= pci_resource_len(el_td_dev, 0))
+	for (i = 0; i < 4; i++)
+		off |= (u32)el_td_readb(t, EL_TD_OFFSET + i) << (8 * i);
+	if (el_td_readb(t, EL_TD_TEST) != t || strcmp(name, el_td_names[t]) || off != reg ||
+	    el_td_readb(t, EL_TD_WIDTH) != 1 ||
+	    el_td_readb(t, EL_TD_DATA) != (t % 3 == 1 ? EL_TD_NOMATCH : EL_TD_VALUE))
 		return -ENXIO;
-	el_td_reg[t] = reg;
 	return 0;
 }
 
-static int el_check_mmio_no_eventfd(const struct exitlat_config *cfg)
-{
-	return el_check_testdev(EXITLAT_TESTDEV_MMIO_NO_EVENTFD);
-}
-
-static int el_check_mmio_eventfd(const struct exitlat_config *cfg)
-{
-	return el_check_testdev(EXITLAT_TESTDEV_MMIO_EVENTFD);
-}
-
-static int el_check_mmio_datamatch(const struct exitlat_config *cfg)
-{
-	return el_check_testdev(EXITLAT_TESTDEV_MMIO_DATAMATCH);
-}
+#define EL_TD_CHECK(name, NAME)							\
+	static int el_check_##name(const struct exitlat_config *cfg)		\
+	{									\
+		return el_check_testdev(EXITLAT_TESTDEV_##NAME,			\
+					EXITLAT_TESTDEV_REG_##NAME);		\
+	}
+EL_TD_CHECK(mmio_no_eventfd, MMIO_NO_EVENTFD)
+EL_TD_CHECK(mmio_eventfd, MMIO_EVENTFD)
+EL_TD_CHECK(mmio_datamatch, MMIO_DATAMATCH)
+EL_TD_CHECK(pio_no_eventfd, PIO_NO_EVENTFD)
+EL_TD_CHECK(pio_eventfd, PIO_EVENTFD)
+EL_TD_CHECK(pio_datamatch, PIO_DATAMATCH)
+#undef EL_TD_CHECK
 
 static void el_testdev_release(void)
 {
-	if (!el_td_bar)
+	if (!el_td_dev)
 		return;
-	pci_iounmap(el_td_dev, el_td_bar);
+	pci_iounmap(el_td_dev, el_td_mem);
 	pci_disable_device(el_td_dev);
 	pci_dev_put(el_td_dev);
-	el_td_bar = NULL;
+	el_td_dev = NULL;
 }
 
 /* ---- the instructions ----------------------------------------------------- */
@@ -439,6 +460,10 @@ static void el_testdev_release(void)
  * the cases of ONCE's switch.  Adding an exit kind: one row in
  * exitlat/instructions.py and one row here (a test holds the two together).
  */
+/* pci-testdev rows: SETUP selects the test (val: its register), STATEMENT writes it. */
+#define EL_TD_SELECT(NAME)	el_td_select(EXITLAT_TESTDEV_##NAME, EXITLAT_TESTDEV_REG_##NAME)
+#define EL_TD_WRITE_MEM(reg)	writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)(reg))
+
 #define EL_INSTRUCTIONS(X)								\
 	X(EXITLAT_I_NONE,   none,   NULL,               true, 0, barrier())		\
 	X(EXITLAT_I_NOP,    nop,    NULL,               true, 0, asm volatile("nop"))	\
@@ -504,14 +529,17 @@ static void el_testdev_release(void)
 	  el_wrmsr(EXITLAT_MSR_X2APIC_SELF_IPI, RESCHEDULE_VECTOR))			\
 	/* loop only: a byte to pci-testdev's test, selected in SETUP */	\
 	X(EXITLAT_I_MMIO_NO_EVENTFD, mmio_no_eventfd, el_check_mmio_no_eventfd, false, \
-	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_NO_EVENTFD),		\
-	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
+	  EL_TD_SELECT(MMIO_NO_EVENTFD), EL_TD_WRITE_MEM(val))			\
 	X(EXITLAT_I_MMIO_EVENTFD, mmio_eventfd, el_check_mmio_eventfd, false,	\
-	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_EVENTFD),		\
-	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
+	  EL_TD_SELECT(MMIO_EVENTFD), EL_TD_WRITE_MEM(val))			\
 	X(EXITLAT_I_MMIO_DATAMATCH, mmio_datamatch, el_check_mmio_datamatch, false, \
-	  (unsigned long)el_td_select(EXITLAT_TESTDEV_MMIO_DATAMATCH),		\
-	  writeb(EL_TD_VALUE, (void __iomem *)(unsigned long)val))		\
+	  EL_TD_SELECT(MMIO_DATAMATCH), EL_TD_WRITE_MEM(val))			\
+	X(EXITLAT_I_PIO_NO_EVENTFD, pio_no_eventfd, el_check_pio_no_eventfd, false, \
+	  EL_TD_SELECT(PIO_NO_EVENTFD), el_outb(EL_TD_VALUE, val))		\
+	X(EXITLAT_I_PIO_EVENTFD, pio_eventfd, el_check_pio_eventfd, false,	\
+	  EL_TD_SELECT(PIO_EVENTFD), el_outb(EL_TD_VALUE, val))			\
+	X(EXITLAT_I_PIO_DATAMATCH, pio_datamatch, el_check_pio_datamatch, false, \
+	  EL_TD_SELECT(PIO_DATAMATCH), el_outb(EL_TD_VALUE, val))		\
 	X(EXITLAT_I_PAUSE,  pause,  NULL,               true, 0, asm volatile("pause"))
 
 /* The table's ids (exitlat_instrs.h, generated) and these rows: one row per id. */

@@ -36,6 +36,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cpuid.h>
+#include <dirent.h>
 #include <linux/fs.h>
 #include <sys/io.h>
 #include <sys/ioctl.h>
@@ -578,6 +579,54 @@ static unsigned tsc_khz_from(const char **source)
 	return khz;
 }
 
+/*
+ * The I/O BAR of QEMU's pci-testdev (BAR 1, from sysfs), 0 where the VM has
+ * none.  The firmware assigns it at boot, and the host needs it to verify the
+ * pio_* kinds (their port is this base + the register's fixed offset).
+ */
+static unsigned testdev_io_base(void)
+{
+	DIR *dir = opendir("/sys/bus/pci/devices");
+	struct dirent *e;
+	unsigned base = 0;
+
+	while (dir && !base && (e = readdir(dir))) {
+		char path[320], line[160];
+		unsigned vendor = 0, device = 0;
+		unsigned long long start = 0, end = 0, flags = 0;
+		FILE *f;
+
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor", e->d_name);
+		if ((f = fopen(path, "r"))) {
+			if (fscanf(f, "%x", &vendor) != 1)
+				vendor = 0;
+			fclose(f);
+		}
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device", e->d_name);
+		if ((f = fopen(path, "r"))) {
+			if (fscanf(f, "%x", &device) != 1)
+				device = 0;
+			fclose(f);
+		}
+		if (vendor != EXITLAT_TESTDEV_VENDOR || device != EXITLAT_TESTDEV_DEVICE)
+			continue;
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource", e->d_name);
+		if (!(f = fopen(path, "r")))
+			continue;
+		/* one line per BAR: start end flags; BAR 1 is the I/O BAR (IORESOURCE_IO) */
+		if (fgets(line, sizeof(line), f) && fgets(line, sizeof(line), f) &&
+		    sscanf(line, "%llx %llx %llx", &start, &end, &flags) == 3 &&
+		    (flags & 0x100) && start && start <= 0xffff)
+			base = (unsigned)start;
+		fclose(f);
+	}
+	if (dir)
+		closedir(dir);
+	return base;
+}
+
 static void hello(void)
 {
 	unsigned r[4], maxext;
@@ -622,6 +671,9 @@ static void hello(void)
 		 jk, khz, src, inv ? "true" : "false", rdtscp ? "true" : "false", sched_getcpu(),
 		 jv, jh, P.timer == EXITLAT_T_LFENCE ? "lfence" : "rdtscp",
 		 mod_fd >= 0 ? "true" : "false");
+	if (testdev_io_base())
+		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"testdev_io\":%u",
+			 testdev_io_base());
 	if (bb) {
 		jstr(jb, sizeof(jb), bb);
 		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"busybox\":%s", jb);
