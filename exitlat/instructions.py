@@ -273,6 +273,22 @@ TABLE = {i.name: i for i in (
                                      "APICv virtualizes x2APIC SELF IPI writes: no exit"),),
                 what="x2APIC SELF IPI (send only; delivered after the batch): "
                      "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
+    # The self-IPI delivered: sent with IRQs on, so KVM injects it on the very next entry and the
+    # guest's handler runs before the send returns. Its EOI does not exit: KVM marks the injected
+    # vector for the guest's paravirtual EOI (KVM_FEATURE_PV_EOI, which -cpu host offers and Linux
+    # uses), a bit the guest clears in memory. (vmexit.flat's x2apic_self_ipi_sti_nop sends with
+    # IRQs off and takes an interrupt-window exit besides; its bare OS writes the EOI MSR.)
+    Instruction("self_ipi_delivery", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                X2APIC_SELF_IPI_MSR,
+                "the IPI's handler is the module's (an irq_work), and the loop must turn IRQs on "
+                "around each send, which only the kernel loop (case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes the SELF IPI and delivers a virtual "
+                                     "interrupt: no exit"),),
+                what="x2APIC SELF IPI (an irq_work) with IRQs on: one MSR-write exit "
+                     "(kvm_lapic_reg_write), the interrupt injected on the next entry and taken by "
+                     "the guest's handler, its EOI paravirtual (no exit)",
+                needs="x2APIC mode"),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

@@ -46,6 +46,7 @@
 #include <asm/irq_vectors.h>
 #include <linux/delay.h>
 #include <linux/pci.h>
+#include <linux/irq_work.h>
 #include <linux/io.h>
 
 #include "exitlat_uapi.h"
@@ -299,6 +300,47 @@ static int el_check_x2apic(const struct exitlat_config *cfg)
 	return 0;
 }
 
+/*
+ * self_ipi_delivery: an irq_work raises IRQ_WORK_VECTOR as an x2APIC SELF IPI
+ * (one MSR write); its handler EOIs (through KVM's paravirtual EOI: a bit in
+ * memory, no exit) and sets el_ipi_seen.  The window turns IRQs on around the
+ * send, so the IPI is taken at once: KVM injects it on the entry after the
+ * SELF IPI's exit, and the handler has run before irq_work_queue() returns.
+ * The wait spins without PAUSE (a PAUSE loop could exit through PLE).
+ */
+static int el_ipi_seen;
+
+static void el_ipi_handler(struct irq_work *work)
+{
+	WRITE_ONCE(el_ipi_seen, 1);
+}
+
+static struct irq_work el_ipi_work = IRQ_WORK_INIT_HARD(el_ipi_handler);
+
+static __always_inline void el_self_ipi_delivery(void)
+{
+	WRITE_ONCE(el_ipi_seen, 0);
+	local_irq_enable();
+	irq_work_queue(&el_ipi_work);
+	while (!READ_ONCE(el_ipi_seen))
+		barrier();
+	local_irq_disable();
+}
+
+/* Delivered within 10 ms, through the x2APIC (the send is a SELF IPI MSR write there). */
+static int el_check_self_ipi(const struct exitlat_config *cfg)
+{
+	int i, err = el_check_x2apic(cfg);
+
+	if (err)
+		return err;
+	WRITE_ONCE(el_ipi_seen, 0);
+	irq_work_queue(&el_ipi_work);		/* CONFIG runs with IRQs on */
+	for (i = 0; i < 1000 && !READ_ONCE(el_ipi_seen); i++)
+		udelay(10);
+	return READ_ONCE(el_ipi_seen) ? 0 : -ETIMEDOUT;
+}
+
 static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 {
 	u64 caps;
@@ -527,6 +569,9 @@ static void el_testdev_release(void)
 	  el_wrmsr(EXITLAT_MSR_EOI, 0))							\
 	X(EXITLAT_I_X2APIC_SELF_IPI, x2apic_self_ipi, el_check_x2apic, false, 0,	\
 	  el_wrmsr(EXITLAT_MSR_X2APIC_SELF_IPI, RESCHEDULE_VECTOR))			\
+	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
+	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
+	  el_self_ipi_delivery())							\
 	/* loop only: a byte to pci-testdev's test, selected in SETUP */	\
 	X(EXITLAT_I_MMIO_NO_EVENTFD, mmio_no_eventfd, el_check_mmio_no_eventfd, false, \
 	  EL_TD_SELECT(MMIO_NO_EVENTFD), EL_TD_WRITE_MEM(val))			\

@@ -820,6 +820,8 @@ static int module_config(const char *key, const struct instr *in)
 			why = "the guest kernel uses it now (a breakpoint is armed in DR7)";
 		else if (err == ENXIO)
 			why = "no device answers at its port on this machine";
+		else if (err == ETIMEDOUT)
+			why = "its interrupt was not delivered within 10 ms";
 		if (err != EINVAL && err != ENOMEM && err != E2BIG)
 			refuse(key, "module refused %s: %s", in->name, why);
 		else
