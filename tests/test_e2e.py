@@ -174,6 +174,10 @@ def test_ctrl_c_during_build_leaves_nothing_finished(tmp_path):
     build = tmp_path / "build"
     assert not any(build.glob("*/manifest.json")) and not (build / "latest").exists()
     assert not any(p.name.startswith("kernel-") for p in (build / "stages").iterdir())
-    running = subprocess.run(["docker", "ps", "-q", "--filter", "label=exitlat.stage"],
+    # this build's stage containers (label exitlat.build: its folder), not another build's
+    # running on the same machine
+    running = subprocess.run(["docker", "ps", "-aq", "--filter", "label=exitlat.stage",
+                              "--filter", f"label=exitlat.build={build}"],
                              capture_output=True, text=True)
-    assert running.stdout.strip() == "", "the stage's container must be removed"
+    assert running.returncode == 0 and running.stdout.strip() == "", \
+        "the stage's container must be removed"

@@ -262,7 +262,7 @@ class Builder:
             container = client.containers.create(
                 image, ["bash", "-c", cmd], volumes=volumes, environment=env,
                 user=f"{os.getuid()}:{os.getgid()}", working_dir="/tmp", network_disabled=True,
-                labels={"exitlat.stage": st.name})
+                labels={"exitlat.stage": st.name, "exitlat.build": str(self.root)})
             self._containers[st.name] = container
             container.start()
             partial = ""
