@@ -111,6 +111,7 @@ X2APIC_SELF_IPI_MSR = 0x83F  # x2APIC SELF IPI: the vector in bits 0-7
 # KVM when the test is selected, is completed inside KVM (no userspace exit).
 TESTDEV_VENDOR, TESTDEV_DEVICE = 0x1B36, 0x0005      # PCI_VENDOR_ID_REDHAT, ..._REDHAT_TEST
 TESTDEV_MEM_AREA, TESTDEV_IO_AREA = 2048, 128       # where each BAR's test registers start
+TESTDEV_VALUE = 0xFA                                # the datamatch tests' value (every kind writes it)
 # On SVM an MMIO access to a page no memslot backs is a nested page fault; on VMX KVM marks such
 # pages misconfigured in the EPT after the first access (its MMIO cache), so every later one is an
 # EPT misconfiguration exit.
@@ -118,8 +119,10 @@ MMIO_VMX_REASON, MMIO_SVM_REASON = "EPT_MISCONFIG", "NPF"
 TESTDEV_TESTS = tuple(f"{bar}-{test}" for bar in ("mmio", "portio")       # QEMU's names,
                       for test in ("no-eventfd", "wildcard-eventfd", "datamatch-eventfd"))  # by number
 _TESTDEV_NEEDS = "a pci-testdev (QEMU -device pci-testdev, which bench adds for these kinds)"
-_TESTDEV_LOOP = ("its test is selected on the device before the timed loop, which only the "
-                 "kernel loop (case 5) does")
+_TESTDEV_LOOP = ("its test is selected on the device (a QEMU round trip that also registers the "
+                 "ioeventfd) before the timed loop, which the user loop (case 1: the BAR mapped "
+                 "through sysfs, or ioperm) and the kernel loop (case 5) do; one ioctl per "
+                 "iteration (case 3) cannot")
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -292,31 +295,31 @@ TABLE = {i.name: i for i in (
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.
-    Instruction("mmio_no_eventfd", (5,), PATH_QEMU, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+    Instruction("mmio_no_eventfd", (1, 5), PATH_QEMU, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
                 "exits", why_not=_TESTDEV_LOOP, testdev=0,
                 what="an MMIO write KVM decodes and hands to QEMU (KVM_EXIT_MMIO) and back",
                 needs=_TESTDEV_NEEDS),
-    Instruction("mmio_eventfd", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+    Instruction("mmio_eventfd", (1, 5), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
                 "exits", why_not=_TESTDEV_LOOP, testdev=1,
                 what="an MMIO write KVM decodes and completes by signalling QEMU's ioeventfd (any "
                      "value): no userspace exit",
                 needs=_TESTDEV_NEEDS),
-    Instruction("mmio_datamatch", (5,), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
+    Instruction("mmio_datamatch", (1, 5), PATH_KVM, MMIO_VMX_REASON, MMIO_SVM_REASON, None,
                 "exits", why_not=_TESTDEV_LOOP, testdev=2,
                 what="an MMIO write KVM decodes, matches against the ioeventfd's value and "
                      "completes by signalling it: no userspace exit", needs=_TESTDEV_NEEDS),
     # The same three writes as OUTs to pci-testdev's I/O BAR (vmexit.flat's pci-io tests): an I/O
     # exit either way, with a userspace exit only without the ioeventfd. Its port is the firmware's
     # choice: the guest reports the BAR (hello: testdev_io) and the verifier adds testdev_reg.
-    Instruction("pio_no_eventfd", (5,), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+    Instruction("pio_no_eventfd", (1, 5), PATH_QEMU, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
                 "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=3,
                 what="an OUT KVM hands to QEMU's pci-testdev (KVM_EXIT_IO) and back",
                 needs=_TESTDEV_NEEDS),
-    Instruction("pio_eventfd", (5,), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+    Instruction("pio_eventfd", (1, 5), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
                 "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=4,
                 what="an OUT KVM completes by signalling QEMU's ioeventfd (any value): no "
                      "userspace exit", needs=_TESTDEV_NEEDS),
-    Instruction("pio_datamatch", (5,), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
+    Instruction("pio_datamatch", (1, 5), PATH_KVM, "IO_INSTRUCTION", "IO_INSTRUCTION", None,
                 "io_exits", io="out", why_not=_TESTDEV_LOOP, testdev=5,
                 what="an OUT KVM matches against the ioeventfd's value and completes by "
                      "signalling it: no userspace exit", needs=_TESTDEV_NEEDS),

@@ -55,7 +55,7 @@ def _run_c(tmp_path, header: str, main: str) -> subprocess.CompletedProcess:
 def test_generated_header_compiles_to_the_table(tmp_path):
     """What C sees (ids, F rows with cases, CPL 3 flag, why_not) is the table, compiled and run."""
     main = r"""
-#define PRINT_ROW(kind, id, cases, user, why, port, needs) printf("F %s %d %u %d %d %s|%s\n", #kind, id, cases, user, port, needs, why);
+#define PRINT_ROW(kind, id, cases, user, why, port, needs, testdev, reg) printf("F %s %d %u %d %d %d %d %s|%s\n", #kind, id, cases, user, port, testdev, reg, needs, why);
 int main(void) {
     printf("COUNT %d\n", EXITLAT_I_COUNT);
     printf("S %d %u\n", EXITLAT_I_S, EXITLAT_S_CASES);
@@ -69,15 +69,17 @@ int main(void) {
     ids = instruction_ids()
     assert lines[0] == f"COUNT {len(ids)}"
     assert lines[1] == f"S {ids['EXITLAT_I_OUTB']} {(1 << 2) | (1 << 4) | (1 << 6)}"
-    rows = [ln.split(" ", 6) for ln in lines[2:]]
+    rows = [ln.split(" ", 8) for ln in lines[2:]]
     assert tuple(r[1] for r in rows) == F_INSTRUCTIONS
-    for _, name, ident, cases, user, port, rest in rows:
+    for _, name, ident, cases, user, port, testdev, reg, rest in rows:
         row = TABLE[name]
         needs, why = rest.split("|", 1)
         assert int(ident) == ids[guestgen.enum_name(name)]
         assert int(cases) == sum(1 << c for c in row.cases)
         assert int(user) == (1 in row.cases)
         assert int(port) == (-1 if row.port is None else row.port)
+        assert (int(testdev), int(reg)) == ((-1, -1) if row.testdev is None else
+                                            (row.testdev, row.testdev_reg))
         assert (why, needs) == (row.why_not, row.needs)
 
 

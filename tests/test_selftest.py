@@ -519,6 +519,20 @@ def test_controls_fail_on_synthetic_windows():
     assert "unparsed" in results["unparsed-line"]["detail"] or "parse" in results["unparsed-line"]["detail"]
 
 
+def test_controls_a_subset_of_runs_can_feed():
+    """A control is "not run" only where no selected run has a window for it: case 1 cannot run
+    RDMSR (read-as-write), but it runs the MMIO kinds (both MMIO controls)."""
+    from exitlat.selftest.cli import controls_possible
+
+    user = controls_possible(["catalogue-user"])
+    assert not user["read-as-write"] and not user["outb-as-kvm"]
+    assert user["mmio-eventfd-as-qemu"] and user["mmio-qemu-as-eventfd"] and user["noexit-as-kvm"]
+    kernel = controls_possible(["catalogue-kernel"])
+    assert kernel["read-as-write"] and kernel["mmio-qemu-as-eventfd"]
+    from exitlat.selftest.inner import RUN_NAMES
+    assert all(controls_possible(list(RUN_NAMES) + ["catalogue-kernel"]).values())
+
+
 def test_a_control_the_verifier_passes_is_not_ok(monkeypatch):
     monkeypatch.setattr(controls, "verify_case", lambda *a, **k: {"status": "passed", "detail": "ok"})
     results = controls.run_controls(controls.windows_of("b", synthetic_doc()))

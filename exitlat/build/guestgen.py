@@ -9,8 +9,8 @@ compile time that it has exactly one per id; the probe builds f_instrs[] from EX
 
 from __future__ import annotations
 
-from exitlat.instructions import (S_INSTRUCTION, TABLE, TESTDEV_DEVICE, TESTDEV_VENDOR, Instruction,
-                                  f_instructions)
+from exitlat.instructions import (S_INSTRUCTION, TABLE, TESTDEV_DEVICE, TESTDEV_VALUE,
+                                  TESTDEV_VENDOR, Instruction, f_instructions)
 
 HEADER = "exitlat_instrs.h"
 
@@ -88,23 +88,26 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
     lines += ["", "/* QEMU's pci-testdev (the mmio_* and pio_* kinds). */",
               f"#define EXITLAT_TESTDEV_VENDOR\t{TESTDEV_VENDOR:#06x}",
               f"#define EXITLAT_TESTDEV_DEVICE\t{TESTDEV_DEVICE:#06x}",
+              f"#define EXITLAT_TESTDEV_VALUE\t{TESTDEV_VALUE:#04x}\t/* what every kind writes */",
               "",
               "/* Bit c: case c may run it. */",
               "#define EXITLAT_C(c)\t(1u << (c))", "",
               "/*",
               " * The F instructions (exitlat.instr), the first the default, one row each:",
-              " *   X(name, id, cases, user, why_not, port, needs)",
+              " *   X(name, id, cases, user, why_not, port, needs, testdev, reg)",
               " * user: 1 where CPL 3 can run it (case 1): the probe has a WINDOW of that name;",
               " * why_not: why the F cases it leaves out cannot measure it;",
               " * port: the port it always uses (case 1 asks ioperm for it), -1: none;",
-              " * needs: the vCPU feature without which the module refuses it (\"\": none).",
+              " * needs: the vCPU feature without which the module refuses it (\"\": none);",
+              " * testdev, reg: its pci-testdev test and that test's register offset, -1: none.",
               " */",
               "#define EXITLAT_F_INSTRS(X) \\"]
     for n in f_names:
         i = table[n]
         lines.append(f"\tX({n}, {enum_name(n)}, {_cases_mask(i.cases)}, {int(1 in i.cases)}, "
                      f"{_c_string(i.why_not)}, {-1 if i.port is None else hex(i.port)}, "
-                     f"{_c_string(i.needs)}) \\")
+                     f"{_c_string(i.needs)}, {-1 if i.testdev is None else i.testdev}, "
+                     f"{-1 if i.testdev_reg is None else i.testdev_reg}) \\")
     lines += ["", "/* S: the instruction of cases 2, 4 and 6. */",
               f"#define EXITLAT_S_CASES\t({_cases_mask(table[S_INSTRUCTION].cases)})",
               f"#define EXITLAT_I_S\t{enum_name(S_INSTRUCTION)}", "",

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from exitlat.run.plan import parse_int
 from exitlat.errors import CheckFailed, ExitlatError
-from exitlat.instructions import F_INSTRUCTIONS, PATH_NONE, TABLE
+from exitlat.instructions import F_INSTRUCTIONS, PATH_KVM, PATH_NONE, PATH_QEMU, TABLE
 from exitlat.limits import SELFTEST_MAX_ITERATIONS, SELFTEST_MIN_ITERATIONS
 from exitlat.paths import build_root, results_root
 from exitlat.progress import Progress, fmt_duration
@@ -186,25 +186,23 @@ def baseline_rows(docs: dict[str, dict]) -> list[dict]:
 
 def controls_possible(wanted: list[str]) -> dict[str, bool]:
     """Which negative controls the selected runs can feed (a subset of runs may leave some out;
-    the full selftest feeds them all)."""
-    specs = [(n, [i] if i != "all" else list(F_INSTRUCTIONS), c, b)
+    the full selftest feeds them all): a control needs a window of a kind some run runs in one
+    of its F cases (or, for outb, an S case)."""
+    specs = [([i] if i != "all" else list(F_INSTRUCTIONS), c, b)
              for n, i, c, b in RUNS if n in wanted]
-    none_kinds = {n for n, i in TABLE.items() if i.path == PATH_NONE}
-    mmio = {n for n, i in TABLE.items() if i.mmio}
-    return {"outb-as-kvm": any("cpuid" in instrs and set(cases) & {2, 4, 6}
-                               for _n, instrs, cases, _b in specs),
-            "cpuid-as-qemu": any("cpuid" in instrs for _n, instrs, _c, _b in specs),
+    ran = {k for instrs, cases, _b in specs for k in instrs if set(TABLE[k].cases) & set(cases)}
+    s_cases = any(set(cases) & {2, 4, 6} for _i, cases, _b in specs)
+    none_kinds = {n for n, i in TABLE.items() if i.path == PATH_NONE and not i.rearm}
+    mmio_qemu = {n for n, i in TABLE.items() if i.mmio and i.path == PATH_QEMU}
+    mmio_kvm = {n for n, i in TABLE.items() if i.mmio and i.path == PATH_KVM}
+    return {"outb-as-kvm": s_cases, "cpuid-as-qemu": "cpuid" in ran,
             "lost-events": bool(specs),
-            "unparsed-line": any(b == "stream" for _n, _i, _c, b in specs),
-            "qemu-extra-exit": any(set(cases) & {2, 4, 6} for _n, _i, cases, _b in specs),
-            "no-kvm-exit": any("cpuid" in instrs for _n, instrs, _c, _b in specs),
-            "read-as-write": any("rdmsr" in instrs for _n, instrs, _c, _b in specs),
-            "noexit-as-kvm": any(none_kinds & set(instrs) for _n, instrs, _c, _b in specs),
-            "kvm-as-noexit": any("cpuid" in instrs for _n, instrs, _c, _b in specs),
-            "mmio-eventfd-as-qemu": any(mmio & set(instrs) and 5 in cases
-                                        for _n, instrs, cases, _b in specs),
-            "mmio-qemu-as-eventfd": any(mmio & set(instrs) and 5 in cases
-                                        for _n, instrs, cases, _b in specs),
+            "unparsed-line": any(b == "stream" for _i, _c, b in specs),
+            "qemu-extra-exit": s_cases, "no-kvm-exit": "cpuid" in ran,
+            "read-as-write": "rdmsr" in ran, "noexit-as-kvm": bool(none_kinds & ran),
+            "kvm-as-noexit": "cpuid" in ran,
+            "mmio-eventfd-as-qemu": bool(mmio_kvm & ran),
+            "mmio-qemu-as-eventfd": bool(mmio_qemu & ran),
             "small-n": True, "tracing-elsewhere": True}
 
 

@@ -362,7 +362,7 @@ static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
  * device is found and mapped at the first CONFIG of such a kind (one probe
  * uses the module at a time).
  */
-#define EL_TD_VALUE	0xfa	/* the value the datamatch tests' ioeventfds match */
+#define EL_TD_VALUE	EXITLAT_TESTDEV_VALUE	/* the datamatch tests' ioeventfds match it */
 #define EL_TD_NOMATCH	0xce	/* the wildcard tests' header value */
 #define EL_TD_TEST	0	/* header: u8, the test's number (a write selects) */
 #define EL_TD_WIDTH	1	/* u8: the register's access width */

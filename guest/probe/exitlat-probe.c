@@ -89,6 +89,7 @@ struct window {
 	uint16_t port;		/* exitlat.port, for OUTB */
 	int timer;		/* EXITLAT_T_*: which timer pair */
 	bool amd;		/* VMMCALL instead of VMCALL */
+	volatile uint8_t *td;	/* mmio_*: pci-testdev's register, mapped */
 };
 
 /* What it hands back (returned, so no pointer stays live across the loop). */
@@ -106,10 +107,12 @@ typedef struct result window_fn(const struct window *in, uint64_t *buf, uint64_t
 		const int fd = in->fd;						\
 		const uint16_t port = in->port;					\
 		const bool amd = (AMD);						\
+		volatile uint8_t *const td = in->td;				\
 										\
 		(void)fd;							\
 		(void)port;							\
 		(void)amd;							\
+		(void)td;							\
 		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
 	} while (0)
 
@@ -167,6 +170,13 @@ WINDOW(inl_from_qemu,    exitlat_inl(EXITLAT_PORT_INL_FROM_QEMU))
 WINDOW(inl_from_kernel,  exitlat_inb(EXITLAT_PORT_INL_FROM_KERNEL))
 WINDOW(inl_from_pmtimer, exitlat_inl(EXITLAT_PORT_INL_FROM_PMTIMER))
 WINDOW(pause,       asm volatile("pause"))
+/* pci-testdev: its test selected and its BAR mapped (or ioperm'd) before the window */
+WINDOW(mmio_no_eventfd,  *td = EXITLAT_TESTDEV_VALUE)
+WINDOW(mmio_eventfd,     *td = EXITLAT_TESTDEV_VALUE)
+WINDOW(mmio_datamatch,   *td = EXITLAT_TESTDEV_VALUE)
+WINDOW(pio_no_eventfd,   exitlat_outb(port, EXITLAT_TESTDEV_VALUE))
+WINDOW(pio_eventfd,      exitlat_outb(port, EXITLAT_TESTDEV_VALUE))
+WINDOW(pio_datamatch,    exitlat_outb(port, EXITLAT_TESTDEV_VALUE))
 
 /* Where an instruction runs, and who times it. */
 enum where {
@@ -193,6 +203,7 @@ struct instr {
 	bool rax;		/* its RAX goes in done (USER and LOOP) */
 	int port;		/* the port it always uses (case 1: ioperm), -1: none */
 	const char *needs;	/* the vCPU feature the module refuses it without */
+	int testdev, reg;	/* its pci-testdev test and register offset, -1: none */
 };
 #define C(c)		EXITLAT_C(c)
 
@@ -202,11 +213,12 @@ struct instr {
 #define USER_WINDOW_1(kind)	window_##kind
 
 /* F: the instructions exitlat.instr names, one row each; the first is the default. */
-#define F_ROW(kind, id, cases_, user_, why_not_, port_, needs_)			\
+#define F_ROW(kind, id, cases_, user_, why_not_, port_, needs_, testdev_, reg_)	\
 	{ .name = #kind, .user = USER_WINDOW_##user_(kind), .module = id,		\
 	  .cases = (cases_), .why_not = why_not_,					\
 	  .ud = (id) == EXITLAT_I_VMCALL ? UD_VMCALL : NULL,				\
-	  .rax = (id) == EXITLAT_I_VMCALL, .port = (port_), .needs = needs_ },
+	  .rax = (id) == EXITLAT_I_VMCALL, .port = (port_), .needs = needs_,		\
+	  .testdev = (testdev_), .reg = (reg_) },
 static const struct instr f_instrs[] = {
 	EXITLAT_F_INSTRS(F_ROW)
 };
@@ -218,14 +230,14 @@ _Static_assert(ARRAY_SIZE(f_instrs) <= MAX_F, "raise MAX_F: more F rows than a p
 /* S (its port is exitlat.port), and what the baselines run instead of an instruction that exits. */
 static const struct instr S_OUTB = {
 	.name = "outb", .user = window_outb, .module = EXITLAT_I_S, .cases = EXITLAT_S_CASES,
-	.port = -1,
+	.port = -1, .testdev = -1,
 };
 static const struct instr NOTHING = { .name = "nothing", .user = window_nothing,
-				      .module = EXITLAT_I_NONE, .port = -1 };
+				      .module = EXITLAT_I_NONE, .port = -1, .testdev = -1 };
 static const struct instr NOP = { .name = "nop", .user = window_nop, .module = EXITLAT_I_NOP,
-				  .port = -1 };
+				  .port = -1, .testdev = -1 };
 static const struct instr GETPPID = { .name = "getppid", .user = window_getppid, .module = -1,
-				      .port = -1 };
+				      .port = -1, .testdev = -1 };
 
 /* Case c: F (exitlat.instr) or S, in one of the three places (docs/probes.md). */
 static const struct { bool s; enum where where; } cases[7] = {
@@ -579,52 +591,129 @@ static unsigned tsc_khz_from(const char **source)
 	return khz;
 }
 
+/* A sysfs file's first hex number (vendor, device), 0 where it cannot be read. */
+static unsigned sysfs_hex(const char *dir, const char *file)
+{
+	char path[320];
+	unsigned v = 0;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/%s", dir, file);
+	if ((f = fopen(path, "r"))) {
+		if (fscanf(f, "%x", &v) != 1)
+			v = 0;
+		fclose(f);
+	}
+	return v;
+}
+
 /*
- * The I/O BAR of QEMU's pci-testdev (BAR 1, from sysfs), 0 where the VM has
- * none.  The firmware assigns it at boot, and the host needs it to verify the
- * pio_* kinds (their port is this base + the register's fixed offset).
+ * QEMU's pci-testdev in sysfs: its folder (dir, "" where the VM has none) and
+ * the first port of its I/O BAR (BAR 1; 0: none).  The firmware assigns the
+ * BAR at boot, and the host needs it to verify the pio_* kinds (their port is
+ * this base + the register's fixed offset), so hello reports it.
  */
-static unsigned testdev_io_base(void)
+static char td_dir[300];
+static unsigned td_io;
+
+static void testdev_find(void)
 {
 	DIR *dir = opendir("/sys/bus/pci/devices");
 	struct dirent *e;
-	unsigned base = 0;
 
-	while (dir && !base && (e = readdir(dir))) {
-		char path[320], line[160];
-		unsigned vendor = 0, device = 0;
+	while (dir && !td_dir[0] && (e = readdir(dir))) {
+		char path[300], res[320], line[160];
 		unsigned long long start = 0, end = 0, flags = 0;
 		FILE *f;
 
 		if (e->d_name[0] == '.')
 			continue;
-		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/vendor", e->d_name);
-		if ((f = fopen(path, "r"))) {
-			if (fscanf(f, "%x", &vendor) != 1)
-				vendor = 0;
-			fclose(f);
-		}
-		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/device", e->d_name);
-		if ((f = fopen(path, "r"))) {
-			if (fscanf(f, "%x", &device) != 1)
-				device = 0;
-			fclose(f);
-		}
-		if (vendor != EXITLAT_TESTDEV_VENDOR || device != EXITLAT_TESTDEV_DEVICE)
+		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s", e->d_name);
+		if (sysfs_hex(path, "vendor") != EXITLAT_TESTDEV_VENDOR ||
+		    sysfs_hex(path, "device") != EXITLAT_TESTDEV_DEVICE)
 			continue;
-		snprintf(path, sizeof(path), "/sys/bus/pci/devices/%s/resource", e->d_name);
-		if (!(f = fopen(path, "r")))
+		snprintf(td_dir, sizeof(td_dir), "%s", path);
+		snprintf(res, sizeof(res), "%s/resource", td_dir);
+		if (!(f = fopen(res, "r")))
 			continue;
 		/* one line per BAR: start end flags; BAR 1 is the I/O BAR (IORESOURCE_IO) */
 		if (fgets(line, sizeof(line), f) && fgets(line, sizeof(line), f) &&
 		    sscanf(line, "%llx %llx %llx", &start, &end, &flags) == 3 &&
-		    (flags & 0x100) && start && start <= 0xffff)
-			base = (unsigned)start;
+		    (flags & 0x100) && start && start <= 0xff00)
+			td_io = (unsigned)start;
 		fclose(f);
 	}
 	if (dir)
 		closedir(dir);
-	return base;
+}
+
+/*
+ * Case 1 of a pci-testdev kind, before its window: map the memory BAR (its
+ * sysfs resource0) once, select the kind's test (a QEMU round trip in which
+ * QEMU registers the test's ioeventfd), check the test's header against the
+ * table, and point the window at the register.  0, or -1 after refusing.
+ */
+static volatile uint8_t *td_mem;
+static __attribute__((format(printf, 2, 3))) void refuse(const char *key, const char *fmt, ...);
+
+static uint8_t td_readb(int t, unsigned off)
+{
+	return t >= 3 ? exitlat_inb(td_io + off) : td_mem[off];
+}
+
+static int testdev_user_setup(const char *key, const struct instr *in, struct window *w)
+{
+	static const char *const names[6] = {
+		"mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
+		"portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd",
+	};
+	const int t = in->testdev;
+	char name[32], path[340];
+	uint32_t off = 0;
+	unsigned i;
+
+	if (!td_dir[0] || !td_io) {
+		refuse(key, "%s: the vCPU lacks %s", in->name, in->needs);
+		return -1;
+	}
+	if (t < 3 && !td_mem) {
+		int fd;
+		void *p;
+
+		snprintf(path, sizeof(path), "%s/resource0", td_dir);
+		fd = open(path, O_RDWR | O_SYNC | O_CLOEXEC);
+		p = fd < 0 ? MAP_FAILED : mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+		if (fd >= 0)
+			close(fd);
+		if (p == MAP_FAILED) {
+			emit_error(key, "mapping %s: %s", path, strerror(errno));
+			return -1;
+		}
+		td_mem = p;
+	}
+	if (t >= 3 && ioperm(td_io, 256, 1)) {
+		emit_error(key, "ioperm(0x%x, 256): %s", td_io, strerror(errno));
+		return -1;
+	}
+	if (t >= 3)
+		exitlat_outb(td_io, t - 3);
+	else
+		td_mem[0] = t;
+	for (i = 0; i < sizeof(name) - 1 && (name[i] = td_readb(t, 16 + i)); i++)
+		;
+	name[i] = 0;
+	for (i = 0; i < 4; i++)
+		off |= (uint32_t)td_readb(t, 4 + i) << (8 * i);
+	if (td_readb(t, 0) != t || strcmp(name, names[t]) || (int)off != in->reg) {
+		refuse(key, "%s: pci-testdev's test %d is not the one exitlat expects (%s at %u)",
+		       in->name, t, name, off);
+		return -1;
+	}
+	if (t >= 3)
+		w->port = td_io + in->reg;
+	else
+		w->td = td_mem + in->reg;
+	return 0;
 }
 
 static void hello(void)
@@ -671,9 +760,10 @@ static void hello(void)
 		 jk, khz, src, inv ? "true" : "false", rdtscp ? "true" : "false", sched_getcpu(),
 		 jv, jh, P.timer == EXITLAT_T_LFENCE ? "lfence" : "rdtscp",
 		 mod_fd >= 0 ? "true" : "false");
-	if (testdev_io_base())
+	testdev_find();
+	if (td_io)
 		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"testdev_io\":%u",
-			 testdev_io_base());
+			 td_io);
 	if (bb) {
 		jstr(jb, sizeof(jb), bb);
 		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"busybox\":%s", jb);
@@ -836,13 +926,15 @@ static int run_key(struct key *k)
 	const struct instr *in = k->instr;
 	/* ONCE: the window times the ioctl, the module runs the instruction. */
 	window_fn *const window = k->where == USER ? in->user : window_module_once;
-	const struct window w = { .fd = mod_fd, .port = P.port, .timer = P.timer, .amd = P.amd };
+	struct window w = { .fd = mod_fd, .port = P.port, .timer = P.timer, .amd = P.amd };
 	struct result res;
 	char extra[192], ready[96] = ",\"window\":\"timed\"";
 	struct sigaction sa = { .sa_handler = on_fault };
 
 	/* Setup and pre-flight, before 'ready': nothing here is inside a window. */
 	if (k->where != USER && module_config(k->name, in))
+		return -1;
+	if (k->where == USER && in->testdev >= 0 && testdev_user_setup(k->name, in, &w))
 		return -1;
 
 	sigemptyset(&sa.sa_mask);
