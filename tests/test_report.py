@@ -184,3 +184,18 @@ def test_report_html_beside_json(tmp_path):
     html = page.read_text()
     assert html.startswith("<!DOCTYPE html>") and f"⚠ {TCG_BANNER}" in html and "case2-r0" in html
     load_bundle(res_dir / "A")                                        # the bundle is untouched
+
+
+def test_the_report_says_why_a_host_dependent_path_was_expected():
+    """A kind whose path depends on the host shows the rule (and facts) it was judged by, once per
+    kind and case; kinds with one path for every host add nothing."""
+    from exitlat.report.text import path_basis_lines
+
+    basis = "no exit (virtualized in hardware or passed through) on this host (intel, ept): x"
+    doc = {"cases": [
+        {"case": 5, "instruction": "toggle_cr4_pge", "path_basis": basis, "key": "a-r0"},
+        {"case": 5, "instruction": "toggle_cr4_pge", "path_basis": basis, "key": "a-r1"},
+        {"case": 5, "instruction": "cpuid", "path_basis": "KVM", "key": "b-r0"}]}
+    lines = path_basis_lines(doc)
+    assert lines[2:] == [f"  case5 toggle_cr4_pge: {basis}"]
+    assert path_basis_lines({"cases": doc["cases"][2:]}) == []

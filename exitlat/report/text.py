@@ -367,6 +367,24 @@ def verdict_line(doc: dict) -> str:
     return f"verdict: {st.upper() if st != 'complete' else st} · {iso} · paths: {paths or 'no cases'}"
 
 
+def path_basis_lines(doc: dict) -> list[str]:
+    """Why each host-dependent kind was expected on its path here (the case's `path_basis`, from
+    the instruction table's host rules read against this host's facts), once per kind and case."""
+    from exitlat.instructions import TABLE
+
+    seen: dict[tuple, str] = {}
+    for e in doc.get("cases", []):
+        row = TABLE.get(e.get("instruction"))
+        basis = e.get("path_basis")
+        if row is None or not row.host_paths or not basis:
+            continue
+        seen.setdefault((e.get("case"), e["instruction"]), basis)
+    if not seen:
+        return []
+    return ["", "paths that depend on the host (exitlat/instructions.py host rules, this host's "
+            "facts):"] + [f"  case{c} {name}: {basis}" for (c, name), basis in seen.items()]
+
+
 def render_report(b: Bundle, verbose: bool = False) -> str:
     """The terminal report: the verdict and the numbers first, then at most MAX_WARNING_LINES
     grouped warnings (verbose: every one), then the tables of detail and the metadata."""
@@ -379,6 +397,7 @@ def render_report(b: Bundle, verbose: bool = False) -> str:
     out.append(tabulate(case_rows(d), headers=CASE_HEADERS, tablefmt="simple",
                         disable_numparse=True) if d["cases"] else "(no cases)")
     out += other_path_notes(d)
+    out += path_basis_lines(d)
     sums = case_summaries(b)
     if verbose:
         warns = [f"warning: {w}" for w in warnings_for(d)] + \
@@ -436,7 +455,7 @@ def report_json(b: Bundle) -> dict:
     d = b.doc
     sums = case_summaries(b)
     keep = ("key", "case", "repeat", "name", "flow", "instruction", "msr", "port", "timer",
-            "expected_path", "verification", "iterations", "warmup", "samples_file", "stats",
+            "expected_path", "path_basis", "verification", "iterations", "warmup", "samples_file", "stats",
             "timed_window", "verification_window", "tracing_overhead_cycles", "net_cycles",
             "tsc_backwards", "exit_check")
     return {
