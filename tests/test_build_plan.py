@@ -164,3 +164,24 @@ def test_a_failed_stage_stops_the_others(tmp_path):
 def test_cpu_seconds_from_the_stage_log():
     assert _cpu_seconds(["CC x", "== cpu 5m2.500s 0m30.250s"]) == pytest.approx(332.75)
     assert _cpu_seconds(["no such line"]) is None
+
+
+def test_a_killed_builds_temporary_folders_are_swept(tmp_path):
+    """A build killed with -9 leaves `.tmp-<stage>-<pid>`: the next build removes those of dead
+    processes and keeps a living build's (and its own)."""
+    import os
+    import subprocess
+
+    from exitlat.build.builder import sweep_stale_tmp
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = tmp_path / f".tmp-kernel-0123456789abcdef-{dead.pid}"
+    (stale / "out").mkdir(parents=True)
+    (stale / "out" / "bzImage").write_bytes(b"half")
+    living = tmp_path / ".tmp-qemu-0123456789abcdef-1"         # pid 1 always runs
+    mine = tmp_path / f".tmp-initramfs-0123456789abcdef-{os.getpid()}"
+    for d in (living, mine):
+        d.mkdir()
+    assert sweep_stale_tmp(tmp_path) == [stale]
+    assert not stale.exists() and living.is_dir() and mine.is_dir()

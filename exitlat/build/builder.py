@@ -97,6 +97,9 @@ class Builder:
         self.root.mkdir(parents=True, exist_ok=True)
         self.stages_dir.mkdir(exist_ok=True)
         self.logs_dir.mkdir(exist_ok=True)
+        for folder in (self.root, self.stages_dir):
+            for gone in sweep_stale_tmp(folder):
+                self.progress.say(f"removed {gone.name}: left by a build that was killed")
         needed = [st for st in STAGES if force or not self.stage_dir(st.name).is_dir()]
         if needed:
             self._docker()  # fail fast, before downloading anything, when there is no engine
@@ -376,6 +379,22 @@ class Builder:
         pkgs = sorted(out.decode().split())
         cache.write_text(json.dumps(pkgs))
         return pkgs
+
+
+def sweep_stale_tmp(folder: Path) -> list[Path]:
+    """Remove the `.tmp-<name>-<pid>` folders of builds whose process is gone (a kill -9 or a
+    lost machine leaves them: a stage or an assembly half done); a living build's are kept."""
+    from exitlat.run.leftovers import alive
+
+    removed = []
+    for entry in sorted(folder.glob(".tmp-*")):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid() or alive(int(pid), None):
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        if not entry.exists():
+            removed.append(entry)
+    return removed
 
 
 def _cpu_seconds(tail: list[str]) -> float | None:
