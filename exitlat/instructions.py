@@ -276,6 +276,19 @@ TABLE = {i.name: i for i in (
                                      "APICv virtualizes x2APIC SELF IPI writes: no exit"),),
                 what="x2APIC SELF IPI (send only; delivered after the batch): "
                      "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
+    # The TSC-deadline timer armed in the past with IRQs on: KVM finds it expired in the WRMSR's
+    # exit and injects its interrupt on the next entry; the loop waits for the handler. The
+    # timer's LVT entry points at IRQ_WORK_VECTOR for the batch (the module saves and restores it
+    # and the deadline), so the handler is Linux's lightest and the guest's clockevent, which would
+    # re-arm the timer with an exit of its own, never runs in a window.
+    Instruction("tscdeadline_immed", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                TSC_DEADLINE_MSR,
+                "the timer's LVT is redirected and IRQs turned on around each iteration, which "
+                "only the kernel loop (case 5) does",
+                what="WRMSR IA32_TSC_DEADLINE of a deadline already passed, with IRQs on: KVM "
+                     "expires the timer in the exit and injects its interrupt on the next entry; "
+                     "waited for until the guest's handler ran (its EOI paravirtual, no exit)",
+                needs="the TSC-deadline timer in TSC-deadline mode, in x2APIC mode"),
     # The self-IPI delivered: sent with IRQs on, so KVM injects it on the very next entry and the
     # guest's handler runs before the send returns. Its EOI does not exit: KVM marks the injected
     # vector for the guest's paravirtual EOI (KVM_FEATURE_PV_EOI, which -cpu host offers and Linux

@@ -341,6 +341,61 @@ static int el_check_self_ipi(const struct exitlat_config *cfg)
 	return READ_ONCE(el_ipi_seen) ? 0 : -ETIMEDOUT;
 }
 
+/*
+ * tscdeadline_immed: the guest's TSC-deadline timer armed at a deadline that
+ * has passed, with IRQs on, and the interrupt waited for.  For the batch the
+ * timer's LVT entry points at IRQ_WORK_VECTOR instead of the guest's timer
+ * vector (el_batch saves and restores both), so the interrupt runs Linux's
+ * lightest handler: the (paravirtual, exitless) EOI, a per-CPU count the loop
+ * waits for, and an empty irq_work list; the guest's clockevent handler, which
+ * would re-arm the timer with an exit of its own, never runs in a window.
+ */
+#define EL_X2APIC_LVTT		0x832
+#define EL_LVT_VECTOR		0xffUL
+#define EL_LVT_MASKED		(1UL << 16)
+#define EL_LVT_MODE		(3UL << 17)
+#define EL_LVT_TSCDEADLINE	(2UL << 17)
+
+static __always_inline void el_tscdeadline_immed(void)
+{
+	const unsigned int seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+
+	local_irq_enable();
+	el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, rdtsc());
+	while (this_cpu_read(irq_stat.apic_irq_work_irqs) == seen)
+		barrier();
+	local_irq_disable();
+}
+
+/* x2APIC, the TSC-deadline timer in TSC-deadline mode, and the interrupt seen within 10 ms. */
+static int el_check_tscdeadline_immed(const struct exitlat_config *cfg)
+{
+	unsigned long flags;
+	unsigned int seen;
+	u64 lvtt, saved;
+	int i, err = el_check_x2apic(cfg) ?: el_check_tsc_deadline(cfg);
+
+	if (err)
+		return err;
+	if (rdmsrl_safe(EL_X2APIC_LVTT, &lvtt) || (lvtt & EL_LVT_MODE) != EL_LVT_TSCDEADLINE)
+		return -EOPNOTSUPP;
+	local_irq_save(flags);
+	saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
+	el_wrmsr(EL_X2APIC_LVTT, (lvtt & ~(EL_LVT_VECTOR | EL_LVT_MASKED)) | IRQ_WORK_VECTOR);
+	seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+	el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, rdtsc());
+	local_irq_enable();
+	for (i = 0; i < 1000 && this_cpu_read(irq_stat.apic_irq_work_irqs) == seen; i++)
+		udelay(10);
+	local_irq_disable();
+	el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, 0);
+	el_wrmsr(EL_X2APIC_LVTT, lvtt);
+	el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
+	i = this_cpu_read(irq_stat.apic_irq_work_irqs) != seen;
+	local_irq_restore(flags);
+	return i ? 0 : -ETIMEDOUT;
+}
+
 static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 {
 	u64 caps;
@@ -569,6 +624,9 @@ static void el_testdev_release(void)
 	  el_wrmsr(EXITLAT_MSR_EOI, 0))							\
 	X(EXITLAT_I_X2APIC_SELF_IPI, x2apic_self_ipi, el_check_x2apic, false, 0,	\
 	  el_wrmsr(EXITLAT_MSR_X2APIC_SELF_IPI, RESCHEDULE_VECTOR))			\
+	/* loop only: IRQs on, the timer's LVT on IRQ_WORK_VECTOR (el_batch) */	\
+	X(EXITLAT_I_TSCDEADLINE_IMMED, tscdeadline_immed, el_check_tscdeadline_immed, false, \
+	  0, el_tscdeadline_immed())							\
 	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
 	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
 	  el_self_ipi_delivery())							\
@@ -728,18 +786,27 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		.msr = cfg->msr, .port = cfg->port, .timer = cfg->timer, .amd = cfg->amd,
 	};
 	const bool deadline = cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE;
+	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED;
 	unsigned long flags;
-	u64 saved = 0;
+	u64 saved = 0, lvtt = 0;
 	long rax;
 
 	preempt_disable();
 	local_irq_save(flags);
-	if (deadline) {
+	if (deadline || immed) {
 		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
 		w.ahead = EL_DEADLINE_AHEAD;
 	}
+	if (immed) {		/* the timer's interrupt on IRQ_WORK_VECTOR for the batch */
+		lvtt = el_rdmsr(EL_X2APIC_LVTT);
+		el_wrmsr(EL_X2APIC_LVTT, (lvtt & ~(EL_LVT_VECTOR | EL_LVT_MASKED)) | IRQ_WORK_VECTOR);
+	}
 	rax = el_instrs[cfg->instr].batch(&w, buf, n);
-	if (deadline)
+	if (immed) {		/* disarmed before the guest's own vector is back */
+		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, 0);
+		el_wrmsr(EL_X2APIC_LVTT, lvtt);
+	}
+	if (deadline || immed)
 		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
 	local_irq_restore(flags);
 	preempt_enable();

@@ -51,7 +51,7 @@
 #define MAX_ITERS	EXITLAT_MAX_ITERS
 #define HEADER_SIZE	4096
 #define ALIGN_4K(x)	(((x) + 4095) & ~4095ULL)
-#define MAX_F		32	/* F instructions one plan may list (exitlat.instr=a,b,...) */
+#define MAX_F		64	/* F instructions one plan may list (exitlat.instr=a,b,...) */
 #define MAX_KEYS	(6 + 2 * (3 * MAX_F + 3))	/* baselines + cases, each with its traced window */
 #define ARRAY_SIZE(a)	(sizeof(a) / sizeof((a)[0]))
 
