@@ -188,7 +188,7 @@ def controls_possible(wanted: list[str]) -> dict[str, bool]:
     """Which negative controls the selected runs can feed (a subset of runs may leave some out;
     the full selftest feeds them all): a control needs a window of a kind some run runs in one
     of its F cases (or, for outb, an S case)."""
-    specs = [([i] if i != "all" else list(F_INSTRUCTIONS), c, b)
+    specs = [(i.split(",") if i != "all" else list(F_INSTRUCTIONS), c, b)
              for n, i, c, b in RUNS if n in wanted]
     ran = {k for instrs, cases, _b in specs for k in instrs if set(TABLE[k].cases) & set(cases)}
     s_cases = any(set(cases) & {2, 4, 6} for _i, cases, _b in specs)
