@@ -57,6 +57,8 @@ class Instruction:
     kut: str | None = None      # the kvm-unit-tests x86/vmexit.c test it corresponds to
     what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
     needs: str = ""             # the vCPU feature without which the guest refuses it
+    irqs_on: bool = False       # its loop turns interrupts on in the window: the guest's own
+    #                             interrupts (a timer re-armed: one more MSR exit) may land there
     testdev: int | None = None  # a write to QEMU's pci-testdev: the test it selects (QEMU's
     #                             number: 0-2 in the memory BAR, 3-5 in the I/O BAR; TESTDEV_TESTS)
 
@@ -288,7 +290,7 @@ TABLE = {i.name: i for i in (
                 what="WRMSR IA32_TSC_DEADLINE of a deadline already passed, with IRQs on: KVM "
                      "expires the timer in the exit and injects its interrupt on the next entry; "
                      "waited for until the guest's handler ran (its EOI paravirtual, no exit)",
-                needs="the TSC-deadline timer in TSC-deadline mode, in x2APIC mode"),
+                irqs_on=True, needs="the TSC-deadline timer in TSC-deadline mode, in x2APIC mode"),
     # The self-IPI delivered: sent with IRQs on, so KVM injects it on the very next entry and the
     # guest's handler runs before the send returns. Its EOI does not exit: KVM marks the injected
     # vector for the guest's paravirtual EOI (KVM_FEATURE_PV_EOI, which -cpu host offers and Linux
@@ -304,7 +306,7 @@ TABLE = {i.name: i for i in (
                 what="x2APIC SELF IPI (an irq_work) with IRQs on: one MSR-write exit "
                      "(kvm_lapic_reg_write), the interrupt injected on the next entry and taken by "
                      "the guest's handler, its EOI paravirtual (no exit)",
-                needs="x2APIC mode"),
+                irqs_on=True, needs="x2APIC mode"),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

@@ -787,6 +787,11 @@ def test_selftest_end_to_end(tmp_path, vendor, kernel, runs):
                 # nothing to pair (no exit), or two round trips in one sample: said, not split
                 assert dc["status"] == "not decomposed" and dc["reason"], (e["key"], dc)
                 continue
+            if TABLE[e["instruction"]].irqs_on and dc["status"] != "ok":
+                # interrupts on in the window: a timer re-armed there adds an exit of the same
+                # reason, and the pairing then refuses rather than split wrongly
+                assert "paired" in dc["reason"], (e["key"], dc)
+                continue
             assert dc["status"] == "ok", (e["key"], dc.get("reason"))
             assert dc["pairing"]["unpaired_exits"] == 0 and dc["pairing"]["lost"] == 0, dc["pairing"]
             assert (dc["qemu_cycles"] is not None) == (e["expected_path"] == "qemu"), (e["key"], dc)
