@@ -9,8 +9,8 @@ compile time that it has exactly one per id; the probe builds f_instrs[] from EX
 
 from __future__ import annotations
 
-from exitlat.instructions import (S_INSTRUCTION, TABLE, TESTDEV_DEVICE, TESTDEV_VALUE,
-                                  TESTDEV_VENDOR, Instruction, f_instructions)
+from exitlat.instructions import (S_INSTRUCTION, TABLE, TESTDEV_DEVICE, TESTDEV_TESTS,
+                                  TESTDEV_VALUE, TESTDEV_VENDOR, Instruction, f_instructions)
 
 HEADER = "exitlat_instrs.h"
 
@@ -89,6 +89,9 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
               f"#define EXITLAT_TESTDEV_VENDOR\t{TESTDEV_VENDOR:#06x}",
               f"#define EXITLAT_TESTDEV_DEVICE\t{TESTDEV_DEVICE:#06x}",
               f"#define EXITLAT_TESTDEV_VALUE\t{TESTDEV_VALUE:#04x}\t/* what every kind writes */",
+              "/* its tests' names by number, as the device's header gives them */",
+              "#define EXITLAT_TESTDEV_NAMES\t{ " + ", ".join(f'"{t}"' for t in TESTDEV_TESTS)
+              + " }",
               "",
               "/* Bit c: case c may run it. */",
               "#define EXITLAT_C(c)\t(1u << (c))", "",

@@ -431,10 +431,7 @@ static struct pci_dev *el_td_dev;
 static void __iomem *el_td_mem;		/* BAR 0, mapped */
 static u16 el_td_port;			/* BAR 1's first port */
 static int el_td_selected = -1;
-static const char *const el_td_names[EL_TD_TESTS] = {
-	"mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
-	"portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd",
-};
+static const char *const el_td_names[EL_TD_TESTS] = EXITLAT_TESTDEV_NAMES;
 
 static u8 el_td_readb(int t, unsigned int off)
 {

@@ -663,10 +663,7 @@ static uint8_t td_readb(int t, unsigned off)
 
 static int testdev_user_setup(const char *key, const struct instr *in, struct window *w)
 {
-	static const char *const names[6] = {
-		"mmio-no-eventfd", "mmio-wildcard-eventfd", "mmio-datamatch-eventfd",
-		"portio-no-eventfd", "portio-wildcard-eventfd", "portio-datamatch-eventfd",
-	};
+	static const char *const names[6] = EXITLAT_TESTDEV_NAMES;
 	const int t = in->testdev;
 	char name[32], path[340];
 	uint32_t off = 0;
