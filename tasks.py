@@ -119,7 +119,8 @@ def build(c, mirror=None, pins=None, verify_reproducible=False, force=False):
              "allows; kinds this vCPU lacks are left out with why)",
     "port": "S port for OUTB (debugcon; default 0xe9)",
     "timer": "rdtscp (default) or lfence (LFENCE;RDTSC;LFENCE)",
-    "core": "host core for the vCPU (default: an isolated core, else the last one)",
+    "core": "host core for the vCPU (default: an isolated core, else the last one); A,B also "
+            "places the receiving vCPU of the two-vCPU kinds (ipi, ipi_halt) on core B",
     "accel": "auto (default), kvm or tcg (TCG: no VM exits, for testing the chain only)",
     "repeat": "fresh VMs to run: the unit of the statistics (default auto: 5 under KVM, 1 under "
               "TCG; 1 leaves run-to-run variation unknown)",

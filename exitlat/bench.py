@@ -4,6 +4,7 @@ nothing traces and proves its path in a traced window of its own, assemble the d
 (exitlat.bundle.assemble) and write one bundle. Nothing earlier is ever overwritten; a failed or
 interrupted run still leaves a bundle marked incomplete with everything collected so far."""
 
+import contextlib
 import json
 import os
 import sys
@@ -48,8 +49,10 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
     out_root.mkdir(parents=True, exist_ok=True)
     _say_plan_notes(plan, progress)
     remove_leftovers(progress)
-    with CoreLock(plan.core) as lock:
+    with CoreLock(plan.core) as lock, contextlib.ExitStack() as peer_lock:
         lock.acquire(wait=wait, say=progress.say)
+        if plan.placement.peer is not None:      # the receiving vCPU's core is held as well
+            peer_lock.enter_context(CoreLock(plan.placement.peer)).acquire(wait=wait, say=progress.say)
         since = lock.record["started_ns"]
         running = other_runs(since, lock.folder)
         if running:
@@ -58,7 +61,10 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
                          + " (each measures the others' noise; the bundle records them)")
         plan = plan.with_build(opts.build or ensure_build(progress), load_pins().base)
         progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, "
-                     f"{plan.accel.upper()}, core {plan.core} (housekeeping {plan.housekeeping}), "
+                     f"{plan.accel.upper()}, core {plan.core}"
+                     + (f", receiver core {plan.placement.peer} ({plan.placement.topology.get('relation')})"
+                        if plan.placement.peer is not None else "")
+                     + f" (housekeeping {plan.housekeeping}), "
                      f"{plan.repeat} VM(s), {'container' if opts.container else 'no container'}")
         # From here on a stop request never costs what was measured: the VM runs are interrupted
         # at once, everything after them (the bundle) finishes first.
@@ -239,6 +245,16 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
     return folder
 
 
+def parse_peer_core(text) -> int | None:
+    """--core A,B: B, the receiving vCPU's core of the two-vCPU kinds (None for --core A)."""
+    if text is None or "," not in str(text):
+        return None
+    parts = str(text).split(",")
+    if len(parts) != 2:
+        raise ExitlatError(f"--core takes one core or two (A,B), got {text!r}")
+    return parse_int(parts[1].strip(), "--core's second core", 0, MAX_CORE)
+
+
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
                no_container, no_verify, require_isolation, debugcon, no_baselines, tracing="auto",
                verify_iterations=None, build=None, wait=False, verbose=False, reference=False) -> int:
@@ -250,7 +266,8 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         iterations=parse_int(iterations, "--iterations", 1, MAX_ITERATIONS),
         warmup=parse_int(warmup, "--warmup", 0, MAX_WARMUP),
         instr=instr, port=parse_int(port, "--port", 0, MAX_PORT), timer=timer,
-        core=None if core is None else parse_int(core, "--core", 0, MAX_CORE),
+        core=None if core is None else parse_int(str(core).split(",")[0], "--core", 0, MAX_CORE),
+        peer_core=parse_peer_core(core),
         accel=accel, repeat=None if str(repeat) == "auto" else parse_int(repeat, "--repeat", 1, MAX_REPEAT),
         label=label,
         output=Path(output) if output else None, container=not no_container,

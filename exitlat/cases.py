@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ExitlatError
 from .limits import MAX_PORT
-from .hostpaths import choose_path
+from .hostpaths import choose_path, choose_receiver_path
 from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH,
                            S_INSTRUCTION, TABLE)
 
@@ -35,6 +35,9 @@ class CaseSpec:
     msr: int | None = None    # for rdmsr / wrmsr_tsc_deadline
     port: int | None = None   # for port I/O: outb's --port, or the kind's own (inl_from_qemu)
     path_basis: str = ""      # why this path is expected here (exitlat.hostpaths.choose_path)
+    receiver_path: str | None = None   # a two-vCPU kind: whether the receiver exits ("kvm":
+    #                                    its one exit per iteration) or not ("none")
+    receiver_basis: str = ""
 
 
 def _valid() -> str:
@@ -113,14 +116,17 @@ def case_keys(cases, instrs: tuple[str, ...]) -> list[tuple[int, str, str]]:
 
 
 def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
-               host: dict | None = None) -> list[CaseSpec]:
+               host: dict | None = None, two_cores: bool = False) -> list[CaseSpec]:
     """One CaseSpec per case and F instruction, refusing combinations that cannot measure what
     they claim. `instr`: a name, a comma list, a tuple of names or "all" (every kind each F case
     allows; the others are left out, not refused). `host`: the host's facts, which decide the
-    path of host-dependent kinds (exitlat.hostpaths); without them each kind's default."""
+    path of host-dependent kinds (exitlat.hostpaths); without them each kind's default.
+    `two_cores`: the user gave a second core, so "all" includes the two-vCPU kinds (ipi, ...);
+    named, they run anyway (the placement then picks the second core)."""
     chosen = parse_instrs(",".join(instr) if isinstance(instr, (tuple, list)) else instr)
     everything = chosen == "all"
-    instrs = F_INSTRUCTIONS if everything else chosen
+    instrs = (tuple(n for n in F_INSTRUCTIONS if two_cores or TABLE[n].vcpus == 1) if everything
+              else chosen)
     check_port(port)
     if msr is not None and not 0 <= msr <= 0xFFFFFFFF:
         raise ExitlatError(f"MSR index must be a 32-bit number, got {msr!r}")
@@ -139,9 +145,12 @@ def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
         ins = TABLE[name]
         choice = choose_path(ins, host)
         spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
+        receiver = choose_receiver_path(ins, host)
         specs.append(CaseSpec(n, _FLOWS[n], ins.name, choice.path, key, msr=spec_msr,
                               port=port if ins.name == S_INSTRUCTION else ins.port,
-                              path_basis=choice.basis))
+                              path_basis=choice.basis,
+                              receiver_path=receiver.path if receiver else None,
+                              receiver_basis=receiver.basis if receiver else ""))
     if not specs:
         raise ExitlatError(f"no case of {','.join(map(str, cases))} can run {instr}")
     return specs

@@ -18,6 +18,17 @@ def _path(i) -> str:
     for r in i.host_paths:
         facts = ", ".join((r.vendor,) + r.facts)
         out += f"; `{r.path}` on {facts}: {r.why}"
+    if i.receiver:
+        out += "; receiver: one exit per iteration"
+        for r in i.receiver_paths:
+            out += f", `{r.path}` on {', '.join((r.vendor,) + r.facts)}: {r.why}"
+    return out
+
+
+def _reasons(i) -> str:
+    out = f"{i.vmx_reason} / {i.svm_reason}"
+    if i.receiver:
+        out += f"; receiver {i.receiver[0]} / {i.receiver[1]}"
     return out
 
 
@@ -26,6 +37,8 @@ def _kut(i) -> str:
         return f"`{i.kut}`"
     if i.kut_testdev:
         return f"`{i.kut_testdev}` (not run by `--reference`)"
+    if i.kut_smp:
+        return f"`{i.kut_smp}` (two vCPUs: not run by `--reference`)"
     return "-"
 
 
@@ -40,7 +53,7 @@ def markdown() -> str:
         port = f" (port {i.port:#x})" if i.port is not None else ""
         msr = f" (MSR {i.msr:#x})" if i.msr is not None and name != "rdmsr" else ""
         rows.append(f"| `{name}` | {cases} | {i.what}{port}{msr} | {_path(i)} | "
-                    f"{i.vmx_reason} / {i.svm_reason} | {_kut(i)} | "
+                    f"{_reasons(i)} | {_kut(i)} | "
                     f"{i.needs or '-'} |")
     rows += ["", "Paths: " + "; ".join(f"`{p}` = {t}" for p, t in PATH_TEXT.items()) + ".", "",
              END]

@@ -1,5 +1,5 @@
 """Which path a host-dependent exit kind takes on this host: the host's facts that decide it
-(EPT, the TPR shadow, the VMX preemption timer, the KVM version) and the instruction table's
+(EPT, the TPR shadow, the VMX preemption timer, APICv, IPI virtualization, AVIC, the KVM version) and the instruction table's
 `host_paths` rules read against them. The plan resolves every case's expected path here once; the
 verifier then proves it, so a wrong rule shows up as a failed window, never as a wrong number."""
 
@@ -44,6 +44,10 @@ def host_facts(host: dict | None) -> set[str]:
         facts.add("no_preemption_timer")
     if str(params.get("kvm_intel.enable_apicv", "")).strip() in _YES:
         facts.add("apicv")
+    if str(params.get("kvm_intel.enable_ipiv", "")).strip() in _YES:
+        facts.add("ipiv")
+    if str(params.get("kvm_amd.avic", "")).strip() in _YES:
+        facts.add("avic")
     vmx = cpu.get("vmx_flags")
     # /proc/cpuinfo's "vmx flags" names the TPR shadow "vtpr" (VMX_FEATURE_VIRTUAL_TPR)
     if isinstance(vmx, list) and vendor == "intel" and "vtpr" not in vmx:
@@ -66,3 +70,22 @@ def choose_path(ins: Instruction, host: dict | None) -> PathChoice:
         return PathChoice(ins.path, f"{PATH_TEXT[ins.path]}: the default (no host rule of "
                                     f"{ins.name} matched this host)")
     return PathChoice(ins.path, PATH_TEXT[ins.path])
+
+
+def choose_receiver_path(ins: Instruction, host: dict | None) -> PathChoice | None:
+    """Whether the receiving vCPU of a two-vCPU kind exits once per iteration (PATH_KVM: its row's
+    `receiver` reason) or not at all on `host` (a `receiver_paths` rule); None for other kinds."""
+    from exitlat.instructions import PATH_KVM
+
+    if ins.receiver is None:
+        return None
+    facts = host_facts(host)
+    for rule in ins.receiver_paths:
+        if rule.vendor in facts and all(f in facts for f in rule.facts):
+            on = ", ".join((rule.vendor,) + rule.facts)
+            return PathChoice(rule.path, f"receiver: {PATH_TEXT[rule.path]} on this host ({on}): "
+                                         f"{rule.why}")
+    vmx, svm = ins.receiver
+    return PathChoice(PATH_KVM, f"receiver: one exit per iteration ({vmx} on VMX, {svm} on SVM)"
+                                + ("; the default (no receiver rule matched this host)"
+                                   if ins.receiver_paths else ""))

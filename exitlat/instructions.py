@@ -61,6 +61,10 @@ class Instruction:
     #                             interrupts (a timer re-armed: one more MSR exit) may land there
     testdev: int | None = None  # a write to QEMU's pci-testdev: the test it selects (QEMU's
     #                             number: 0-2 in the memory BAR, 3-5 in the I/O BAR; TESTDEV_TESTS)
+    vcpus: int = 1              # vCPUs its VM needs (2: an IPI from the measured vCPU to another)
+    receiver: tuple[str, str] | None = None   # the other vCPU's exit per iteration (VMX, SVM
+    #                                           reason), proven in the traced window too
+    receiver_paths: tuple[HostPath, ...] = ()  # hosts where the receiver takes no exit (PATH_NONE)
 
     @property
     def mmio(self) -> bool:
@@ -83,6 +87,19 @@ class Instruction:
         if self.testdev is None:
             return None
         return f"{TESTDEV_TESTS[self.testdev]}:pci-{'io' if self.io else 'mem'}"
+
+    @property
+    def kut_smp(self) -> str | None:
+        """vmexit.flat's test of the same IPI (its `ipi` and `ipi_halt` need -smp 2, which
+        `--reference`'s VM does not have: not run there)."""
+        return self.name if self.vcpus > 1 else None
+
+    def receiver_reasons(self, vendor: str) -> tuple[str, ...]:
+        """kvm_exit reason names the receiving vCPU's one exit per iteration has on `vendor`."""
+        if self.receiver is None:
+            return ()
+        vmx, svm = self.receiver
+        return {"intel": (vmx,), "amd": (svm,)}.get(vendor, tuple(dict.fromkeys((vmx, svm))))
 
     def reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names one iteration produces on `vendor`'s host ("unknown": either)."""
@@ -107,6 +124,7 @@ PRED_CMD_MSR = 0x49
 TSX_CTRL_MSR = 0x122
 X2APIC_EOI_MSR = 0x80B      # the local APIC's EOI register in x2APIC mode
 X2APIC_SELF_IPI_MSR = 0x83F  # x2APIC SELF IPI: the vector in bits 0-7
+X2APIC_ICR_MSR = 0x830      # x2APIC ICR: the destination's APIC ID in bits 32-63
 # QEMU's pci-testdev (-device pci-testdev, added to the VM only for the kinds that need it): a
 # memory BAR whose tests are selected by writing their number to offset 0; a write to the selected
 # test's register either exits to QEMU (no-eventfd) or, through the ioeventfd QEMU registers with
@@ -307,6 +325,41 @@ TABLE = {i.name: i for i in (
                      "(kvm_lapic_reg_write), the interrupt injected on the next entry and taken by "
                      "the guest's handler, its EOI paravirtual (no exit)",
                 irqs_on=True, needs="x2APIC mode"),
+    # IPIs to a second vCPU (the receiver), on its own host core (bench --core A,B): the sender
+    # writes the x2APIC ICR (fixed, physical: KVM's irq-off fastpath on both vendors) and waits
+    # for the receiver's handler to count the IPI. The receiver's exit is proven as well. With
+    # IPI virtualization (Intel IPIv) or AVIC the send does not exit; with posted interrupts
+    # (APICv) or AVIC a running receiver takes the interrupt without an exit.
+    Instruction("ipi", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
+                X2APIC_ICR_MSR,
+                "the IPI is sent with IRQs off and waited for, with a second vCPU spinning to "
+                "receive it, which only the kernel loop (case 5) does",
+                fastpath=("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr"),
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv", "ipiv"),
+                                     "IPI virtualization: the ICR write does not exit"),
+                            HostPath(PATH_NONE, "amd", ("avic",),
+                                     "AVIC: an IPI to a running vCPU does not exit")),
+                vcpus=2, receiver=("EXTERNAL_INTERRUPT", "INTR"),
+                receiver_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                         "a posted interrupt: the running receiver does not exit"),
+                                HostPath(PATH_NONE, "amd", ("avic",),
+                                         "AVIC's doorbell: the running receiver does not exit")),
+                what="an x2APIC IPI to a running vCPU and its handler's acknowledgement: the "
+                     "sender's ICR exit (kvm_x2apic_icr_write in KVM's fastpath) and the "
+                     "receiver kicked out of guest mode (a host IPI) to take the interrupt",
+                needs="x2APIC mode and a second vCPU (bench --core A,B)"),
+    Instruction("ipi_halt", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
+                X2APIC_ICR_MSR,
+                "the IPI is sent with IRQs off and waited for, then the receiver left to halt "
+                "again outside the timing, which only the kernel loop (case 5) does",
+                fastpath=("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr"),
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv", "ipiv"),
+                                     "IPI virtualization: the ICR write does not exit"),),
+                vcpus=2, receiver=("HLT", "HLT"),
+                what="an x2APIC IPI to a vCPU halted in HLT and its handler's acknowledgement: "
+                     "the sender's ICR exit (KVM's fastpath) and the receiver's vCPU thread woken "
+                     "after 1 ms halted (past KVM's default halt polling) to run the interrupt",
+                needs="x2APIC mode and a second vCPU (bench --core A,B)"),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

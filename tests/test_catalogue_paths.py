@@ -266,7 +266,12 @@ def test_instr_lists_and_all():
         with pytest.raises(ExitlatError, match=msg):
             parse_instrs(bad)
     specs = case_specs([5], "all")
-    assert [s.instruction for s in specs] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases]
+    assert [s.instruction for s in specs] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases
+                                              and TABLE[n].vcpus == 1]
+    # the two-vCPU kinds join "all" only when a second core was given
+    both = case_specs([5], "all", two_cores=True)
+    assert [s.instruction for s in both] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases]
+    assert {"ipi", "ipi_halt"} <= {s.instruction for s in both}
     assert all(s.key == f"case5_{s.instruction}" for s in specs)
     # all: case 1 runs only what CPL 3 can run; an explicit pair it cannot is refused
     assert {s.instruction for s in case_specs([1], "all")} == {
@@ -303,7 +308,7 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
                             "x2apic_self_ipi", "self_ipi_delivery",
-                            "tscdeadline_immed") or row.testdev is not None, name
+                            "tscdeadline_immed") or row.testdev is not None or row.kut_smp, name
         if row.testdev is not None:     # vmexit.flat's pci-mem and pci-io tests
             assert row.kut_testdev.startswith("mmio-" if row.mmio else "portio-"), name
             assert row.kut_testdev.endswith(":pci-mem" if row.mmio else ":pci-io"), name

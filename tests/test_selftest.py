@@ -481,7 +481,18 @@ def synthetic_doc(n=1000):
                       _case("case5-r0", 5, "rdmsr", "kvm", rdmsr, n),
                       _case("case5_mov_from_cr8-r0", 5, "mov_from_cr8", "none", cr8, n),
                       _case("case5_mmio_no_eventfd-r0", 5, "mmio_no_eventfd", "qemu", mmio_qemu, n),
-                      _case("case5_mmio_eventfd-r0", 5, "mmio_eventfd", "kvm", mmio_kvm, n)]}
+                      _case("case5_mmio_eventfd-r0", 5, "mmio_eventfd", "kvm", mmio_kvm, n),
+                      _ipi_case("ipi_halt", {"HLT": n + 4, "MSR": 6}, n),
+                      _ipi_case("ipi", {"INTR": n + 9, "MSR": 9}, n)]}
+
+
+def _ipi_case(kind, receiver, n):
+    """A two-vCPU case: the sender's ICR writes, and its receiver's own window."""
+    sender = _counts({"MSR": n + 2}, handled={"msr_write": n + 2})
+    c = _case(f"case5_{kind}-r0", 5, kind, "kvm_fastpath", sender, n)
+    c["receiver_path"] = "kvm"
+    c["verification_window"]["receiver_counts"] = _counts(receiver)
+    return c
 
 
 def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
@@ -504,7 +515,7 @@ def control_run_doc(foreign="instances/x: raw_syscalls/sys_enter"):
 
 def test_controls_fail_on_synthetic_windows():
     windows = controls.windows_of("b", synthetic_doc())
-    assert [w.tid for w in windows] == [321] * 7
+    assert [w.tid for w in windows] == [321] * 9
     results = {c["name"]: c for c in controls.run_controls(windows, control_run_doc())}
     assert set(results) == set(controls.CONTROL_NAMES)
     for name, c in results.items():
@@ -538,6 +549,8 @@ def test_controls_a_subset_of_runs_can_feed():
 
 def test_a_control_the_verifier_passes_is_not_ok(monkeypatch):
     monkeypatch.setattr(controls, "verify_case", lambda *a, **k: {"status": "passed", "detail": "ok"})
+    monkeypatch.setattr("exitlat.verify.receiver.verify_receiver",
+                        lambda *a, **k: {"status": "passed", "detail": "ok"})
     results = controls.run_controls(controls.windows_of("b", synthetic_doc()))
     assert results and not any(c["ok"] for c in results)
 
@@ -548,7 +561,7 @@ def test_evaluate_reports_every_problem():
     summary = {"runs": [{"name": "cpuid-hist", "status": "ok", "bundle": "b", "tracing": "hist"},
                         {"name": "vmcall", "status": "error", "error": "guest did not boot"}]}
     rows, ctl, problems = evaluate(summary, {"cpuid-hist": doc}, ["cpuid-hist", "vmcall", "rdmsr"])
-    assert [r["verdict"] for r in rows] == ["passed", "failed"] + ["passed"] * 5
+    assert [r["verdict"] for r in rows] == ["passed", "failed"] + ["passed"] * 7
     assert rows[0]["exits_per_iter"]["CPUID"] == 1.0
     assert any("vmcall: guest did not boot" in p for p in problems)
     assert any("rdmsr: did not run" in p for p in problems)
@@ -694,6 +707,8 @@ def _require_emulated_host_machine():
 # Bochs with every run on 6.12 (~9 min).
 E2E = [pytest.param("amd", "6.12", "all", id="amd-6.12"),
        pytest.param("amd", "6.1", "all", id="amd-6.1"),
+       # the two-vCPU kinds: an L1 with three CPUs, the receiver on L1's core 2
+       pytest.param("amd", "6.12", "catalogue-ipi", id="amd-6.12-ipi"),
        # the VT-x host runs the catalogue by hand (`--vendor intel --runs catalogue`, ~11 min under
        # Bochs; docs/verification.md has its table): CI keeps to the default runs there
        pytest.param("intel", "6.12", "default", id="intel-6.12")]
@@ -779,6 +794,12 @@ def test_selftest_end_to_end(tmp_path, vendor, kernel, runs):
             assert abs(tw["kvm_stats"]["exits"] - traced_exits * n_timed) <= allowed, (e["key"], tw, vw)
             agree = vw["verdict"]["stats_agreement"]
             assert agree and all(a["ok"] for a in agree.values()), (e["key"], agree)
+            if TABLE[e["instruction"]].receiver:    # the receiving vCPU was traced and proven
+                rv = vw["verdict"]["receiver"]
+                assert rv["status"] == "passed" and rv["expected_reason_per_iter"] >= 0.98, rv
+                assert vw["receiver_counts"]["exits"], vw
+                assert b.doc["run"]["receiver_core"] == b.doc["run"]["core"] + 1
+                assert b.doc["run"]["topology"]["relation"], b.doc["run"]
             assert e["tracing_overhead_cycles"] is not None and vw["samples_file"]
             # where the cycles go: every traced exit paired with its entry (host x86-tsc clock),
             # QEMU time only where the exit went to userspace, parts within the round trip

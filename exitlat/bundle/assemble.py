@@ -151,7 +151,9 @@ class DocumentBuilder:
         overhead = tracing_overhead(stats, (vw or {}).get("stats"))
         if vw is not None:
             vw["decomposition"] = self._decomposition(spec, res, traced_samples, overhead, base)
-        return {"key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
+        receiver = ({"receiver_path": spec.receiver_path, "receiver_basis": spec.receiver_basis}
+                    if spec.receiver_path else {})
+        return {**receiver, "key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
                 "port": run_port(spec, self.ctx, res.hello),
@@ -193,6 +195,9 @@ class DocumentBuilder:
                "counts": traced.counts.to_dict() if traced and traced.counts is not None else None,
                "kvm_stats": traced.kvm_stats if traced else None, "verdict": verdict,
                "stats": None, "samples_file": None, "tsc_backwards": 0}
+        if traced is not None and traced.receiver_counts is not None:    # a two-vCPU kind
+            out["receiver_counts"] = traced.receiver_counts.to_dict()
+            out["receiver_kvm_stats"] = traced.receiver_kvm_stats
         if arr is not None:
             good, bad = valid_samples(arr)
             out["tsc_backwards"], out["samples_kept"] = bad, int(good.size)
@@ -243,12 +248,14 @@ class DocumentBuilder:
                       "kernel_config_sha256": manifest.get("artifacts", {}).get("kernel.config"),
                       "busybox_version": versions.get("busybox"),
                       "tsc_khz": hello.get("tsc_khz"), "invariant_tsc": hello.get("invariant_tsc"),
-                      "cpu": hello.get("vendor"), "vcpu": hello.get("cpu")},
+                      "cpu": hello.get("vendor"), "vcpu": hello.get("cpu"),
+                      "vcpus": hello.get("vcpus")},
             "qemu": {"version": first.qemu_version or versions.get("qemu"),
                      "command_line": first.argv, "container": self.o.container},
             "build_manifest": manifest,
             "isolation": isolation,
             "run": {"core": self.plan.core, "housekeeping_core": self.plan.housekeeping,
+                    **self._receiver_placement(),
                     "tracing": first.tracing,
                     "verify_iterations": self.viters, "exit_vendor": self.ctx.vendor,
                     "pinned_threads": {str(k): v for r in results for k, v in r.pinned.items()},
@@ -262,6 +269,16 @@ class DocumentBuilder:
             "baselines": baselines,
         }
         return doc, self.samples, self.files
+
+    def _receiver_placement(self) -> dict:
+        """A two-vCPU run's second vCPU: its core, that core's isolation state, and where the two
+        cores sit (an IPI's cost changes by multiples between SMT siblings, one LLC and two
+        packages)."""
+        pl = self.plan.placement
+        if pl.peer is None:
+            return {}
+        return {"vcpus": self.plan.vcpus, "receiver_core": pl.peer,
+                "receiver_isolation": pl.peer_isolation, "topology": pl.topology}
 
 
 def document_hz(host: dict, hello: dict) -> float | None:

@@ -376,13 +376,23 @@ def path_basis_lines(doc: dict) -> list[str]:
     for e in doc.get("cases", []):
         row = TABLE.get(e.get("instruction"))
         basis = e.get("path_basis")
-        if row is None or not row.host_paths or not basis:
+        if row is None or not (row.host_paths or row.receiver) or not basis:
             continue
+        if e.get("receiver_basis"):           # a two-vCPU kind: the receiving vCPU's rule too
+            basis = f"{basis}; {e['receiver_basis']}"
         seen.setdefault((e.get("case"), e["instruction"]), basis)
     if not seen:
         return []
-    return ["", "paths that depend on the host (exitlat/instructions.py host rules, this host's "
-            "facts):"] + [f"  case{c} {name}: {basis}" for (c, name), basis in seen.items()]
+    lines = ["", "paths that depend on the host (exitlat/instructions.py host rules, this host's "
+             "facts):"] + [f"  case{c} {name}: {basis}" for (c, name), basis in seen.items()]
+    run = doc.get("run") or {}
+    if run.get("receiver_core") is not None:
+        topo = run.get("topology") or {}
+        lines.append(f"  receiving vCPU on core {run['receiver_core']} (sender on core "
+                     f"{run.get('core')}): {topo.get('relation', 'unknown')}"
+                     + ("" if (run.get("receiver_isolation") or {}).get("isolated")
+                        else "; that core is NOT isolated"))
+    return lines
 
 
 def render_report(b: Bundle, verbose: bool = False) -> str:

@@ -235,11 +235,15 @@ def threads_of(pid: int) -> list[int]:
         return []
 
 
-def pin_threads(pid: int, vcpu_tids: list[int], core: int, housekeeping: int) -> dict:
-    """The vCPU thread to the measured core, every other QEMU thread to the housekeeping core."""
+def pin_threads(pid: int, vcpu_tids: list[int], cores, housekeeping: int) -> dict:
+    """Each vCPU thread to its core (`cores`: one per vCPU, in vCPU order, or one core for all),
+    every other QEMU thread to the housekeeping core."""
+    if isinstance(cores, int):
+        cores = [cores] * len(vcpu_tids)
+    core_of = dict(zip(vcpu_tids, cores))
     pinned = {}
     for tid in threads_of(pid):
-        target = core if tid in vcpu_tids else housekeeping
+        target = core_of.get(tid, housekeeping)
         try:
             os.sched_setaffinity(tid, {target})
             pinned[tid] = target

@@ -50,6 +50,33 @@ def resolve_cores(core: int | None, say) -> tuple[int, int, dict]:
     return core, hk, collect_state(core, runs=runs_state_of)
 
 
+def resolve_peer(placement, peer: int | None, say):
+    """The placement with the receiving vCPU's core (given, or peer_core's choice), its isolation
+    state and the two cores' topology; a core that does not exist or is taken is one line."""
+    from dataclasses import replace
+
+    from exitlat.host.isolation import collect_state, pair_topology, peer_core
+
+    core, hk = placement.core, placement.housekeeping
+    if peer is None:
+        peer, why = peer_core(core, hk)
+        if peer is None:
+            raise ExitlatError(why)
+        if why:
+            say(f"warning: {why}")
+    ncpu = os.cpu_count() or 1
+    if not 0 <= peer < ncpu:
+        raise ExitlatError(f"--core {core},{peer}: core {peer} does not exist (this host has "
+                           f"cores 0-{ncpu - 1})")
+    if peer in (core, hk):
+        raise ExitlatError(f"--core {core},{peer}: the receiving vCPU needs a core of its own, not "
+                           f"{'the measured core' if peer == core else f'housekeeping core {hk}'}")
+    from .cleanup import runs_state_of
+
+    return replace(placement, peer=peer, peer_isolation=collect_state(peer, runs=runs_state_of),
+                   topology=pair_topology(core, peer))
+
+
 def ensure_build(progress: Progress) -> Path:
     from exitlat.build.builder import build
     from exitlat.build.stages import find_build

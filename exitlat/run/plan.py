@@ -34,6 +34,7 @@ class BenchOptions:
     port: int = 0xE9
     timer: str = "rdtscp"
     core: int | None = None
+    peer_core: int | None = None    # --core A,B: the receiving vCPU's core (two-vCPU kinds)
     accel: str = "auto"
     repeat: int | None = None      # None: RECOMMENDED_REPEAT under KVM, 1 under TCG
     label: str | None = None
@@ -78,11 +79,20 @@ def check_options(o: BenchOptions) -> None:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where the run's vCPU goes: the measured core, QEMU's other threads' core, and the measured
-    core's isolation state (exitlat.host.isolation.collect_state)."""
+    """Where the run's vCPUs go: the measured core, QEMU's other threads' core, and the measured
+    core's isolation state (exitlat.host.isolation.collect_state); for a two-vCPU plan also the
+    receiving vCPU's core, its isolation state and where the two cores sit (pair_topology)."""
     core: int = 0
     housekeeping: int = 0
     isolation: dict = field(default_factory=dict)
+    peer: int | None = None
+    peer_isolation: dict = field(default_factory=dict)
+    topology: dict = field(default_factory=dict)
+
+    @property
+    def vcpu_cores(self) -> list[int]:
+        """Each vCPU's core, vCPU 0 (the measured one) first."""
+        return [self.core] + ([self.peer] if self.peer is not None else [])
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,13 @@ class RunPlan:
     @property
     def housekeeping(self) -> int:
         return self.placement.housekeeping
+
+    @property
+    def vcpus(self) -> int:
+        """vCPUs of each VM: 2 when a kind sends IPIs to a second vCPU, else 1."""
+        from exitlat.instructions import TABLE
+
+        return max(TABLE[s.instruction].vcpus for s in self.specs)
 
     @property
     def isolation(self) -> dict:
@@ -160,7 +177,7 @@ def make_plan(o: BenchOptions, host: dict, accel: str, placement: Placement | No
     from exitlat.verify.rules import exit_vendor
 
     check_options(o)
-    specs = case_specs(o.cases, o.instr, o.port, host=host)
+    specs = case_specs(o.cases, o.instr, o.port, host=host, two_cores=o.peer_core is not None)
     vendor = exit_vendor((host.get("cpu") or {}).get("vendor") or "")
     viters = traced_iterations(o, accel)
     # the F instructions, in the order asked (table order for "all"): the guest pairs them with
@@ -177,24 +194,33 @@ def make_plan(o: BenchOptions, host: dict, accel: str, placement: Placement | No
         raise ExitlatError(f"internal: the guest's keys {timed_keys} are not the cases' "
                            f"{[s.key for s in specs]}")
     repeat = o.repeat if o.repeat is not None else (RECOMMENDED_REPEAT if accel == "kvm" else 1)
-    return RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest,
+    plan = RunPlan(o, accel, repeat, vendor, tuple(specs), viters, guest,
                    placement or Placement(core=o.core or 0),
                    kvm_params=(host.get("kvm") or {}).get("parameters"))
+    if plan.vcpus == 1 and o.peer_core is not None:
+        raise ExitlatError(f"--core {o.core},{o.peer_core}: a second core is for the two-vCPU "
+                           "kinds (ipi, ipi_halt), and none of the cases runs one")
+    return plan
 
 
 def plan_bench(o: BenchOptions, host: dict, say) -> RunPlan:
     """A bench's plan on this host: the accelerator, the options checked, the cores and their
     isolation, and whether the exits can be verified here; every refusal is one line, the options'
     first (a bad option is reported alone, before any warning)."""
-    from .placement import choose_accel, resolve_cores
+    from .placement import choose_accel, resolve_cores, resolve_peer
 
     accel, accel_warning = choose_accel(o.accel, host)
     plan = make_plan(o, host, accel)
     if accel_warning:
         say(accel_warning)
     core, hk, isolation = resolve_cores(o.core, say)
-    if not isolation.get("isolated"):
-        msg = f"core {core} is not isolated (see `invoke doctor --core {core}`)"
+    placement = Placement(core, hk, isolation)
+    if plan.vcpus > 1:
+        placement = resolve_peer(placement, o.peer_core, say)
+    for c, state in ((core, isolation), (placement.peer, placement.peer_isolation)):
+        if c is None or state.get("isolated"):
+            continue
+        msg = f"core {c} is not isolated (see `invoke doctor --core {c}`)"
         if o.require_isolation:
             raise ExitlatError(msg + " and --require-isolation was given")
         say(f"warning: {msg}")
@@ -204,4 +230,4 @@ def plan_bench(o: BenchOptions, host: dict, say) -> RunPlan:
         ok, why = tracing_available()
         if not ok:
             raise ExitlatError(f"cannot verify exit paths: {why} (or run with --no-verify)")
-    return replace(plan, placement=Placement(core, hk, isolation))
+    return replace(plan, placement=placement)

@@ -1,4 +1,4 @@
-"""The QEMU command line for a measurement run: one vCPU, -cpu host with invariant TSC, locked
+"""The QEMU command line for a measurement run: one vCPU (two for the IPI kinds), -cpu host with invariant TSC, locked
 memory, debugcon on the S port, the serial console and QMP on unix sockets in the run folder."""
 
 from dataclasses import dataclass
@@ -37,6 +37,7 @@ class QemuConfig:
     debugcon: str        # "file" (counts bytes) or "null" (no write(2) in QEMU's exit path)
     mem_lock: bool = True
     devices: tuple[str, ...] = ()   # devices the plan's kinds need (GuestPlan.devices)
+    vcpus: int = 1                  # 2 for the IPI kinds (RunPlan.vcpus)
 
 
 BASE_KERNEL_ARGS = [
@@ -81,7 +82,7 @@ def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
     return [
         str(qemu_binary(cfg.build)),
         *accel,
-        "-machine", "pc", "-smp", "1", "-m", f"{cfg.mem_mb}M",
+        "-machine", "pc", "-smp", str(cfg.vcpus), "-m", f"{cfg.mem_mb}M",
         "-overcommit", f"mem-lock={'on' if cfg.mem_lock else 'off'}",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-nic", "none",
         "-no-reboot", "-S",

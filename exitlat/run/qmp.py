@@ -47,14 +47,25 @@ class QMP:
         return f"{v.get('major')}.{v.get('minor')}.{v.get('micro')}" + (f" ({pkg})" if pkg else "")
 
     def vcpu_threads(self) -> list[int]:
-        return [int(c["thread-id"]) for c in self.command("query-cpus-fast")]
+        """The vCPU threads' ids in vCPU order (vCPU 0, the measured one, first)."""
+        cpus = sorted(self.command("query-cpus-fast"), key=lambda c: c.get("cpu-index", 0))
+        self.cpu_paths = [c.get("qom-path") for c in cpus]
+        return [int(c["thread-id"]) for c in cpus]
 
-    def kvm_stats(self) -> dict | None:
-        """KVM's own per-vCPU counters (exits, io_exits, …) where kernel and QEMU offer them."""
+    def kvm_stats(self, vcpu: int = 0) -> dict | None:
+        """KVM's own counters (exits, io_exits, …) of one vCPU (0: the measured one), where kernel
+        and QEMU offer them."""
         try:
             res = self.command("query-stats", target="vcpu")
         except (QMPError, OSError, ValueError):  # not offered, or QEMU already gone
             return None
+        paths = getattr(self, "cpu_paths", None) or []
+        if len(res or []) > 1:       # several vCPUs: the one asked for, by its QOM path
+            if vcpu >= len(paths):
+                return None
+            res = [e for e in res if e.get("qom-path") == paths[vcpu]]
+            if len(res) != 1:
+                return None
         out = {}
         for entry in res or []:  # [{"provider": "kvm", "qom-path": ..., "stats": [{name, value}]}]
             for stat in entry.get("stats", []):

@@ -82,6 +82,8 @@ class VmRun:
         self.verdicts = plan.verdicts()
         self.tracer = None
         self.traced_before = None
+        self.receiver_tracer = None     # the second vCPU's counter (two-vCPU kinds)
+        self.receiver_before = None
         self.vcpus: list[int] = []
 
     def timeouts(self) -> tuple[float, float]:
@@ -105,7 +107,7 @@ class VmRun:
                               "small): running with mem-lock=off; raise `ulimit -l` to lock it")
         self.result.mem_lock = mem_lock
         cfg = QemuConfig(self.build, self.accel, mem_mb, self.guest.kernel_args(), self.o.port,
-                         debugcon, mem_lock, self.guest.devices())
+                         debugcon, mem_lock, self.guest.devices(), plan.vcpus)
         r.argv = qemu_argv(cfg, files)
         qemu = console = qmp = None
         t0 = time.monotonic()
@@ -121,7 +123,10 @@ class VmRun:
             self.vcpus = qmp.vcpu_threads()
             from .launcher import pin_threads
 
-            r.pinned = pin_threads(qemu.pid, self.vcpus, self.core, self.hk)
+            if len(self.vcpus) != plan.vcpus:
+                raise ExitlatError(f"QEMU reports {len(self.vcpus)} vCPU threads, the plan has "
+                                   f"{plan.vcpus}")
+            r.pinned = pin_threads(qemu.pid, self.vcpus, plan.placement.vcpu_cores, self.hk)
             r.tracing = self._tracing_mode()
             t_boot = self.t_cont = time.monotonic()
             qmp.command("cont")
@@ -157,11 +162,12 @@ class VmRun:
         finally:
             # A stop request arriving now is held (exitlat.run.interrupt): the cleanup always ends.
             with deferred():
-                if self.tracer is not None:
-                    try:
-                        self.tracer.stop()
-                    except Exception:
-                        pass
+                for tracer in (self.tracer, self.receiver_tracer):
+                    if tracer is not None:
+                        try:
+                            tracer.stop()
+                        except Exception:
+                            pass
                 if qmp is not None:
                     qmp.close()
                 if console is not None:
@@ -185,7 +191,8 @@ class VmRun:
         from .launcher import ContainerQemu, HostQemu
 
         if self.o.container:
-            return ContainerQemu(argv, folder, self.build, [self.core, self.hk], self.accel,
+            return ContainerQemu(argv, folder, self.build,
+                                 sorted({*self.plan.placement.vcpu_cores, self.hk}), self.accel,
                                  self.pins_base, self.progress.say)
         return HostQemu(argv, folder)
 
@@ -215,12 +222,20 @@ class VmRun:
         # handler): no other case's exit intervals carry a kprobe (exitlat.stats.decompose).
         spec = self.spec_by_key.get(case_of(key))
         probes = fastpath_symbols() if spec is not None and TABLE[spec.instruction].fastpath else None
-        self.tracer = ExitCounter(self.vcpus, cpu=self.core, backend=self.o.tracing,
+        # vCPU 0's thread alone: a second vCPU (the IPI kinds' receiver) has its own counter,
+        # so that each one's exits are proven against what it must do
+        self.tracer = ExitCounter(self.vcpus[:1], cpu=self.core, backend=self.o.tracing,
                                   buffer_kb=trace_buffer_kb(self.guest.verify_iterations, timeline=True),
                                   kprobes=probes, timeline=True)
         self.tracer.start()
         w.backend = self.tracer.backend
         w.kprobes = list(getattr(self.tracer, "kprobes_active", []) or [])
+        if spec is not None and spec.receiver_path and len(self.vcpus) > 1:
+            self.receiver_tracer = ExitCounter(
+                self.vcpus[1:2], cpu=self.plan.placement.peer, backend=self.o.tracing,
+                buffer_kb=trace_buffer_kb(self.guest.verify_iterations))
+            self.receiver_tracer.start()
+            self.receiver_before = self.receiver_tracer.snapshot()
         self.traced_before = self.tracer.snapshot()
 
     def _close_traced(self, key: str) -> None:
@@ -229,6 +244,8 @@ class VmRun:
             return
         try:
             w.counts = self.tracer.snapshot() - self.traced_before
+            if self.receiver_tracer is not None:
+                w.receiver_counts = self.receiver_tracer.snapshot() - self.receiver_before
             try:        # the decomposition's input; its failure never touches the verification
                 self.result.timelines[case_of(key)] = self.tracer.timeline()
             except ExitlatError as e:
@@ -236,6 +253,14 @@ class VmRun:
         finally:
             self.tracer.stop()
             self.tracer = None
+            self._stop_receiver_tracer()
+
+    def _stop_receiver_tracer(self) -> None:
+        if self.receiver_tracer is not None:
+            try:
+                self.receiver_tracer.stop()
+            finally:
+                self.receiver_tracer = None
 
     def _live_verdict(self, key: str) -> str:
         """A window's check as soon as it closes: the same verdicts the bundle keeps."""
@@ -293,6 +318,8 @@ class VmRun:
                     r.timed[key] = TimedWindow(tracing_before=tracing_state())
                     what = f"{self.o.warmup}+{self.o.iterations} iterations"
                 stats_before[key] = qmp.kvm_stats() if qmp else None
+                if qmp and self.plan.vcpus > 1:
+                    stats_before[key + "/receiver"] = qmp.kvm_stats(1)
                 started[key] = time.monotonic()
                 self.progress.say(f"{key}: running {what}")
                 console.send("go\n")
@@ -304,6 +331,9 @@ class VmRun:
                 if is_traced_key(key):
                     self._close_traced(key)
                     r.windows[case_of(key)].kvm_stats = stats
+                    if qmp and self.plan.vcpus > 1:
+                        r.windows[case_of(key)].receiver_kvm_stats = _stats_delta(
+                            stats_before.get(key + "/receiver"), qmp.kvm_stats(1))
                 elif key in r.timed:
                     r.timed[key].kvm_stats = stats
                     r.timed[key].tracing_after = tracing_state()

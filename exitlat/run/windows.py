@@ -105,3 +105,5 @@ class TracedWindow:
     backend: str | None = None
     kprobes: list = field(default_factory=list)
     error: str | None = None
+    receiver_counts: object = None        # a two-vCPU kind: the receiving vCPU's ExitCounts
+    receiver_kvm_stats: dict | None = None

@@ -22,6 +22,9 @@ failure of the control comes from the one thing the control changed, not from th
                    round trip (mmio_no_eventfd): its missing userspace MMIO exits must fail it
 * mmio-qemu-as-eventfd  an MMIO window QEMU completed verified as an ioeventfd write: its
                    userspace exits must fail it
+* halt-as-running  the receiving vCPU of an ipi_halt window (woken from HLT each time) verified
+                   as ipi's running receiver (kicked out of guest mode): its HLTs must fail it
+* running-as-halt  the receiving vCPU of an ipi window verified as ipi_halt's halted receiver
 
 Two more come from a real run of their own (inner.CONTROL_RUN): cases 1 and 2 with 20
 iterations, while another tracefs instance traces every syscall:
@@ -46,8 +49,8 @@ from exitlat.verify.traced import verify_case
 TORN_LINE = "       CPU 0/KVM-{tid}    [001] d..2.  4242.424242: kvm_ex"
 CONTROL_NAMES = ("outb-as-kvm", "cpuid-as-qemu", "lost-events", "unparsed-line",
                  "qemu-extra-exit", "no-kvm-exit", "read-as-write", "noexit-as-kvm",
-                 "kvm-as-noexit", "mmio-eventfd-as-qemu", "mmio-qemu-as-eventfd", "small-n",
-                 "tracing-elsewhere")
+                 "kvm-as-noexit", "mmio-eventfd-as-qemu", "mmio-qemu-as-eventfd",
+                 "halt-as-running", "running-as-halt", "small-n", "tracing-elsewhere")
 MUST_FAIL, MUST_NOT_PASS = "failed", "not passed"
 
 
@@ -65,6 +68,8 @@ class Window:
     n: int
     counts: ExitCounts
     tid: int | None
+    receiver_counts: ExitCounts | None = None    # a two-vCPU kind's receiving vCPU
+    receiver_path: str | None = None
 
 
 def counts_from_dict(d: dict) -> ExitCounts:
@@ -108,7 +113,9 @@ def windows_of(bundle_name: str, doc: dict) -> list[Window]:
             continue
         out.append(Window(bundle_name, c["key"], c["case"], c["instruction"], c["expected_path"],
                           c.get("port"), vw.get("backend"), vendor, int(n),
-                          counts_from_dict(vw["counts"]), tids[0] if tids else None))
+                          counts_from_dict(vw["counts"]), tids[0] if tids else None,
+                          counts_from_dict(vw["receiver_counts"]) if vw.get("receiver_counts")
+                          else None, c.get("receiver_path")))
     return out
 
 
@@ -209,8 +216,36 @@ def run_controls(windows: list[Window], control_doc: dict | None = None) -> list
            "ioeventfd write",
            _pick(windows, lambda w: TABLE[w.instruction].mmio and w.expected_path == "qemu"),
            lambda w: w.counts, lambda w: ("kvm", "mmio_eventfd", None))
+    for name, kind, as_kind in (("halt-as-running", "ipi_halt", "ipi"),
+                                ("running-as-halt", "ipi", "ipi_halt")):
+        results.append(_receiver_control(
+            name, f"the receiving vCPU of an {kind} window verified as {as_kind}'s", windows,
+            kind, as_kind))
     results += control_run_rows(control_doc)
     return results
+
+
+def _receiver_control(name: str, what: str, windows: list[Window], kind: str, as_kind: str) -> dict:
+    """A two-vCPU window's receiver, verified with its own rule (must pass) and with the other
+    kind's (must fail): a halted receiver is not a running one, nor the other way round."""
+    from exitlat.verify.receiver import verify_receiver
+
+    row = {"name": name, "what": what, "must": MUST_FAIL, "window": None, "backend": None,
+           "baseline": None, "verdict": "missing", "ok": False,
+           "detail": "no suitable window in the bundles (did the runs complete?)"}
+    w = next((w for w in windows if w.instruction == kind and w.receiver_counts is not None
+              and w.receiver_path == "kvm"), None)
+    if w is None:
+        return row
+    base = verify_receiver(w.receiver_counts, w.n, w.receiver_path, kind, w.vendor)
+    v = verify_receiver(w.receiver_counts, w.n, "kvm", as_kind, w.vendor)
+    row.update(window=f"{w.bundle}:{w.key}", backend=w.backend, baseline=base["status"],
+               verdict=v["status"], detail=v["detail"],
+               ok=base["status"] == "passed" and _held(v["status"], MUST_FAIL))
+    if base["status"] != "passed":
+        row["detail"] = (f"the receiver does not pass with its own expectation ({base['detail']});"
+                         " the control proves nothing")
+    return row
 
 
 def control_run_rows(doc: dict | None) -> list[dict]:

@@ -42,6 +42,13 @@ CATALOGUE_RUNS = (
     ("catalogue-user", "all", (1,), "hist"),
 )
 CATALOGUE_NAMES = tuple(r[0] for r in CATALOGUE_RUNS)
+# The two-vCPU kinds (bench's "all" leaves them out without a second core): L2's receiving vCPU on
+# L1's core after the measured one, so an L1 that runs this gets a third CPU (host.py). Run by name
+# (or in --runs catalogue), not in "all", so the default selftest's L1 keeps its two CPUs.
+TWO_VCPU_RUNS = (
+    ("catalogue-ipi", "ipi,ipi_halt", (5,), "hist"),
+)
+TWO_VCPU_NAMES = tuple(r[0] for r in TWO_VCPU_RUNS)
 # Kinds whose vCPU feature the emulated hosts' CPU models lack (TCG's EPYC, Bochs's Skylake):
 # the guest refuses them with why (and vmexit.flat skips them), and that refusal is the verdict
 # they can have there.
@@ -80,10 +87,13 @@ CAPTURE_RUNS = (
 
 def run_config(name: str, instr: str, cases, tracing: str, capture: bool = False,
                vendor: str = "amd") -> dict:
+    from exitlat.instructions import TABLE
+
     own = name in REFERENCE_NAMES
+    two = any(TABLE[k].vcpus > 1 for k in instr.split(",") if k in TABLE)
     # the reference runs take two VM runs: the ratio's interval across VM runs needs R >= 2
     return {"name": name, "instr": instr, "cases": list(cases), "tracing": tracing,
-            "capture": capture,
+            "capture": capture, "two_vcpus": two,
             "reference": own or (name in WITH_REFERENCE and vendor in WITH_REFERENCE_VENDORS),
             **({"repeat": 2} if own else {})}
 
@@ -322,6 +332,7 @@ def _attempt(cfg: dict, run: dict, rec: dict) -> None:
     opts = BenchOptions(
         cases=list(run["cases"]), iterations=int(run.get("iterations", cfg["iterations"])),
         warmup=int(run.get("warmup", cfg["warmup"])), instr=run["instr"], core=int(cfg["core"]),
+        peer_core=int(cfg["core"]) + 1 if run.get("two_vcpus") else None,
         accel="kvm", repeat=int(run.get("repeat", 1)), container=False, output=OUT / "results",
         baselines=run.get("baselines", run["instr"] == "cpuid"),   # every baseline's ≈0-exit proof, twice
         label=f"selftest {run['name']} ({cfg.get('machine', 'emulated AMD-V host')})",

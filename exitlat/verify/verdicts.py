@@ -99,8 +99,27 @@ def traced_verdict(spec, traced, n: int, ctx: VerdictContext, hello: dict | None
         return {"status": "failed", "detail": f"failed: the guest did not report the port of "
                                               f"{spec.instruction} (pci-testdev's I/O BAR): its "
                                               "writes cannot be told from others"}
-    return verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
-                       ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params)
+    v = verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
+                    ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params)
+    if getattr(spec, "receiver_path", None):
+        v = with_receiver(v, spec, traced, n, ctx)
+    return v
+
+
+def with_receiver(v: dict, spec, traced, n: int, ctx: VerdictContext) -> dict:
+    """A two-vCPU kind's traced verdict: the sender's (v) and the receiver's, the worse of them."""
+    from .receiver import verify_receiver
+
+    counts = getattr(traced, "receiver_counts", None)
+    if counts is None:
+        r = {"status": "failed", "detail": "failed: the receiving vCPU's exits were not traced"}
+    else:
+        r = verify_receiver(counts, n, spec.receiver_path, spec.instruction, ctx.vendor)
+    out = dict(v, receiver=r)
+    if ORDER.get(r["status"], 3) > ORDER.get(v["status"], 0):
+        out["status"] = r["status"]
+    out["detail"] = f"{v['detail']}; receiver {r['detail']}"
+    return out
 
 
 def combine(timed: dict, traced: dict) -> dict:

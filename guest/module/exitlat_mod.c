@@ -48,6 +48,11 @@
 #include <linux/pci.h>
 #include <linux/irq_work.h>
 #include <linux/io.h>
+#include <linux/kthread.h>
+#include <linux/wait.h>
+#include <linux/cpumask.h>
+#include <asm/smp.h>
+#include <asm/hardirq.h>
 
 #include "exitlat_uapi.h"
 
@@ -396,6 +401,131 @@ static int el_check_tscdeadline_immed(const struct exitlat_config *cfg)
 	return i ? 0 : -ETIMEDOUT;
 }
 
+/*
+ * ipi and ipi_halt: an IPI to another vCPU, the receiver (the first online
+ * CPU other than the sender's; the probe runs on CPU 0).  One iteration is
+ * the sender's round trip: one x2APIC ICR write (fixed, physical, no
+ * shorthand: KVM's irq-off fastpath takes it) of IRQ_WORK_VECTOR, then a
+ * spin until the receiver's handler has counted it (irq_stat's
+ * apic_irq_work_irqs, incremented after its paravirtual EOI; its irq_work
+ * list is empty).  The sender keeps IRQs off; the receiver does the rest:
+ * - ipi: the receiver is running, a kthread spinning with IRQs on for the
+ *   batch (no PAUSE: PLE), so the IPI interrupts a vCPU in guest mode;
+ * - ipi_halt: the receiver is idle in HLT (the kernel's idle loop), woken
+ *   by the IPI; after each sample the sender waits EL_HALT_SETTLE_US,
+ *   outside the timed interval, for it to halt again (vmexit.flat's
+ *   ipi_halt waits 2000 cycles).  1 ms outlasts KVM's default halt polling
+ *   (kvm.halt_poll_ns, 200 us), so each IPI finds the receiver's thread
+ *   blocked, not polling.  The traced window proves it halted: one HLT exit
+ *   of the receiver per iteration.
+ */
+#define EL_X2APIC_ICR		0x830
+#define EL_HALT_SETTLE_US	1000
+static int el_rcv_cpu = -1;
+static u32 el_rcv_apicid;
+static struct task_struct *el_rcv_task;
+static int el_rcv_spin;			/* the batch wants the receiver spinning */
+static int el_rcv_spinning;		/* the receiver spins */
+static DECLARE_WAIT_QUEUE_HEAD(el_rcv_wq);
+
+static __always_inline unsigned int el_rcv_count(void)
+{
+	return READ_ONCE(per_cpu(irq_stat, el_rcv_cpu).apic_irq_work_irqs);
+}
+
+static __always_inline void el_ipi(void)
+{
+	const unsigned int seen = el_rcv_count();
+
+	el_wrmsr(EL_X2APIC_ICR, ((u64)el_rcv_apicid << 32) | IRQ_WORK_VECTOR);
+	while (el_rcv_count() == seen)
+		barrier();
+}
+
+static __always_inline void el_settle_cycles(u64 cycles)
+{
+	const u64 until = rdtsc() + cycles;
+
+	while ((s64)(rdtsc() - until) < 0)
+		barrier();
+}
+
+static int el_rcv_thread(void *unused)
+{
+	while (!kthread_should_stop()) {
+		wait_event_interruptible(el_rcv_wq,
+					 READ_ONCE(el_rcv_spin) || kthread_should_stop());
+		if (!READ_ONCE(el_rcv_spin))
+			continue;
+		WRITE_ONCE(el_rcv_spinning, 1);
+		while (READ_ONCE(el_rcv_spin))
+			barrier();
+		WRITE_ONCE(el_rcv_spinning, 0);
+	}
+	return 0;
+}
+
+/* ipi: the receiver spinning before the batch (IRQs still on here), or -ETIMEDOUT. */
+static int el_rcv_start_spin(void)
+{
+	int i;
+
+	WRITE_ONCE(el_rcv_spin, 1);
+	wake_up(&el_rcv_wq);
+	for (i = 0; i < 1000 && !READ_ONCE(el_rcv_spinning); i++)
+		udelay(10);
+	return READ_ONCE(el_rcv_spinning) ? 0 : -ETIMEDOUT;
+}
+
+static void el_rcv_stop_spin(void)
+{
+	WRITE_ONCE(el_rcv_spin, 0);
+}
+
+static void el_rcv_release(void)
+{
+	if (el_rcv_task) {
+		el_rcv_stop_spin();
+		kthread_stop(el_rcv_task);
+		el_rcv_task = NULL;
+	}
+}
+
+/* x2APIC, a second online CPU, and one IPI acknowledged within 10 ms. */
+static int el_check_ipi(const struct exitlat_config *cfg)
+{
+	unsigned int seen;
+	int i, cpu, err = el_check_x2apic(cfg);
+
+	if (err)
+		return err;
+	cpu = cpumask_any_but(cpu_online_mask, raw_smp_processor_id());
+	if (cpu >= nr_cpu_ids)
+		return -ESRCH;		/* one vCPU: nobody to send to */
+	if (el_rcv_cpu != cpu) {
+		el_rcv_release();
+		el_rcv_cpu = cpu;
+		el_rcv_apicid = cpu_physical_id(cpu);
+	}
+	if (cfg->instr == EXITLAT_I_IPI && !el_rcv_task) {
+		struct task_struct *t = kthread_create(el_rcv_thread, NULL, "exitlat-rcv");
+
+		if (IS_ERR(t))
+			return PTR_ERR(t);
+		kthread_bind(t, cpu);
+		el_rcv_task = t;
+		wake_up_process(t);
+	}
+	preempt_disable();
+	seen = el_rcv_count();
+	el_wrmsr(EL_X2APIC_ICR, ((u64)el_rcv_apicid << 32) | IRQ_WORK_VECTOR);
+	for (i = 0; i < 1000 && el_rcv_count() == seen; i++)
+		udelay(10);
+	err = el_rcv_count() != seen ? 0 : -ETIMEDOUT;
+	preempt_enable();
+	return err;
+}
+
 static int el_check_tsx_ctrl(const struct exitlat_config *cfg)
 {
 	u64 caps;
@@ -627,6 +757,9 @@ static void el_testdev_release(void)
 	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
 	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
 	  el_self_ipi_delivery())							\
+	/* loop only: an IPI to the receiver vCPU, waited for (see el_ipi) */	\
+	X(EXITLAT_I_IPI, ipi, el_check_ipi, false, 0, el_ipi())			\
+	X(EXITLAT_I_IPI_HALT, ipi_halt, el_check_ipi, false, 0, el_ipi())	\
 	/* loop only: a byte to pci-testdev's test, selected in SETUP */	\
 	X(EXITLAT_I_MMIO_NO_EVENTFD, mmio_no_eventfd, el_check_mmio_no_eventfd, false, \
 	  EL_TD_SELECT(MMIO_NO_EVENTFD), EL_TD_WRITE_MEM(val))			\
@@ -723,13 +856,14 @@ struct el_window {
 	u64 ahead;	/* WRMSR TSC_DEADLINE: cycles from t0 to the deadline */
 	u32 timer;	/* EXITLAT_T_* */
 	bool amd;	/* VMMCALL instead of VMCALL */
+	u64 settle;	/* ipi_halt: cycles after each sample for the receiver to halt */
 };
 
 /* n timed iterations into buf[0..n); returns RAX after the last VMCALL. */
 typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 
 /* One loop instance, with its own copies of the inputs (see above). */
-#define EL_TIMED_LOOP(T0, T1, AMD, SETUP, STATEMENT)				\
+#define EL_TIMED_LOOP(ID, T0, T1, AMD, SETUP, STATEMENT)			\
 	do {									\
 		const u32 msr = READ_ONCE(in->msr);				\
 		const u16 port = READ_ONCE(in->port);				\
@@ -742,7 +876,9 @@ typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 		(void)ahead;							\
 		(void)amd;							\
 		(void)val;							\
-		EXITLAT_TIMED_LOOP(buf, n, T0, T1, STATEMENT);			\
+		EXITLAT_TIMED_LOOP_SETTLE(buf, n, T0, T1, STATEMENT,		\
+			if ((ID) == EXITLAT_I_IPI_HALT)			\
+				el_settle_cycles(READ_ONCE(in->settle)));	\
 	} while (0)
 
 #define EL_BATCH_FN(id, name, check, once, SETUP, STATEMENT)				\
@@ -751,16 +887,16 @@ typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 		long rax = 0;							\
 										\
 		if (in->timer == EXITLAT_T_LFENCE && in->amd)			\
-			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
+			EL_TIMED_LOOP(id, exitlat_rdtsc_fenced,			\
 				      exitlat_rdtsc_fenced, true, SETUP, STATEMENT);	\
 		else if (in->timer == EXITLAT_T_LFENCE)				\
-			EL_TIMED_LOOP(exitlat_rdtsc_fenced,			\
+			EL_TIMED_LOOP(id, exitlat_rdtsc_fenced,			\
 				      exitlat_rdtsc_fenced, false, SETUP, STATEMENT);	\
 		else if (in->amd)						\
-			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
+			EL_TIMED_LOOP(id, exitlat_rdtscp_lfence,			\
 				      exitlat_rdtscp, true, SETUP, STATEMENT);		\
 		else								\
-			EL_TIMED_LOOP(exitlat_rdtscp_lfence,			\
+			EL_TIMED_LOOP(id, exitlat_rdtscp_lfence,			\
 				      exitlat_rdtscp, false, SETUP, STATEMENT);	\
 		return rax;							\
 	}
@@ -784,11 +920,20 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	};
 	const bool deadline = cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE;
 	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED;
+	const bool ipi = cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
 	long rax;
 
+	if (cfg->instr == EXITLAT_I_IPI && el_rcv_start_spin())
+		return -ETIMEDOUT;
+	w.settle = (u64)tsc_khz * EL_HALT_SETTLE_US / 1000;
 	preempt_disable();
+	if (ipi && smp_processor_id() == el_rcv_cpu) {	/* never an IPI to itself */
+		preempt_enable();
+		el_rcv_stop_spin();
+		return -EINVAL;
+	}
 	local_irq_save(flags);
 	if (deadline || immed) {
 		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
@@ -807,6 +952,8 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
 	local_irq_restore(flags);
 	preempt_enable();
+	if (cfg->instr == EXITLAT_I_IPI)
+		el_rcv_stop_spin();
 	return rax;
 }
 
@@ -912,6 +1059,8 @@ static long el_loop(struct exitlat_state *st, struct exitlat_loop __user *uarg)
 		if (done < lp.warmup)
 			n = min_t(u64, n, lp.warmup - done);
 		rax = el_batch(cfg, st->batch, n);
+		if (rax < 0 && (cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT))
+			return rax;	/* the receiver never started spinning, or is this CPU */
 		if (done >= lp.warmup &&
 		    copy_to_user(out + (done - lp.warmup), st->batch, n * sizeof(u64)))
 			return -EFAULT;
@@ -1004,6 +1153,7 @@ static void __exit el_exit(void)
 {
 	misc_deregister(&el_dev);
 	el_testdev_release();
+	el_rcv_release();
 }
 
 module_init(el_init);

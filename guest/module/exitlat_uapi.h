@@ -192,6 +192,11 @@ static inline __attribute__((always_inline)) __u8 exitlat_inb(__u16 port)
  * delta is kept only if t1 > t0, else 0 (a mask, no branch).
  */
 #define EXITLAT_TIMED_LOOP(buf, n, READ_T0, READ_T1, BODY)		\
+	EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, (void)0)
+
+/* The same, with SETTLE run after each sample is stored: outside the timed
+ * interval (ipi_halt waits there for the other vCPU to halt again). */
+#define EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, SETTLE) \
 	do {								\
 		__typeof__(&(buf)[0]) const __tl_buf = (buf);		\
 		const __u64 __tl_n = (n);				\
@@ -202,6 +207,7 @@ static inline __attribute__((always_inline)) __u8 exitlat_inb(__u16 port)
 			__tl_t1 = READ_T1();				\
 			__tl_buf[__tl_i] = (__tl_t1 - __tl_t0) &	\
 					   -(__u64)(__tl_t1 > __tl_t0);	\
+			SETTLE;						\
 		}							\
 	} while (0)
 

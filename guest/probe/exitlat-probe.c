@@ -753,10 +753,10 @@ static void hello(void)
 	snprintf(json, sizeof(json),
 		 "{\"event\":\"hello\",\"kernel\":%s,\"tsc_khz\":%u,\"tsc_khz_source\":\"%s\","
 		 "\"invariant_tsc\":%s,\"rdtscp\":%s,\"cpu\":%d,\"vendor\":%s,\"hypervisor\":%s,"
-		 "\"timer\":\"%s\",\"module\":%s",
+		 "\"timer\":\"%s\",\"module\":%s,\"vcpus\":%ld",
 		 jk, khz, src, inv ? "true" : "false", rdtscp ? "true" : "false", sched_getcpu(),
 		 jv, jh, P.timer == EXITLAT_T_LFENCE ? "lfence" : "rdtscp",
-		 mod_fd >= 0 ? "true" : "false");
+		 mod_fd >= 0 ? "true" : "false", sysconf(_SC_NPROCESSORS_ONLN));
 	testdev_find();
 	if (td_io)
 		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"testdev_io\":%u",
@@ -909,6 +909,8 @@ static int module_config(const char *key, const struct instr *in)
 			why = "no device answers at its port on this machine";
 		else if (err == ETIMEDOUT)
 			why = "its interrupt was not delivered within 10 ms";
+		else if (err == ESRCH)
+			why = "it needs a second vCPU to send to (bench gives one for the IPI kinds), and this guest has one CPU";
 		if (err != EINVAL && err != ENOMEM && err != E2BIG)
 			refuse(key, "module refused %s: %s", in->name, why);
 		else

@@ -94,3 +94,59 @@ def default_core(root: Path = Path("/")) -> tuple[int, str | None]:
 def housekeeping_core(core: int, root: Path = Path("/")) -> int:
     """A non-isolated online core other than `core` and, if possible, not its SMT sibling."""
     return min(Topology(SysFs(root)).housekeeping(core))
+
+
+def peer_core(core: int, housekeeping: int, root: Path = Path("/")) -> tuple[int | None, str | None]:
+    """The receiving vCPU's core of a two-vCPU run, when the user named none: an isolated online
+    core other than `core` and `housekeeping` (the highest; `core`'s SMT sibling last), else the
+    highest such core with a warning; (None, why) on a host with no third core."""
+    topo = Topology(SysFs(root))
+    others = topo.online - {core, housekeeping}
+    if not others:
+        return None, (f"a two-vCPU kind needs a third host core besides core {core} and "
+                      f"housekeeping core {housekeeping}; this host has cores "
+                      f"{','.join(map(str, sorted(topo.online)))}")
+    iso = others & topo.isolated
+    for cand in (iso - topo.siblings(core), iso):
+        if cand:
+            return max(cand), None
+    peer = max(others)
+    return peer, (f"no second isolated core for the receiving vCPU; using core {peer} "
+                  "(name both with --core A,B)")
+
+
+def pair_topology(a: int, b: int, root: Path = Path("/")) -> dict:
+    """Where two cores sit relative to each other, from sysfs: "smt_sibling" (one physical core),
+    "same_llc" (sharing the last-level cache), "same_package", "other_package" or "unknown".
+    An IPI between them costs multiples more the further apart they are."""
+    fs = SysFs(root)
+    topo = Topology(fs)
+
+    def read(cpu: int, rel: str) -> str | None:
+        v = fs.value(f"{CPU}/cpu{cpu}/{rel}")
+        return v.strip() if v is not None else None
+
+    def llc(cpu: int) -> tuple[str | None, str | None]:
+        best = (None, None)
+        for d in sorted(fs.listdir(f"{CPU}/cpu{cpu}/cache") or []):
+            if not re.fullmatch(r"index\d+", d):
+                continue
+            level = read(cpu, f"cache/{d}/level")
+            if level and (best[0] is None or int(level) > int(best[0])):
+                best = (level, read(cpu, f"cache/{d}/shared_cpu_list"))
+        return best
+
+    pkg = [read(c, "topology/physical_package_id") for c in (a, b)]
+    caches = [llc(c) for c in (a, b)]
+    if b in topo.siblings(a):
+        relation = "smt_sibling"
+    elif caches[0][1] is not None and b in parse_cpulist(caches[0][1], topo.nr_cpus):
+        relation = "same_llc"
+    elif None not in pkg and pkg[0] == pkg[1]:
+        relation = "same_package"
+    elif None not in pkg:
+        relation = "other_package"
+    else:
+        relation = "unknown"
+    return {"cores": [a, b], "relation": relation, "packages": pkg,
+            "llc_level": caches[0][0], "llc_shared": [c[1] for c in caches]}

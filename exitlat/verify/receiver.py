@@ -1,0 +1,78 @@
+"""The receiving vCPU of a two-vCPU kind (ipi, ipi_halt): its own exits, counted by a tracing
+instance on its thread alone, against what each IPI must cost it (the table's `receiver` reason:
+a HLT exit when it was halted, an external-interrupt exit when it ran; none with posted
+interrupts or AVIC). The sender's window is verify_case's, as for any kind.
+
+The receiver's background is its own: a timer tick or a wake-up lands as one more exit of an
+interrupt or idle reason, and re-arms the guest's timer (one MSR write: a side exit). So the
+side exits it counted are the allowance for extra exits of the receiver's reason, as the
+interrupts a sender's window counts are for its side exits; a check resting on them obeys
+BACKGROUND_LIMIT (Bounds.gate)."""
+
+from __future__ import annotations
+
+from exitlat.instructions import PATH_KVM, PATH_NONE, TABLE
+
+from .rules import (ASYNC_REASONS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED, STATUS_PASSED,
+                    STATUS_UNVERIFIED, Bounds, per_iteration)
+from .trace.exitreasons import DECODABLE_EXIT_NAMES
+
+
+def verify_receiver(window, n: int, receiver_path: str, instruction: str, vendor: str) -> dict:
+    """Verdict of the receiving vCPU's traced window (an ExitCounts of its thread, the same
+    iterations as the sender's): {"status", "detail", "expected_reason", "per_iter", ...}."""
+    reasons = TABLE[instruction].receiver_reasons(vendor)
+    base = lambda r: r.split("|")[0]      # noqa: E731  (hist keys may carry "|isa")
+    count = sum(c for r, c in window.exits.items() if base(r) in reasons)
+    side = sum(c for r, c in window.exits.items() if base(r) in SIDE_REASONS)
+    background = sum(c for r, c in window.exits.items()
+                     if base(r) in (ASYNC_REASONS | IDLE_REASONS) and base(r) not in reasons)
+    other = window.total_exits - count - side - background
+    userspace = window.total_userspace
+    decodable = any(base(k) in DECODABLE_EXIT_NAMES for k in window.exits)
+    b = Bounds(n, side)
+    problems, unproven = [], []
+    if window.lost:
+        problems.append(f"{window.lost} trace events were lost, counts are incomplete")
+    if window.unparsed:
+        problems.append(f"{window.unparsed} trace lines could not be parsed, counts are incomplete")
+    what = f"{'/'.join(reasons)} exits of the receiver"
+    if receiver_path == PATH_KVM:
+        if not window.total_exits:
+            unproven.append("no kvm_exit events of the receiver: no evidence of its path")
+        elif not b.one(count):
+            problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} "
+                            f"({count} in {n})")
+    elif receiver_path == PATH_NONE:
+        if not b.zero(count):
+            problems.append(f"expected ≈0 {what} per iteration (no exit on this host), saw "
+                            f"{count / n:.3f} ({count} in {n})")
+    else:
+        problems.append(f"unknown receiver path {receiver_path!r}")
+    if not b.zero_fixed_only(max(other, 0)):
+        problems.append(f"expected ≈0 other synchronous exits of the receiver per iteration, saw "
+                        f"{other / n:.3f} ({other} in {n})")
+    if not b.zero_fixed_only(userspace):
+        problems.append(f"expected ≈0 userspace exits of the receiver per iteration, saw "
+                        f"{userspace / n:.3f} ({userspace} in {n})")
+    if not decodable and window.total_exits:
+        unproven.append("the receiver's exit reasons could not be decoded")
+    gate = b.gate(f"the receiver's {'/'.join(reasons)} exits")
+    if gate:
+        unproven.append(gate)
+    said = (f"{'/'.join(reasons)} {count / n:.3f}/iter, side {side / n:.3f}, "
+            f"other {other / n:.3f}, userspace {userspace / n:.3f}")
+    if problems:
+        status, detail = STATUS_FAILED, "failed: " + "; ".join(problems)
+    elif unproven:
+        status, detail = STATUS_UNVERIFIED, "unverified: " + "; ".join(unproven)
+    else:
+        status, detail = STATUS_PASSED, f"passed: {said}"
+    return {"status": status, "detail": detail, "expected_path": receiver_path,
+            "expected_reason": "/".join(reasons),
+            "expected_reason_per_iter": per_iteration(count, n),
+            "side_exits_per_iter": per_iteration(side, n),
+            "other_exits_per_iter": per_iteration(other, n),
+            "userspace_exits_per_iter": per_iteration(userspace, n),
+            "exit_reasons": dict(sorted(window.exits.items())),
+            "lost_events": window.lost, "unparsed": window.unparsed}

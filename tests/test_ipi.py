@@ -1,0 +1,187 @@
+"""The two-vCPU kinds (ipi, ipi_halt): the receiver's verdict, the second core, the VM they need."""
+
+from pathlib import Path
+
+import pytest
+
+from exitlat.cases import case_specs
+from exitlat.errors import ExitlatError
+from exitlat.hostpaths import choose_path, choose_receiver_path
+from exitlat.instructions import PATH_FASTPATH, PATH_KVM, PATH_NONE, TABLE
+from exitlat.run.plan import BenchOptions, make_plan
+from exitlat.run.windows import TracedWindow
+from exitlat.verify.receiver import verify_receiver
+from exitlat.verify.trace.counts import ExitCounts
+from exitlat.verify.verdicts import VerdictContext, traced_verdict
+
+N = 10_000
+
+
+def counts(exits, user=None, handled=None, probes=None):
+    return ExitCounts(exits, user or {}, {}, handled or {}, 0, "test", probes=probes or {},
+                      probed=tuple(k for k in (probes or {}) if ":" not in k))
+
+
+def sender(n=N):
+    """The sender's window as the emulated AMD-V host shows an ICR write in KVM's fastpath."""
+    return counts({"MSR": n + 12, "INTR": 5}, handled={"msr_write": n + 12},
+                  probes={"handle_fastpath_set_msr_irqoff": n + 12,
+                          "handle_fastpath_set_msr_irqoff:handled": n + 10})
+
+
+def test_a_halted_receiver_is_one_hlt_per_iteration():
+    good = counts({"HLT": N + 8, "MSR": 30, "INTR": 3})
+    assert verify_receiver(good, N, PATH_KVM, "ipi_halt", "amd")["status"] == "passed"
+    # negative controls: a receiver that never halted (it ran: the IPI kicked it instead), one
+    # that saw no IPI, and one whose IPIs went out to QEMU
+    ran = counts({"INTR": N, "MSR": 30})
+    assert verify_receiver(ran, N, PATH_KVM, "ipi_halt", "amd")["status"] == "failed"
+    assert verify_receiver(counts({"MSR": 5}), N, PATH_KVM, "ipi_halt", "amd")["status"] == "failed"
+    out = counts({"HLT": N, "IO_INSTRUCTION": N}, user={"IO": N})
+    v = verify_receiver(out, N, PATH_KVM, "ipi_halt", "amd")
+    assert v["status"] == "failed" and "userspace" in v["detail"]
+
+
+def test_a_running_receiver_is_kicked_once_per_iteration():
+    # its timer ticks add an interrupt exit each, and re-arm the timer (an MSR write each)
+    good = counts({"EXTERNAL_INTERRUPT": N + 40, "MSR_WRITE": 40})
+    assert verify_receiver(good, N, PATH_KVM, "ipi", "intel")["status"] == "passed"
+    # more kicks than its re-arms explain: another path (or a receiver that halted and woke)
+    extra = counts({"EXTERNAL_INTERRUPT": N + 2000, "MSR_WRITE": 40})
+    assert verify_receiver(extra, N, PATH_KVM, "ipi", "intel")["status"] == "failed"
+    # a posted interrupt is no exit: the receiver's kicks fail a host where it should have none
+    assert verify_receiver(good, N, PATH_NONE, "ipi", "intel")["status"] == "failed"
+    quiet = counts({"EXTERNAL_INTERRUPT": 12, "MSR_WRITE": 12})
+    assert verify_receiver(quiet, N, PATH_NONE, "ipi", "intel")["status"] == "passed"
+
+
+def test_a_receiver_whose_background_is_most_of_n_is_unverified():
+    busy = counts({"HLT": N + 2000, "MSR": 3000})
+    assert verify_receiver(busy, N, PATH_KVM, "ipi_halt", "amd")["status"] == "unverified"
+
+
+def test_the_traced_verdict_is_the_worse_of_sender_and_receiver():
+    spec = case_specs([5], "ipi_halt", host=AMD)[0]
+    ctx = VerdictContext(vendor="amd", port=0xE9)
+    w = TracedWindow(counts=sender(), receiver_counts=counts({"HLT": N + 3, "MSR": 4}))
+    v = traced_verdict(spec, w, N, ctx)
+    assert v["status"] == "passed", v["detail"]
+    assert v["receiver"]["status"] == "passed"
+    w.receiver_counts = counts({"INTR": N})
+    assert traced_verdict(spec, w, N, ctx)["status"] == "failed"
+    w.receiver_counts = None         # the receiver not traced: never a pass
+    v = traced_verdict(spec, w, N, ctx)
+    assert v["status"] == "failed" and "receiving vCPU" in v["detail"]
+
+
+AMD = {"cpu": {"vendor": "AuthenticAMD"}, "kvm": {"parameters": {"kvm_amd.npt": "Y"}}}
+INTEL = {"cpu": {"vendor": "GenuineIntel"}, "kvm": {"parameters": {"kvm_intel.ept": "Y"}}}
+
+
+def test_host_facts_decide_both_vcpus_paths():
+    assert choose_path(TABLE["ipi"], AMD).path == PATH_FASTPATH
+    assert choose_receiver_path(TABLE["ipi"], AMD).path == PATH_KVM
+    avic = {**AMD, "kvm": {"parameters": {"kvm_amd.avic": "Y"}}}
+    assert choose_path(TABLE["ipi"], avic).path == PATH_NONE
+    assert choose_receiver_path(TABLE["ipi"], avic).path == PATH_NONE
+    apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
+    assert choose_path(TABLE["ipi"], apicv).path == PATH_FASTPATH      # the send still exits
+    assert choose_receiver_path(TABLE["ipi"], apicv).path == PATH_NONE  # posted
+    ipiv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y",
+                                            "kvm_intel.enable_ipiv": "Y"}}}
+    assert choose_path(TABLE["ipi"], ipiv).path == PATH_NONE
+    # a halted receiver exits on HLT whatever the host (no cpu-pm=on)
+    assert choose_receiver_path(TABLE["ipi_halt"], ipiv).path == PATH_KVM
+    assert choose_receiver_path(TABLE["cpuid"], AMD) is None
+
+
+def test_only_a_plan_with_an_ipi_kind_has_two_vcpus_and_a_second_core():
+    plan = make_plan(BenchOptions(cases=[5], instr="cpuid,ipi"), AMD, "kvm")
+    assert plan.vcpus == 2
+    assert make_plan(BenchOptions(cases=[5], instr="all"), AMD, "kvm").vcpus == 1
+    with pytest.raises(ExitlatError, match="a second core is for the two-vCPU kinds"):
+        make_plan(BenchOptions(cases=[5], instr="cpuid", core=1, peer_core=2), AMD, "kvm")
+    both = make_plan(BenchOptions(cases=[5], instr="all", core=1, peer_core=2), AMD, "kvm")
+    assert both.vcpus == 2 and {"ipi", "ipi_halt"} <= {s.instruction for s in both.specs}
+    from exitlat.run.qemu import QemuConfig, RunFiles, qemu_argv
+
+    def smp(vcpus):
+        argv = qemu_argv(QemuConfig(Path("/b"), "kvm", 256, [], 0xE9, "null", True, (), vcpus),
+                         RunFiles(Path("/r")))
+        return argv[argv.index("-smp") + 1]
+    assert smp(1) == "1" and smp(2) == "2"
+
+
+def test_core_a_comma_b():
+    from exitlat.bench import parse_peer_core
+
+    assert parse_peer_core(None) is None and parse_peer_core("3") is None
+    assert parse_peer_core("1,2") == 2
+    for bad in ("1,2,3", "1,x", "1,-1"):
+        with pytest.raises(ExitlatError):
+            parse_peer_core(bad)
+
+
+def test_the_receivers_core_is_its_own(tmp_path, monkeypatch):
+    from exitlat.run.placement import resolve_peer
+    from exitlat.run.plan import Placement
+
+    with pytest.raises(ExitlatError, match="a core of its own"):
+        resolve_peer(Placement(core=1, housekeeping=0), 1, print)
+    with pytest.raises(ExitlatError, match="a core of its own"):
+        resolve_peer(Placement(core=1, housekeeping=0), 0, print)
+    with pytest.raises(ExitlatError, match="does not exist"):
+        resolve_peer(Placement(core=1, housekeeping=0), 4096, print)
+
+
+def _cpu(root, n, core_cpus, pkg, llc):
+    d = root / f"sys/devices/system/cpu/cpu{n}"
+    (d / "topology").mkdir(parents=True)
+    (d / "topology/core_cpus_list").write_text(core_cpus + "\n")
+    (d / "topology/physical_package_id").write_text(f"{pkg}\n")
+    for idx, (level, shared) in enumerate(((1, str(n)), (3, llc))):
+        c = d / f"cache/index{idx}"
+        c.mkdir(parents=True)
+        (c / "level").write_text(f"{level}\n")
+        (c / "shared_cpu_list").write_text(shared + "\n")
+
+
+def test_pair_topology_tells_siblings_llc_and_packages(tmp_path):
+    from exitlat.host.isolation import pair_topology
+
+    (tmp_path / "sys/devices/system/cpu").mkdir(parents=True)
+    (tmp_path / "sys/devices/system/cpu/online").write_text("0-5\n")
+    (tmp_path / "sys/devices/system/cpu/possible").write_text("0-5\n")
+    _cpu(tmp_path, 0, "0,3", 0, "0-3")
+    _cpu(tmp_path, 1, "1", 0, "0-3")
+    _cpu(tmp_path, 2, "2", 0, "0-3")
+    _cpu(tmp_path, 3, "0,3", 0, "0-3")
+    _cpu(tmp_path, 4, "4", 0, "4-5")
+    _cpu(tmp_path, 5, "5", 1, "4-5")
+    rel = lambda a, b: pair_topology(a, b, tmp_path)["relation"]     # noqa: E731
+    assert rel(0, 3) == "smt_sibling"
+    assert rel(0, 1) == "same_llc"
+    assert rel(0, 4) == "same_package"
+    assert rel(0, 5) == "other_package"
+    assert pair_topology(0, 1, tmp_path)["llc_level"] == "3"
+
+
+def test_kvm_stats_are_one_vcpus_not_the_sum():
+    """With two vCPUs the timed window's stats are the sender's alone (its receiver's HLTs would
+    otherwise count as the sender's background)."""
+    from exitlat.run.qmp import QMP
+
+    q = object.__new__(QMP)
+    cpus = [{"cpu-index": 1, "thread-id": 12, "qom-path": "/m/cpu[1]"},
+            {"cpu-index": 0, "thread-id": 11, "qom-path": "/m/cpu[0]"}]
+    stats = [{"provider": "kvm", "qom-path": "/m/cpu[0]", "stats": [{"name": "exits", "value": 5}]},
+             {"provider": "kvm", "qom-path": "/m/cpu[1]", "stats": [{"name": "exits", "value": 70},
+                                                                   {"name": "halt_exits", "value": 60}]}]
+    q.command = lambda name, **kw: cpus if name == "query-cpus-fast" else stats
+    assert q.vcpu_threads() == [11, 12]           # vCPU order, whatever QEMU's list order
+    assert q.kvm_stats() == {"exits": 5}
+    assert q.kvm_stats(1) == {"exits": 70, "halt_exits": 60}
+    assert q.kvm_stats(2) is None                 # no such vCPU: no stats, never someone else's
+    q.command = lambda name, **kw: cpus[1:] if name == "query-cpus-fast" else stats[:1]
+    q.vcpu_threads()
+    assert q.kvm_stats() == {"exits": 5}          # one vCPU: as before
