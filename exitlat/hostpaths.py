@@ -48,6 +48,12 @@ def host_facts(host: dict | None) -> set[str]:
         facts.add("ipiv")
     if str(params.get("kvm_amd.avic", "")).strip() in _YES:
         facts.add("avic")
+    svm = cpu.get("path_flags")
+    # SVM's NRIP save gives KVM the next RIP: without it KVM must decode the instruction, which
+    # its irq-off fastpath cannot (no SRCU there), so every WRMSR takes the normal handler
+    if vendor == "amd" and ((isinstance(svm, list) and "nrip_save" not in svm)
+                            or str(params.get("kvm_amd.nrips", "")).strip() in ("N", "0")):
+        facts.add("no_nrips")
     vmx = cpu.get("vmx_flags")
     # /proc/cpuinfo's "vmx flags" names the TPR shadow "vtpr" (VMX_FEATURE_VIRTUAL_TPR)
     if isinstance(vmx, list) and vendor == "intel" and "vtpr" not in vmx:

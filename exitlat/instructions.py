@@ -143,6 +143,14 @@ _TESTDEV_LOOP = ("its test is selected on the device (a QEMU round trip that als
                  "ioeventfd) before the timed loop, which the user loop (case 1: the BAR mapped "
                  "through sysfs, or ioperm) and the kernel loop (case 5) do; one ioctl per "
                  "iteration (case 3) cannot")
+# KVM's irq-off WRMSR fastpath (x2APIC ICR, TSC deadline), as its handler is named per kernel
+MSR_FASTPATH = ("handle_fastpath_set_msr_irqoff",     # 6.1 - 6.12
+                "handle_fastpath_wrmsr")              # 6.18
+_IPIV = HostPath(PATH_NONE, "intel", ("apicv", "ipiv"), "IPI virtualization: the ICR write does "
+                 "not exit")
+_IPI_NEEDS = "x2APIC mode and a second vCPU (bench --core A,B)"
+_NO_NRIPS = HostPath(PATH_KVM, "amd", ("no_nrips",), "no NRIP save (next_rip): KVM's fastpath "
+                     "cannot skip the WRMSR and leaves it to the normal handler")
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -162,8 +170,7 @@ TABLE = {i.name: i for i in (
                 TSC_DEADLINE_MSR,
                 "WRMSR to IA32_TSC_DEADLINE needs CPL 0 and the guest's timer saved and restored "
                 "around it, which only the kernel loop (case 5) does",
-                fastpath=("handle_fastpath_set_msr_irqoff",     # 6.1 - 6.12
-                          "handle_fastpath_wrmsr"),             # 6.18
+                fastpath=MSR_FASTPATH,
                 host_paths=(
                     # only the VMX preemption timer lets the irq-off fastpath arm the deadline
                     HostPath(PATH_KVM, "amd", why="SVM has no preemption timer: an hrtimer, "
@@ -334,12 +341,12 @@ TABLE = {i.name: i for i in (
                 X2APIC_ICR_MSR,
                 "the IPI is sent with IRQs off and waited for, with a second vCPU spinning to "
                 "receive it, which only the kernel loop (case 5) does",
-                fastpath=("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr"),
-                host_paths=(HostPath(PATH_NONE, "intel", ("apicv", "ipiv"),
-                                     "IPI virtualization: the ICR write does not exit"),
+                fastpath=MSR_FASTPATH,
+                host_paths=(_IPIV,
                             HostPath(PATH_NONE, "amd", ("avic",),
-                                     "AVIC: an IPI to a running vCPU does not exit")),
-                vcpus=2, receiver=("EXTERNAL_INTERRUPT", "INTR"),
+                                     "AVIC: an IPI to a running vCPU does not exit"),
+                            _NO_NRIPS),
+                vcpus=2, receiver=("EXTERNAL_INTERRUPT", "EXTERNAL_INTERRUPT"),  # SVM_EXIT_INTR as named
                 receiver_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
                                          "a posted interrupt: the running receiver does not exit"),
                                 HostPath(PATH_NONE, "amd", ("avic",),
@@ -347,19 +354,17 @@ TABLE = {i.name: i for i in (
                 what="an x2APIC IPI to a running vCPU and its handler's acknowledgement: the "
                      "sender's ICR exit (kvm_x2apic_icr_write in KVM's fastpath) and the "
                      "receiver kicked out of guest mode (a host IPI) to take the interrupt",
-                needs="x2APIC mode and a second vCPU (bench --core A,B)"),
+                needs=_IPI_NEEDS),
     Instruction("ipi_halt", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
                 X2APIC_ICR_MSR,
                 "the IPI is sent with IRQs off and waited for, then the receiver left to halt "
                 "again outside the timing, which only the kernel loop (case 5) does",
-                fastpath=("handle_fastpath_set_msr_irqoff", "handle_fastpath_wrmsr"),
-                host_paths=(HostPath(PATH_NONE, "intel", ("apicv", "ipiv"),
-                                     "IPI virtualization: the ICR write does not exit"),),
+                fastpath=MSR_FASTPATH, host_paths=(_IPIV, _NO_NRIPS),
                 vcpus=2, receiver=("HLT", "HLT"),
                 what="an x2APIC IPI to a vCPU halted in HLT and its handler's acknowledgement: "
                      "the sender's ICR exit (KVM's fastpath) and the receiver's vCPU thread woken "
                      "after 1 ms halted (past KVM's default halt polling) to run the interrupt",
-                needs="x2APIC mode and a second vCPU (bench --core A,B)"),
+                needs=_IPI_NEEDS),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

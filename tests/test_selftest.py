@@ -483,7 +483,7 @@ def synthetic_doc(n=1000):
                       _case("case5_mmio_no_eventfd-r0", 5, "mmio_no_eventfd", "qemu", mmio_qemu, n),
                       _case("case5_mmio_eventfd-r0", 5, "mmio_eventfd", "kvm", mmio_kvm, n),
                       _ipi_case("ipi_halt", {"HLT": n + 4, "MSR": 6}, n),
-                      _ipi_case("ipi", {"INTR": n + 9, "MSR": 9}, n)]}
+                      _ipi_case("ipi", {"EXTERNAL_INTERRUPT": n + 9, "MSR": 9}, n)]}
 
 
 def _ipi_case(kind, receiver, n):

@@ -20,7 +20,7 @@ def _read(path: Path) -> str | None:
 PATH_FLAGS = frozenset({"npt", "avic", "x2avic", "pausefilter", "pfthreshold", "v_spec_ctrl", "vgif",
                         "vnmi", "ibrs", "ibpb", "stibp", "ssbd", "amd_ssbd", "virt_ssbd",
                         "arch_capabilities", "rtm", "hle", "x2apic", "tsc_deadline_timer",
-                        "xsave", "hypervisor"})
+                        "xsave", "hypervisor", "nrip_save"})
 
 
 def cpu_info(root: Path = Path("/")) -> dict:

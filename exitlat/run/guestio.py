@@ -102,7 +102,17 @@ class GuestPlan:
             value = getattr(self, name)
             if value is not None:
                 args.append(f"exitlat.{name}={value}")
+        if self.vcpus() > 1:
+            # device interrupts to CPU 0 (the sender's): the receiver's exits are the IPIs'
+            args.append("irqaffinity=0")
         return args + list(self.extra)
+
+    def vcpus(self) -> int:
+        """vCPUs the plan's kinds need: 2 with an IPI kind (RunPlan.vcpus says the same)."""
+        from exitlat.instructions import TABLE
+
+        names = [n.strip() for n in self.instr.split(",")]
+        return max([TABLE[n].vcpus for n in names if n in TABLE] or [1])
 
     def devices(self) -> tuple[str, ...]:
         """The QEMU devices its kinds need beyond every run's (pci-testdev for mmio_*, pio_*): a

@@ -75,6 +75,14 @@ def accel_args(accel: str) -> list[str]:
     return ["-accel", "tcg,thread=single", "-cpu", "max"]
 
 
+def smp_arg(vcpus: int) -> str:
+    """-smp: one socket per vCPU. The guest kernel has no ACPI, so it finds its CPUs in the
+    firmware's MP table, and SeaBIOS lists one CPU per package there: two vCPUs as two cores of
+    one socket would leave the guest with one. (Where the vCPUs sit for the host is the host
+    cores' matter, recorded as run.topology.)"""
+    return "1" if vcpus == 1 else f"{vcpus},sockets={vcpus},cores=1,threads=1"
+
+
 def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
     accel = accel_args(cfg.accel)
     chardev = (f"file,id=dbg,path={files.debugcon}" if cfg.debugcon == "file"
@@ -82,7 +90,7 @@ def qemu_argv(cfg: QemuConfig, files: RunFiles) -> list[str]:
     return [
         str(qemu_binary(cfg.build)),
         *accel,
-        "-machine", "pc", "-smp", str(cfg.vcpus), "-m", f"{cfg.mem_mb}M",
+        "-machine", "pc", "-smp", smp_arg(cfg.vcpus), "-m", f"{cfg.mem_mb}M",
         "-overcommit", f"mem-lock={'on' if cfg.mem_lock else 'off'}",
         "-nodefaults", "-no-user-config", "-display", "none", "-vga", "none", "-nic", "none",
         "-no-reboot", "-S",

@@ -107,7 +107,7 @@ class VmRun:
                               "small): running with mem-lock=off; raise `ulimit -l` to lock it")
         self.result.mem_lock = mem_lock
         cfg = QemuConfig(self.build, self.accel, mem_mb, self.guest.kernel_args(), self.o.port,
-                         debugcon, mem_lock, self.guest.devices(), plan.vcpus)
+                         debugcon, mem_lock, self.guest.devices(), self.plan.vcpus)
         r.argv = qemu_argv(cfg, files)
         qemu = console = qmp = None
         t0 = time.monotonic()
@@ -123,10 +123,10 @@ class VmRun:
             self.vcpus = qmp.vcpu_threads()
             from .launcher import pin_threads
 
-            if len(self.vcpus) != plan.vcpus:
+            if len(self.vcpus) != self.plan.vcpus:
                 raise ExitlatError(f"QEMU reports {len(self.vcpus)} vCPU threads, the plan has "
-                                   f"{plan.vcpus}")
-            r.pinned = pin_threads(qemu.pid, self.vcpus, plan.placement.vcpu_cores, self.hk)
+                                   f"{self.plan.vcpus}")
+            r.pinned = pin_threads(qemu.pid, self.vcpus, self.plan.placement.vcpu_cores, self.hk)
             r.tracing = self._tracing_mode()
             t_boot = self.t_cont = time.monotonic()
             qmp.command("cont")

@@ -111,6 +111,9 @@ def case_rows(run: dict, doc: dict) -> list[dict]:
             "traced_window": verdict.get("status"),
             "n": n,
             "exits_per_iter": per_iteration(counts.get("exits", {}), n) if n else {},
+            # a two-vCPU kind's receiving vCPU, its own window
+            "receiver_per_iter": (per_iteration(vw["receiver_counts"].get("exits", {}), n)
+                                  if n and vw.get("receiver_counts") else None),
             "userspace_per_iter": per_iteration(counts.get("userspace", {}), n) if n else {},
             "lost": counts.get("lost"),
             "detail": c["verification"].get("detail", ""),
@@ -286,7 +289,9 @@ def render_text(result: dict) -> str:
     rows = [[r["run"], r["case"], r["instruction"], r["expected_path"], r["backend"],
              r["verdict"].upper(),
              f"refused: {r['refused'].removeprefix('module refused ')}" if r.get("refused")
-             else _fmt_rates(r["exits_per_iter"]), _fmt_rates(r["userspace_per_iter"])]
+             else _fmt_rates(r["exits_per_iter"])
+             + (f"; receiver {_fmt_rates(r['receiver_per_iter'])}" if r.get("receiver_per_iter")
+                else ""), _fmt_rates(r["userspace_per_iter"])]
             for r in result["cases"]]
     if rows:
         out.append("")

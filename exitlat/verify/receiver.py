@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from exitlat.instructions import PATH_KVM, PATH_NONE, TABLE
 
-from .rules import (ASYNC_REASONS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED, STATUS_PASSED,
+from .rules import (ASYNC_REASONS, CONSOLE_PORTS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED, STATUS_PASSED,
                     STATUS_UNVERIFIED, Bounds, per_iteration)
 from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
@@ -27,8 +27,11 @@ def verify_receiver(window, n: int, receiver_path: str, instruction: str, vendor
     side = sum(c for r, c in window.exits.items() if base(r) in SIDE_REASONS)
     background = sum(c for r, c in window.exits.items()
                      if base(r) in (ASYNC_REASONS | IDLE_REASONS) and base(r) not in reasons)
-    other = window.total_exits - count - side - background
-    userspace = window.total_userspace
+    # the serial console's port I/O, as in the sender's window: background wherever it lands
+    console = sum(c for (port, _d), c in window.pio.items() if port in CONSOLE_PORTS)
+    console_exits = min(window.exits.get("IO_INSTRUCTION", 0), console)
+    other = window.total_exits - count - side - background - console_exits
+    userspace = window.total_userspace - min(window.userspace.get("IO", 0), console)
     decodable = any(base(k) in DECODABLE_EXIT_NAMES for k in window.exits)
     b = Bounds(n, side)
     problems, unproven = [], []
@@ -74,5 +77,6 @@ def verify_receiver(window, n: int, receiver_path: str, instruction: str, vendor
             "side_exits_per_iter": per_iteration(side, n),
             "other_exits_per_iter": per_iteration(other, n),
             "userspace_exits_per_iter": per_iteration(userspace, n),
+            "console_pio": console,
             "exit_reasons": dict(sorted(window.exits.items())),
             "lost_events": window.lost, "unparsed": window.unparsed}

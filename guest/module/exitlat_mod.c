@@ -411,6 +411,10 @@ static int el_check_tscdeadline_immed(const struct exitlat_config *cfg)
  * list is empty).  The sender keeps IRQs off; the receiver does the rest:
  * - ipi: the receiver is running, a kthread spinning with IRQs on for the
  *   batch (no PAUSE: PLE), so the IPI interrupts a vCPU in guest mode;
+ *   after each sample the sender waits, outside the timed interval, until
+ *   the receiver is back in that loop (el_rcv_ready), so that the next IPI
+ *   never lands in the tail of the last one's handler (IRQs off there: an
+ *   interrupt-window exit more);
  * - ipi_halt: the receiver is idle in HLT (the kernel's idle loop), woken
  *   by the IPI; after each sample the sender waits EL_HALT_SETTLE_US,
  *   outside the timed interval, for it to halt again (vmexit.flat's
@@ -426,6 +430,7 @@ static u32 el_rcv_apicid;
 static struct task_struct *el_rcv_task;
 static int el_rcv_spin;			/* the batch wants the receiver spinning */
 static int el_rcv_spinning;		/* the receiver spins */
+static unsigned int el_rcv_ready;	/* IPIs the spinning receiver has returned from */
 static DECLARE_WAIT_QUEUE_HEAD(el_rcv_wq);
 
 static __always_inline unsigned int el_rcv_count(void)
@@ -450,16 +455,35 @@ static __always_inline void el_settle_cycles(u64 cycles)
 		barrier();
 }
 
+/* ipi, after a sample: the receiver back in its loop, or `cycles` passed. */
+static __always_inline void el_rcv_wait_ready(u64 cycles)
+{
+	const u64 until = rdtsc() + cycles;
+
+	while (READ_ONCE(el_rcv_ready) != el_rcv_count() && (s64)(rdtsc() - until) < 0)
+		barrier();
+}
+
 static int el_rcv_thread(void *unused)
 {
+	unsigned int last;
+
 	while (!kthread_should_stop()) {
 		wait_event_interruptible(el_rcv_wq,
 					 READ_ONCE(el_rcv_spin) || kthread_should_stop());
 		if (!READ_ONCE(el_rcv_spin))
 			continue;
+		last = el_rcv_count();
+		WRITE_ONCE(el_rcv_ready, last);
 		WRITE_ONCE(el_rcv_spinning, 1);
-		while (READ_ONCE(el_rcv_spin))
-			barrier();
+		while (READ_ONCE(el_rcv_spin)) {
+			const unsigned int now = el_rcv_count();
+
+			if (now != last) {	/* a write only per IPI: no line ping-pong */
+				last = now;
+				WRITE_ONCE(el_rcv_ready, now);
+			}
+		}
 		WRITE_ONCE(el_rcv_spinning, 0);
 	}
 	return 0;
@@ -856,7 +880,7 @@ struct el_window {
 	u64 ahead;	/* WRMSR TSC_DEADLINE: cycles from t0 to the deadline */
 	u32 timer;	/* EXITLAT_T_* */
 	bool amd;	/* VMMCALL instead of VMCALL */
-	u64 settle;	/* ipi_halt: cycles after each sample for the receiver to halt */
+	u64 settle;	/* ipi_halt: cycles after each sample for the receiver to halt; ipi: the most to wait for it */
 };
 
 /* n timed iterations into buf[0..n); returns RAX after the last VMCALL. */
@@ -878,7 +902,9 @@ typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 		(void)val;							\
 		EXITLAT_TIMED_LOOP_SETTLE(buf, n, T0, T1, STATEMENT,		\
 			if ((ID) == EXITLAT_I_IPI_HALT)			\
-				el_settle_cycles(READ_ONCE(in->settle)));	\
+				el_settle_cycles(READ_ONCE(in->settle));	\
+			else if ((ID) == EXITLAT_I_IPI)			\
+				el_rcv_wait_ready(READ_ONCE(in->settle)));	\
 	} while (0)
 
 #define EL_BATCH_FN(id, name, check, once, SETUP, STATEMENT)				\
