@@ -209,3 +209,18 @@ def test_kvm_stats_are_one_vcpus_not_the_sum():
     q.command = lambda name, **kw: cpus[1:] if name == "query-cpus-fast" else stats[:1]
     q.vcpu_threads()
     assert q.kvm_stats() == {"exits": 5}          # one vCPU: as before
+
+
+def test_compare_says_when_the_receivers_core_sits_elsewhere():
+    from exitlat.report.compare import setup_unfairness
+
+    def doc(relation, isolated):
+        return {"options": {}, "run": {"receiver_core": 7, "topology": {"relation": relation},
+                                       "receiver_isolation": {"isolated": isolated}}}
+    lines = setup_unfairness(doc("same_llc", True), doc("smt_sibling", True), "A", "B")
+    assert len(lines) == 1 and "receiver core" in lines[0] and "smt_sibling" in lines[0]
+    assert setup_unfairness(doc("same_llc", True), doc("same_llc", True), "A", "B") == []
+    assert "not isolated" in setup_unfairness(doc("same_llc", True), doc("same_llc", False),
+                                              "A", "B")[0]
+    # one-vCPU bundles say nothing of it
+    assert setup_unfairness({"options": {}, "run": {}}, {"options": {}, "run": {}}, "A", "B") == []

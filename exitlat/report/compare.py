@@ -96,7 +96,18 @@ def run_setup(doc: dict) -> dict:
             "--tracing": _backends(doc), "--repeat": o.get("repeat"),
             "--iterations": o.get("iterations"), "--warmup": o.get("warmup"),
             "--verify-iterations": run.get("verify_iterations", o.get("verify_iterations")),
-            "--instr": o.get("instr"), "vapic": _vapic(doc)}
+            "--instr": o.get("instr"), "vapic": _vapic(doc),
+            "receiver core": _receiver(run)}
+
+
+def _receiver(run: dict) -> str | None:
+    """A two-vCPU run's receiving core, as where it sits from the sender's and whether it was
+    isolated (None: a one-vCPU run, nothing to compare)."""
+    if run.get("receiver_core") is None:
+        return None
+    relation = (run.get("topology") or {}).get("relation") or "unknown"
+    isolated = (run.get("receiver_isolation") or {}).get("isolated")
+    return f"{relation}, {'isolated' if isolated else 'not isolated'}"
 
 
 _SETUP_WHY = {
@@ -110,6 +121,7 @@ _SETUP_WHY = {
     "--verify-iterations": "traced windows of another length",
     "--instr": "another exiting instruction",
     "vapic": "TPR-access patching adds userspace exits of its own",
+    "receiver core": "an IPI between SMT siblings, one LLC or two sockets costs multiples apart",
 }
 
 
