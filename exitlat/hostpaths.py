@@ -95,3 +95,20 @@ def choose_receiver_path(ins: Instruction, host: dict | None) -> PathChoice | No
     return PathChoice(PATH_KVM, f"receiver: one exit per iteration ({vmx} on VMX, {svm} on SVM)"
                                 + ("; the default (no receiver rule matched this host)"
                                    if ins.receiver_paths else ""))
+
+
+def choose_expiry(ins: Instruction, host: dict | None) -> PathChoice | None:
+    """The exit a timer kind's expiry takes on `host` (its `path`: the kvm_exit reason): VMX's
+    preemption timer where KVM backs the deadline with it, else KVM's hrtimer, whose interrupt
+    kicks the running vCPU out (an external-interrupt exit). None for other kinds."""
+    if ins.expiry is None:
+        return None
+    facts = host_facts(host)
+    vmx, svm = ins.expiry
+    if "amd" in facts:
+        return PathChoice(svm, f"expiry: {svm} (SVM has no preemption timer: KVM's hrtimer "
+                               "interrupts the vCPU)")
+    if "no_preemption_timer" in facts:
+        return PathChoice("EXTERNAL_INTERRUPT", "expiry: EXTERNAL_INTERRUPT "
+                          "(kvm_intel.preemption_timer=N: KVM's hrtimer interrupts the vCPU)")
+    return PathChoice(vmx, f"expiry: {vmx} (the VMX preemption timer backs the deadline)")

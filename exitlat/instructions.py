@@ -65,6 +65,9 @@ class Instruction:
     receiver: tuple[str, str] | None = None   # the other vCPU's exit per iteration (VMX, SVM
     #                                           reason), proven in the traced window too
     receiver_paths: tuple[HostPath, ...] = ()  # hosts where the receiver takes no exit (PATH_NONE)
+    expiry: tuple[str, str] | None = None   # a timer armed ahead: the exit its expiry takes
+    #                                         (VMX with the preemption timer, SVM), ≈1 per iteration
+    ahead: int = 0              # cycles from t0 to its deadline; its samples are stored net of it
 
     @property
     def mmio(self) -> bool:
@@ -315,6 +318,28 @@ TABLE = {i.name: i for i in (
                 what="WRMSR IA32_TSC_DEADLINE of a deadline already passed, with IRQs on: KVM "
                      "expires the timer in the exit and injects its interrupt on the next entry; "
                      "waited for until the guest's handler ran (its EOI paravirtual, no exit)",
+                irqs_on=True, needs="the TSC-deadline timer in TSC-deadline mode, in x2APIC mode"),
+    # The TSC-deadline timer armed TSCDEADLINE_AHEAD cycles past t0, with IRQs on, and its
+    # interrupt waited for (vmexit.flat's tscdeadline arms 3000 cycles ahead: shorter than an exit
+    # round trip under emulation, where the timer would expire before the re-entry). The timer's
+    # LVT is redirected to the irq_work vector as for tscdeadline_immed. Samples are stored net of
+    # the wait: the cycles from the deadline to the handler's count seen by the loop.
+    Instruction("tscdeadline", (5,), PATH_FASTPATH, "MSR_WRITE", "MSR", "msr_write", "exits",
+                TSC_DEADLINE_MSR,
+                "the timer's LVT is redirected and IRQs turned on around each iteration, which "
+                "only the kernel loop (case 5) does",
+                fastpath=MSR_FASTPATH,
+                host_paths=(HostPath(PATH_KVM, "amd", why="SVM has no preemption timer: an "
+                                     "hrtimer, armed by the normal handler"),
+                            HostPath(PATH_KVM, "intel", ("no_preemption_timer",),
+                                     "kvm_intel.preemption_timer=N: an hrtimer, armed by the "
+                                     "normal handler")),
+                expiry=("PREEMPTION_TIMER", "EXTERNAL_INTERRUPT"), ahead=1 << 20,
+                what="the TSC-deadline timer armed 2^20 cycles ahead with IRQs on, and its "
+                     "interrupt waited for: the WRMSR's exit, then the expiry's (the VMX "
+                     "preemption timer, or KVM's hrtimer interrupting the vCPU), the injection "
+                     "and the guest's handler; samples are the cycles from the deadline to the "
+                     "handler (net of the 2^20)",
                 irqs_on=True, needs="the TSC-deadline timer in TSC-deadline mode, in x2APIC mode"),
     # The self-IPI delivered: sent with IRQs on, so KVM injects it on the very next entry and the
     # guest's handler runs before the send returns. Its EOI does not exit: KVM marks the injected

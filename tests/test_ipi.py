@@ -224,3 +224,60 @@ def test_compare_says_when_the_receivers_core_sits_elsewhere():
                                               "A", "B")[0]
     # one-vCPU bundles say nothing of it
     assert setup_unfairness({"options": {}, "run": {}}, {"options": {}, "run": {}}, "A", "B") == []
+
+
+# ---- tscdeadline: a timer armed ahead, whose expiry is an exit of its own ------------------------
+
+def test_a_timer_armed_ahead_is_its_wrmsr_and_its_expiry():
+    """tscdeadline on an SVM host: the WRMSR (normal handler: no preemption timer) and KVM's
+    hrtimer kicking the vCPU (EXTERNAL_INTERRUPT), ≈1 each per iteration."""
+    from exitlat.verify.traced import verify_case
+
+    probes = {"handle_fastpath_set_msr_irqoff": N + 10,
+              "handle_fastpath_set_msr_irqoff:handled": 0}
+    w = counts({"MSR": N + 10, "EXTERNAL_INTERRUPT": N + 25, "VINTR": 4},
+               handled={"msr_write": N + 10}, probes=probes)
+    stats = {"exits": 2 * N + 39, "irq_exits": N + 25, "irq_window_exits": 4, "halt_exits": 0,
+             "io_exits": 0}
+    spec = case_specs([5], "tscdeadline", host=AMD)[0]
+    assert spec.expected_path == PATH_KVM and spec.expiry == "EXTERNAL_INTERRUPT"
+    v = verify_case(w, N, spec.expected_path, "tscdeadline", None, "amd", kvm_stats=stats,
+                    expiry=spec.expiry)
+    assert v["status"] == "passed", v["detail"]
+    assert v["expiry"] == {"reason": "EXTERNAL_INTERRUPT", "per_iter": 1.0025}
+    # the timer expired before the re-entry (injected on entry): no expiry exit, another path
+    early = counts({"MSR": N + 10, "EXTERNAL_INTERRUPT": 25}, handled={"msr_write": N + 10},
+                   probes=probes)
+    v = verify_case(early, N, PATH_KVM, "tscdeadline", None, "amd", expiry="EXTERNAL_INTERRUPT")
+    assert v["status"] == "failed" and "expiry" in v["detail"]
+    # and only the expiry rule catches that: the WRMSR's exits alone look the same
+    assert verify_case(early, N, PATH_KVM, "tscdeadline", None, "amd")["status"] == "passed"
+
+
+def test_the_timed_window_of_a_timer_armed_ahead():
+    from exitlat.verify.timed import verify_timed_window
+
+    stats = {"exits": 2 * N + 60, "irq_exits": N + 30, "irq_window_exits": 5, "halt_exits": 3,
+             "io_exits": 20}
+    v = verify_timed_window(stats, N, PATH_KVM, "tscdeadline", console_io=20,
+                            expiry="EXTERNAL_INTERRUPT")
+    assert v["status"] == "passed", v["detail"]
+    none = dict(stats, exits=N + 60, irq_exits=30)      # no kick: the interrupts are not there
+    v = verify_timed_window(none, N, PATH_KVM, "tscdeadline", console_io=20,
+                            expiry="EXTERNAL_INTERRUPT")
+    assert v["status"] == "failed" and "expiry" in v["detail"]
+    # VMX's preemption timer: no stat of its own; its exits are in `exits`
+    vmx = dict(stats, irq_exits=30)
+    assert verify_timed_window(vmx, N, PATH_FASTPATH, "tscdeadline", console_io=20,
+                               expiry="PREEMPTION_TIMER")["status"] == "passed"
+
+
+def test_the_expiry_reason_follows_the_host():
+    from exitlat.hostpaths import choose_expiry
+
+    assert choose_expiry(TABLE["tscdeadline"], AMD).path == "EXTERNAL_INTERRUPT"
+    assert choose_expiry(TABLE["tscdeadline"], INTEL).path == "PREEMPTION_TIMER"
+    off = {**INTEL, "kvm": {"parameters": {"kvm_intel.preemption_timer": "N"}}}
+    assert choose_expiry(TABLE["tscdeadline"], off).path == "EXTERNAL_INTERRUPT"
+    assert choose_path(TABLE["tscdeadline"], off).path == PATH_KVM
+    assert choose_expiry(TABLE["cpuid"], AMD) is None

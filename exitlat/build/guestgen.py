@@ -82,6 +82,8 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
             lines.append(f"#define EXITLAT_MSR_{i.name.upper()}\t{i.msr:#x}")
         if i.port is not None:
             lines.append(f"#define EXITLAT_PORT_{i.name.upper()}\t{i.port:#x}")
+        if i.ahead:
+            lines.append(f"#define EXITLAT_AHEAD_{i.name.upper()}\t{i.ahead:#x}ULL")
         if i.testdev is not None:
             lines.append(f"#define EXITLAT_TESTDEV_{i.name.upper()}\t{i.testdev}")
             lines.append(f"#define EXITLAT_TESTDEV_REG_{i.name.upper()}\t{i.testdev_reg}")

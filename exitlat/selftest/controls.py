@@ -70,6 +70,7 @@ class Window:
     tid: int | None
     receiver_counts: ExitCounts | None = None    # a two-vCPU kind's receiving vCPU
     receiver_path: str | None = None
+    expiry: str | None = None                    # a timer kind's expiry reason
 
 
 def counts_from_dict(d: dict) -> ExitCounts:
@@ -115,13 +116,14 @@ def windows_of(bundle_name: str, doc: dict) -> list[Window]:
                           c.get("port"), vw.get("backend"), vendor, int(n),
                           counts_from_dict(vw["counts"]), tids[0] if tids else None,
                           counts_from_dict(vw["receiver_counts"]) if vw.get("receiver_counts")
-                          else None, c.get("receiver_path")))
+                          else None, c.get("receiver_path"), c.get("expiry")))
     return out
 
 
 def _verdict(w: Window, counts: ExitCounts, path: str, instruction: str, port: int | None) -> dict:
     try:
-        return verify_case(counts, w.n, path, instruction, port, w.vendor)
+        expiry = w.expiry if instruction == w.instruction else None
+        return verify_case(counts, w.n, path, instruction, port, w.vendor, expiry=expiry)
     except ExitlatError as err:   # refusing the question is not a verdict
         return {"status": "error", "detail": str(err)}
 

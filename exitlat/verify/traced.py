@@ -22,7 +22,7 @@ from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, instruction: str,
                 port: int | None, vendor: str, *, kvm_stats: dict | None = None,
-                kvm_params: dict | None = None) -> dict:
+                kvm_params: dict | None = None, expiry: str | None = None) -> dict:
     """Verdict for one traced case window. See the module docstring for the rules and tolerances.
 
     Returns {"status" (passed/failed/unverified), "detail" (one line), "expected_reason",
@@ -45,6 +45,12 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     if io and port is None:
         raise ExitlatError(f"an {instruction} case needs its port to be verified")
     check_stats(kvm_stats)
+    expiry_count = None
+    if expiry:              # a timer kind: its expiry exits are its own, not background
+        from .expiry import split_expiry, stats_without_expiry
+
+        window, expiry_count = split_expiry(window, expiry, n)
+        kvm_stats = stats_without_expiry(kvm_stats, expiry, min(expiry_count, n))
 
     reasons = expected_reasons(instruction, vendor)
     reason_count = sum(window.exits.get(r, 0) for r in reasons)
@@ -120,6 +126,10 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                    if r.split("|")[0] in SIDE_REASONS and r not in skip)
         return side, other - side
 
+    if expiry_count is not None:
+        result["expiry"] = {"reason": expiry, "per_iter": per_iteration(expiry_count, n)}
+        about_one(expiry_count, f"{expiry} exit (the timer's expiry)")
+        notes.append(f"expiry: {expiry_count / n:.3f} {expiry}/iter")
     if not window.total_exits:
         # Nothing says an exit happened at all: handler events alone cannot prove the path.
         unproven.append("no kvm_exit events in the window: no evidence of the exits' path")
@@ -224,7 +234,7 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                      unproven)
     else:
         notes.append("no KVM stats to cross-check the trace")
-    if instruction == "wrmsr_tsc_deadline":     # the timer behind the deadline (kvm_params: host facts)
+    if instruction in ("wrmsr_tsc_deadline", "tscdeadline"):   # the timer behind the deadline
         from .timerbacking import timer_backing
 
         result["timer_backing"] = timer_backing(window, vendor, kvm_params, n)

@@ -58,7 +58,8 @@ def timed_verdict(spec, timed, n: int, ctx: VerdictContext, console_io: int | No
     from .timed import verify_timed_window
 
     v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
-                            spec.instruction, console_io=console_io)
+                            spec.instruction, console_io=console_io,
+                            expiry=getattr(spec, "expiry", None))
     return _with_tracing(v, timed)
 
 
@@ -100,7 +101,8 @@ def traced_verdict(spec, traced, n: int, ctx: VerdictContext, hello: dict | None
                                               f"{spec.instruction} (pci-testdev's I/O BAR): its "
                                               "writes cannot be told from others"}
     v = verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
-                    ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params)
+                    ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params,
+                    expiry=getattr(spec, "expiry", None))
     if getattr(spec, "receiver_path", None):
         v = with_receiver(v, spec, traced, n, ctx)
     return v

@@ -372,6 +372,26 @@ static __always_inline void el_tscdeadline_immed(void)
 	local_irq_disable();
 }
 
+/*
+ * tscdeadline: the same timer armed `deadline` (EXITLAT_AHEAD_TSCDEADLINE
+ * cycles past the iteration's t0) and waited for: the WRMSR exits and
+ * re-enters long before it (2^20 cycles outlast an exit round trip even
+ * under emulation), then KVM's timer expires: the VMX preemption timer's
+ * exit, or its hrtimer interrupting the vCPU, and the injection.  The
+ * sample is stored net of the wait (EL_TIMED_LOOP's OFFSET): the cycles
+ * from the deadline to the handler's count seen here.
+ */
+static __always_inline void el_tscdeadline(u64 deadline)
+{
+	const unsigned int seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+
+	local_irq_enable();
+	el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, deadline);
+	while (this_cpu_read(irq_stat.apic_irq_work_irqs) == seen)
+		barrier();
+	local_irq_disable();
+}
+
 /* x2APIC, the TSC-deadline timer in TSC-deadline mode, and the interrupt seen within 10 ms. */
 static int el_check_tscdeadline_immed(const struct exitlat_config *cfg)
 {
@@ -778,6 +798,10 @@ static void el_testdev_release(void)
 	/* loop only: IRQs on, the timer's LVT on IRQ_WORK_VECTOR (el_batch) */	\
 	X(EXITLAT_I_TSCDEADLINE_IMMED, tscdeadline_immed, el_check_tscdeadline_immed, false, \
 	  0, el_tscdeadline_immed())							\
+	/* loop only: IRQs on, the timer's LVT on IRQ_WORK_VECTOR (el_batch); */	\
+	/* the deadline EXITLAT_AHEAD_TSCDEADLINE past t0, stored net of it */	\
+	X(EXITLAT_I_TSCDEADLINE, tscdeadline, el_check_tscdeadline_immed, false, \
+	  0, el_tscdeadline(EL_WINDOW_T0 + ahead))					\
 	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
 	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
 	  el_self_ipi_delivery())							\
@@ -901,6 +925,7 @@ typedef long el_batch_fn(const struct el_window *in, u64 *buf, u64 n);
 		(void)amd;							\
 		(void)val;							\
 		EXITLAT_TIMED_LOOP_SETTLE(buf, n, T0, T1, STATEMENT,		\
+			(ID) == EXITLAT_I_TSCDEADLINE ? ahead : 0,		\
 			if ((ID) == EXITLAT_I_IPI_HALT)			\
 				el_settle_cycles(READ_ONCE(in->settle));	\
 			else if ((ID) == EXITLAT_I_IPI)			\
@@ -945,7 +970,8 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		.msr = cfg->msr, .port = cfg->port, .timer = cfg->timer, .amd = cfg->amd,
 	};
 	const bool deadline = cfg->instr == EXITLAT_I_WRMSR_TSC_DEADLINE;
-	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED;
+	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED ||
+			   cfg->instr == EXITLAT_I_TSCDEADLINE;	/* LVT redirected */
 	const bool ipi = cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
@@ -964,6 +990,8 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	if (deadline || immed) {
 		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
 		w.ahead = EL_DEADLINE_AHEAD;
+		if (cfg->instr == EXITLAT_I_TSCDEADLINE)	/* armed to expire */
+			w.ahead = EXITLAT_AHEAD_TSCDEADLINE;
 	}
 	if (immed) {		/* the timer's interrupt on IRQ_WORK_VECTOR for the batch */
 		lvtt = el_rdmsr(EL_X2APIC_LVTT);

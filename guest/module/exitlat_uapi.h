@@ -192,11 +192,13 @@ static inline __attribute__((always_inline)) __u8 exitlat_inb(__u16 port)
  * delta is kept only if t1 > t0, else 0 (a mask, no branch).
  */
 #define EXITLAT_TIMED_LOOP(buf, n, READ_T0, READ_T1, BODY)		\
-	EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, (void)0)
+	EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, 0, (void)0)
 
-/* The same, with SETTLE run after each sample is stored: outside the timed
- * interval (ipi_halt waits there for the other vCPU to halt again). */
-#define EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, SETTLE) \
+/* The same, with each sample stored net of OFFSET cycles (tscdeadline: the
+ * wait it armed; a sample not past it is stored as 0, invalid) and SETTLE run
+ * after the store, outside the timed interval (ipi_halt waits there for the
+ * other vCPU to halt again). */
+#define EXITLAT_TIMED_LOOP_SETTLE(buf, n, READ_T0, READ_T1, BODY, OFFSET, SETTLE) \
 	do {								\
 		__typeof__(&(buf)[0]) const __tl_buf = (buf);		\
 		const __u64 __tl_n = (n);				\
@@ -205,8 +207,8 @@ static inline __attribute__((always_inline)) __u8 exitlat_inb(__u16 port)
 			__tl_t0 = READ_T0();				\
 			BODY;						\
 			__tl_t1 = READ_T1();				\
-			__tl_buf[__tl_i] = (__tl_t1 - __tl_t0) &	\
-					   -(__u64)(__tl_t1 > __tl_t0);	\
+			__tl_buf[__tl_i] = (__tl_t1 - __tl_t0 - (OFFSET)) & \
+				-(__u64)(__tl_t1 > __tl_t0 + (OFFSET));	\
 			SETTLE;						\
 		}							\
 	} while (0)
