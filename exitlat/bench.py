@@ -51,8 +51,9 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
     remove_leftovers(progress)
     with CoreLock(plan.core) as lock, contextlib.ExitStack() as peer_lock:
         lock.acquire(wait=wait, say=progress.say)
-        if plan.placement.peer is not None:      # the receiving vCPU's core is held as well
-            peer_lock.enter_context(CoreLock(plan.placement.peer)).acquire(wait=wait, say=progress.say)
+        peer = plan.placement.peer
+        if peer is not None:        # the receiving vCPU's core is held as well
+            peer_lock.enter_context(CoreLock(peer)).acquire(wait=wait, say=progress.say)
         since = lock.record["started_ns"]
         running = other_runs(since, lock.folder)
         if running:
@@ -62,8 +63,8 @@ def _run_bench(opts: BenchOptions, argv: list[str] | None, wait: bool, progress:
         plan = plan.with_build(opts.build or ensure_build(progress), load_pins().base)
         progress.say(f"bench: cases {','.join(map(str, opts.cases))}, {opts.instr}, "
                      f"{plan.accel.upper()}, core {plan.core}"
-                     + (f", receiver core {plan.placement.peer} ({plan.placement.topology.get('relation')})"
-                        if plan.placement.peer is not None else "")
+                     + (f", receiver core {peer} ({plan.placement.topology.get('relation')})"
+                        if peer is not None else "")
                      + f" (housekeeping {plan.housekeeping}), "
                      f"{plan.repeat} VM(s), {'container' if opts.container else 'no container'}")
         # From here on a stop request never costs what was measured: the VM runs are interrupted

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 from .errors import ExitlatError
 from .limits import MAX_PORT
-from .hostpaths import choose_expiry, choose_path, choose_receiver_path
+from .hostpaths import choose_path, choose_receiver_path, choose_second
 from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH,
-                           S_INSTRUCTION, TABLE)
+                           PATH_NONE, S_INSTRUCTION, TABLE)
 
 ALL_CASES = (1, 2, 3, 4, 5, 6)
 
@@ -38,7 +38,8 @@ class CaseSpec:
     receiver_path: str | None = None   # a two-vCPU kind: whether the receiver exits ("kvm":
     #                                    its one exit per iteration) or not ("none")
     receiver_basis: str = ""
-    expiry: str | None = None  # a timer kind: the kvm_exit reason of its expiry here
+    second_exit: str | None = None   # the kvm_exit reason of its second exit here (a timer's
+    #                                    expiry, an interrupt window, a HLT), if it has one
 
 
 def _valid() -> str:
@@ -147,11 +148,11 @@ def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
         choice = choose_path(ins, host)
         spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
         receiver = choose_receiver_path(ins, host)
-        expiry = choose_expiry(ins, host)
+        second = choose_second(ins, host) if choice.path != PATH_NONE else None
         specs.append(CaseSpec(n, _FLOWS[n], ins.name, choice.path, key, msr=spec_msr,
                               port=port if ins.name == S_INSTRUCTION else ins.port,
-                              path_basis=choice.basis + (f"; {expiry.basis}" if expiry else ""),
-                              expiry=expiry.path if expiry else None,
+                              path_basis=choice.basis + (f"; {second.basis}" if second else ""),
+                              second_exit=second.path if second else None,
                               receiver_path=receiver.path if receiver else None,
                               receiver_basis=receiver.basis if receiver else ""))
     if not specs:

@@ -97,14 +97,18 @@ def choose_receiver_path(ins: Instruction, host: dict | None) -> PathChoice | No
                                    if ins.receiver_paths else ""))
 
 
-def choose_expiry(ins: Instruction, host: dict | None) -> PathChoice | None:
-    """The exit a timer kind's expiry takes on `host` (its `path`: the kvm_exit reason): VMX's
-    preemption timer where KVM backs the deadline with it, else KVM's hrtimer, whose interrupt
-    kicks the running vCPU out (an external-interrupt exit). None for other kinds."""
-    if ins.expiry is None:
+def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
+    """The kvm_exit reason of a kind's second exit on `host` (as the PathChoice's `path`), None
+    for kinds with one. A timer's expiry (tscdeadline) depends on the host: VMX's preemption
+    timer where KVM backs the deadline with it, else KVM's hrtimer, whose interrupt kicks the
+    running vCPU out (an external-interrupt exit)."""
+    if ins.second is None:
         return None
     facts = host_facts(host)
-    vmx, svm = ins.expiry
+    vmx, svm = ins.second
+    if not ins.timer_expiry:
+        reason = svm if "amd" in facts else vmx
+        return PathChoice(reason, f"then: {reason} ({ins.second_why})")
     if "amd" in facts:
         return PathChoice(svm, f"expiry: {svm} (SVM has no preemption timer: KVM's hrtimer "
                                "interrupts the vCPU)")

@@ -65,8 +65,11 @@ class Instruction:
     receiver: tuple[str, str] | None = None   # the other vCPU's exit per iteration (VMX, SVM
     #                                           reason), proven in the traced window too
     receiver_paths: tuple[HostPath, ...] = ()  # hosts where the receiver takes no exit (PATH_NONE)
-    expiry: tuple[str, str] | None = None   # a timer armed ahead: the exit its expiry takes
-    #                                         (VMX with the preemption timer, SVM), ≈1 per iteration
+    second: tuple[str, str] | None = None   # the exit every iteration takes after its first
+    #                                         (VMX, SVM reason): ≈1 per iteration, not background
+    second_why: str = ""        # what the second exit is
+    timer_expiry: bool = False  # the second exit is a timer's expiry (its reason is the host's:
+    #                             hostpaths.choose_second)
     ahead: int = 0              # cycles from t0 to its deadline; its samples are stored net of it
 
     @property
@@ -334,7 +337,8 @@ TABLE = {i.name: i for i in (
                             HostPath(PATH_KVM, "intel", ("no_preemption_timer",),
                                      "kvm_intel.preemption_timer=N: an hrtimer, armed by the "
                                      "normal handler")),
-                expiry=("PREEMPTION_TIMER", "EXTERNAL_INTERRUPT"), ahead=1 << 20,
+                second=("PREEMPTION_TIMER", "EXTERNAL_INTERRUPT"), timer_expiry=True,
+                second_why="the timer's expiry", ahead=1 << 20,
                 what="the TSC-deadline timer armed 2^20 cycles ahead with IRQs on, and its "
                      "interrupt waited for: the WRMSR's exit, then the expiry's (the VMX "
                      "preemption timer, or KVM's hrtimer interrupting the vCPU), the injection "
@@ -390,6 +394,33 @@ TABLE = {i.name: i for i in (
                      "the sender's ICR exit (KVM's fastpath) and the receiver's vCPU thread woken "
                      "after 1 ms halted (past KVM's default halt polling) to run the interrupt",
                 needs=_IPI_NEEDS),
+    # self_ipi_sti_{nop,hlt}, vmexit.flat's x2apic_self_ipi_sti_*: the SELF IPI sent with IRQs
+    # off (it stays pending), then STI;NOP or STI;HLT. KVM cannot inject into IF=0, so it asks
+    # for the interrupt window (the NOP ends STI's shadow: a second exit, then the injection); a
+    # HLT exits and finds the IPI pending (no blocking). The handler's EOI is paravirtual here; the
+    # bare OS of vmexit.flat writes it (one more exit there), so --reference does not run them.
+    Instruction("self_ipi_sti_nop", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write",
+                "exits", X2APIC_SELF_IPI_MSR,
+                "the IPI is sent with IRQs off and taken after STI;NOP, which only the kernel loop "
+                "(case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes the SELF IPI and its delivery: no exit"),),
+                second=("INTERRUPT_WINDOW", "VINTR"),
+                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+                what="x2APIC SELF IPI with IRQs off, then STI;NOP: the send's exit, the "
+                     "interrupt-window exit after STI's shadow, the injection and the handler",
+                irqs_on=True, needs="x2APIC mode"),
+    Instruction("self_ipi_sti_hlt", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write",
+                "exits", X2APIC_SELF_IPI_MSR,
+                "the IPI is sent with IRQs off and taken after STI;HLT, which only the kernel loop "
+                "(case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes the SELF IPI and its delivery: no exit"),),
+                second=("HLT", "HLT"),
+                second_why="the HLT, which finds the IPI pending and returns without blocking",
+                what="x2APIC SELF IPI with IRQs off, then STI;HLT: the send's exit, the HLT's exit "
+                     "(KVM finds the IPI pending, no blocking), the injection and the handler",
+                irqs_on=True, needs="x2APIC mode"),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

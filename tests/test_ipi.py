@@ -240,16 +240,17 @@ def test_a_timer_armed_ahead_is_its_wrmsr_and_its_expiry():
     stats = {"exits": 2 * N + 39, "irq_exits": N + 25, "irq_window_exits": 4, "halt_exits": 0,
              "io_exits": 0}
     spec = case_specs([5], "tscdeadline", host=AMD)[0]
-    assert spec.expected_path == PATH_KVM and spec.expiry == "EXTERNAL_INTERRUPT"
+    assert spec.expected_path == PATH_KVM and spec.second_exit == "EXTERNAL_INTERRUPT"
     v = verify_case(w, N, spec.expected_path, "tscdeadline", None, "amd", kvm_stats=stats,
-                    expiry=spec.expiry)
+                    second_exit=spec.second_exit)
     assert v["status"] == "passed", v["detail"]
-    assert v["expiry"] == {"reason": "EXTERNAL_INTERRUPT", "per_iter": 1.0025}
+    assert v["second_exit"] == {"reason": "EXTERNAL_INTERRUPT", "per_iter": 1.0025}
     # the timer expired before the re-entry (injected on entry): no expiry exit, another path
     early = counts({"MSR": N + 10, "EXTERNAL_INTERRUPT": 25}, handled={"msr_write": N + 10},
                    probes=probes)
-    v = verify_case(early, N, PATH_KVM, "tscdeadline", None, "amd", expiry="EXTERNAL_INTERRUPT")
-    assert v["status"] == "failed" and "expiry" in v["detail"]
+    v = verify_case(early, N, PATH_KVM, "tscdeadline", None, "amd",
+                    second_exit="EXTERNAL_INTERRUPT")
+    assert v["status"] == "failed" and "second" in v["detail"]
     # and only the expiry rule catches that: the WRMSR's exits alone look the same
     assert verify_case(early, N, PATH_KVM, "tscdeadline", None, "amd")["status"] == "passed"
 
@@ -260,24 +261,60 @@ def test_the_timed_window_of_a_timer_armed_ahead():
     stats = {"exits": 2 * N + 60, "irq_exits": N + 30, "irq_window_exits": 5, "halt_exits": 3,
              "io_exits": 20}
     v = verify_timed_window(stats, N, PATH_KVM, "tscdeadline", console_io=20,
-                            expiry="EXTERNAL_INTERRUPT")
+                            second_exit="EXTERNAL_INTERRUPT")
     assert v["status"] == "passed", v["detail"]
     none = dict(stats, exits=N + 60, irq_exits=30)      # no kick: the interrupts are not there
     v = verify_timed_window(none, N, PATH_KVM, "tscdeadline", console_io=20,
-                            expiry="EXTERNAL_INTERRUPT")
-    assert v["status"] == "failed" and "expiry" in v["detail"]
+                            second_exit="EXTERNAL_INTERRUPT")
+    assert v["status"] == "failed" and "second exit" in v["detail"]
     # VMX's preemption timer: no stat of its own; its exits are in `exits`
     vmx = dict(stats, irq_exits=30)
     assert verify_timed_window(vmx, N, PATH_FASTPATH, "tscdeadline", console_io=20,
-                               expiry="PREEMPTION_TIMER")["status"] == "passed"
+                               second_exit="PREEMPTION_TIMER")["status"] == "passed"
 
 
 def test_the_expiry_reason_follows_the_host():
-    from exitlat.hostpaths import choose_expiry
+    from exitlat.hostpaths import choose_second
 
-    assert choose_expiry(TABLE["tscdeadline"], AMD).path == "EXTERNAL_INTERRUPT"
-    assert choose_expiry(TABLE["tscdeadline"], INTEL).path == "PREEMPTION_TIMER"
+    assert choose_second(TABLE["tscdeadline"], AMD).path == "EXTERNAL_INTERRUPT"
+    assert choose_second(TABLE["tscdeadline"], INTEL).path == "PREEMPTION_TIMER"
     off = {**INTEL, "kvm": {"parameters": {"kvm_intel.preemption_timer": "N"}}}
-    assert choose_expiry(TABLE["tscdeadline"], off).path == "EXTERNAL_INTERRUPT"
+    assert choose_second(TABLE["tscdeadline"], off).path == "EXTERNAL_INTERRUPT"
     assert choose_path(TABLE["tscdeadline"], off).path == PATH_KVM
-    assert choose_expiry(TABLE["cpuid"], AMD) is None
+    assert choose_second(TABLE["cpuid"], AMD) is None
+
+
+def test_a_pending_self_ipi_takes_its_window_or_its_hlt():
+    """self_ipi_sti_nop / _sti_hlt: the SELF IPI's MSR exit, then the interrupt window (VMX
+    INTERRUPT_WINDOW, SVM VINTR) or the HLT. A loop whose IPI was delivered without it (sent
+    with IRQs on, as self_ipi_delivery does) fails, in both windows."""
+    from exitlat.verify.timed import verify_timed_window
+    from exitlat.verify.traced import verify_case
+
+    for kind, vendor, reason, stat in (("self_ipi_sti_nop", "intel", "INTERRUPT_WINDOW",
+                                        "irq_window_exits"),
+                                       ("self_ipi_sti_nop", "amd", "VINTR", "irq_window_exits"),
+                                       ("self_ipi_sti_hlt", "amd", "HLT", "halt_exits")):
+        host = AMD if vendor == "amd" else INTEL
+        spec = case_specs([5], kind, host=host)[0]
+        assert spec.second_exit == reason and spec.expected_path == PATH_KVM
+        msr = "MSR" if vendor == "amd" else "MSR_WRITE"
+        w = counts({msr: N + 20, reason: N + 4, "EXTERNAL_INTERRUPT": 9},
+                   handled={"msr_write": N + 20})
+        v = verify_case(w, N, PATH_KVM, kind, None, vendor, second_exit=reason)
+        assert v["status"] == "passed", (kind, v["detail"])
+        alone = counts({msr: N + 20, "EXTERNAL_INTERRUPT": 9}, handled={"msr_write": N + 20})
+        assert verify_case(alone, N, PATH_KVM, kind, None, vendor,
+                           second_exit=reason)["status"] == "failed", kind
+        stats = {"exits": 2 * N + 40, "irq_exits": 9, "irq_window_exits": 3, "halt_exits": 2,
+                 "io_exits": 0, stat: N + 4}
+        assert verify_timed_window(stats, N, PATH_KVM, kind, console_io=0,
+                                   second_exit=reason)["status"] == "passed", kind
+        stats[stat] = 4
+        stats["exits"] = N + 40
+        assert verify_timed_window(stats, N, PATH_KVM, kind, console_io=0,
+                                   second_exit=reason)["status"] == "failed", kind
+    # with APICv the send and its delivery are virtualized: no exit, and no second exit expected
+    apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
+    spec = case_specs([5], "self_ipi_sti_hlt", host=apicv)[0]
+    assert spec.expected_path == PATH_NONE and spec.second_exit is None

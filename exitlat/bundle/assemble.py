@@ -153,8 +153,8 @@ class DocumentBuilder:
             vw["decomposition"] = self._decomposition(spec, res, traced_samples, overhead, base)
         receiver = ({"receiver_path": spec.receiver_path, "receiver_basis": spec.receiver_basis}
                     if spec.receiver_path else {})
-        if spec.expiry:
-            receiver["expiry"] = spec.expiry
+        if spec.second_exit:
+            receiver["second_exit"] = spec.second_exit
         return {**receiver, "key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",

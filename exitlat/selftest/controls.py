@@ -70,7 +70,7 @@ class Window:
     tid: int | None
     receiver_counts: ExitCounts | None = None    # a two-vCPU kind's receiving vCPU
     receiver_path: str | None = None
-    expiry: str | None = None                    # a timer kind's expiry reason
+    second_exit: str | None = None               # a kind's second exit (its reason)
 
 
 def counts_from_dict(d: dict) -> ExitCounts:
@@ -116,14 +116,14 @@ def windows_of(bundle_name: str, doc: dict) -> list[Window]:
                           c.get("port"), vw.get("backend"), vendor, int(n),
                           counts_from_dict(vw["counts"]), tids[0] if tids else None,
                           counts_from_dict(vw["receiver_counts"]) if vw.get("receiver_counts")
-                          else None, c.get("receiver_path"), c.get("expiry")))
+                          else None, c.get("receiver_path"), c.get("second_exit")))
     return out
 
 
 def _verdict(w: Window, counts: ExitCounts, path: str, instruction: str, port: int | None) -> dict:
     try:
-        expiry = w.expiry if instruction == w.instruction else None
-        return verify_case(counts, w.n, path, instruction, port, w.vendor, expiry=expiry)
+        second = w.second_exit if instruction == w.instruction else None
+        return verify_case(counts, w.n, path, instruction, port, w.vendor, second_exit=second)
     except ExitlatError as err:   # refusing the question is not a verdict
         return {"status": "error", "detail": str(err)}
 

@@ -288,10 +288,10 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
     if TABLE[instruction].exits != 1:
         return refuse(f"{TABLE[instruction].exits} exits per iteration: one guest sample holds "
                       "several host round trips, which this pairing does not split")
-    if TABLE[instruction].expiry:
-        return refuse("a timer armed ahead: its samples are stored net of the wait (the cycles "
-                      "from the deadline), and each iteration holds two exits, the WRMSR's before "
-                      "the deadline and the expiry's after it; this pairing splits neither")
+    if TABLE[instruction].second:
+        return refuse(f"two exits per iteration ({TABLE[instruction].second_why} after the "
+                      "first): one guest sample holds both round trips, which this pairing does "
+                      "not split")
     if paired is None:
         return refuse(unavailable or "no traced window")
     out["pairing"] = paired.summary()

@@ -13,7 +13,7 @@ from .rules import (ASYNC_STATS, CONSOLE_SLACK, IDLE_STATS, ONE_TOLERANCE, STATS
 
 def verify_timed_window(stats: dict | None, iterations_total: int, expected_path: str,
                         instruction: str, console_io: int | None = None,
-                        expiry: str | None = None) -> dict:
+                        second_exit: str | None = None) -> dict:
     """Verdict for a timed (untraced) window from the delta of KVM's binary stats over it.
 
     `console_io`: the console's I/O exits in one window, as the same boot's baselines measured
@@ -36,18 +36,19 @@ def verify_timed_window(stats: dict | None, iterations_total: int, expected_path
     if missing:
         result["detail"] = f"unverified {head}: {missing}"
         return result
-    expiry_problem = ""
-    if expiry:      # a timer kind: n of its expiry exits are its own, not background
-        from .expiry import stats_without_expiry
+    second_problem = ""
+    if second_exit:     # n of its second exits are its own, not background
+        from .second_exit import STAT_OF, stats_without_second
 
-        if expiry == "EXTERNAL_INTERRUPT":      # KVM counts them as irq_exits: ≈1 per iteration
-            seen = stats.get("irq_exits", 0) if isinstance(stats.get("irq_exits"), int) else 0
+        key = STAT_OF.get(second_exit)
+        if key:         # KVM counts them: ≈1 per iteration at least
+            seen = stats.get(key, 0) if isinstance(stats.get(key), int) else 0
             if seen < (1 - ONE_TOLERANCE) * n:
-                expiry_problem = (f"expected ≈1 irq_exit (the timer's expiry) per iteration, saw "
+                second_problem = (f"expected ≈1 {key[:-1]} (its second exit) per iteration, saw "
                                   f"{seen / n:.3f} ({seen} in {n})")
-            stats = stats_without_expiry(stats, expiry, min(seen, n))
-        else:           # no stat of its own: the traced window counts them
-            stats = stats_without_expiry(stats, expiry, n)
+            stats = stats_without_second(stats, second_exit, min(seen, n))
+        else:           # no stat of its own (the preemption timer): the traced window counts them
+            stats = stats_without_second(stats, second_exit, n)
     used = {k: stats[k] for k in needed}
     result["stats"] = used
     result["exits_per_iter"] = per_iteration(used["exits"], n)
@@ -60,7 +61,7 @@ def verify_timed_window(stats: dict | None, iterations_total: int, expected_path
     emulated = emulation_detail(stats, ZERO_TOLERANCE * n + STATS_STRAY_EVENTS)
     if emulated:
         result["stats"]["insn_emulation"] = stats["insn_emulation"]
-    problems: list[str] = [expiry_problem] if expiry_problem else []
+    problems: list[str] = [second_problem] if second_problem else []
     # exits the loop's instructions caused: everything but interrupts, idle and I/O
     sync = used["exits"] - bg["interrupts"] - bg["idle"] - used["io_exits"]
     port_io = used["io_exits"] - bg["console_io"]

@@ -22,7 +22,7 @@ from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, instruction: str,
                 port: int | None, vendor: str, *, kvm_stats: dict | None = None,
-                kvm_params: dict | None = None, expiry: str | None = None) -> dict:
+                kvm_params: dict | None = None, second_exit: str | None = None) -> dict:
     """Verdict for one traced case window. See the module docstring for the rules and tolerances.
 
     Returns {"status" (passed/failed/unverified), "detail" (one line), "expected_reason",
@@ -45,12 +45,12 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
     if io and port is None:
         raise ExitlatError(f"an {instruction} case needs its port to be verified")
     check_stats(kvm_stats)
-    expiry_count = None
-    if expiry:              # a timer kind: its expiry exits are its own, not background
-        from .expiry import split_expiry, stats_without_expiry
+    second_count = None
+    if second_exit:         # its second exit each iteration is its own, not background
+        from .second_exit import split_second, stats_without_second
 
-        window, expiry_count = split_expiry(window, expiry, n)
-        kvm_stats = stats_without_expiry(kvm_stats, expiry, min(expiry_count, n))
+        window, second_count = split_second(window, second_exit, n)
+        kvm_stats = stats_without_second(kvm_stats, second_exit, min(second_count, n))
 
     reasons = expected_reasons(instruction, vendor)
     reason_count = sum(window.exits.get(r, 0) for r in reasons)
@@ -126,14 +126,14 @@ def verify_case(window: ExitCounts, iterations_total: int, expected_path: str, i
                    if r.split("|")[0] in SIDE_REASONS and r not in skip)
         return side, other - side
 
-    if expiry_count is not None:
-        result["expiry"] = {"reason": expiry, "per_iter": per_iteration(expiry_count, n)}
-        # at least one per iteration; more are interrupts of the same reason, already counted
-        # in the background (they disturb iterations, they are no other path)
-        if expiry_count < (1 - ONE_TOLERANCE) * n:
-            problems.append(f"expected ≈1 {expiry} exit (the timer's expiry) per iteration, saw "
-                            f"{expiry_count / n:.3f} ({expiry_count} in {n})")
-        notes.append(f"expiry: {expiry_count / n:.3f} {expiry}/iter")
+    if second_count is not None:
+        result["second_exit"] = {"reason": second_exit, "per_iter": per_iteration(second_count, n)}
+        # at least one per iteration; more are interrupts (or idle) of the same reason, already
+        # counted in the background (they disturb iterations, they are no other path)
+        if second_count < (1 - ONE_TOLERANCE) * n:
+            problems.append(f"expected ≈1 {second_exit} exit (its second) per iteration, saw "
+                            f"{second_count / n:.3f} ({second_count} in {n})")
+        notes.append(f"second exit: {second_count / n:.3f} {second_exit}/iter")
     if not window.total_exits:
         # Nothing says an exit happened at all: handler events alone cannot prove the path.
         unproven.append("no kvm_exit events in the window: no evidence of the exits' path")

@@ -59,7 +59,7 @@ def timed_verdict(spec, timed, n: int, ctx: VerdictContext, console_io: int | No
 
     v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
                             spec.instruction, console_io=console_io,
-                            expiry=getattr(spec, "expiry", None))
+                            second_exit=getattr(spec, "second_exit", None))
     return _with_tracing(v, timed)
 
 
@@ -102,7 +102,7 @@ def traced_verdict(spec, traced, n: int, ctx: VerdictContext, hello: dict | None
                                               "writes cannot be told from others"}
     v = verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
                     ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params,
-                    expiry=getattr(spec, "expiry", None))
+                    second_exit=getattr(spec, "second_exit", None))
     if getattr(spec, "receiver_path", None):
         v = with_receiver(v, spec, traced, n, ctx)
     return v
