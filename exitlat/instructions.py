@@ -394,33 +394,6 @@ TABLE = {i.name: i for i in (
                      "the sender's ICR exit (KVM's fastpath) and the receiver's vCPU thread woken "
                      "after 1 ms halted (past KVM's default halt polling) to run the interrupt",
                 needs=_IPI_NEEDS),
-    # self_ipi_sti_{nop,hlt}, vmexit.flat's x2apic_self_ipi_sti_*: the SELF IPI sent with IRQs
-    # off (it stays pending), then STI;NOP or STI;HLT. KVM cannot inject into IF=0, so it asks
-    # for the interrupt window (the NOP ends STI's shadow: a second exit, then the injection); a
-    # HLT exits and finds the IPI pending (no blocking). The handler's EOI is paravirtual here; the
-    # bare OS of vmexit.flat writes it (one more exit there), so --reference does not run them.
-    Instruction("self_ipi_sti_nop", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write",
-                "exits", X2APIC_SELF_IPI_MSR,
-                "the IPI is sent with IRQs off and taken after STI;NOP, which only the kernel loop "
-                "(case 5) does",
-                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
-                                     "APICv virtualizes the SELF IPI and its delivery: no exit"),),
-                second=("INTERRUPT_WINDOW", "VINTR"),
-                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
-                what="x2APIC SELF IPI with IRQs off, then STI;NOP: the send's exit, the "
-                     "interrupt-window exit after STI's shadow, the injection and the handler",
-                irqs_on=True, needs="x2APIC mode"),
-    Instruction("self_ipi_sti_hlt", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write",
-                "exits", X2APIC_SELF_IPI_MSR,
-                "the IPI is sent with IRQs off and taken after STI;HLT, which only the kernel loop "
-                "(case 5) does",
-                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
-                                     "APICv virtualizes the SELF IPI and its delivery: no exit"),),
-                second=("HLT", "HLT"),
-                second_why="the HLT, which finds the IPI pending and returns without blocking",
-                what="x2APIC SELF IPI with IRQs off, then STI;HLT: the send's exit, the HLT's exit "
-                     "(KVM finds the IPI pending, no blocking), the injection and the handler",
-                irqs_on=True, needs="x2APIC mode"),
     # MMIO writes to pci-testdev's memory BAR, one byte of the datamatch value each, as
     # vmexit.flat's pci-mem tests (mmio-*-eventfd:pci-mem) write them. The exit is the same fault
     # for all three; who completes the write is what differs.

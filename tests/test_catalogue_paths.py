@@ -308,8 +308,7 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
                             "x2apic_self_ipi", "self_ipi_delivery",
-                            "tscdeadline_immed", "tscdeadline", "self_ipi_sti_nop",
-                            "self_ipi_sti_hlt") or row.testdev is not None \
+                            "tscdeadline_immed", "tscdeadline") or row.testdev is not None \
                 or row.kut_smp, name
         if row.testdev is not None:     # vmexit.flat's pci-mem and pci-io tests
             assert row.kut_testdev.startswith("mmio-" if row.mmio else "portio-"), name

@@ -283,38 +283,3 @@ def test_the_expiry_reason_follows_the_host():
     assert choose_path(TABLE["tscdeadline"], off).path == PATH_KVM
     assert choose_second(TABLE["cpuid"], AMD) is None
 
-
-def test_a_pending_self_ipi_takes_its_window_or_its_hlt():
-    """self_ipi_sti_nop / _sti_hlt: the SELF IPI's MSR exit, then the interrupt window (VMX
-    INTERRUPT_WINDOW, SVM VINTR) or the HLT. A loop whose IPI was delivered without it (sent
-    with IRQs on, as self_ipi_delivery does) fails, in both windows."""
-    from exitlat.verify.timed import verify_timed_window
-    from exitlat.verify.traced import verify_case
-
-    for kind, vendor, reason, stat in (("self_ipi_sti_nop", "intel", "INTERRUPT_WINDOW",
-                                        "irq_window_exits"),
-                                       ("self_ipi_sti_nop", "amd", "VINTR", "irq_window_exits"),
-                                       ("self_ipi_sti_hlt", "amd", "HLT", "halt_exits")):
-        host = AMD if vendor == "amd" else INTEL
-        spec = case_specs([5], kind, host=host)[0]
-        assert spec.second_exit == reason and spec.expected_path == PATH_KVM
-        msr = "MSR" if vendor == "amd" else "MSR_WRITE"
-        w = counts({msr: N + 20, reason: N + 4, "EXTERNAL_INTERRUPT": 9},
-                   handled={"msr_write": N + 20})
-        v = verify_case(w, N, PATH_KVM, kind, None, vendor, second_exit=reason)
-        assert v["status"] == "passed", (kind, v["detail"])
-        alone = counts({msr: N + 20, "EXTERNAL_INTERRUPT": 9}, handled={"msr_write": N + 20})
-        assert verify_case(alone, N, PATH_KVM, kind, None, vendor,
-                           second_exit=reason)["status"] == "failed", kind
-        stats = {"exits": 2 * N + 40, "irq_exits": 9, "irq_window_exits": 3, "halt_exits": 2,
-                 "io_exits": 0, stat: N + 4}
-        assert verify_timed_window(stats, N, PATH_KVM, kind, console_io=0,
-                                   second_exit=reason)["status"] == "passed", kind
-        stats[stat] = 4
-        stats["exits"] = N + 40
-        assert verify_timed_window(stats, N, PATH_KVM, kind, console_io=0,
-                                   second_exit=reason)["status"] == "failed", kind
-    # with APICv the send and its delivery are virtualized: no exit, and no second exit expected
-    apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
-    spec = case_specs([5], "self_ipi_sti_hlt", host=apicv)[0]
-    assert spec.expected_path == PATH_NONE and spec.second_exit is None

@@ -332,27 +332,6 @@ static __always_inline void el_self_ipi_delivery(void)
 	local_irq_disable();
 }
 
-/*
- * self_ipi_sti_nop and _sti_hlt (vmexit.flat's x2apic_self_ipi_sti_*): the
- * same irq_work raised with IRQs off, so its SELF IPI stays pending, then
- * STI;NOP (KVM asks for the interrupt window: an exit after STI's shadow,
- * then the injection) or STI;HLT (the HLT exits and finds the IPI pending:
- * no blocking).  The handler has run when the instruction after STI has;
- * the wait is a guard, IRQs still on.
- */
-static __always_inline void el_self_ipi_sti(bool hlt)
-{
-	WRITE_ONCE(el_ipi_seen, 0);
-	irq_work_queue(&el_ipi_work);
-	if (hlt)
-		asm volatile("sti; hlt" : : : "memory");
-	else
-		asm volatile("sti; nop" : : : "memory");
-	while (!READ_ONCE(el_ipi_seen))
-		barrier();
-	local_irq_disable();
-}
-
 /* Delivered within 10 ms, through the x2APIC (the send is a SELF IPI MSR write there). */
 static int el_check_self_ipi(const struct exitlat_config *cfg)
 {
@@ -826,11 +805,6 @@ static void el_testdev_release(void)
 	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
 	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
 	  el_self_ipi_delivery())							\
-	/* loop only: the SELF IPI pending, then STI;NOP or STI;HLT */	\
-	X(EXITLAT_I_SELF_IPI_STI_NOP, self_ipi_sti_nop, el_check_self_ipi, false, 0,	\
-	  el_self_ipi_sti(false))							\
-	X(EXITLAT_I_SELF_IPI_STI_HLT, self_ipi_sti_hlt, el_check_self_ipi, false, 0,	\
-	  el_self_ipi_sti(true))							\
 	/* loop only: an IPI to the receiver vCPU, waited for (see el_ipi) */	\
 	X(EXITLAT_I_IPI, ipi, el_check_ipi, false, 0, el_ipi())			\
 	X(EXITLAT_I_IPI_HALT, ipi_halt, el_check_ipi, false, 0, el_ipi())	\
