@@ -1,6 +1,6 @@
 """Which path a host-dependent exit kind takes on this host: the host's facts that decide it
-(EPT, the TPR shadow, the VMX preemption timer, APICv, IPI virtualization, AVIC, the KVM version) and the instruction table's
-`host_paths` rules read against them. The plan resolves every case's expected path here once; the
+(EPT, the TPR shadow, the VMX preemption timer, APICv, IPI virtualization, AVIC, the KVM
+version) and the instruction table's `host_paths` rules read against them. The plan resolves every case's expected path here once; the
 verifier then proves it, so a wrong rule shows up as a failed window, never as a wrong number."""
 
 from __future__ import annotations
@@ -65,13 +65,20 @@ def host_facts(host: dict | None) -> set[str]:
     return facts
 
 
-def choose_path(ins: Instruction, host: dict | None) -> PathChoice:
-    """The path `ins` must take on `host` (no host record: the row's default)."""
-    facts = host_facts(host)
-    for rule in ins.host_paths:
+def _matching(rules, facts: set[str]) -> PathChoice | None:
+    """The first of `rules` (HostPath) whose vendor and facts all hold, as a choice with its basis."""
+    for rule in rules:
         if rule.vendor in facts and all(f in facts for f in rule.facts):
             on = ", ".join((rule.vendor,) + rule.facts)
             return PathChoice(rule.path, f"{PATH_TEXT[rule.path]} on this host ({on}): {rule.why}")
+    return None
+
+
+def choose_path(ins: Instruction, host: dict | None) -> PathChoice:
+    """The path `ins` must take on `host` (no host record: the row's default)."""
+    hit = _matching(ins.host_paths, host_facts(host))
+    if hit:
+        return hit
     if ins.host_paths:
         return PathChoice(ins.path, f"{PATH_TEXT[ins.path]}: the default (no host rule of "
                                     f"{ins.name} matched this host)")
@@ -85,12 +92,9 @@ def choose_receiver_path(ins: Instruction, host: dict | None) -> PathChoice | No
 
     if ins.receiver is None:
         return None
-    facts = host_facts(host)
-    for rule in ins.receiver_paths:
-        if rule.vendor in facts and all(f in facts for f in rule.facts):
-            on = ", ".join((rule.vendor,) + rule.facts)
-            return PathChoice(rule.path, f"receiver: {PATH_TEXT[rule.path]} on this host ({on}): "
-                                         f"{rule.why}")
+    hit = _matching(ins.receiver_paths, host_facts(host))
+    if hit:
+        return PathChoice(hit.path, f"receiver: {hit.basis}")
     vmx, svm = ins.receiver
     return PathChoice(PATH_KVM, f"receiver: one exit per iteration ({vmx} on VMX, {svm} on SVM)"
                                 + ("; the default (no receiver rule matched this host)"

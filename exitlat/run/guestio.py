@@ -107,21 +107,20 @@ class GuestPlan:
             args.append("irqaffinity=0")
         return args + list(self.extra)
 
-    def vcpus(self) -> int:
-        """vCPUs the plan's kinds need: 2 with an IPI kind (RunPlan.vcpus says the same)."""
+    def _rows(self) -> list:
+        """The instruction table's rows of the plan's kinds."""
         from exitlat.instructions import TABLE
 
-        names = [n.strip() for n in self.instr.split(",")]
-        return max([TABLE[n].vcpus for n in names if n in TABLE] or [1])
+        return [TABLE[n] for n in (w.strip() for w in self.instr.split(",")) if n in TABLE]
+
+    def vcpus(self) -> int:
+        """vCPUs the plan's kinds need: 2 with an IPI kind (RunPlan.vcpus reads it here)."""
+        return max([row.vcpus for row in self._rows()] or [1])
 
     def devices(self) -> tuple[str, ...]:
         """The QEMU devices its kinds need beyond every run's (pci-testdev for mmio_*, pio_*): a
         VM gets a device only when a kind of its plan uses it."""
-        from exitlat.instructions import TABLE
-
-        names = [n.strip() for n in self.instr.split(",")]
-        return (("pci-testdev",) if any(n in TABLE and TABLE[n].testdev is not None for n in names)
-                else ())
+        return ("pci-testdev",) if any(row.testdev is not None for row in self._rows()) else ()
 
     def key_counts(self) -> dict[str, int]:
         """Key -> number of samples, in the order the guest runs them: baselines first, then each

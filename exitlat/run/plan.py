@@ -120,10 +120,9 @@ class RunPlan:
 
     @property
     def vcpus(self) -> int:
-        """vCPUs of each VM: 2 when a kind sends IPIs to a second vCPU, else 1."""
-        from exitlat.instructions import TABLE
-
-        return max(TABLE[s.instruction].vcpus for s in self.specs)
+        """vCPUs of each VM: 2 when a kind sends IPIs to a second vCPU, else 1 (the guest's
+        plan names the same kinds as the specs)."""
+        return self.guest.vcpus()
 
     @property
     def isolation(self) -> dict:

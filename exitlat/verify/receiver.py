@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from exitlat.instructions import PATH_KVM, PATH_NONE, TABLE
 
-from .rules import (ASYNC_REASONS, CONSOLE_PORTS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED, STATUS_PASSED,
-                    STATUS_UNVERIFIED, Bounds, per_iteration)
+from .rules import (ASYNC_REASONS, CONSOLE_PORTS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED,
+                    STATUS_PASSED, STATUS_UNVERIFIED, Bounds, per_iteration)
 from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 
