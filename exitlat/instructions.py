@@ -359,7 +359,8 @@ TABLE = {i.name: i for i in (
                                      "interrupt: no exit"),),
                 what="x2APIC SELF IPI (an irq_work) with IRQs on: one MSR-write exit "
                      "(kvm_lapic_reg_write), the interrupt injected on the next entry and taken by "
-                     "the guest's handler, its EOI paravirtual (no exit)",
+                     "the guest's handler, its EOI paravirtual (no exit); the guest's own timer "
+                     "is held for the batch, so no tick lands in it",
                 irqs_on=True, needs="x2APIC mode"),
     # IPIs to a second vCPU (the receiver), on its own host core (bench --core A,B): the sender
     # writes the x2APIC ICR (fixed, physical: KVM's irq-off fastpath on both vendors) and waits

@@ -312,6 +312,12 @@ static int el_check_x2apic(const struct exitlat_config *cfg)
  * send, so the IPI is taken at once: KVM injects it on the entry after the
  * SELF IPI's exit, and the handler has run before irq_work_queue() returns.
  * The wait spins without PAUSE (a PAUSE loop could exit through PLE).
+ * With IRQs on, every tick of the guest's own timer that falls due in the
+ * batch would be taken inside an iteration, each with a re-arm (an MSR exit
+ * of the same reason as the send's), where the IRQs-off kinds defer them to
+ * the batch's end.  So el_batch holds that timer for the batch, as the
+ * TSC-deadline kinds do: it saves the deadline, disarms it, and restores it
+ * afterwards (one already past fires at once when IRQs are back on).
  */
 static int el_ipi_seen;
 
@@ -973,6 +979,8 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED ||
 			   cfg->instr == EXITLAT_I_TSCDEADLINE;	/* LVT redirected */
 	const bool ipi = cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT;
+	/* IRQs on inside the batch: the guest's own timer is held (see el_self_ipi_delivery) */
+	const bool hold = cfg->instr == EXITLAT_I_SELF_IPI_DELIVERY;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
 	long rax;
@@ -987,6 +995,10 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		return -EINVAL;
 	}
 	local_irq_save(flags);
+	if (hold) {		/* disarmed: 0 stops a TSC-deadline timer */
+		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
+		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, 0);
+	}
 	if (deadline || immed) {
 		saved = el_rdmsr(MSR_EXITLAT_TSC_DEADLINE);
 		w.ahead = EL_DEADLINE_AHEAD;
@@ -1002,7 +1014,7 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, 0);
 		el_wrmsr(EL_X2APIC_LVTT, lvtt);
 	}
-	if (deadline || immed)
+	if (deadline || immed || hold)	/* a deadline already past fires at once */
 		el_wrmsr(MSR_EXITLAT_TSC_DEADLINE, saved);
 	local_irq_restore(flags);
 	preempt_enable();
