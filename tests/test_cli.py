@@ -16,10 +16,18 @@ def test_every_task_has_help():
     tasks = [t["name"] for t in listing["tasks"]]
     assert {"build", "bench", "doctor", "isolate"} <= set(tasks)
     for t in tasks:
+        shown = []
         for args in (("--help", t), (t, "--help")):     # both forms, also for tasks with positionals
             res = invoke(*args)
             assert res.returncode == 0 and "Usage:" in res.stdout, (args, res.stderr)
             assert "\n  --, " not in res.stdout, (t, "a dash taken as a short flag")
+            shown.append(res.stdout)
+        assert shown[0] == shown[1], (t, "`TASK --help` must show what `--help TASK` does")
+        options = shown[0].split("Options:", 1)[1]
+        bare = [ln.strip() for ln in options.splitlines()
+                if ln.startswith("  -") and len(ln.rstrip()) <= len(ln.split("=")[0]) + 8
+                and "  " not in ln.strip()]
+        assert not bare, (t, "options shown with no text", bare)
 
 
 @pytest.mark.parametrize("bad", ["0", "7", "3-1", "a", "", "1,,2"])

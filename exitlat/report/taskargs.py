@@ -96,10 +96,18 @@ def spill_positionals(module_name: str, variadic: dict[str, tuple[str, int]]) ->
     tokens = getattr(core, "unparsed", None)
     if not isinstance(tokens, list) or not tokens:
         return
+    collection = Collection.from_module(sys.modules[module_name])
+    # Task.get_arguments() pops each option's text out of task.help, so contexts made here would
+    # leave Invoke's own parser none: `invoke bench --help` would list the options bare.
+    texts = {name: dict(t.help) for name, t in collection.tasks.items()}
     contexts = {}
-    for c in Collection.from_module(sys.modules[module_name]).to_contexts():
-        for n in (c.name, *c.aliases):
-            contexts[n] = c
+    try:
+        for c in collection.to_contexts():
+            for n in (c.name, *c.aliases):
+                contexts[n] = c
+    finally:
+        for name, t in collection.tasks.items():
+            t.help = texts[name]
     help_for = _help_request(tokens, contexts)
     if help_for:            # as if `invoke --help TASK` had been typed (Invoke prints the help)
         core[0].args["help"].value = help_for
