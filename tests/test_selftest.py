@@ -383,6 +383,24 @@ def test_l1_phases_fail_with_one_line(tmp_path, script, timeouts, message):
     assert str(tmp_path / "console.log") in str(err.value)
 
 
+def test_an_emulator_killed_by_a_signal_says_which_and_its_last_words(tmp_path):
+    """QEMU's own assertion names the emulator's bug (the TCG SVM CR8 abort was only a console
+    line and 'code -6'): the error names the signal and that line, and keeps QEMU's output."""
+    stderr = tmp_path / "stderr.log"
+    stderr.write_text("**\nERROR:../accel/tcg/tcg-accel-ops.c:95:tcg_handle_interrupt: "
+                      "assertion failed: (bql_locked())\n")
+    boot, proc = _fake_l1(tmp_path, "echo 'exitlat-l1: init 1.0' >> CONSOLE; "
+                          "echo 'exitlat-l1: modules ok 1.5' >> CONSOLE; "
+                          "echo 'case5: running 100+1000 iterations' >> CONSOLE; kill -ABRT $$")
+    with pytest.raises(ExitlatError) as err:
+        boot._follow(proc, time.monotonic(), stderr)
+    msg = str(err.value)
+    assert "QEMU exited (killed by SIGABRT) during the selftest" in msg and "\n" not in msg
+    assert "assertion failed: (bql_locked())" in msg and "case5: running" in msg
+    kept = tmp_path / "console-emulator.log"
+    assert str(kept) in msg and "bql_locked" in kept.read_text()
+
+
 def test_l1_phases_complete(tmp_path):
     boot, proc = _fake_l1(tmp_path, "echo 'exitlat-l1: init 1.0' >> CONSOLE; "
                           "echo 'exitlat-l1: modules ok 1.5' >> CONSOLE; "
@@ -712,6 +730,9 @@ E2E = [pytest.param("amd", "6.12", "all", id="amd-6.12"),
        pytest.param("amd", "6.1", "all", id="amd-6.1"),
        # the two-vCPU kinds: an L1 with three CPUs, the receiver on L1's core 2
        pytest.param("amd", "6.12", "catalogue-ipi", id="amd-6.12-ipi"),
+       # mov_to_cr8 with L2's tick pending in its batch: QEMU 10.0.2's TCG SVM aborted on the
+       # BQL assertion until qemu/build.sh fixed it (every batch here has ticks in it, ~20 s)
+       pytest.param("amd", "6.12", "cr8-irq-pending", id="amd-6.12-cr8"),
        # the VT-x host runs the catalogue by hand (`--vendor intel --runs catalogue`, ~11 min under
        # Bochs; docs/verification.md has its table): CI keeps to the default runs there
        pytest.param("intel", "6.12", "default", id="intel-6.12")]

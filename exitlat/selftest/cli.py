@@ -25,11 +25,12 @@ from exitlat.progress import Progress, fmt_duration
 from .host import MACHINE
 from .inner import (CAPTURE_RUNS, CATALOGUE_NAMES, CATALOGUE_RUNS, CONTROL_RUN, RUN_NAMES,
                     TWO_VCPU_NAMES, TWO_VCPU_RUNS, run_config)
-from .inner import EMULATED_CPU_LACKS, REFERENCE_NAMES, REFERENCE_RUNS
+from .inner import EMULATED_CPU_LACKS, HOST_NAMES, HOST_RUNS, REFERENCE_NAMES, REFERENCE_RUNS
 from .inner import RUNS as DEFAULT_RUNS
 
-# every run --runs may name ("all": the default and the catalogue's; the reference's by name)
-RUNS = DEFAULT_RUNS + CATALOGUE_RUNS + TWO_VCPU_RUNS + REFERENCE_RUNS
+# every run --runs may name ("all": the default and the catalogue's; the reference's and the
+# emulated host's own by name)
+RUNS = DEFAULT_RUNS + CATALOGUE_RUNS + TWO_VCPU_RUNS + REFERENCE_RUNS + HOST_RUNS
 GROUPS = {"catalogue": CATALOGUE_NAMES + TWO_VCPU_NAMES}
 
 SHOWN_RATE = 0.005        # exit reasons below this many per iteration are left out of the table
@@ -69,7 +70,7 @@ def parse_runs(text: str | None) -> list[str]:
     for t in str(text).split(","):
         t = t.strip()
         names += list(GROUPS[t]) if t in GROUPS else [t] if t else []
-    every = RUN_NAMES + CATALOGUE_NAMES + TWO_VCPU_NAMES + REFERENCE_NAMES
+    every = RUN_NAMES + CATALOGUE_NAMES + TWO_VCPU_NAMES + REFERENCE_NAMES + HOST_NAMES
     bad = [n for n in names if n not in every]
     if bad or not names:
         raise ExitlatError(f"unknown --runs {', '.join(bad) or repr(text)}; choose all, default, catalogue "
@@ -198,10 +199,11 @@ def controls_possible(wanted: list[str]) -> dict[str, bool]:
     ran = {k for instrs, cases, _b in specs for k in instrs if set(TABLE[k].cases) & set(cases)}
     s_cases = any(set(cases) & {2, 4, 6} for _i, cases, _b in specs)
     none_kinds = {n for n, i in TABLE.items() if i.path == PATH_NONE and not i.rearm}
+    kvm_kinds = {n for n, i in TABLE.items() if i.path == PATH_KVM}
     mmio_qemu = {n for n, i in TABLE.items() if i.mmio and i.path == PATH_QEMU}
     mmio_kvm = {n for n, i in TABLE.items() if i.mmio and i.path == PATH_KVM}
     return {"outb-as-kvm": s_cases, "cpuid-as-qemu": "cpuid" in ran,
-            "lost-events": bool(specs),
+            "lost-events": bool(kvm_kinds & ran),      # it injects into a KVM-path window
             "unparsed-line": any(b == "stream" for _i, _c, b in specs),
             "qemu-extra-exit": s_cases, "no-kvm-exit": "cpuid" in ran,
             "read-as-write": "rdmsr" in ran, "noexit-as-kvm": bool(none_kinds & ran),

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -271,10 +272,7 @@ class L1Boot:
                 if panic:
                     raise ExitlatError(f"L1 did not {'boot' if st.phase == 'boot' else 'survive'}: "
                                        f"{panic[:200]} (console: {self.console_log})")
-                tail = st.last_line or _tail(stderr_path) or "no output"
-                raise ExitlatError(f"L1: {'Bochs' if self.vendor == 'intel' else 'QEMU'} exited "
-                                   f"(code {code}) during {_PHASES[st.phase]}: "
-                                   f"{tail[:160]} (console: {self.console_log})")
+                raise ExitlatError(self._died(code, st, stderr_path))
             if now > st.deadline:
                 raise ExitlatError(_timeout_message(st.phase, now - st.phase_t0, self.console_log,
                                                     st.last_line))
@@ -284,6 +282,22 @@ class L1Boot:
                                    f"{self.console_log})")
             self.progress.heartbeat(f"L1 {_PHASES[st.phase]}", st.phase_t0, st.last_line, hb_state)
             time.sleep(0.2)
+
+    def _died(self, code: int, st: "_FollowState", stderr_path: Path) -> str:
+        """The line for an emulator that exited on its own: how (a signal by name), its own last
+        words (an assertion names the emulator's bug), and its output kept beside the console,
+        since the work folder goes."""
+        how = f"killed by {_signal_name(-code)}" if code < 0 else f"code {code}"
+        words = _tail(stderr_path)
+        kept = self.console_log.with_name(self.console_log.stem + "-emulator.log")
+        try:
+            shutil.copyfile(stderr_path, kept)
+        except OSError:
+            kept = None
+        said = f"it said: {words[:200]}; console's last line: " if words else ""
+        return (f"L1: {'Bochs' if self.vendor == 'intel' else 'QEMU'} exited ({how}) during "
+                f"{_PHASES[st.phase]}: {said}{(st.last_line or 'no output')[:160]} "
+                f"(console: {self.console_log}" + (f"; its output: {kept})" if kept else ")"))
 
     def _line(self, line: str, now: float, t0: float, st: "_FollowState") -> None:
         st.last_line_t = now
@@ -390,6 +404,13 @@ def _panic_line(console: Path) -> str:
             before = _KERNEL_LINE.sub("", lines[i - 1]).strip() if i else ""
             return f"{before}; {text}" if before else text
     return ""
+
+
+def _signal_name(num: int) -> str:
+    try:
+        return signal.Signals(num).name
+    except ValueError:
+        return f"signal {num}"
 
 
 def _tail(path: Path) -> str:
