@@ -27,6 +27,8 @@ def _path(i) -> str:
 
 def _reasons(i) -> str:
     out = f"{i.vmx_reason} / {i.svm_reason}"
+    if i.second:
+        out += f"; then {i.second[0]} / {i.second[1]}"
     if i.receiver:
         out += f"; receiver {i.receiver[0]} / {i.receiver[1]}"
     return out
@@ -39,6 +41,8 @@ def _kut(i) -> str:
         return f"`{i.kut_testdev}` (not run by `--reference`)"
     if i.kut_smp:
         return f"`{i.kut_smp}` (two vCPUs: not run by `--reference`)"
+    if i.kut_twin:
+        return f"`{i.kut_twin[0]}` (not run by `--reference`: {i.kut_twin[1]})"
     return "-"
 
 

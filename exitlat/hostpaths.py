@@ -111,6 +111,9 @@ def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
     facts = host_facts(host)
     vmx, svm = ins.second
     if not ins.timer_expiry:
+        for rule in ins.second_paths:
+            if rule.vendor in facts and all(f in facts for f in rule.facts):
+                return PathChoice(rule.path, f"then: {rule.path} ({ins.second_why}; {rule.why})")
         reason = svm if "amd" in facts else vmx
         return PathChoice(reason, f"then: {reason} ({ins.second_why})")
     if "amd" in facts:

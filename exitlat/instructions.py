@@ -55,6 +55,8 @@ class Instruction:
     #                             (mov_dr): its own exits then count as background, not the path
     host_paths: tuple[HostPath, ...] = ()   # host-dependent paths, first match wins (else `path`)
     kut: str | None = None      # the kvm-unit-tests x86/vmexit.c test it corresponds to
+    kut_twin: tuple[str, str] | None = None  # (vmexit.flat's test of the same operation, why
+    #                                          --reference does not run it beside this kind)
     what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
     needs: str = ""             # the vCPU feature without which the guest refuses it
     irqs_on: bool = False       # its loop turns interrupts on in the window: the guest's own
@@ -68,6 +70,8 @@ class Instruction:
     second: tuple[str, str] | None = None   # the exit every iteration takes after its first
     #                                         (VMX, SVM reason): ≈1 per iteration, not background
     second_why: str = ""        # what the second exit is
+    second_paths: tuple[HostPath, ...] = ()  # hosts where the second exit has another reason
+    #                                          (HostPath.path: that reason; first match wins)
     timer_expiry: bool = False  # the second exit is a timer's expiry (its reason is the host's:
     #                             hostpaths.choose_second)
     ahead: int = 0              # cycles from t0 to its deadline; its samples are stored net of it
@@ -361,6 +365,27 @@ TABLE = {i.name: i for i in (
                      "(kvm_lapic_reg_write), the interrupt injected on the next entry and taken by "
                      "the guest's handler, its EOI paravirtual (no exit); the guest's own timer "
                      "is held for the batch, so no tick lands in it",
+                irqs_on=True, needs="x2APIC mode"),
+    # vmexit.flat's x2apic_self_ipi_tpr: the SELF IPI sent while the TPR (CR8) masks it, then the
+    # TPR put back, which KVM made exit (SVM: the CR8 write intercept KVM sets while an interrupt
+    # is pending above the TPR; VMX: the TPR threshold) and on which it injects the IPI.
+    Instruction("self_ipi_tpr", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write", "exits",
+                X2APIC_SELF_IPI_MSR,
+                "the IPI's handler is the module's (an irq_work), and the loop must turn IRQs on "
+                "and rewrite the TPR around each send, which only the kernel loop (case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes the SELF IPI and the TPR, and delivers "
+                                     "the virtual interrupt when the TPR drops: no exit"),),
+                second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
+                second_why="the TPR put back below the pending IPI",
+                kut_twin=("x2apic_self_ipi_tpr", "its bare OS writes the EOI MSR, an exit more; "
+                          "Linux's EOI is paravirtual"),
+                second_paths=(HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
+                                       "no TPR shadow: every CR8 write exits"),),
+                what="x2APIC SELF IPI (an irq_work) sent with the TPR at 15, so it stays pending: "
+                     "its MSR-write exit, then the TPR put back, which exits (SVM's CR8 write "
+                     "intercept, VMX's TPR threshold) and lets KVM inject it; the guest's own "
+                     "timer is held for the batch",
                 irqs_on=True, needs="x2APIC mode"),
     # IPIs to a second vCPU (the receiver), on its own host core (bench --core A,B): the sender
     # writes the x2APIC ICR (fixed, physical: KVM's irq-off fastpath on both vendors) and waits

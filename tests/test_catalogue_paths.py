@@ -309,7 +309,7 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
                             "x2apic_self_ipi", "self_ipi_delivery",
                             "tscdeadline_immed", "tscdeadline") or row.testdev is not None \
-                or row.kut_smp, name
+                or row.kut_smp or row.kut_twin, name
         if row.testdev is not None:     # vmexit.flat's pci-mem and pci-io tests
             assert row.kut_testdev.startswith("mmio-" if row.mmio else "portio-"), name
             assert row.kut_testdev.endswith(":pci-mem" if row.mmio else ":pci-io"), name

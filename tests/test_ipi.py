@@ -78,6 +78,53 @@ def test_the_traced_verdict_is_the_worse_of_sender_and_receiver():
     assert v["status"] == "failed" and "receiving vCPU" in v["detail"]
 
 
+def test_the_timed_window_judges_the_receiver_by_its_own_stats():
+    """The samples come from the timed window: its receiver is proven by its own vCPU's KVM
+    stats (nothing traced it), not only in the traced window."""
+    from exitlat.run.windows import TimedWindow
+    from exitlat.verify.verdicts import timed_verdict
+
+    spec = case_specs([5], "ipi_halt", host=AMD)[0]
+    ctx = VerdictContext(vendor="amd", port=0xE9)
+    sent = {"exits": N + 12, "io_exits": 0, "irq_exits": 5, "halt_exits": 0, "irq_window_exits": 0}
+    w = TimedWindow(kvm_stats=sent, tracing_before=[], tracing_after=[],
+                    receiver_kvm_stats={"exits": N + 20, "halt_exits": N + 5, "irq_exits": 9})
+    v = timed_verdict(spec, w, N, ctx)
+    assert v["status"] == "passed", v["detail"]
+    assert v["receiver"]["expected_reason_per_iter"] == pytest.approx(1.0005)
+    # negative controls: a receiver that never halted in the timed window (kicked while it ran,
+    # as halt polling or a busy receiver would leave it), and one a host rule says takes no exit
+    w.receiver_kvm_stats = {"exits": N + 20, "halt_exits": 0, "irq_exits": N + 10}
+    v = timed_verdict(spec, w, N, ctx)
+    assert v["status"] == "failed" and "halt_exit" in v["detail"], v["detail"]
+    none = case_specs([5], "ipi_halt", host=AMD)[0]
+    object.__setattr__(none, "receiver_path", PATH_NONE)
+    w.receiver_kvm_stats = {"exits": N + 20, "halt_exits": N + 5}
+    assert timed_verdict(none, w, N, ctx)["status"] == "failed"
+    # the receiver's stats not read, or without the stat of its reason: never a pass
+    w.receiver_kvm_stats = None
+    v = timed_verdict(spec, w, N, ctx)
+    assert v["status"] == "unverified" and "not read" in v["detail"], v["detail"]
+    w.receiver_kvm_stats = {"exits": N + 20}
+    assert timed_verdict(spec, w, N, ctx)["status"] == "unverified"
+    # a receiver whose other exits are most of n: its count rests on them, too much to prove
+    w.receiver_kvm_stats = {"exits": N + 5000, "halt_exits": N + 2000}
+    assert timed_verdict(spec, w, N, ctx)["status"] == "unverified"
+    # the running receiver (ipi): its kick is an external-interrupt exit, irq_exits
+    ipi = case_specs([5], "ipi", host=AMD)[0]
+    w.receiver_kvm_stats = {"exits": N + 50, "irq_exits": N + 10, "halt_exits": 0}
+    assert timed_verdict(ipi, w, N, ctx)["status"] == "passed"
+
+
+def test_the_report_shows_the_receivers_exits_beside_the_senders():
+    from exitlat.report.text import verified_text
+
+    spec = case_specs([5], "ipi_halt", host=AMD)[0]
+    w = TracedWindow(counts=sender(), receiver_counts=counts({"HLT": N + 3, "MSR": 4}))
+    v = traced_verdict(spec, w, N, VerdictContext(vendor="amd", port=0xE9))
+    assert verified_text(v) == "passed (exit 1.00, user 0.00, receiver 1.00)", verified_text(v)
+
+
 AMD = {"cpu": {"vendor": "AuthenticAMD"}, "kvm": {"parameters": {"kvm_amd.npt": "Y"}}}
 INTEL = {"cpu": {"vendor": "GenuineIntel"}, "kvm": {"parameters": {"kvm_intel.ept": "Y"}}}
 
@@ -283,3 +330,37 @@ def test_the_expiry_reason_follows_the_host():
     assert choose_path(TABLE["tscdeadline"], off).path == PATH_KVM
     assert choose_second(TABLE["cpuid"], AMD) is None
 
+
+
+# ---- self_ipi_tpr: the SELF IPI masked by the TPR, delivered when the TPR is put back ------------
+
+def test_a_self_ipi_held_by_the_tpr_is_its_send_and_the_tpr_drop():
+    """self_ipi_tpr: the SELF IPI's MSR exit, then the CR8 write KVM intercepts while the IPI is
+    pending (SVM) or the TPR-below-threshold exit (VMX), ≈1 each per iteration."""
+    from exitlat.hostpaths import choose_second
+    from exitlat.verify.timed import verify_timed_window
+    from exitlat.verify.traced import verify_case
+
+    spec = case_specs([5], "self_ipi_tpr", host=AMD)[0]
+    assert spec.expected_path == PATH_KVM and spec.second_exit == "WRITE_CR8"
+    w = counts({"MSR": N + 8, "WRITE_CR8": N + 2, "EXTERNAL_INTERRUPT": 6},
+               handled={"msr_write": N + 8})
+    v = verify_case(w, N, PATH_KVM, "self_ipi_tpr", None, "amd", second_exit=spec.second_exit)
+    assert v["status"] == "passed", v["detail"]
+    # the TPR drop that did not exit: the IPI was not held (another path), or KVM never saw it
+    held_not = counts({"MSR": N + 8, "EXTERNAL_INTERRUPT": 6}, handled={"msr_write": N + 8})
+    v = verify_case(held_not, N, PATH_KVM, "self_ipi_tpr", None, "amd", second_exit="WRITE_CR8")
+    assert v["status"] == "failed" and "second" in v["detail"]
+    # KVM counts the CR8 write in `exits` alone: the timed window takes n of them out of it
+    stats = {"exits": 2 * N + 20, "irq_exits": 6, "irq_window_exits": 0, "halt_exits": 0,
+             "io_exits": 4}
+    assert verify_timed_window(stats, N, PATH_KVM, "self_ipi_tpr", console_io=4,
+                               second_exit="WRITE_CR8")["status"] == "passed"
+    # the second exit's reason follows the host: VMX's TPR threshold, or every CR8 write without
+    # a TPR shadow; with APICv neither the send nor the drop exits
+    assert choose_second(TABLE["self_ipi_tpr"], INTEL).path == "TPR_BELOW_THRESHOLD"
+    bare = {**INTEL, "cpu": {"vendor": "GenuineIntel", "vmx_flags": ["ept"]}}
+    assert choose_second(TABLE["self_ipi_tpr"], bare).path == "CR_ACCESS"
+    apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
+    s = case_specs([5], "self_ipi_tpr", host=apicv)[0]
+    assert s.expected_path == PATH_NONE and s.second_exit is None

@@ -237,6 +237,9 @@ def verified_text(v: dict) -> str:
     for k, short in (("expected_reason_per_iter", "exit"), ("userspace_exits_per_iter", "user")):
         if isinstance(v.get(k), (int, float)):
             parts.append(f"{short} {v[k]:.2f}")
+    rv = (v.get("receiver") or {}).get("expected_reason_per_iter")    # ipi, ipi_halt
+    if isinstance(rv, (int, float)):
+        parts.append(f"receiver {rv:.2f}")
     return f"{s} ({', '.join(parts)})" if parts and s in ("passed", "failed") else s
 
 

@@ -327,15 +327,16 @@ class VmRun:
             elif kind == "done":
                 key = ev["key"]
                 stats = _stats_delta(stats_before.get(key), qmp.kvm_stats() if qmp else None)
+                receiver = (_stats_delta(stats_before.get(key + "/receiver"), qmp.kvm_stats(1))
+                            if qmp and self.plan.vcpus > 1 else None)
                 r.tsc_backwards[key] = ev.get("tsc_backwards")
                 if is_traced_key(key):
                     self._close_traced(key)
                     r.windows[case_of(key)].kvm_stats = stats
-                    if qmp and self.plan.vcpus > 1:
-                        r.windows[case_of(key)].receiver_kvm_stats = _stats_delta(
-                            stats_before.get(key + "/receiver"), qmp.kvm_stats(1))
+                    r.windows[case_of(key)].receiver_kvm_stats = receiver
                 elif key in r.timed:
                     r.timed[key].kvm_stats = stats
+                    r.timed[key].receiver_kvm_stats = receiver
                     r.timed[key].tracing_after = tracing_state()
                 r.timings[f"{key}_s"] = time.monotonic() - started.get(key, time.monotonic())
                 self.progress.say(f"{key}: done in {fmt_duration(r.timings[f'{key}_s'])}"

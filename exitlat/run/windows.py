@@ -62,6 +62,7 @@ class TimedWindow:
     kvm_stats: dict | None = None
     tracing_before: list[str] | None = None
     tracing_after: list[str] | None = None
+    receiver_kvm_stats: dict | None = None    # a two-vCPU kind's receiving vCPU, the same window
 
     @property
     def enabled(self) -> list[str]:
@@ -94,7 +95,9 @@ class TimedWindow:
         return {"tracing": self.tracing, "tracing_enabled": self.enabled,
                 "tracing_checked": _union(getattr(b, "checked", ()), getattr(a, "checked", ())),
                 "tracing_limits": _union(getattr(b, "limits", ()), getattr(a, "limits", ())),
-                "kvm_stats": self.kvm_stats}
+                "kvm_stats": self.kvm_stats,
+                **({"receiver_kvm_stats": self.receiver_kvm_stats}
+                   if self.receiver_kvm_stats is not None else {})}
 
 
 @dataclass

@@ -80,3 +80,66 @@ def verify_receiver(window, n: int, receiver_path: str, instruction: str, vendor
             "console_pio": console,
             "exit_reasons": dict(sorted(window.exits.items())),
             "lost_events": window.lost, "unparsed": window.unparsed}
+
+
+# KVM stats that count exits of a named kind (interrupts, idle, I/O, windows); what `exits` holds
+# beyond them is synchronous (MSR writes, ...): on the receiver, its timer's re-arms
+NAMED_EXIT_STATS = frozenset({"irq_exits", "halt_exits", "io_exits", "mmio_exits",
+                              "irq_window_exits", "nmi_window_exits"})
+
+
+def verify_receiver_timed(stats: dict | None, n: int, receiver_path: str, instruction: str,
+                          vendor: str) -> dict:
+    """Verdict of the receiving vCPU in the timed window, from its KVM binary stats alone (nothing
+    traced it): the stat of its reason (halt_exits for a HLT, irq_exits for an external
+    interrupt) ≈1 per iteration, or ≈0 where the host rule says none. KVM's counters cannot tell
+    the receiver's ticks from the IPIs' exits, so its other exits (re-arms, ticks: `exits` less
+    that stat) cannot be told apart by reason. A tick adds one exit of the receiver's reason
+    (woken from HLT, or interrupted while it ran) and re-arms its timer: a synchronous exit KVM
+    counts in `exits` alone. So the exits no named stat counts are the allowance upwards, under
+    BACKGROUND_LIMIT; downwards only the fixed one (an IPI that costs the receiver less than its
+    reason took another path: it ran when it should have halted, or was never reached)."""
+    from .second_exit import STAT_OF
+
+    reasons = TABLE[instruction].receiver_reasons(vendor)
+    keys = sorted({STAT_OF.get(r) for r in reasons})
+    head = f"receiver ({receiver_path}, n={n}, KVM stats)"
+    out = {"status": STATUS_UNVERIFIED, "expected_path": receiver_path,
+           "expected_reason": "/".join(reasons), "stat": "/".join(k or "?" for k in keys),
+           "expected_reason_per_iter": None, "other_exits_per_iter": None}
+    if None in keys or len(keys) != 1:
+        out["detail"] = f"unverified {head}: KVM keeps no stat of {'/'.join(reasons)} exits"
+        return out
+    key = keys[0]
+    missing = [k for k in ("exits", key) if not isinstance((stats or {}).get(k), int)]
+    if stats is None or missing:
+        out["detail"] = (f"unverified {head}: " + ("the receiving vCPU's KVM stats were not read"
+                         if stats is None else f"no {', '.join(missing)} in its KVM stats"))
+        return out
+    count, other = stats[key], max(stats["exits"] - stats[key], 0)
+    named = sum(v for k, v in stats.items() if k in NAMED_EXIT_STATS and isinstance(v, int))
+    side = max(stats["exits"] - named - (0 if key in NAMED_EXIT_STATS else count), 0)
+    out["expected_reason_per_iter"] = per_iteration(count, n)
+    out["other_exits_per_iter"] = per_iteration(other, n)
+    out["side_exits_per_iter"] = per_iteration(side, n)
+    b = Bounds(n, side)
+    problems = []
+    if receiver_path == PATH_KVM:
+        if not b.one(count):
+            problems.append(f"expected ≈1 {key[:-1]} per iteration, saw {count / n:.3f} "
+                            f"({count} in {n})")
+    elif receiver_path == PATH_NONE:
+        if not b.zero(count):
+            problems.append(f"expected ≈0 {key[:-1]} per iteration (no exit on this host), saw "
+                            f"{count / n:.3f} ({count} in {n})")
+    else:
+        problems.append(f"unknown receiver path {receiver_path!r}")
+    gate = "" if problems else b.gate(f"the receiver's {key}")
+    said = f"{key} {count / n:.3f}/iter, other exits {other / n:.3f}/iter (side {side / n:.3f})"
+    if problems:
+        out["status"], out["detail"] = STATUS_FAILED, f"failed {head}: " + "; ".join(problems)
+    elif gate:
+        out["detail"] = f"unverified {head}: {gate} ({said})"
+    else:
+        out["status"], out["detail"] = STATUS_PASSED, f"passed {head}: {said}"
+    return out

@@ -60,7 +60,19 @@ def timed_verdict(spec, timed, n: int, ctx: VerdictContext, console_io: int | No
     v = verify_timed_window(timed.kvm_stats if timed else None, n, spec.expected_path,
                             spec.instruction, console_io=console_io,
                             second_exit=getattr(spec, "second_exit", None))
+    if getattr(spec, "receiver_path", None):
+        v = with_timed_receiver(v, spec, timed, n, ctx)
     return _with_tracing(v, timed)
+
+
+def with_timed_receiver(v: dict, spec, timed, n: int, ctx: VerdictContext) -> dict:
+    """A two-vCPU kind's timed verdict: the sender's (v) and the receiver's from its own KVM
+    stats over the same window, the worse of them."""
+    from .receiver import verify_receiver_timed
+
+    r = verify_receiver_timed(getattr(timed, "receiver_kvm_stats", None), n, spec.receiver_path,
+                              spec.instruction, ctx.vendor)
+    return _worse_with(v, r)
 
 
 def console_io_of(timed_windows: dict, traced=None, port: int | None = None) -> int | None:
@@ -117,10 +129,15 @@ def with_receiver(v: dict, spec, traced, n: int, ctx: VerdictContext) -> dict:
         r = {"status": "failed", "detail": "failed: the receiving vCPU's exits were not traced"}
     else:
         r = verify_receiver(counts, n, spec.receiver_path, spec.instruction, ctx.vendor)
+    return _worse_with(v, r, "receiver ")
+
+
+def _worse_with(v: dict, r: dict, label: str = "") -> dict:
+    """The sender's verdict v with the receiver's r beside it (`receiver`), the worse status."""
     out = dict(v, receiver=r)
     if ORDER.get(r["status"], 3) > ORDER.get(v["status"], 0):
         out["status"] = r["status"]
-    out["detail"] = f"{v['detail']}; receiver {r['detail']}"
+    out["detail"] = f"{v['detail']}; {label}{r['detail']}"
     return out
 
 
