@@ -14,7 +14,7 @@ from __future__ import annotations
 from exitlat.instructions import PATH_KVM, PATH_NONE, TABLE
 
 from .rules import (ASYNC_REASONS, CONSOLE_PORTS, IDLE_REASONS, SIDE_REASONS, STATUS_FAILED,
-                    STATUS_PASSED, STATUS_UNVERIFIED, Bounds, per_iteration)
+                    STATUS_PASSED, STATUS_UNVERIFIED, Bounds, per_iteration, stats_verdict)
 from .trace.exitreasons import DECODABLE_EXIT_NAMES
 
 
@@ -39,19 +39,11 @@ def verify_receiver(window, n: int, receiver_path: str, instruction: str, vendor
         problems.append(f"{window.lost} trace events were lost, counts are incomplete")
     if window.unparsed:
         problems.append(f"{window.unparsed} trace lines could not be parsed, counts are incomplete")
-    what = f"{'/'.join(reasons)} exits of the receiver"
-    if receiver_path == PATH_KVM:
-        if not window.total_exits:
-            unproven.append("no kvm_exit events of the receiver: no evidence of its path")
-        elif not b.one(count):
-            problems.append(f"expected ≈1 {what} per iteration, saw {count / n:.3f} "
-                            f"({count} in {n})")
-    elif receiver_path == PATH_NONE:
-        if not b.zero(count):
-            problems.append(f"expected ≈0 {what} per iteration (no exit on this host), saw "
-                            f"{count / n:.3f} ({count} in {n})")
+    if receiver_path == PATH_KVM and not window.total_exits:
+        unproven.append("no kvm_exit events of the receiver: no evidence of its path")
     else:
-        problems.append(f"unknown receiver path {receiver_path!r}")
+        problems += _count_problems(b, count, n, receiver_path,
+                                    f"{'/'.join(reasons)} exits of the receiver")
     if not b.zero_fixed_only(max(other, 0)):
         problems.append(f"expected ≈0 other synchronous exits of the receiver per iteration, saw "
                         f"{other / n:.3f} ({other} in {n})")
@@ -123,23 +115,20 @@ def verify_receiver_timed(stats: dict | None, n: int, receiver_path: str, instru
     out["other_exits_per_iter"] = per_iteration(other, n)
     out["side_exits_per_iter"] = per_iteration(side, n)
     b = Bounds(n, side)
-    problems = []
-    if receiver_path == PATH_KVM:
-        if not b.one(count):
-            problems.append(f"expected ≈1 {key[:-1]} per iteration, saw {count / n:.3f} "
-                            f"({count} in {n})")
-    elif receiver_path == PATH_NONE:
-        if not b.zero(count):
-            problems.append(f"expected ≈0 {key[:-1]} per iteration (no exit on this host), saw "
-                            f"{count / n:.3f} ({count} in {n})")
-    else:
-        problems.append(f"unknown receiver path {receiver_path!r}")
+    problems = _count_problems(b, count, n, receiver_path, key[:-1])
     gate = "" if problems else b.gate(f"the receiver's {key}")
     said = f"{key} {count / n:.3f}/iter, other exits {other / n:.3f}/iter (side {side / n:.3f})"
-    if problems:
-        out["status"], out["detail"] = STATUS_FAILED, f"failed {head}: " + "; ".join(problems)
-    elif gate:
-        out["detail"] = f"unverified {head}: {gate} ({said})"
-    else:
-        out["status"], out["detail"] = STATUS_PASSED, f"passed {head}: {said}"
+    out["status"], out["detail"] = stats_verdict(problems, gate, head, said)
     return out
+
+
+def _count_problems(b: Bounds, count: int, n: int, receiver_path: str, what: str) -> list[str]:
+    """The receiver's count of its reason against its path: ≈1 per iteration (kvm), ≈0 (none)."""
+    if receiver_path == PATH_KVM:
+        ok, want, why = b.one(count), "≈1", ""
+    elif receiver_path == PATH_NONE:
+        ok, want, why = b.zero(count), "≈0", " (no exit on this host)"
+    else:
+        return [f"unknown receiver path {receiver_path!r}"]
+    return [] if ok else [f"expected {want} {what} per iteration{why}, saw {count / n:.3f} "
+                          f"({count} in {n})"]

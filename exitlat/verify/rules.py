@@ -237,3 +237,15 @@ def emulation_detail(stats: dict, zero_max: float) -> str:
         return (f"KVM's instruction emulator ran {emu} instructions in the window (insn_emulation; "
                 "software KVM or emulated code): its exit counters do not describe the path")
     return ""
+
+
+def stats_verdict(problems: list[str], small: str, head: str, summary: str) -> tuple[str, str]:
+    """(status, detail) of a check from KVM's stats: failed on any problem, else unverified where
+    the window is too small or busy to verify (`small`, from Bounds.gate or too_small), else
+    passed; `head` names the check, `summary` what was counted."""
+    if problems:
+        return STATUS_FAILED, f"failed {head}: " + "; ".join(problems)
+    if small:
+        return STATUS_UNVERIFIED, f"unverified {head}: {small} ({summary})"
+    return STATUS_PASSED, f"passed {head}: {summary}"
+

@@ -8,7 +8,7 @@ from exitlat.instructions import KVM_PATHS, PATH_NONE
 from .rules import (ASYNC_STATS, CONSOLE_SLACK, IDLE_STATS, ONE_TOLERANCE, STATS_STRAY_EVENTS,
                     STATUS_FAILED, STATUS_PASSED, STATUS_UNVERIFIED, STRAY_EVENTS, TABLE, ZERO_TOLERANCE, Bounds,
                     check_n, check_path, check_stats, emulation_detail, other_path_fraction,
-                    per_iteration, side_allowance, stats_tolerances)
+                    per_iteration, side_allowance, stats_tolerances, stats_verdict)
 
 
 def verify_timed_window(stats: dict | None, iterations_total: int, expected_path: str,
@@ -170,12 +170,7 @@ def verify_baseline(stats: dict | None, iterations_total: int) -> dict:
     small = b.gate("exits the timer did not cause")
     summary = (f"{other / n:.3f} other exits/iter ({other} in {n}), {io} console I/O exits, "
                f"{bg['interrupts']} interrupt and {bg['idle']} idle exits")
-    if problems:
-        result["status"], result["detail"] = STATUS_FAILED, f"failed {head}: " + "; ".join(problems)
-    elif small:
-        result["detail"] = f"unverified {head}: {small} ({summary})"
-    else:
-        result["status"], result["detail"] = STATUS_PASSED, f"passed {head}: {summary}"
+    result["status"], result["detail"] = stats_verdict(problems, small, head, summary)
     return result
 
 
