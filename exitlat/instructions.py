@@ -366,6 +366,25 @@ TABLE = {i.name: i for i in (
                      "the guest's handler, its EOI paravirtual (no exit); the guest's own timer "
                      "is held for the batch, so no tick lands in it",
                 irqs_on=True, needs="x2APIC mode"),
+    # vmexit.flat's x2apic_self_ipi_sti_nop: the SELF IPI sent with IRQs off (it stays pending),
+    # then STI;NOP. KVM cannot inject into IF=0, so it asks for the interrupt window: a second
+    # exit once STI's shadow ends, then the injection. (Its STI;HLT twin is left out: on the
+    # emulated AMD-V host it took the window and the HLT, a third exit no rule covers yet.)
+    Instruction("self_ipi_sti_nop", (5,), PATH_KVM, "MSR_WRITE", "MSR", "msr_write",
+                "exits", X2APIC_SELF_IPI_MSR,
+                "the IPI is sent with IRQs off and taken after STI;NOP, which only the kernel loop "
+                "(case 5) does",
+                host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
+                                     "APICv virtualizes the SELF IPI and delivers the virtual "
+                                     "interrupt once IRQs are on: no exit"),),
+                second=("INTERRUPT_WINDOW", "VINTR"),
+                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+                kut_twin=("x2apic_self_ipi_sti_nop", "its bare OS writes the EOI MSR, an exit "
+                          "more; Linux's EOI is paravirtual"),
+                what="x2APIC SELF IPI (an irq_work) with IRQs off, then STI;NOP: the send's exit, "
+                     "the interrupt-window exit after STI's shadow, the injection and the handler; "
+                     "the guest's own timer is held for the batch",
+                irqs_on=True, needs="x2APIC mode"),
     # vmexit.flat's x2apic_self_ipi_tpr: the SELF IPI sent while the TPR (CR8) masks it, then the
     # TPR put back, which KVM made exit (SVM: the CR8 write intercept KVM sets while an interrupt
     # is pending above the TPR; VMX: the TPR threshold) and on which it injects the IPI.

@@ -364,3 +364,34 @@ def test_a_self_ipi_held_by_the_tpr_is_its_send_and_the_tpr_drop():
     apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
     s = case_specs([5], "self_ipi_tpr", host=apicv)[0]
     assert s.expected_path == PATH_NONE and s.second_exit is None
+
+
+def test_a_pending_self_ipi_takes_its_interrupt_window():
+    """self_ipi_sti_nop: the SELF IPI's MSR exit, then the interrupt window (VMX INTERRUPT_WINDOW,
+    SVM VINTR). A loop whose IPI was delivered without it (sent with IRQs on, as
+    self_ipi_delivery does) fails, in both windows."""
+    from exitlat.verify.timed import verify_timed_window
+    from exitlat.verify.traced import verify_case
+
+    for vendor, reason in (("intel", "INTERRUPT_WINDOW"), ("amd", "VINTR")):
+        spec = case_specs([5], "self_ipi_sti_nop", host=AMD if vendor == "amd" else INTEL)[0]
+        assert spec.second_exit == reason and spec.expected_path == PATH_KVM
+        msr = "MSR" if vendor == "amd" else "MSR_WRITE"
+        w = counts({msr: N + 20, reason: N + 4, "EXTERNAL_INTERRUPT": 9},
+                   handled={"msr_write": N + 20})
+        v = verify_case(w, N, PATH_KVM, "self_ipi_sti_nop", None, vendor, second_exit=reason)
+        assert v["status"] == "passed", (vendor, v["detail"])
+        alone = counts({msr: N + 20, "EXTERNAL_INTERRUPT": 9}, handled={"msr_write": N + 20})
+        assert verify_case(alone, N, PATH_KVM, "self_ipi_sti_nop", None, vendor,
+                           second_exit=reason)["status"] == "failed", vendor
+        stats = {"exits": 2 * N + 40, "irq_exits": 9, "irq_window_exits": N + 4, "halt_exits": 2,
+                 "io_exits": 0}
+        assert verify_timed_window(stats, N, PATH_KVM, "self_ipi_sti_nop", console_io=0,
+                                   second_exit=reason)["status"] == "passed", vendor
+        stats.update(irq_window_exits=4, exits=N + 40)
+        assert verify_timed_window(stats, N, PATH_KVM, "self_ipi_sti_nop", console_io=0,
+                                   second_exit=reason)["status"] == "failed", vendor
+    # with APICv the send and its delivery are virtualized: no exit, and no second exit expected
+    apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
+    s = case_specs([5], "self_ipi_sti_nop", host=apicv)[0]
+    assert s.expected_path == PATH_NONE and s.second_exit is None

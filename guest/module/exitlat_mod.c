@@ -359,6 +359,24 @@ static __always_inline void el_self_ipi_tpr(u64 tpr)
 	local_irq_disable();
 }
 
+/*
+ * self_ipi_sti_nop (vmexit.flat's x2apic_self_ipi_sti_nop): the same irq_work
+ * raised with IRQs off, so its SELF IPI stays pending, then STI;NOP.  KVM
+ * cannot inject into IF=0, so it asks for the interrupt window: an exit once
+ * STI's shadow ends after the NOP, then the injection.  The handler has run
+ * when the instruction after the NOP has; the wait is a guard, IRQs still on.
+ * The guest's own timer is held for the batch (el_batch), as for the others.
+ */
+static __always_inline void el_self_ipi_sti_nop(void)
+{
+	WRITE_ONCE(el_ipi_seen, 0);
+	irq_work_queue(&el_ipi_work);
+	asm volatile("sti; nop" : : : "memory");
+	while (!READ_ONCE(el_ipi_seen))
+		barrier();
+	local_irq_disable();
+}
+
 /* Delivered within 10 ms, through the x2APIC (the send is a SELF IPI MSR write there). */
 static int el_check_self_ipi(const struct exitlat_config *cfg)
 {
@@ -842,6 +860,9 @@ static void el_testdev_release(void)
 	/* loop only: IRQs on around the send (see el_self_ipi_delivery) */	\
 	X(EXITLAT_I_SELF_IPI_DELIVERY, self_ipi_delivery, el_check_self_ipi, false, 0, \
 	  el_self_ipi_delivery())							\
+	/* loop only: the same, sent with IRQs off, then STI;NOP */		\
+	X(EXITLAT_I_SELF_IPI_STI_NOP, self_ipi_sti_nop, el_check_self_ipi, false, 0, \
+	  el_self_ipi_sti_nop())							\
 	/* loop only: the same, masked by the TPR until it is put back */	\
 	X(EXITLAT_I_SELF_IPI_TPR, self_ipi_tpr, el_check_self_ipi, false, \
 	  el_read_cr8(), el_self_ipi_tpr(val))					\
@@ -1015,6 +1036,7 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	const bool ipi = cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT;
 	/* IRQs on inside the batch: the guest's own timer is held (see el_self_ipi_delivery) */
 	const bool hold = cfg->instr == EXITLAT_I_SELF_IPI_DELIVERY ||
+			  cfg->instr == EXITLAT_I_SELF_IPI_STI_NOP ||
 			  cfg->instr == EXITLAT_I_SELF_IPI_TPR;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
