@@ -219,14 +219,15 @@ def selftest(c, runs="all", iterations="1000", warmup="100", verify_iterations=N
 # --- isolation ---------------------------------------------------------------------------------
 
 
-@task(help={"core": "host core to check (default: the core bench would use)",
+@task(help={"core": "host core to check (default: the core bench would use); A,B checks both "
+                    "(bench --core A,B: the two-vCPU kinds' receiving vCPU on B)",
             "json": "print the state as JSON"})
 @cli
 def doctor(c, core=None, json=False):
     """Preflight: KVM, Docker, tracing and isolation of the measured core, with fixes."""
     from exitlat.doctor import doctor_main
 
-    return doctor_main(core=None if core is None else int(core), as_json=json)
+    return doctor_main(core=core, as_json=json)
 
 
 @task(help={"core": "core to isolate (default: the core bench would use)",
@@ -237,11 +238,12 @@ def doctor(c, core=None, json=False):
 def isolate(c, core=None, revert=False, dry_run=False, state_file=None):
     """Apply run-time isolation for a core (governor, turbo, IRQs, ...), or revert it."""
     from exitlat.host.isolation.cli import isolate_main
+    from exitlat.run.plan import parse_cores
 
     state_file = _path(state_file, "--state-file", "file" if revert else "statefile")
-
-    return isolate_main(core=None if core is None else int(core), revert=revert, dry_run=dry_run,
-                        state_file=state_file)
+    # one core: the state file holds one isolate's previous values
+    return isolate_main(core=None if core is None else parse_cores(core, most=1)[0],
+                        revert=revert, dry_run=dry_run, state_file=state_file)
 
 
 # --- results -----------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 from exitlat.errors import CheckFailed, ExitlatError
-from exitlat.limits import MAX_CORE, MAX_ITERATIONS, MAX_PORT, MAX_REPEAT, MAX_WARMUP
+from exitlat.limits import MAX_ITERATIONS, MAX_PORT, MAX_REPEAT, MAX_WARMUP
 from exitlat.paths import results_root
 from exitlat.progress import Progress
 
@@ -21,7 +21,7 @@ from .run.corelock import CoreLock, other_runs
 from .run.interrupt import (Interrupted, check, deferred, interruptible, reason_of, stop_on_signals,
                             stopping)
 from .run.placement import ensure_build
-from .run.plan import BenchOptions, RunPlan, parse_int, plan_bench
+from .run.plan import BenchOptions, RunPlan, parse_cores, parse_int, plan_bench
 from .run.runrecord import VmResult
 from .run.vm import VmRun
 
@@ -248,12 +248,10 @@ def save_rescue(out_root: Path, doc: dict, samples: dict, files: dict) -> Path:
 
 def parse_peer_core(text) -> int | None:
     """--core A,B: B, the receiving vCPU's core of the two-vCPU kinds (None for --core A)."""
-    if text is None or "," not in str(text):
+    if text is None:
         return None
-    parts = str(text).split(",")
-    if len(parts) != 2:
-        raise ExitlatError(f"--core takes one core or two (A,B), got {text!r}")
-    return parse_int(parts[1].strip(), "--core's second core", 0, MAX_CORE)
+    cores = parse_cores(text)
+    return cores[1] if len(cores) > 1 else None
 
 
 def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat, label, output,
@@ -267,7 +265,7 @@ def bench_main(case, iterations, warmup, instr, port, timer, core, accel, repeat
         iterations=parse_int(iterations, "--iterations", 1, MAX_ITERATIONS),
         warmup=parse_int(warmup, "--warmup", 0, MAX_WARMUP),
         instr=instr, port=parse_int(port, "--port", 0, MAX_PORT), timer=timer,
-        core=None if core is None else parse_int(str(core).split(",")[0], "--core", 0, MAX_CORE),
+        core=None if core is None else parse_cores(core)[0],
         peer_core=parse_peer_core(core),
         accel=accel, repeat=None if str(repeat) == "auto" else parse_int(repeat, "--repeat", 1, MAX_REPEAT),
         label=label,

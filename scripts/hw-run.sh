@@ -2,7 +2,8 @@
 # One real measurement on a host with hardware KVM (VMX/SVM): preflight, every case with the main F
 # instructions, the whole exit catalogue, kvm-unit-tests' vmexit.flat beside them, path
 # verification on, and the reports. Run as root from the repository.
-#   scripts/hw-run.sh [CORE] [ITERATIONS]      (add NO_CONTAINER=1 where Docker is missing)
+#   scripts/hw-run.sh [CORE|A,B] [ITERATIONS]   (A,B: the catalogue adds ipi and ipi_halt, the
+#   receiver on B; add NO_CONTAINER=1 where Docker is missing)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 core=${1:-}; iters=${2:-100000}
@@ -10,7 +11,7 @@ extra=(); [ -n "${NO_CONTAINER:-}" ] && extra+=(--no-container)
 [ -n "$core" ] && extra+=(--core "$core")
 out=${OUTPUT:-results}
 grep -qE 'vmx|svm' /proc/cpuinfo || { echo "no VMX/SVM here: this script is for hardware KVM"; exit 2; }
-invoke doctor ${core:+--core "$core"}
+invoke doctor ${core:+--core "$core"}   # A,B: both cores (the IPI kinds run)
 invoke build || exit 2
 status=0
 run() { invoke bench --accel kvm --iterations "$iters" --output "$out" "${extra[@]}" "$@" || status=1; }

@@ -75,3 +75,16 @@ def test_stopped_docker_daemon_is_one_line(tmp_path):
     last = res.stderr.strip().splitlines()[-1]
     assert last.startswith("error:") and "Docker engine" in last and "Traceback" not in res.stderr
     assert not any((tmp_path / "build").glob("[0-9a-f]*")), "no folder may look like a finished build"
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["doctor", "--core", "x"], "--core"),
+    (["doctor", "--core", "1,2,3"], "one core or two"),
+    (["doctor", "--core", "0,4096"], "--core's second core"),
+    (["doctor", "--core", "0,1", "--json"], "--json"),
+    (["isolate", "--core", "x", "--dry-run"], "--core"),
+    (["isolate", "--core", "1,2", "--dry-run"], "one core"),
+])
+def test_bad_cores_of_doctor_and_isolate(args, needle):
+    """A core that is not one (or, for doctor, two) numbers is one line, never a traceback."""
+    one_line_error(invoke(*args), needle)

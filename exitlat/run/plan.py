@@ -62,6 +62,19 @@ def parse_int(text, what: str, lo: int, hi: int) -> int:
     return v
 
 
+def parse_cores(text, most: int = 2) -> list[int]:
+    """--core N, or A,B (the two-vCPU kinds' receiving vCPU on B): the cores, each checked, with
+    a one-line error on a bad one. `most`: how many the option takes."""
+    from exitlat.limits import MAX_CORE
+
+    parts = str(text).split(",")
+    if len(parts) > most:
+        raise ExitlatError(f"--core takes {'one core' if most == 1 else 'one core or two (A,B)'}, "
+                           f"got {text!r}")
+    names = ("--core", "--core's second core")
+    return [parse_int(p.strip(), names[i], 0, MAX_CORE) for i, p in enumerate(parts)]
+
+
 def _one_of(value, choices, option: str) -> None:
     if value not in choices:
         raise ExitlatError(f"unknown {option} {value!r}; choose {', '.join(choices)}")
