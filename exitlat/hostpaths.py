@@ -65,13 +65,18 @@ def host_facts(host: dict | None) -> set[str]:
     return facts
 
 
+def _first_rule(rules, facts: set[str]):
+    """The first of `rules` (HostPath) whose vendor and facts all hold, or None."""
+    return next((r for r in rules if r.vendor in facts and all(f in facts for f in r.facts)), None)
+
+
 def _matching(rules, facts: set[str]) -> PathChoice | None:
-    """The first of `rules` (HostPath) whose vendor and facts all hold, as a choice with its basis."""
-    for rule in rules:
-        if rule.vendor in facts and all(f in facts for f in rule.facts):
-            on = ", ".join((rule.vendor,) + rule.facts)
-            return PathChoice(rule.path, f"{PATH_TEXT[rule.path]} on this host ({on}): {rule.why}")
-    return None
+    """The first matching rule (_first_rule) as a path choice with its basis."""
+    rule = _first_rule(rules, facts)
+    if rule is None:
+        return None
+    on = ", ".join((rule.vendor,) + rule.facts)
+    return PathChoice(rule.path, f"{PATH_TEXT[rule.path]} on this host ({on}): {rule.why}")
 
 
 def choose_path(ins: Instruction, host: dict | None) -> PathChoice:
@@ -111,9 +116,9 @@ def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
     facts = host_facts(host)
     vmx, svm = ins.second
     if not ins.timer_expiry:
-        for rule in ins.second_paths:
-            if rule.vendor in facts and all(f in facts for f in rule.facts):
-                return PathChoice(rule.path, f"then: {rule.path} ({ins.second_why}; {rule.why})")
+        rule = _first_rule(ins.second_paths, facts)     # HostPath.path: the reason here
+        if rule is not None:
+            return PathChoice(rule.path, f"then: {rule.path} ({ins.second_why}; {rule.why})")
         reason = svm if "amd" in facts else vmx
         return PathChoice(reason, f"then: {reason} ({ins.second_why})")
     if "amd" in facts:

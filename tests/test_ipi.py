@@ -395,3 +395,13 @@ def test_a_pending_self_ipi_takes_its_interrupt_window():
     apicv = {**INTEL, "kvm": {"parameters": {"kvm_intel.enable_apicv": "Y"}}}
     s = case_specs([5], "self_ipi_sti_nop", host=apicv)[0]
     assert s.expected_path == PATH_NONE and s.second_exit is None
+
+
+def test_a_receiver_reason_kvm_keeps_no_stat_of_is_unverified(monkeypatch):
+    """Fail closed: a receiver whose reason has no KVM stat cannot be judged from stats."""
+    from exitlat.verify import second_exit
+    from exitlat.verify.receiver import verify_receiver_timed
+
+    monkeypatch.delitem(second_exit.STAT_OF, "HLT")
+    v = verify_receiver_timed({"exits": N + 5, "halt_exits": N}, N, PATH_KVM, "ipi_halt", "intel")
+    assert v["status"] == "unverified" and "no stat" in v["detail"], v["detail"]
