@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from .errors import ExitlatError
 from .limits import MAX_PORT
-from .hostpaths import choose_path, choose_receiver_path, choose_second
+from .hostpaths import choose_path, choose_reason, choose_receiver_path, choose_second
 from .instructions import (DEFAULT_MSR, F_INSTRUCTIONS, PASSTHROUGH_MSRS, PATH_FASTPATH,
                            PATH_NONE, S_INSTRUCTION, TABLE)
 
@@ -40,6 +40,8 @@ class CaseSpec:
     receiver_basis: str = ""
     second_exit: str | None = None   # the kvm_exit reason of its second exit here (a timer's
     #                                    expiry, an interrupt window, a HLT), if it has one
+    exit_reason: str | None = None   # the kvm_exit reason of its exit here where the host's
+    #                                  differs from its row's (hostpaths.choose_reason), else None
 
 
 def _valid() -> str:
@@ -117,6 +119,17 @@ def case_keys(cases, instrs: tuple[str, ...]) -> list[tuple[int, str, str]]:
     return out
 
 
+def check_apic_modes(instrs) -> None:
+    """The guest's local APIC runs in one mode per boot: the xAPIC kinds (MMIO to the APIC page;
+    the guest booted nox2apic) and the x2APIC kinds (its MSRs) cannot share a run."""
+    xapic = [n for n in instrs if n in TABLE and TABLE[n].xapic]
+    x2apic = [n for n in instrs if n in TABLE and TABLE[n].x2apic]
+    if xapic and x2apic:
+        raise ExitlatError(f"{', '.join(xapic)} need{'s' if len(xapic) == 1 else ''} the guest in "
+                           f"xAPIC mode and {', '.join(x2apic)} in x2APIC mode: one boot has one; "
+                           f"run them in separate benches")
+
+
 def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
                host: dict | None = None, two_cores: bool = False) -> list[CaseSpec]:
     """One CaseSpec per case and F instruction, refusing combinations that cannot measure what
@@ -127,8 +140,9 @@ def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
     named, they run anyway (the placement then picks the second core)."""
     chosen = parse_instrs(",".join(instr) if isinstance(instr, (tuple, list)) else instr)
     everything = chosen == "all"
-    instrs = (tuple(n for n in F_INSTRUCTIONS if two_cores or TABLE[n].vcpus == 1) if everything
-              else chosen)
+    instrs = (tuple(n for n in F_INSTRUCTIONS if (two_cores or TABLE[n].vcpus == 1)
+                    and not TABLE[n].xapic) if everything else chosen)
+    check_apic_modes(instrs)
     check_port(port)
     if msr is not None and not 0 <= msr <= 0xFFFFFFFF:
         raise ExitlatError(f"MSR index must be a 32-bit number, got {msr!r}")
@@ -149,10 +163,13 @@ def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
         spec_msr = (msr if msr is not None and ins.name == "rdmsr" else ins.msr)
         receiver = choose_receiver_path(ins, host)
         second = choose_second(ins, host) if choice.path != PATH_NONE else None
+        reason = choose_reason(ins, host) if choice.path != PATH_NONE else None
+        basis = choice.basis + "".join(f"; {c.basis}" for c in (reason, second) if c)
         specs.append(CaseSpec(n, _FLOWS[n], ins.name, choice.path, key, msr=spec_msr,
                               port=port if ins.name == S_INSTRUCTION else ins.port,
-                              path_basis=choice.basis + (f"; {second.basis}" if second else ""),
+                              path_basis=basis,
                               second_exit=second.path if second else None,
+                              exit_reason=reason.path if reason else None,
                               receiver_path=receiver.path if receiver else None,
                               receiver_basis=receiver.basis if receiver else ""))
     if not specs:

@@ -27,6 +27,8 @@ def _path(i) -> str:
 
 def _reasons(i) -> str:
     out = f"{i.vmx_reason} / {i.svm_reason}"
+    for r in i.reason_paths:
+        out += f" ({r.path} on {', '.join((r.vendor,) + r.facts)})"
     if i.second:
         out += f"; then {i.second[0]} / {i.second[1]}"
     if i.receiver:

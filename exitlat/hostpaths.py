@@ -42,6 +42,8 @@ def host_facts(host: dict | None) -> set[str]:
         facts.add("npt")
     if str(params.get("kvm_intel.preemption_timer", "")).strip().upper() in ("N", "0"):
         facts.add("no_preemption_timer")
+    if str(params.get("kvm_intel.flexpriority", "")).strip().upper() in ("N", "0"):
+        facts.add("no_flexpriority")
     if str(params.get("kvm_intel.enable_apicv", "")).strip() in _YES:
         facts.add("apicv")
     if str(params.get("kvm_intel.enable_ipiv", "")).strip() in _YES:
@@ -104,6 +106,15 @@ def choose_receiver_path(ins: Instruction, host: dict | None) -> PathChoice | No
     return PathChoice(PATH_KVM, f"receiver: one exit per iteration ({vmx} on VMX, {svm} on SVM)"
                                 + ("; the default (no receiver rule matched this host)"
                                    if ins.receiver_paths else ""))
+
+
+def choose_reason(ins: Instruction, host: dict | None) -> PathChoice | None:
+    """The kvm_exit reason of a kind's exit on `host` where a `reason_paths` rule says it differs
+    from its row's (as the PathChoice's `path`), else None: the row's vendor reason stands."""
+    rule = _first_rule(ins.reason_paths, host_facts(host))
+    if rule is None:
+        return None
+    return PathChoice(rule.path, f"exit: {rule.path} ({rule.why})")
 
 
 def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:

@@ -75,6 +75,10 @@ class Instruction:
     timer_expiry: bool = False  # the second exit is a timer's expiry (its reason is the host's:
     #                             hostpaths.choose_second)
     ahead: int = 0              # cycles from t0 to its deadline; its samples are stored net of it
+    reason_paths: tuple[HostPath, ...] = ()  # hosts where its exit has another kvm_exit reason
+    #                                          (HostPath.path: that reason; first match wins)
+    xapic: bool = False         # it writes the local APIC's MMIO page: the guest boots in xAPIC
+    #                             mode (nox2apic), where the x2APIC kinds cannot run
 
     @property
     def mmio(self) -> bool:
@@ -103,6 +107,11 @@ class Instruction:
         """vmexit.flat's test of the same IPI (its `ipi` and `ipi_halt` need -smp 2, which
         `--reference`'s VM does not have: not run there)."""
         return self.name if self.vcpus > 1 else None
+
+    @property
+    def x2apic(self) -> bool:
+        """It needs the local APIC in x2APIC mode (its MSRs), the guest's default."""
+        return "x2APIC mode" in self.needs
 
     def receiver_reasons(self, vendor: str) -> tuple[str, ...]:
         """kvm_exit reason names the receiving vCPU's one exit per iteration has on `vendor`."""
@@ -313,6 +322,28 @@ TABLE = {i.name: i for i in (
                                      "APICv virtualizes x2APIC SELF IPI writes: no exit"),),
                 what="x2APIC SELF IPI (send only; delivered after the batch): "
                      "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
+    # The same send through the xAPIC's MMIO page (vmexit.flat's self_ipi tests, without their
+    # delivery): one MOV to the ICR with the self shorthand. No MSR: the write faults on the APIC
+    # page (SVM: a nested page fault, as for any MMIO; VMX: an APIC-access exit where KVM maps the
+    # page with FlexPriority, an APIC-write exit after it with APICv) and KVM's emulator decodes
+    # it for the in-kernel local APIC. The guest must run in xAPIC mode (booted nox2apic).
+    Instruction("xapic_self_ipi", (5,), PATH_KVM, "APIC_ACCESS", "NPF", None, "exits",
+                why_not="a self-IPI needs CPL 0 and interrupts off (it is taken after the "
+                        "batch), which only the kernel loop (case 5) does",
+                reason_paths=(
+                    HostPath("APIC_WRITE", "intel", ("apicv",),
+                             "APICv virtualizes the APIC page: the ICR write traps after it "
+                             "(APIC-write exit)"),
+                    HostPath(MMIO_VMX_REASON, "intel", ("no_flexpriority",),
+                             "no FlexPriority: the APIC page is unbacked MMIO")),
+                host_paths=(HostPath(PATH_NONE, "amd", ("avic",),
+                                     "AVIC accelerates the ICR write (untested: no emulated "
+                                     "host has AVIC)"),),
+                xapic=True,
+                what="xAPIC self-IPI by a MOV to the ICR (send only; delivered after the batch): "
+                     "the APIC-page fault, KVM's instruction emulator and "
+                     "kvm_lapic_reg_write(APIC_ICR)",
+                needs="xAPIC mode (bench boots the guest nox2apic for it)"),
     # The TSC-deadline timer armed in the past with IRQs on: KVM finds it expired in the WRMSR's
     # exit and injects its interrupt on the next entry; the loop waits for the handler. The
     # timer's LVT entry points at IRQ_WORK_VECTOR for the batch (the module saves and restores it

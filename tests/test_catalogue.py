@@ -249,7 +249,7 @@ def test_the_selftest_runs_the_catalogue_by_name_or_together():
     assert parse_runs("vmcall,catalogue-kernel") == ["vmcall", "catalogue-kernel"]
     assert set(inner.CATALOGUE_NAMES) <= set(parse_runs("all"))
     # one run per F case, each with every kind that case allows: no kind is left without a run
-    assert sorted(c for r in inner.CATALOGUE_RUNS for c in r[2]) == [1, 3, 5]
+    assert sorted(c for r in inner.CATALOGUE_RUNS if r[1] == "all" for c in r[2]) == [1, 3, 5]
     ran = {s.instruction for r in inner.CATALOGUE_RUNS + inner.TWO_VCPU_RUNS
            for s in case_specs(list(r[2]), r[1])}
     assert ran == set(F_INSTRUCTIONS)

@@ -242,6 +242,44 @@ def test_a_delivered_self_ipi_is_one_msr_write_per_iteration():
     assert choose_path(TABLE["self_ipi_delivery"], apicv).path == PATH_NONE
 
 
+def test_an_xapic_self_ipi_boots_the_guest_in_xapic_mode_and_counts_the_hosts_reason():
+    """xapic_self_ipi: a MOV to the APIC page's ICR. Its exit's reason is the host's (SVM: the
+    nested page fault; VMX: APIC_ACCESS with FlexPriority, APIC_WRITE with APICv), which the plan
+    resolves and the traced window counts; an MSR write (an x2APIC send) is not it. The guest
+    boots nox2apic, and no x2APIC kind may share that boot."""
+    assert "nox2apic" in GuestPlan(cases=[5], instr="xapic_self_ipi").kernel_args()
+    assert "nox2apic" not in GuestPlan(cases=[5], instr="x2apic_self_ipi").kernel_args()
+    with pytest.raises(ExitlatError, match="xAPIC mode and eoi, tscdeadline in x2APIC mode"):
+        case_specs([5], "xapic_self_ipi,cpuid,eoi,tscdeadline")
+    assert [s.instruction for s in case_specs([5], "xapic_self_ipi,cpuid")] == [
+        "xapic_self_ipi", "cpuid"]
+    apicv = {**INTEL_EPT, "kvm": {"parameters": {**INTEL_EPT["kvm"]["parameters"],
+                                                 "kvm_intel.enable_apicv": "Y"}}}
+    no_flex = {**INTEL_EPT, "kvm": {"parameters": {**INTEL_EPT["kvm"]["parameters"],
+                                                   "kvm_intel.flexpriority": "N"}}}
+    reasons = {}
+    for name, host, vendor in (("amd", AMD, "amd"), ("flexpriority", INTEL_EPT, "intel"),
+                               ("apicv", apicv, "intel"), ("no_flex", no_flex, "intel")):
+        spec = case_specs([5], "xapic_self_ipi", host=host)[0]
+        assert spec.expected_path == PATH_KVM
+        reason = spec.exit_reason or TABLE["xapic_self_ipi"].reasons(vendor)[0]
+        reasons[name] = reason
+        ok = win({reason: N + 3, "IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 3})
+        r = verify_case(ok, N, PATH_KVM, "xapic_self_ipi", None, vendor,
+                        exit_reason=spec.exit_reason)
+        assert r["status"] == "passed" and reason in r["detail"], (name, r["detail"])
+        msr = win({"MSR_WRITE" if vendor == "intel" else "MSR": N, "IO_INSTRUCTION": 150})
+        r = verify_case(msr, N, PATH_KVM, "xapic_self_ipi", None, vendor,
+                        exit_reason=spec.exit_reason)
+        assert r["status"] == "failed", (name, r["detail"])
+    assert reasons == {"amd": "NPF", "flexpriority": "APIC_ACCESS", "apicv": "APIC_WRITE",
+                       "no_flex": "EPT_MISCONFIG"}
+    # the row's own reason is not the APICv host's: without the plan's reason it fails there
+    apic_write = win({"APIC_WRITE": N, "IO_INSTRUCTION": 150})
+    assert verify_case(apic_write, N, PATH_KVM, "xapic_self_ipi", None, "intel")["status"] == \
+        "failed"
+
+
 def test_mmio_kinds_bring_their_device():
     """Only a VM whose plan has an MMIO kind gets pci-testdev (the others stay as they were)."""
     assert GuestPlan(cases=[5], instr="cpuid,mov_dr").devices() == ()
@@ -267,10 +305,11 @@ def test_instr_lists_and_all():
             parse_instrs(bad)
     specs = case_specs([5], "all")
     assert [s.instruction for s in specs] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases
-                                              and TABLE[n].vcpus == 1]
+                                              and TABLE[n].vcpus == 1 and not TABLE[n].xapic]
     # the two-vCPU kinds join "all" only when a second core was given
     both = case_specs([5], "all", two_cores=True)
-    assert [s.instruction for s in both] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases]
+    assert [s.instruction for s in both] == [n for n in F_INSTRUCTIONS if 5 in TABLE[n].cases
+                                             and not TABLE[n].xapic]
     assert {"ipi", "ipi_halt"} <= {s.instruction for s in both}
     assert all(s.key == f"case5_{s.instruction}" for s in specs)
     # all: case 1 runs only what CPL 3 can run; an explicit pair it cannot is refused
@@ -307,7 +346,7 @@ def test_every_kind_has_its_vmexit_flat_name_or_says_why_not():
         assert row.what, name
         if row.kut is None:
             assert name in ("rdmsr", "wrmsr_tsc_deadline", "xsetbv", "pause", "eoi",
-                            "x2apic_self_ipi", "self_ipi_delivery",
+                            "x2apic_self_ipi", "xapic_self_ipi", "self_ipi_delivery",
                             "tscdeadline_immed", "tscdeadline") or row.testdev is not None \
                 or row.kut_smp or row.kut_twin, name
         if row.testdev is not None:     # vmexit.flat's pci-mem and pci-io tests

@@ -155,6 +155,8 @@ class DocumentBuilder:
                     if spec.receiver_path else {})
         if spec.second_exit:
             receiver["second_exit"] = spec.second_exit
+        if spec.exit_reason:
+            receiver["exit_reason"] = spec.exit_reason
         return {**receiver, "key": key, "case": spec.number, "repeat": rep, "flow": spec.flow,
                 "instruction": spec.instruction,
                 "msr": None if spec.msr is None else f"{spec.msr:#x}",
@@ -180,7 +182,7 @@ class DocumentBuilder:
             why, tl = (tl if isinstance(tl, str) else "no timeline recorded for the traced window"), None
         good = valid_samples(traced_arr)[0] if traced_arr is not None else None
         return decompose(tl, good, instruction=spec.instruction, expected_path=spec.expected_path,
-                         vendor=self.ctx.vendor,
+                         vendor=self.ctx.vendor, exit_reason=spec.exit_reason,
                          port=run_port(spec, self.ctx, res.hello),
                          host_tsc_hz=self.host_tsc_hz, guest_tsc_khz=res.hello.get("tsc_khz"),
                          tracing_overhead=overhead,

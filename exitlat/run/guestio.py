@@ -102,6 +102,8 @@ class GuestPlan:
             value = getattr(self, name)
             if value is not None:
                 args.append(f"exitlat.{name}={value}")
+        if any(row.xapic for row in self._rows()):
+            args.append("nox2apic")     # the xAPIC kinds write the APIC's MMIO page
         if self.vcpus() > 1:
             # device interrupts to CPU 0 (the sender's): the receiver's exits are the IPIs'
             args.append("irqaffinity=0")

@@ -71,6 +71,7 @@ class Window:
     receiver_counts: ExitCounts | None = None    # a two-vCPU kind's receiving vCPU
     receiver_path: str | None = None
     second_exit: str | None = None               # a kind's second exit (its reason)
+    exit_reason: str | None = None               # its exit's reason where the host's differs
 
 
 def counts_from_dict(d: dict) -> ExitCounts:
@@ -116,14 +117,17 @@ def windows_of(bundle_name: str, doc: dict) -> list[Window]:
                           c.get("port"), vw.get("backend"), vendor, int(n),
                           counts_from_dict(vw["counts"]), tids[0] if tids else None,
                           counts_from_dict(vw["receiver_counts"]) if vw.get("receiver_counts")
-                          else None, c.get("receiver_path"), c.get("second_exit")))
+                          else None, c.get("receiver_path"), c.get("second_exit"),
+                          c.get("exit_reason")))
     return out
 
 
 def _verdict(w: Window, counts: ExitCounts, path: str, instruction: str, port: int | None) -> dict:
     try:
-        second = w.second_exit if instruction == w.instruction else None
-        return verify_case(counts, w.n, path, instruction, port, w.vendor, second_exit=second)
+        same = instruction == w.instruction
+        return verify_case(counts, w.n, path, instruction, port, w.vendor,
+                           second_exit=w.second_exit if same else None,
+                           exit_reason=w.exit_reason if same else None)
     except ExitlatError as err:   # refusing the question is not a verdict
         return {"status": "error", "detail": str(err)}
 

@@ -250,7 +250,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
               port: int | None = None, host_tsc_hz=None, guest_tsc_khz=None,
               tracing_overhead: dict | None = None, baseline: dict | None = None,
               emulated: str | None = None, unavailable: str | None = None,
-              counts=None) -> dict:
+              counts=None, exit_reason: str | None = None) -> dict:
     """One case's decomposition (module docstring).
 
     paired:        exitlat.verify.trace.timeline.PairedExits of the traced window, or None (then `unavailable` says why).
@@ -304,7 +304,7 @@ def decompose(paired, guest_samples, *, instruction: str, expected_path: str, ve
     if problem:
         return refuse(problem)
 
-    reasons = expected_reasons(instruction, vendor)
+    reasons = (exit_reason,) if exit_reason else expected_reasons(instruction, vendor)
     label, host, qemu, user, n_paired = _select(paired, reasons,
                                                 port if TABLE[instruction].io else None,
                                                 TABLE[instruction].io or "out")

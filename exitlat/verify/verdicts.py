@@ -114,7 +114,8 @@ def traced_verdict(spec, traced, n: int, ctx: VerdictContext, hello: dict | None
                                               "writes cannot be told from others"}
     v = verify_case(traced.counts, n, spec.expected_path, spec.instruction, port,
                     ctx.vendor, kvm_stats=traced.kvm_stats, kvm_params=ctx.kvm_params,
-                    second_exit=getattr(spec, "second_exit", None))
+                    second_exit=getattr(spec, "second_exit", None),
+                    exit_reason=getattr(spec, "exit_reason", None))
     if getattr(spec, "receiver_path", None):
         v = with_receiver(v, spec, traced, n, ctx)
     return v
