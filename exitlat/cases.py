@@ -168,7 +168,8 @@ def case_specs(cases, instr="cpuid", port: int = 0xE9, msr: int | None = None,
         specs.append(CaseSpec(n, _FLOWS[n], ins.name, choice.path, key, msr=spec_msr,
                               port=port if ins.name == S_INSTRUCTION else ins.port,
                               path_basis=basis,
-                              second_exit=second.path if second else None,
+                              second_exit=second.path if second and second.path != PATH_NONE
+                              else None,
                               exit_reason=reason.path if reason else None,
                               receiver_path=receiver.path if receiver else None,
                               receiver_basis=receiver.basis if receiver else ""))

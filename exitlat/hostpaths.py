@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from exitlat.instructions import PATH_TEXT, Instruction
+from exitlat.instructions import PATH_NONE, PATH_TEXT, Instruction
 
 _YES = ("Y", "1", "y")
 _VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd", "HygonGenuine": "amd"}
@@ -118,8 +118,8 @@ def choose_reason(ins: Instruction, host: dict | None) -> PathChoice | None:
 
 
 def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
-    """The kvm_exit reason of a kind's second exit on `host` (as the PathChoice's `path`), None
-    for kinds with one. A timer's expiry (tscdeadline) depends on the host: VMX's preemption
+    """The kvm_exit reason of a kind's second exit on `host` (as the PathChoice's `path`; PATH_NONE
+    where a rule says this host takes none), None for kinds without one. A timer's expiry (tscdeadline) depends on the host: VMX's preemption
     timer where KVM backs the deadline with it, else KVM's hrtimer, whose interrupt kicks the
     running vCPU out (an external-interrupt exit)."""
     if ins.second is None:
@@ -128,6 +128,8 @@ def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
     vmx, svm = ins.second
     if not ins.timer_expiry:
         rule = _first_rule(ins.second_paths, facts)     # HostPath.path: the reason here
+        if rule is not None and rule.path == PATH_NONE:    # this host takes no second exit
+            return PathChoice(PATH_NONE, f"then: no second exit ({rule.why})")
         if rule is not None:
             return PathChoice(rule.path, f"then: {rule.path} ({ins.second_why}; {rule.why})")
         reason = svm if "amd" in facts else vmx

@@ -170,6 +170,24 @@ _IPIV = HostPath(PATH_NONE, "intel", ("apicv", "ipiv"), "IPI virtualization: the
 _IPI_NEEDS = "x2APIC mode and a second vCPU (bench --core A,B)"
 _NO_NRIPS = HostPath(PATH_KVM, "amd", ("no_nrips",), "no NRIP save (next_rip): KVM's fastpath "
                      "cannot skip the WRMSR and leaves it to the normal handler")
+# The xAPIC's page (xapic_* kinds): the ICR write's exit reason where it differs from the rows'.
+# SVM: a nested page fault, as any MMIO. VMX: KVM gives the APIC page its own memslot where it has
+# FlexPriority, but while APICv is not active its fault handler emulates every access to it
+# without mapping it (kvm_mmu_faultin_pfn: RET_PF_EMULATE), so each write is an EPT violation
+# (measured on the emulated VT-x host: 1.003 per iteration); with APICv the page is mapped and
+# the ICR write traps after it; without FlexPriority it has no memslot: cached MMIO.
+_XAPIC_REASONS = (
+    HostPath("APIC_WRITE", "intel", ("apicv",),
+             "APICv virtualizes the APIC page: the ICR write traps after it (APIC-write exit)"),
+    HostPath(MMIO_VMX_REASON, "intel", ("no_flexpriority",),
+             "no FlexPriority: the APIC page is unbacked MMIO"))
+_XAPIC_AVIC = HostPath(PATH_NONE, "amd", ("avic",),
+                       "AVIC accelerates the self-IPI's ICR write (untested: no emulated host "
+                       "has AVIC)")
+_XAPIC_NEEDS = "xAPIC mode (bench boots the guest nox2apic for it)"
+# A second exit that a host does not take (HostPath.path PATH_NONE in second_paths)
+_VID_NO_SECOND = HostPath(PATH_NONE, "intel", ("apicv",),
+                          "virtual-interrupt delivery injects the IPI: no second exit")
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -324,26 +342,50 @@ TABLE = {i.name: i for i in (
                      "kvm_lapic_reg_write(APIC_SELF_IPI)", needs="x2APIC mode"),
     # The same send through the xAPIC's MMIO page (vmexit.flat's self_ipi tests, without their
     # delivery): one MOV to the ICR with the self shorthand. No MSR: the write faults on the APIC
-    # page (SVM: a nested page fault, as for any MMIO; VMX: an APIC-access exit where KVM maps the
-    # page with FlexPriority, an APIC-write exit after it with APICv) and KVM's emulator decodes
-    # it for the in-kernel local APIC. The guest must run in xAPIC mode (booted nox2apic).
-    Instruction("xapic_self_ipi", (5,), PATH_KVM, "APIC_ACCESS", "NPF", None, "exits",
+    # page (SVM: a nested page fault, as for any MMIO; VMX: an EPT violation, an APIC-write exit
+    # with APICv: _XAPIC_REASONS) and KVM's emulator decodes it for the in-kernel local APIC. The guest must run in xAPIC mode (booted nox2apic).
+    Instruction("xapic_self_ipi", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
                 why_not="a self-IPI needs CPL 0 and interrupts off (it is taken after the "
                         "batch), which only the kernel loop (case 5) does",
-                reason_paths=(
-                    HostPath("APIC_WRITE", "intel", ("apicv",),
-                             "APICv virtualizes the APIC page: the ICR write traps after it "
-                             "(APIC-write exit)"),
-                    HostPath(MMIO_VMX_REASON, "intel", ("no_flexpriority",),
-                             "no FlexPriority: the APIC page is unbacked MMIO")),
-                host_paths=(HostPath(PATH_NONE, "amd", ("avic",),
-                                     "AVIC accelerates the ICR write (untested: no emulated "
-                                     "host has AVIC)"),),
-                xapic=True,
+                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
                 what="xAPIC self-IPI by a MOV to the ICR (send only; delivered after the batch): "
                      "the APIC-page fault, KVM's instruction emulator and "
                      "kvm_lapic_reg_write(APIC_ICR)",
-                needs="xAPIC mode (bench boots the guest nox2apic for it)"),
+                needs=_XAPIC_NEEDS),
+    # vmexit.flat's self_ipi_sti_nop and self_ipi_tpr (xAPIC mode, as vmexit.flat runs): the
+    # send of xapic_self_ipi, then delivered as self_ipi_sti_nop and self_ipi_tpr deliver it.
+    # With APICv the ICR write still exits (APIC-write), but virtual-interrupt delivery then
+    # takes the IPI without a window or TPR-threshold exit.
+    Instruction("xapic_ipi_sti_nop", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
+                why_not="the IPI is sent with IRQs off and taken after STI;NOP, which only the "
+                        "kernel loop (case 5) does",
+                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
+                second=("INTERRUPT_WINDOW", "VINTR"),
+                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+                second_paths=(_VID_NO_SECOND,),
+                kut_twin=("self_ipi_sti_nop", "its bare OS writes the EOI to the APIC page, an "
+                          "exit more; Linux's EOI is paravirtual"),
+                what="xAPIC self-IPI (a MOV to the ICR) with IRQs off, then STI;NOP: the send's "
+                     "APIC-page exit, the interrupt-window exit, the injection and the handler; "
+                     "the guest's own timer is held for the batch",
+                irqs_on=True, needs=_XAPIC_NEEDS),
+    Instruction("xapic_ipi_tpr", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
+                why_not="the loop must turn IRQs on and rewrite the TPR around each send, which "
+                        "only the kernel loop (case 5) does",
+                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
+                second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
+                second_why="the TPR put back below the pending IPI",
+                second_paths=(_VID_NO_SECOND,
+                              HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
+                                       "no TPR shadow: every CR8 write exits")),
+                kut_twin=("self_ipi_tpr", "it writes the TPR through the APIC page (two exits "
+                          "more) and its EOI too; this kind moves CR8, Linux's EOI is "
+                          "paravirtual"),
+                what="xAPIC self-IPI (a MOV to the ICR) sent with CR8 = 15, so it stays "
+                     "pending: its APIC-page exit, then the TPR put back, which exits (SVM's "
+                     "CR8 write intercept, VMX's TPR threshold) and lets KVM inject it; the "
+                     "guest's own timer is held for the batch",
+                irqs_on=True, needs=_XAPIC_NEEDS),
     # The TSC-deadline timer armed in the past with IRQs on: KVM finds it expired in the WRMSR's
     # exit and injects its interrupt on the next entry; the loop waits for the handler. The
     # timer's LVT entry points at IRQ_WORK_VECTOR for the batch (the module saves and restores it

@@ -256,3 +256,13 @@ def test_the_selftest_runs_the_catalogue_by_name_or_together():
     assert parse_runs("default") == list(inner.RUN_NAMES)
     with pytest.raises(ExitlatError, match="choose all, default, catalogue"):
         parse_runs("mov_dr")
+
+
+def test_every_kinds_longest_key_fits_the_probes_key_field():
+    """The guest names a window case<n>_<kind>_traced in a char[32] (exitlat-probe.c struct key)
+    and refuses the whole plan at boot when one does not fit: every kind's name must leave room
+    (xapic_self_ipi_sti_nop did not, and cost a VM boot to find out)."""
+    size = int(re.search(r"struct key \{\s*char name\[(\d+)\];", PROBE.read_text()).group(1))
+    for name, row in TABLE.items():
+        for case in row.cases:
+            assert len(f"case{case}_{name}_traced") < size, name

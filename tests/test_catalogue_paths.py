@@ -244,7 +244,7 @@ def test_a_delivered_self_ipi_is_one_msr_write_per_iteration():
 
 def test_an_xapic_self_ipi_boots_the_guest_in_xapic_mode_and_counts_the_hosts_reason():
     """xapic_self_ipi: a MOV to the APIC page's ICR. Its exit's reason is the host's (SVM: the
-    nested page fault; VMX: APIC_ACCESS with FlexPriority, APIC_WRITE with APICv), which the plan
+    nested page fault; VMX: an EPT violation, APIC_WRITE with APICv), which the plan
     resolves and the traced window counts; an MSR write (an x2APIC send) is not it. The guest
     boots nox2apic, and no x2APIC kind may share that boot."""
     assert "nox2apic" in GuestPlan(cases=[5], instr="xapic_self_ipi").kernel_args()
@@ -272,8 +272,27 @@ def test_an_xapic_self_ipi_boots_the_guest_in_xapic_mode_and_counts_the_hosts_re
         r = verify_case(msr, N, PATH_KVM, "xapic_self_ipi", None, vendor,
                         exit_reason=spec.exit_reason)
         assert r["status"] == "failed", (name, r["detail"])
-    assert reasons == {"amd": "NPF", "flexpriority": "APIC_ACCESS", "apicv": "APIC_WRITE",
+    assert reasons == {"amd": "NPF", "flexpriority": "EPT_VIOLATION", "apicv": "APIC_WRITE",
                        "no_flex": "EPT_MISCONFIG"}
+    # the delivered kinds: the same first exit, then the window or the TPR's exit, except where
+    # APICv's virtual-interrupt delivery injects the IPI (no second exit, said in the basis)
+    seconds = {k: (case_specs([5], k, host=AMD)[0].second_exit,
+                   case_specs([5], k, host=INTEL_EPT)[0].second_exit,
+                   case_specs([5], k, host=apicv)[0]) for k in
+               ("xapic_ipi_sti_nop", "xapic_ipi_tpr")}
+    assert seconds["xapic_ipi_sti_nop"][:2] == ("VINTR", "INTERRUPT_WINDOW")
+    assert seconds["xapic_ipi_tpr"][:2] == ("WRITE_CR8", "TPR_BELOW_THRESHOLD")
+    for _amd, _intel, spec in seconds.values():
+        assert spec.second_exit is None and spec.exit_reason == "APIC_WRITE"
+        assert "no second exit (virtual-interrupt delivery" in spec.path_basis
+    spec = case_specs([5], "xapic_ipi_tpr", host=AMD)[0]
+    both = win({"NPF": N + 2, "WRITE_CR8": N, "IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 2})
+    r = verify_case(both, N, PATH_KVM, spec.instruction, None, "amd",
+                    second_exit=spec.second_exit, exit_reason=spec.exit_reason)
+    assert r["status"] == "passed", r["detail"]
+    no_second = win({"NPF": N + 2, "IO_INSTRUCTION": 150, "EXTERNAL_INTERRUPT": 2})
+    assert verify_case(no_second, N, PATH_KVM, spec.instruction, None, "amd",
+                       second_exit=spec.second_exit)["status"] == "failed"
     # the row's own reason is not the APICv host's: without the plan's reason it fails there
     apic_write = win({"APIC_WRITE": N, "IO_INSTRUCTION": 150})
     assert verify_case(apic_write, N, PATH_KVM, "xapic_self_ipi", None, "intel")["status"] == \

@@ -42,7 +42,7 @@ CATALOGUE_RUNS = (
     ("catalogue-ioctl", "all", (3,), "stream"),
     ("catalogue-user", "all", (1,), "hist"),
     # the xAPIC kinds, which "all" leaves out: their guest boots nox2apic (cases.check_apic_modes)
-    ("catalogue-xapic", "xapic_self_ipi", (5,), "hist"),
+    ("catalogue-xapic", "xapic_self_ipi,xapic_ipi_sti_nop,xapic_ipi_tpr", (5,), "hist"),
 )
 CATALOGUE_NAMES = tuple(r[0] for r in CATALOGUE_RUNS)
 # The two-vCPU kinds (bench's "all" leaves them out without a second core): L2's receiving vCPU on

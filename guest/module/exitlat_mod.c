@@ -326,6 +326,59 @@ static int el_check_xapic(const struct exitlat_config *cfg)
 }
 
 /*
+ * xapic_ipi_sti_nop and xapic_ipi_tpr: self_ipi_sti_nop and
+ * self_ipi_tpr with the send through the xAPIC's ICR, one MOV as in
+ * xapic_self_ipi.  Linux's irq_work would read the ICR first (its wait for an
+ * idle ICR: one exit more), so IRQ_WORK_VECTOR is sent raw and the loop
+ * waits for its handler's per-CPU count, as tscdeadline_immed does.  The
+ * guest's own timer is held for the batch (el_batch).
+ */
+#define EL_XAPIC_SELF_IPI(vector)	\
+	(*EL_XAPIC_REG(APIC_ICR) = APIC_DEST_SELF | APIC_DM_FIXED | (vector))
+
+static __always_inline void el_xapic_wait(unsigned int seen)
+{
+	while (this_cpu_read(irq_stat.apic_irq_work_irqs) == seen)
+		barrier();
+	local_irq_disable();
+}
+
+static __always_inline void el_xapic_ipi_sti_nop(void)
+{
+	const unsigned int seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+
+	EL_XAPIC_SELF_IPI(IRQ_WORK_VECTOR);		/* IRQs off: stays pending */
+	asm volatile("sti; nop" : : : "memory");	/* the window after STI's shadow */
+	el_xapic_wait(seen);
+}
+
+static __always_inline void el_xapic_ipi_tpr(u64 tpr)
+{
+	const unsigned int seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+
+	local_irq_enable();
+	el_write_cr8(15);				/* masks every vector */
+	EL_XAPIC_SELF_IPI(IRQ_WORK_VECTOR);
+	el_write_cr8(tpr);				/* the IPI deliverable again */
+	el_xapic_wait(seen);
+}
+
+/* xAPIC mode, and a raw IRQ_WORK_VECTOR self-IPI taken within 10 ms. */
+static int el_check_xapic_ipi(const struct exitlat_config *cfg)
+{
+	unsigned int seen;
+	int i, err = el_check_xapic(cfg);
+
+	if (err)
+		return err;
+	seen = this_cpu_read(irq_stat.apic_irq_work_irqs);
+	EL_XAPIC_SELF_IPI(IRQ_WORK_VECTOR);		/* CONFIG runs with IRQs on */
+	for (i = 0; i < 1000 && this_cpu_read(irq_stat.apic_irq_work_irqs) == seen; i++)
+		udelay(10);
+	return this_cpu_read(irq_stat.apic_irq_work_irqs) != seen ? 0 : -ETIMEDOUT;
+}
+
+/*
  * self_ipi_delivery: an irq_work raises IRQ_WORK_VECTOR as an x2APIC SELF IPI
  * (one MSR write); its handler EOIs (through KVM's paravirtual EOI: a bit in
  * memory, no exit) and sets el_ipi_seen.  The window turns IRQs on around the
@@ -873,7 +926,12 @@ static void el_testdev_release(void)
 	/* loop only (IRQs off): one MOV to the xAPIC's ICR (self shorthand, as */	\
 	/* vmexit.flat's self_ipi sends it; ICR2 is ignored with a shorthand) */	\
 	X(EXITLAT_I_XAPIC_SELF_IPI, xapic_self_ipi, el_check_xapic, false, 0,	\
-	  *EL_XAPIC_REG(APIC_ICR) = APIC_DEST_SELF | APIC_DM_FIXED | RESCHEDULE_VECTOR) \
+	  EL_XAPIC_SELF_IPI(RESCHEDULE_VECTOR))						\
+	/* loop only: IRQs on in the window (see el_xapic_ipi_sti_nop) */	\
+	X(EXITLAT_I_XAPIC_IPI_STI_NOP, xapic_ipi_sti_nop, el_check_xapic_ipi, false, \
+	  0, el_xapic_ipi_sti_nop())						\
+	X(EXITLAT_I_XAPIC_IPI_TPR, xapic_ipi_tpr, el_check_xapic_ipi, false, \
+	  el_read_cr8(), el_xapic_ipi_tpr(val))					\
 	/* loop only: IRQs on, the timer's LVT on IRQ_WORK_VECTOR (el_batch) */	\
 	X(EXITLAT_I_TSCDEADLINE_IMMED, tscdeadline_immed, el_check_tscdeadline_immed, false, \
 	  0, el_tscdeadline_immed())							\
@@ -1061,7 +1119,9 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	/* IRQs on inside the batch: the guest's own timer is held (see el_self_ipi_delivery) */
 	const bool hold = cfg->instr == EXITLAT_I_SELF_IPI_DELIVERY ||
 			  cfg->instr == EXITLAT_I_SELF_IPI_STI_NOP ||
-			  cfg->instr == EXITLAT_I_SELF_IPI_TPR;
+			  cfg->instr == EXITLAT_I_SELF_IPI_TPR ||
+			  cfg->instr == EXITLAT_I_XAPIC_IPI_STI_NOP ||
+			  cfg->instr == EXITLAT_I_XAPIC_IPI_TPR;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
 	long rax;
