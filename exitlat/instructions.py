@@ -188,6 +188,16 @@ _XAPIC_NEEDS = "xAPIC mode (bench boots the guest nox2apic for it)"
 # A second exit that a host does not take (HostPath.path PATH_NONE in second_paths)
 _VID_NO_SECOND = HostPath(PATH_NONE, "intel", ("apicv",),
                           "virtual-interrupt delivery injects the IPI: no second exit")
+
+
+def _xapic_row(name: str, why_not: str, what: str, **kw) -> Instruction:
+    """A row of the xAPIC's self-IPI kinds: case 5, its send one MOV to the APIC page's ICR (the
+    exit's reason the host's: _XAPIC_REASONS), in a guest booted nox2apic."""
+    return Instruction(name, (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
+                       why_not=why_not, reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,),
+                       xapic=True, what=what, needs=_XAPIC_NEEDS, **kw)
+
+
 # Passed through to the guest by KVM (VMX and SVM): reading them never exits.
 PASSTHROUGH_MSRS = frozenset({0x174, 0x175, 0x176, 0xC0000100, 0xC0000101, 0xC0000102})
 
@@ -344,48 +354,43 @@ TABLE = {i.name: i for i in (
     # delivery): one MOV to the ICR with the self shorthand. No MSR: the write faults on the APIC
     # page (SVM: a nested page fault, as for any MMIO; VMX: an EPT violation, an APIC-write exit
     # with APICv: _XAPIC_REASONS) and KVM's emulator decodes it for the in-kernel local APIC. The guest must run in xAPIC mode (booted nox2apic).
-    Instruction("xapic_self_ipi", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
-                why_not="a self-IPI needs CPL 0 and interrupts off (it is taken after the "
-                        "batch), which only the kernel loop (case 5) does",
-                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
-                what="xAPIC self-IPI by a MOV to the ICR (send only; delivered after the batch): "
-                     "the APIC-page fault, KVM's instruction emulator and "
-                     "kvm_lapic_reg_write(APIC_ICR)",
-                needs=_XAPIC_NEEDS),
+    _xapic_row("xapic_self_ipi",
+               "a self-IPI needs CPL 0 and interrupts off (it is taken after the batch), which "
+               "only the kernel loop (case 5) does",
+               "xAPIC self-IPI by a MOV to the ICR (send only; delivered after the batch): the "
+               "APIC-page fault, KVM's instruction emulator and kvm_lapic_reg_write(APIC_ICR)"),
     # vmexit.flat's self_ipi_sti_nop and self_ipi_tpr (xAPIC mode, as vmexit.flat runs): the
     # send of xapic_self_ipi, then delivered as self_ipi_sti_nop and self_ipi_tpr deliver it.
     # With APICv the ICR write still exits (APIC-write), but virtual-interrupt delivery then
     # takes the IPI without a window or TPR-threshold exit.
-    Instruction("xapic_ipi_sti_nop", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
-                why_not="the IPI is sent with IRQs off and taken after STI;NOP, which only the "
-                        "kernel loop (case 5) does",
-                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
-                second=("INTERRUPT_WINDOW", "VINTR"),
-                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
-                second_paths=(_VID_NO_SECOND,),
-                kut_twin=("self_ipi_sti_nop", "its bare OS writes the EOI to the APIC page, an "
-                          "exit more; Linux's EOI is paravirtual"),
-                what="xAPIC self-IPI (a MOV to the ICR) with IRQs off, then STI;NOP: the send's "
-                     "APIC-page exit, the interrupt-window exit, the injection and the handler; "
-                     "the guest's own timer is held for the batch",
-                irqs_on=True, needs=_XAPIC_NEEDS),
-    Instruction("xapic_ipi_tpr", (5,), PATH_KVM, "EPT_VIOLATION", "NPF", None, "exits",
-                why_not="the loop must turn IRQs on and rewrite the TPR around each send, which "
-                        "only the kernel loop (case 5) does",
-                reason_paths=_XAPIC_REASONS, host_paths=(_XAPIC_AVIC,), xapic=True,
-                second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
-                second_why="the TPR put back below the pending IPI",
-                second_paths=(_VID_NO_SECOND,
-                              HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
-                                       "no TPR shadow: every CR8 write exits")),
-                kut_twin=("self_ipi_tpr", "it writes the TPR through the APIC page (two exits "
-                          "more) and its EOI too; this kind moves CR8, Linux's EOI is "
-                          "paravirtual"),
-                what="xAPIC self-IPI (a MOV to the ICR) sent with CR8 = 15, so it stays "
-                     "pending: its APIC-page exit, then the TPR put back, which exits (SVM's "
-                     "CR8 write intercept, VMX's TPR threshold) and lets KVM inject it; the "
-                     "guest's own timer is held for the batch",
-                irqs_on=True, needs=_XAPIC_NEEDS),
+    _xapic_row("xapic_ipi_sti_nop",
+               "the IPI is sent with IRQs off and taken after STI;NOP, which only the kernel loop "
+               "(case 5) does",
+               "xAPIC self-IPI (a MOV to the ICR) with IRQs off, then STI;NOP: the send's "
+               "APIC-page exit, the interrupt-window exit, the injection and the handler; the "
+               "guest's own timer is held for the batch",
+               second=("INTERRUPT_WINDOW", "VINTR"),
+               second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+               second_paths=(_VID_NO_SECOND,),
+               kut_twin=("self_ipi_sti_nop", "its bare OS writes the EOI to the APIC page, an "
+                         "exit more; Linux's EOI is paravirtual"),
+               irqs_on=True),
+    _xapic_row("xapic_ipi_tpr",
+               "the loop must turn IRQs on and rewrite the TPR around each send, which only the "
+               "kernel loop (case 5) does",
+               "xAPIC self-IPI (a MOV to the ICR) sent with CR8 = 15, so it stays pending: its "
+               "APIC-page exit, then the TPR put back, which exits (SVM's CR8 write intercept, "
+               "VMX's TPR threshold) and lets KVM inject it; the guest's own timer is held for "
+               "the batch",
+               second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
+               second_why="the TPR put back below the pending IPI",
+               second_paths=(_VID_NO_SECOND,
+                             HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
+                                      "no TPR shadow: every CR8 write exits")),
+               kut_twin=("self_ipi_tpr", "it writes the TPR through the APIC page (two exits "
+                         "more) and its EOI too; this kind moves CR8, Linux's EOI is "
+                         "paravirtual"),
+               irqs_on=True),
     # The TSC-deadline timer armed in the past with IRQs on: KVM finds it expired in the WRMSR's
     # exit and injects its interrupt on the next entry; the loop waits for the handler. The
     # timer's LVT entry points at IRQ_WORK_VECTOR for the batch (the module saves and restores it
