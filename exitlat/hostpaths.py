@@ -118,10 +118,11 @@ def choose_reason(ins: Instruction, host: dict | None) -> PathChoice | None:
 
 
 def choose_second(ins: Instruction, host: dict | None) -> PathChoice | None:
-    """The kvm_exit reason of a kind's second exit on `host` (as the PathChoice's `path`; PATH_NONE
-    where a rule says this host takes none), None for kinds without one. A timer's expiry (tscdeadline) depends on the host: VMX's preemption
-    timer where KVM backs the deadline with it, else KVM's hrtimer, whose interrupt kicks the
-    running vCPU out (an external-interrupt exit)."""
+    """The kvm_exit reason of a kind's second exit on `host` (as the PathChoice's `path`;
+    PATH_NONE where a rule says this host takes none), None for kinds without one. A timer's
+    expiry (tscdeadline) depends on the host: VMX's preemption timer where KVM backs the deadline
+    with it, else KVM's hrtimer, whose interrupt kicks the running vCPU out (an external-interrupt
+    exit)."""
     if ins.second is None:
         return None
     facts = host_facts(host)
