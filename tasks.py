@@ -177,10 +177,9 @@ def cleanup(c, dry_run=False):
 @task(help={
     "runs": "which runs: all (default), default (all but the exit catalogue), catalogue (its "
             "runs: catalogue-kernel, catalogue-ioctl, catalogue-user: --instr all in cases 5, 3, "
-            "1) or a comma list of cpuid-hist, cpuid-stream, vmcall, rdmsr, wrmsr_tsc_deadline "
-            "and those (the catalogue's runs also catalogue-xapic: the xAPIC kinds, whose guest "
-            "boots nox2apic); by name only: catalogue-ipi (ipi, ipi_halt: L1 gets a third CPU; also in "
-            "catalogue), reference (kvm-unit-tests' vmexit.flat beside case 5, --instr "
+            "1; catalogue-xapic: the xAPIC kinds, whose guest boots nox2apic) or a comma list of "
+            "cpuid-hist, cpuid-stream, vmcall, rdmsr, wrmsr_tsc_deadline and those; by name "
+            "only: catalogue-ipi (ipi, ipi_halt: L1 gets a third CPU; also in catalogue), reference (kvm-unit-tests' vmexit.flat beside case 5, --instr "
             "cpuid,vmcall --reference, two VM runs), cr8-irq-pending (mov_to_cr8 in 200000-"
             "iteration batches: the emulated host's own check, see docs/verification.md)",
     "iterations": "timed iterations per case inside L1 (default 1000; 100-200000)",

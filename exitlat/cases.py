@@ -122,8 +122,8 @@ def case_keys(cases, instrs: tuple[str, ...]) -> list[tuple[int, str, str]]:
 def check_apic_modes(instrs) -> None:
     """The guest's local APIC runs in one mode per boot: the xAPIC kinds (MMIO to the APIC page;
     the guest booted nox2apic) and the x2APIC kinds (its MSRs) cannot share a run."""
-    xapic = [n for n in instrs if n in TABLE and TABLE[n].xapic]
-    x2apic = [n for n in instrs if n in TABLE and TABLE[n].x2apic]
+    xapic = [n for n in instrs if TABLE[n].xapic]
+    x2apic = [n for n in instrs if TABLE[n].x2apic]
     if xapic and x2apic:
         raise ExitlatError(f"{', '.join(xapic)} need{'s' if len(xapic) == 1 else ''} the guest in "
                            f"xAPIC mode and {', '.join(x2apic)} in x2APIC mode: one boot has one; "

@@ -185,6 +185,15 @@ _XAPIC_AVIC = HostPath(PATH_NONE, "amd", ("avic",),
                        "AVIC accelerates the self-IPI's ICR write (untested: no emulated host "
                        "has AVIC)")
 _XAPIC_NEEDS = "xAPIC mode (bench boots the guest nox2apic for it)"
+# The second exit of a self-IPI left pending (self_ipi_* and xapic_ipi_*): the interrupt window
+# after STI, or the TPR put back below it (VMX: its TPR threshold; CR_ACCESS without a TPR shadow)
+_WINDOW_SECOND = dict(second=("INTERRUPT_WINDOW", "VINTR"),
+                      second_why="the interrupt window KVM asks for, the IPI pending while IRQs "
+                                 "were off")
+_TPR_SECOND = dict(second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
+                   second_why="the TPR put back below the pending IPI")
+_CR8_EXITS = HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
+                      "no TPR shadow: every CR8 write exits")
 # A second exit that a host does not take (HostPath.path PATH_NONE in second_paths)
 _VID_NO_SECOND = HostPath(PATH_NONE, "intel", ("apicv",),
                           "virtual-interrupt delivery injects the IPI: no second exit")
@@ -369,8 +378,7 @@ TABLE = {i.name: i for i in (
                "xAPIC self-IPI (a MOV to the ICR) with IRQs off, then STI;NOP: the send's "
                "APIC-page exit, the interrupt-window exit, the injection and the handler; the "
                "guest's own timer is held for the batch",
-               second=("INTERRUPT_WINDOW", "VINTR"),
-               second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+               **_WINDOW_SECOND,
                second_paths=(_VID_NO_SECOND,),
                kut_twin=("self_ipi_sti_nop", "its bare OS writes the EOI to the APIC page, an "
                          "exit more; Linux's EOI is paravirtual"),
@@ -382,11 +390,7 @@ TABLE = {i.name: i for i in (
                "APIC-page exit, then the TPR put back, which exits (SVM's CR8 write intercept, "
                "VMX's TPR threshold) and lets KVM inject it; the guest's own timer is held for "
                "the batch",
-               second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
-               second_why="the TPR put back below the pending IPI",
-               second_paths=(_VID_NO_SECOND,
-                             HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
-                                      "no TPR shadow: every CR8 write exits")),
+               **_TPR_SECOND, second_paths=(_VID_NO_SECOND, _CR8_EXITS),
                kut_twin=("self_ipi_tpr", "it writes the TPR through the APIC page (two exits "
                          "more) and its EOI too; this kind moves CR8, Linux's EOI is "
                          "paravirtual"),
@@ -455,8 +459,7 @@ TABLE = {i.name: i for i in (
                 host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
                                      "APICv virtualizes the SELF IPI and delivers the virtual "
                                      "interrupt once IRQs are on: no exit"),),
-                second=("INTERRUPT_WINDOW", "VINTR"),
-                second_why="the interrupt window KVM asks for, the IPI pending while IRQs were off",
+                **_WINDOW_SECOND,
                 kut_twin=("x2apic_self_ipi_sti_nop", "its bare OS writes the EOI MSR, an exit "
                           "more; Linux's EOI is paravirtual"),
                 what="x2APIC SELF IPI (an irq_work) with IRQs off, then STI;NOP: the send's exit, "
@@ -473,12 +476,10 @@ TABLE = {i.name: i for i in (
                 host_paths=(HostPath(PATH_NONE, "intel", ("apicv",),
                                      "APICv virtualizes the SELF IPI and the TPR, and delivers "
                                      "the virtual interrupt when the TPR drops: no exit"),),
-                second=("TPR_BELOW_THRESHOLD", "WRITE_CR8"),
-                second_why="the TPR put back below the pending IPI",
+                **_TPR_SECOND,
                 kut_twin=("x2apic_self_ipi_tpr", "its bare OS writes the EOI MSR, an exit more; "
                           "Linux's EOI is paravirtual"),
-                second_paths=(HostPath("CR_ACCESS", "intel", ("no_tpr_shadow",),
-                                       "no TPR shadow: every CR8 write exits"),),
+                second_paths=(_CR8_EXITS,),
                 what="x2APIC SELF IPI (an irq_work) sent with the TPR at 15, so it stays pending: "
                      "its MSR-write exit, then the TPR put back, which exits (SVM's CR8 write "
                      "intercept, VMX's TPR threshold) and lets KVM inject it; the guest's own "

@@ -249,6 +249,10 @@ def test_an_xapic_self_ipi_boots_the_guest_in_xapic_mode_and_counts_the_hosts_re
     boots nox2apic, and no x2APIC kind may share that boot."""
     assert "nox2apic" in GuestPlan(cases=[5], instr="xapic_self_ipi").kernel_args()
     assert "nox2apic" not in GuestPlan(cases=[5], instr="x2apic_self_ipi").kernel_args()
+    # the x2APIC kinds, read from their `needs`: a reworded row must not drop out of the check
+    assert {n for n, r in TABLE.items() if r.x2apic} == {
+        "eoi", "x2apic_self_ipi", "tscdeadline_immed", "tscdeadline", "self_ipi_delivery",
+        "self_ipi_sti_nop", "self_ipi_tpr", "ipi", "ipi_halt"}
     with pytest.raises(ExitlatError, match="xAPIC mode and eoi, tscdeadline in x2APIC mode"):
         case_specs([5], "xapic_self_ipi,cpuid,eoi,tscdeadline")
     assert [s.instruction for s in case_specs([5], "xapic_self_ipi,cpuid")] == [
