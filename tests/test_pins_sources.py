@@ -143,16 +143,63 @@ def test_falls_through_to_next_provider(tmp_path, tiny, http_dir):
     root, base = http_dir
     (root / "good.tar").write_bytes(payload)
     pins = make(urls=[f"{base}/missing.tar", "http://127.0.0.1:9/down.tar", f"{base}/good.tar"])
-    got = SourceFetcher(pins, cache=tmp_path / "c", log=lambda m: None, timeout=3).fetch(pins.source("busybox"))
+    got = SourceFetcher(pins, cache=tmp_path / "c", log=lambda m: None, timeout=3,
+                        retry_delays=(0.01,)).fetch(pins.source("busybox"))
     assert got.origin.endswith("/good.tar")
 
 
 def test_all_providers_down_is_one_line(tmp_path, tiny):
     payload, digest, make = tiny
     pins = make(urls=["http://127.0.0.1:9/down.tar"])
+    said = []
     with pytest.raises(ExitlatError) as err:
-        SourceFetcher(pins, cache=tmp_path / "c", log=lambda m: None, timeout=3).fetch(pins.source("busybox"))
+        SourceFetcher(pins, cache=tmp_path / "c", log=said.append, timeout=3,
+                      retry_delays=(0.01, 0.01)).fetch(pins.source("busybox"))
     assert "cannot get busybox" in str(err.value) and "\n" not in str(err.value)
+    # a refused connection is tried again, as often as there are delays, then given up
+    assert sum("trying again" in m for m in said) == 2
+
+
+def test_a_dropped_connection_is_tried_again(tmp_path, tiny):
+    """A connection that ends with no answer (a resolver or network hiccup) is retried before
+    the next provider; an HTTP error status is an answer and is not."""
+    payload, digest, make = tiny
+    seen = []
+
+    class Flaky(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            if len(seen) == 1:          # the first request: hang up without an answer
+                self.close_connection = True
+                return
+            if self.path.endswith("/missing.tar"):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Flaky)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{srv.server_address[1]}"
+        pins = make(urls=[f"{base}/busybox-test.tar"])
+        got = SourceFetcher(pins, cache=tmp_path / "c", log=lambda m: None,
+                            retry_delays=(0.01,)).fetch(pins.source("busybox"))
+        assert got.provider == "upstream" and got.path.read_bytes() == payload
+        assert seen == ["/busybox-test.tar"] * 2
+        seen[:] = ["warm"]              # the next first request is answered: 404, not retried
+        pins = make(urls=[f"{base}/missing.tar"])
+        with pytest.raises(ExitlatError, match="Not Found"):
+            SourceFetcher(pins, cache=tmp_path / "d", log=lambda m: None,
+                          retry_delays=(0.01,)).fetch(pins.source("busybox"))
+        assert seen == ["warm", "/missing.tar"]
+    finally:
+        srv.shutdown()
 
 
 def test_missing_mirror_folder(tmp_path, tiny):

@@ -6,6 +6,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -58,7 +59,36 @@ class Cancelled(ExitlatError):
     pass
 
 
-def _download(url: str, dest: Path, timeout: float, progress=None, stop=None) -> None:
+# A name lookup or connection that fails for a moment (a resolver hiccup) is tried again before
+# the next provider is: a cold build fetches dozens of files, and one lost lookup stopped it.
+RETRY_DELAYS_S = (2.0, 5.0)
+
+
+def _transient(err: BaseException) -> bool:
+    """A failure another try may not repeat: no HTTP answer at all (name lookup, refused or reset
+    connection, timeout). An HTTP error status is an answer, and is not retried."""
+    if isinstance(err, urllib.error.HTTPError):
+        return False
+    return isinstance(err, (urllib.error.URLError, TimeoutError, ConnectionError))
+
+
+def _download(url: str, dest: Path, timeout: float, progress=None, stop=None,
+              delays=RETRY_DELAYS_S, log=None) -> None:
+    for delay in (*delays, None):
+        try:
+            return _download_once(url, dest, timeout, progress, stop)
+        except OSError as err:
+            if delay is None or not _transient(err) or (stop is not None and stop.is_set()):
+                raise
+            if log:
+                log(f"  {url}: {getattr(err, 'reason', None) or err}; trying again in {delay:.0f}s")
+            if stop is not None and stop.wait(delay):
+                raise Cancelled(f"download of {url} stopped") from None
+            if stop is None:
+                time.sleep(delay)
+
+
+def _download_once(url: str, dest: Path, timeout: float, progress=None, stop=None) -> None:
     req = urllib.request.Request(url, headers={"User-Agent": "exitlat"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(dest, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0)
@@ -79,8 +109,10 @@ class SourceFetcher:
     """Tries providers in order; each failure is remembered so the final error names all of them."""
 
     def __init__(self, pins: Pins, mirror: Path | str | None = None, cache: Path | None = None,
-                 timeout: float = 30.0, use_network: bool = True, log=print):
+                 timeout: float = 30.0, use_network: bool = True, log=print,
+                 retry_delays: tuple[float, ...] = RETRY_DELAYS_S):
         self.pins = pins
+        self.retry_delays = retry_delays
         # --mirror, else EXITLAT_MIRROR: a folder of pinned files to try first (CI points it at
         # the shared mirror, which holds the inputs no reachable registry serves)
         from_env = not mirror and bool(os.environ.get(MIRROR_ENV))
@@ -140,7 +172,8 @@ class SourceFetcher:
                     shutil.copyfile(src, tmp)
                 else:
                     self.log(f"  downloading {pin.file} from {origin}")
-                    _download(origin, tmp, self.timeout, stop=self.stop)
+                    _download(origin, tmp, self.timeout, stop=self.stop,
+                              delays=self.retry_delays, log=self.log)
                 got = sha256_file(tmp)
                 content = content_problem(pin, tmp)
                 if content:
