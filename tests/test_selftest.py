@@ -310,7 +310,13 @@ def test_l1_command_line():
                  "-no-reboot", "-kernel /i/vmlinuz", "-initrd /w/initrd", "-serial file:/w/console.log",
                  "file=/w/out.img,format=raw", "virtio-blk-pci"):
         assert part in line
-    assert "console=ttyS0" in argv[argv.index("-append") + 1]
+    append = argv[argv.index("-append") + 1].split()
+    assert "console=ttyS0" in append
+    # L2's vCPU core isolated at boot, as docs/isolation.md advises (L1's tick off that core)
+    for arg in ("isolcpus=managed_irq,domain,1", "nohz_full=1", "rcu_nocbs=1", "irqaffinity=0"):
+        assert arg in append
+    three = host.l1_argv(Path("q"), Path("v"), Path("i"), Path("d"), Path("c"), smp=3)
+    assert "nohz_full=1-2" in three[three.index("-append") + 1].split()
 
 
 # --- the output disk and the console ------------------------------------------------------------------
