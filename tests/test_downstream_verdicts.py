@@ -362,3 +362,18 @@ def test_page_with_an_unverified_run_and_marked_tails_in_browser(tmp_path):
                    "† A case2-r0–r2 p99, p99.9: may include up to 1.2 % other-path iterations",
                    "case1-r2: exit path verification FAILED"):
         assert needle in text, needle
+
+
+def test_the_guests_apic_mode_is_reported_and_compared(tmp_path):
+    """guest.apic_mode: on the report's guest line, checked by the schema, and a setup difference
+    for compare where both bundles record it (bundles before the field record none)."""
+    x2 = bundle(tmp_path, "X2", cases=(5,), edit=lambda d: d["guest"].update(apic_mode="x2apic"))
+    xa = bundle(tmp_path, "XA", cases=(5,), seed=2, edit=lambda d: d["guest"].update(apic_mode="xapic"))
+    old = bundle(tmp_path, "OLD", cases=(5,), seed=3)
+    assert "APIC xapic" in next(ln for ln in render_report(xa).splitlines() if ln.startswith("guest:"))
+    assert "APIC" not in next(ln for ln in render_report(old).splitlines() if ln.startswith("guest:"))
+    res = compare([x2, xa, old])
+    assert "guest APIC mode differs: X2: 'x2apic' vs XA: 'xapic'" in res["unfair"]["XA"]
+    assert not any("APIC" in w for w in res["unfair"]["OLD"])
+    with pytest.raises(Exception, match="apic_mode"):
+        bundle(tmp_path, "BAD", cases=(5,), edit=lambda d: d["guest"].update(apic_mode="x3apic"))

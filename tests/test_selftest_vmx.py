@@ -21,8 +21,8 @@ from exitlat.errors import ExitlatError
 from exitlat.paths import REPO_ROOT
 from exitlat.selftest import bochs, controls, host
 from exitlat.selftest.l1disk import render_init
-from exitlat.selftest.cli import (parse_vendor, render_text, selftest_main, timer_rows,
-                                  vendor_problems)
+from exitlat.selftest.cli import (apic_mode_problems, parse_vendor, render_text, selftest_main,
+                                  timer_rows, vendor_problems)
 from exitlat.verify.trace import kprobes
 from exitlat.verify.trace.counts import ExitCounts
 
@@ -203,6 +203,18 @@ def test_vendor_problems_catch_the_wrong_host():
     probs = vendor_problems("amd", {"kvm_module": "kvm_intel"}, {"x": vmx_doc()})
     assert "L1 loaded kvm_intel, not kvm_amd" in probs[0]
     assert "names its exits as 'intel', not 'amd'" in probs[1]
+
+
+def test_apic_mode_problems_want_the_mode_each_run_booted():
+    def doc(mode, *kinds):
+        return {"guest": {"apic_mode": mode}, "cases": [{"instruction": k} for k in kinds]}
+    assert apic_mode_problems({"k": doc("x2apic", "cpuid", "eoi"),
+                               "x": doc("xapic", "xapic_self_ipi", "xapic_ipi_tpr")}) == []
+    probs = apic_mode_problems({"k": doc("xapic", "cpuid"), "x": doc("x2apic", "xapic_self_ipi"),
+                                "old": doc(None, "cpuid")})
+    assert probs == ["k: the bundle says the guest's APIC ran in 'xapic' mode, not 'x2apic'",
+                     "x: the bundle says the guest's APIC ran in 'x2apic' mode, not 'xapic'",
+                     "old: the bundle says the guest's APIC ran in None mode, not 'x2apic'"]
 
 
 # --- the kernel symbol lookup -----------------------------------------------------------------------

@@ -253,7 +253,9 @@ class DocumentBuilder:
                       "busybox_version": versions.get("busybox"),
                       "tsc_khz": hello.get("tsc_khz"), "invariant_tsc": hello.get("invariant_tsc"),
                       "cpu": hello.get("vendor"), "vcpu": hello.get("cpu"),
-                      "vcpus": hello.get("vcpus")},
+                      "vcpus": hello.get("vcpus"),
+                      # x2apic or xapic (booted nox2apic): the exits an APIC access takes differ
+                      "apic_mode": hello.get("apic_mode")},
             "qemu": {"version": first.qemu_version or versions.get("qemu"),
                      "command_line": first.argv, "container": self.o.container},
             "build_manifest": manifest,

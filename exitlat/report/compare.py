@@ -151,6 +151,9 @@ def unfairness(a: Bundle, b: Bundle) -> list[str]:
         _diff("guest kernel", (da["guest"].get("kernel_release"), da["guest"].get("kernel_config_sha256")),
               (db["guest"].get("kernel_release"), db["guest"].get("kernel_config_sha256")), na, nb),
         _diff("busybox", da["guest"].get("busybox_version"), db["guest"].get("busybox_version"), na, nb),
+        # bundles before the field have none: a difference only where both say
+        None if None in (da["guest"].get("apic_mode"), db["guest"].get("apic_mode")) else
+        _diff("guest APIC mode", da["guest"].get("apic_mode"), db["guest"].get("apic_mode"), na, nb),
         _diff("accel", da["accel"], db["accel"], na, nb),
     ]
     return [w for w in out if w] + setup_unfairness(da, db, na, nb)

@@ -91,6 +91,7 @@ def _fixed_rows(b: Bundle) -> list[tuple[str, str, object]]:
         ("guest", "busybox", g.get("busybox_version")),
         ("guest", "guest tsc_khz", g.get("tsc_khz")),
         ("guest", "invariant TSC", g.get("invariant_tsc")),
+        ("guest", "APIC mode", g.get("apic_mode")),
         ("QEMU", "QEMU version", q.get("version")),
         ("run", "accel", d["accel"].upper()),
         ("run", "status", d["status"]["state"] + (f": {d['status']['reason']}"

@@ -350,7 +350,7 @@ def summary_lines(b: Bundle, verbose: bool = False) -> list[str]:
         + " ".join(f"{k.split('.', 1)[-1]}={v}" for k, v in sorted(h["kvm"].get("parameters", {}).items())
                    if k.split(".", 1)[-1] in ("ept", "enable_apicv", "ple_gap", "npt", "avic", "halt_poll_ns")),
         f"guest:   kernel {g.get('kernel_release')}, busybox {g.get('busybox_version')}, "
-        f"accel {d['accel'].upper()}",
+        + (f"APIC {g['apic_mode']}, " if g.get("apic_mode") else "") + f"accel {d['accel'].upper()}",
         f"QEMU:    {q.get('version')}",
     ]
 

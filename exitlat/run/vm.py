@@ -307,7 +307,8 @@ class VmRun:
                 r.hello = ev
                 r.timings["boot_s"] = time.monotonic() - self.t_cont
                 self.progress.say(f"guest up: kernel {ev.get('kernel')}, TSC {ev.get('tsc_khz')} kHz, "
-                                  f"invariant TSC {ev.get('invariant_tsc')}")
+                                  f"invariant TSC {ev.get('invariant_tsc')}"
+                                  + (f", APIC {ev['apic_mode']}" if ev.get("apic_mode") else ""))
                 timeout, waiting_for = key_timeout, "the first case"
             elif kind == "ready":
                 key = ev["key"]

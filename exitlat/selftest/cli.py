@@ -272,6 +272,21 @@ def vendor_problems(vendor: str, l1: dict, docs: dict[str, dict]) -> list[str]:
     return problems
 
 
+def apic_mode_problems(docs: dict[str, dict]) -> list[str]:
+    """Every bundle must name the APIC mode its guest really ran in: xAPIC for a run of the xAPIC
+    kinds (bench booted it nox2apic), x2APIC for every other (both emulated CPUs offer x2APIC, and
+    the guest's kernel turns it on)."""
+    problems = []
+    for name, doc in docs.items():
+        xapic = any(TABLE[c["instruction"]].xapic for c in doc.get("cases", [])
+                    if c.get("instruction") in TABLE)
+        want, got = ("xapic" if xapic else "x2apic"), (doc.get("guest") or {}).get("apic_mode")
+        if got != want:
+            problems.append(f"{name}: the bundle says the guest's APIC ran in {got!r} mode, "
+                            f"not {want!r}")
+    return problems
+
+
 def render_text(result: dict) -> str:
     from tabulate import tabulate
 
@@ -508,6 +523,7 @@ def run_vendor(vendor: str, series: str, pins, build: Path, progress: Progress, 
         problems += [f"{b['run']} {b['key']}: baseline exit check {b['status']}: {b['detail'][:200]}"
                      for b in base_rows if b["status"] != "passed"]
         problems += vendor_problems(vendor, res.summary.get("l1") or {}, docs)
+        problems += apic_mode_problems(docs)
         from .reference import reference_problems, reference_rows
 
         problems += reference_problems(docs)

@@ -1305,11 +1305,14 @@ static long el_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 			.abi_version = EXITLAT_ABI_VERSION,
 			.tsc_khz = tsc_khz,
 		};
+		u64 base;
 
 		if (boot_cpu_has(X86_FEATURE_TSC_DEADLINE_TIMER))
 			info.flags |= EXITLAT_INFO_TSC_DEADLINE;
 		if (kvm_para_available())
 			info.flags |= EXITLAT_INFO_KVM;
+		if (!rdmsrl_safe(MSR_IA32_APICBASE, &base) && (base & MSR_IA32_APICBASE_ENABLE))
+			info.flags |= base & X2APIC_ENABLE ? EXITLAT_INFO_X2APIC : EXITLAT_INFO_XAPIC;
 		return copy_to_user((void __user *)arg, &info, sizeof(info)) ? -EFAULT : 0;
 	}
 	default:

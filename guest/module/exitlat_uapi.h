@@ -48,7 +48,7 @@
 #include <linux/types.h>
 #include <linux/ioctl.h>
 
-#define EXITLAT_ABI_VERSION 3	/* 3: ids generated from the table; 2: EXITLAT_I_NOP, RDTSCP;LFENCE t0, bounds */
+#define EXITLAT_ABI_VERSION 4	/* 4: INFO reports the APIC mode; 3: ids generated from the table; 2: EXITLAT_I_NOP, RDTSCP;LFENCE t0, bounds */
 #define EXITLAT_DEVICE "/dev/exitlat"
 
 /*
@@ -70,6 +70,10 @@ struct exitlat_info {
 };
 #define EXITLAT_INFO_TSC_DEADLINE	(1u << 0) /* X86_FEATURE_TSC_DEADLINE_TIMER */
 #define EXITLAT_INFO_KVM		(1u << 1) /* kvm_para_available() */
+/* The local APIC's mode (IA32_APIC_BASE): enabled in x2APIC mode, or enabled in
+ * xAPIC mode (the guest booted nox2apic); neither: disabled or unreadable. */
+#define EXITLAT_INFO_X2APIC		(1u << 2)
+#define EXITLAT_INFO_XAPIC		(1u << 3)
 
 struct exitlat_config {
 	__u32 instr;		/* enum exitlat_instr */

@@ -757,6 +757,16 @@ static void hello(void)
 		 jk, khz, src, inv ? "true" : "false", rdtscp ? "true" : "false", sched_getcpu(),
 		 jv, jh, P.timer == EXITLAT_T_LFENCE ? "lfence" : "rdtscp",
 		 mod_fd >= 0 ? "true" : "false", sysconf(_SC_NPROCESSORS_ONLN));
+	if (mod_fd >= 0) {	/* the APIC's mode, as the module read it (IA32_APIC_BASE) */
+		struct exitlat_info info = { 0 };
+		const char *mode = "unknown";
+
+		if (!ioctl(mod_fd, EXITLAT_IOC_INFO, &info))
+			mode = info.flags & EXITLAT_INFO_X2APIC ? "x2apic" :
+			       info.flags & EXITLAT_INFO_XAPIC ? "xapic" : "disabled";
+		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"apic_mode\":\"%s\"",
+			 mode);
+	}
 	testdev_find();
 	if (td_io)
 		snprintf(json + strlen(json), sizeof(json) - strlen(json), ",\"testdev_io\":%u",
