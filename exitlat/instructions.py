@@ -60,7 +60,8 @@ class Instruction:
     what: str = ""              # what one iteration exercises in KVM or QEMU (docs/measuring.md)
     needs: str = ""             # the vCPU feature without which the guest refuses it
     irqs_on: bool = False       # its loop turns interrupts on in the window: the guest's own
-    #                             interrupts (a timer re-armed: one more MSR exit) may land there
+    #                             interrupts (a timer re-armed: one more MSR exit) may land there,
+    #                             so the module holds the guest's timer for its batch
     testdev: int | None = None  # a write to QEMU's pci-testdev: the test it selects (QEMU's
     #                             number: 0-2 in the memory BAR, 3-5 in the I/O BAR; TESTDEV_TESTS)
     vcpus: int = 1              # vCPUs its VM needs (2: an IPI from the measured vCPU to another)

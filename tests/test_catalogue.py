@@ -83,6 +83,30 @@ int main(void) {
         assert (why, needs) == (row.why_not, row.needs)
 
 
+@needs_gcc
+def test_the_irqs_on_kinds_are_the_tables(tmp_path):
+    """EXITLAT_IRQS_ON (el_batch holds the guest's timer for these kinds) is the table's irqs_on,
+    compiled and run; a row that turns it on is in it without an edit of the module."""
+    main = r"""
+int main(void) {
+    for (int i = 0; i < EXITLAT_I_COUNT; i++)
+        if (EXITLAT_IRQS_ON(i))
+            printf("%d\n", i);
+    return 0;
+}"""
+    ids = instruction_ids()
+
+    def on(header):
+        cp = _run_c(tmp_path, header, main)
+        assert cp.returncode == 0, cp.stderr
+        out = subprocess.run([str(tmp_path / "t")], capture_output=True, text=True, check=True).stdout
+        return {int(x) for x in out.split()}
+    assert on(render_header()) == {ids[guestgen.enum_name(n)] for n, i in TABLE.items() if i.irqs_on}
+    assert ids["EXITLAT_I_SELF_IPI_TPR"] in on(render_header())
+    assert ids["EXITLAT_I_CPUID"] not in on(render_header())
+    assert ids["EXITLAT_I_CPUID"] in on(render_header(with_row(replace(TABLE["cpuid"], irqs_on=True))))
+
+
 def test_ids_are_generated_not_written_by_hand():
     """No guest source defines an EXITLAT_I_* value: the header the table generates does."""
     for f in (MODULE / "exitlat_uapi.h", MODULE / "exitlat_mod.c", PROBE):

@@ -113,6 +113,10 @@ def render_header(table: dict[str, Instruction] | None = None) -> str:
                      f"{_c_string(i.why_not)}, {-1 if i.port is None else hex(i.port)}, "
                      f"{_c_string(i.needs)}, {-1 if i.testdev is None else i.testdev}, "
                      f"{-1 if i.testdev_reg is None else i.testdev_reg}) \\")
+    irqs_on = [enum_name(i.name) for i in rows if i.irqs_on]
+    lines += ["", "/* 1 for the kinds whose loop turns IRQs on in the window (the table's irqs_on). */",
+              "#define EXITLAT_IRQS_ON(i)\t(" + (" || \\\n\t\t\t\t ".join(f"(i) == {n}" for n in irqs_on)
+                                                 or "0") + ")"]
     lines += ["", "/* S: the instruction of cases 2, 4 and 6. */",
               f"#define EXITLAT_S_CASES\t({_cases_mask(table[S_INSTRUCTION].cases)})",
               f"#define EXITLAT_I_S\t{enum_name(S_INSTRUCTION)}", "",

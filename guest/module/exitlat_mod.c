@@ -1116,12 +1116,11 @@ static long el_batch(const struct exitlat_config *cfg, u64 *buf, u64 n)
 	const bool immed = cfg->instr == EXITLAT_I_TSCDEADLINE_IMMED ||
 			   cfg->instr == EXITLAT_I_TSCDEADLINE;	/* LVT redirected */
 	const bool ipi = cfg->instr == EXITLAT_I_IPI || cfg->instr == EXITLAT_I_IPI_HALT;
-	/* IRQs on inside the batch: the guest's own timer is held (see el_self_ipi_delivery) */
-	const bool hold = cfg->instr == EXITLAT_I_SELF_IPI_DELIVERY ||
-			  cfg->instr == EXITLAT_I_SELF_IPI_STI_NOP ||
-			  cfg->instr == EXITLAT_I_SELF_IPI_TPR ||
-			  cfg->instr == EXITLAT_I_XAPIC_IPI_STI_NOP ||
-			  cfg->instr == EXITLAT_I_XAPIC_IPI_TPR;
+	/*
+	 * IRQs on inside the batch (the table's irqs_on): the guest's own timer is
+	 * held (see el_self_ipi_delivery); the TSC-deadline kinds hold it themselves.
+	 */
+	const bool hold = EXITLAT_IRQS_ON(cfg->instr) && !deadline && !immed;
 	unsigned long flags;
 	u64 saved = 0, lvtt = 0;
 	long rax;
