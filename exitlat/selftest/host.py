@@ -72,10 +72,9 @@ class L1Result:
 def isolation_args(smp: int) -> list[str]:
     """L1's cores for L2's vCPUs (1, and 2 for a second vCPU) isolated at boot as
     docs/isolation.md tells a user to (isolcpus, nohz_full, rcu_nocbs, device interrupts on
-    core 0). Without it L1's
-    250 Hz tick ran on the vCPU's core, and under TCG's slow emulated time that was 0.2-0.6
-    interrupt exits per traced iteration: enough, with the side exits each may cause, for the
-    verifier to call a window unverified ("too much background")."""
+    core 0). Without it L1's 250 Hz tick ran on the vCPU's core, and under TCG's slow emulated
+    time that was 0.2-0.6 interrupt exits per traced iteration: enough, with the side exits each
+    may cause, for the verifier to call a window unverified ("too much background")."""
     if smp < 2:
         return []
     cores = "1" if smp == 2 else f"1-{smp - 1}"
