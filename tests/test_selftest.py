@@ -732,6 +732,15 @@ def _require_emulated_host_machine():
 # What CI runs of the emulated hosts (pytest -m kvm_emulated, ~12 min of CI's 90 on 2 cores): the
 # AMD-V host with every run on both kernel series (6.12: 70 s, 6.1: 82 s), the VT-x host under
 # Bochs with every run on 6.12 (~9 min).
+# The exit the guest's TSC-deadline re-arm takes (a WRMSR), by host.
+TIMER_REARM_REASON = {"amd": "MSR", "intel": "MSR_WRITE"}
+
+
+def ins_reason(instruction: str, vendor: str) -> str:
+    (reason,) = TABLE[instruction].reasons(vendor)
+    return reason
+
+
 E2E = [pytest.param("amd", "6.12", "all", id="amd-6.12"),
        pytest.param("amd", "6.1", "all", id="amd-6.1"),
        # the two-vCPU kinds: an L1 with three CPUs, the receiver on L1's core 2
@@ -846,9 +855,14 @@ def test_selftest_end_to_end(tmp_path, vendor, kernel, runs):
                 # timer's WRMSR and expiry): said, not split
                 assert dc["status"] == "not decomposed" and dc["reason"], (e["key"], dc)
                 continue
-            if TABLE[e["instruction"]].irqs_on and dc["status"] != "ok":
-                # interrupts on in the window: a timer re-armed there adds an exit of the same
-                # reason, and the pairing then refuses rather than split wrongly
+            # interrupts on in the window (the kind's loop, or cases 1-4 between iterations) and
+            # an exit of the reason the guest's timer re-arm takes (SVM: MSR for reads and writes
+            # alike): each tick there adds one, 25-55 in a traced window of 1000 under nested
+            # TCG, and the pairing then refuses rather than split wrongly
+            rearm = (e.get("exit_reason") or ins_reason(e["instruction"], vendor)) == \
+                TIMER_REARM_REASON[vendor]
+            if (TABLE[e["instruction"]].irqs_on or (rearm and e["case"] < 5)) and \
+                    dc["status"] != "ok":
                 assert "paired" in dc["reason"], (e["key"], dc)
                 continue
             assert dc["status"] == "ok", (e["key"], dc.get("reason"))
